@@ -1,0 +1,1 @@
+"""megatron-tulu: Tülu 3 post-training on megatron-core."""

@@ -1,0 +1,60 @@
+"""Typed configs: dataclasses that Hydra fills from ``configs/<stage>/<size>.yaml`` plus CLI overrides.
+
+Each stage defines its own top-level dataclass (e.g. ``SFTConfig`` in ``megatron_tulu.trainers``) built from the
+shared pieces below; :func:`load_config` composes the YAML, applies ``key=value`` overrides and validates the
+result against the dataclass (unknown keys and wrong types fail with the field named).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+T = TypeVar("T")
+
+
+def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> T:
+    """Compose ``configs/<name>.yaml`` (Hydra defaults lists work) with ``overrides`` into ``schema``.
+
+    Args:
+        schema: the stage's dataclass type.
+        name: config name relative to ``configs/`` without ``.yaml``, e.g. ``"sft/tiny"``.
+        overrides: Hydra-style overrides, e.g. ``["train.lr=1e-5", "model=llama3.1-8b"]``.
+    Raises:
+        ValueError naming the config file or field when the YAML or an override does not fit the schema.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cdir = Path(config_dir or CONFIG_DIR).resolve()
+    if not (cdir / f"{name}.yaml").exists():
+        known = sorted(str(p.relative_to(cdir))[:-5] for p in cdir.rglob("*.yaml"))
+        raise ValueError(f"config {name!r} not found under {cdir} (known: {', '.join(known)})")
+    try:
+        with initialize_config_dir(config_dir=str(cdir), version_base=None):
+            cfg = compose(config_name=name, overrides=list(overrides))
+        # Hydra packages the file under its group path (sft/tiny -> cfg.sft); unwrap to the node itself.
+        node = cfg
+        for part in name.split("/")[:-1]:
+            if part in node and len(node) == 1:
+                node = node[part]
+        structured = OmegaConf.structured(schema)
+        merged = OmegaConf.merge(structured, node)
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, HydraException) as e:
+        raise ValueError(f"config {name!r} ({cdir / (name + '.yaml')}): {e}") from e
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict of a config dataclass (for logging and checkpoint metadata)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

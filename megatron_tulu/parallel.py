@@ -1,0 +1,190 @@
+"""Process groups and parallel layout (like torchtitan's ParallelDims).
+
+Ranks come from torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``) or, when
+those are absent, from SLURM (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``/``SLURM_JOB_NODELIST``) via
+:func:`env_from_slurm`, the one place that derives them. Every process group is created with a timeout so
+that a missing peer raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu import platform
+
+DEFAULT_TIMEOUT_S = int(os.environ.get("MEGATRON_TULU_DIST_TIMEOUT_S", "600"))
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """Sizes of the trainer's parallel dimensions. ``dp`` is derived: world / (tp * pp * cp)."""
+
+    tp: int = 1
+    """Tensor-parallel size (splits heads, MLP and vocab)."""
+    pp: int = 1
+    """Pipeline-parallel size (splits layers into stages)."""
+    cp: int = 1
+    """Context-parallel size (splits the sequence; GPU only in practice)."""
+    world: int = 1
+    """Total trainer processes."""
+
+    @property
+    def dp(self) -> int:
+        return self.world // (self.tp * self.pp * self.cp)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the sizes do not tile the world."""
+        for name in ("tp", "pp", "cp", "world"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+        model = self.tp * self.pp * self.cp
+        if self.world % model:
+            raise ValueError(
+                f"world size {self.world} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model}"
+            )
+
+
+def _expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM hostlist like ``node[01-03,7],gpu5`` without needing ``scontrol``."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
+        m = re.match(r"^(.*?)\[([^\]]+)\](.*)$", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for r in ranges.split(","):
+            if "-" in r:
+                lo, hi = r.split("-")
+                for i in range(int(lo), int(hi) + 1):
+                    hosts.append(f"{prefix}{str(i).zfill(len(lo))}{suffix}")
+            else:
+                hosts.append(f"{prefix}{r}{suffix}")
+    return hosts
+
+
+def env_from_slurm(environ: dict | None = None, port: int | None = None) -> dict[str, str]:
+    """torch.distributed env vars derived from SLURM's. Returns only what is missing from ``environ``.
+
+    MASTER_ADDR is the first node of the allocation; MASTER_PORT is derived from the job id (so that two
+    jobs on one node do not collide) unless given.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if "SLURM_PROCID" not in env:
+        return {}
+    out: dict[str, str] = {}
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
+    try:
+        first = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        first = _expand_nodelist(nodes)[0]
+    defaults = {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+        "MASTER_ADDR": first,
+        "MASTER_PORT": str(port or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+    }
+    for k, v in defaults.items():
+        if k not in env:
+            out[k] = v
+    return out
+
+
+def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> ParallelDims:
+    """Initialise torch.distributed (from torchrun or SLURM env) and megatron's model-parallel groups.
+
+    A single process without any launcher env runs as world size 1 on a free local port.
+    """
+    os.environ.update(env_from_slurm())
+    if "RANK" not in os.environ:
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    platform.setup()
+    world = int(os.environ["WORLD_SIZE"])
+    dims = dims or ParallelDims(world=world)
+    if dims.world != world:
+        dims = ParallelDims(tp=dims.tp, pp=dims.pp, cp=dims.cp, world=world)
+    dims.validate()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=platform.backend(),
+            rank=int(os.environ["RANK"]),
+            world_size=world,
+            timeout=timeout,
+        )
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=dims.tp,
+        pipeline_model_parallel_size=dims.pp,
+        context_parallel_size=dims.cp,
+        distributed_timeout_minutes=max(1, timeout_s // 60),
+    )
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    model_parallel_cuda_manual_seed(1234)
+    return dims
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_rank0() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable object from ``src`` to all ranks (no-op on one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum ``t`` in place over ``group`` (default: world) and return it."""
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t

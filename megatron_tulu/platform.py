@@ -1,0 +1,173 @@
+"""The only module that knows whether there is a GPU.
+
+megatron-core assumes CUDA everywhere (``torch.cuda.current_device()``, ``device="cuda"``, CUDA RNG state,
+``torch.cuda.synchronize``). On a machine without a GPU, :func:`setup` installs a small shim so that
+megatron-core runs unchanged on CPU over gloo: CUDA device requests are mapped to CPU, the CUDA RNG
+functions act on the CPU generator, and synchronisation is a no-op. On a GPU the shim does nothing.
+
+Nothing else in the project may special-case the CPU: ask :func:`device`, :func:`backend` or
+:func:`has_gpu` here instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+_STATE: dict = {"device": None, "mode": None}
+
+
+def has_gpu() -> bool:
+    """True when a real CUDA device is usable (and the shim is not forcing CPU)."""
+    if _STATE["device"] is not None:
+        return _STATE["device"] == "cuda"
+    return torch.cuda.is_available() and os.environ.get("MEGATRON_TULU_DEVICE", "") != "cpu"
+
+
+def device() -> torch.device:
+    """The device model tensors live on: ``cuda:<local rank>`` on GPU, ``cpu`` otherwise."""
+    if has_gpu():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def backend() -> str:
+    """The torch.distributed backend for trainer collectives: nccl on GPU, gloo on CPU."""
+    return "nccl" if has_gpu() else "gloo"
+
+
+def quiet_megatron_import() -> None:
+    """Silence import-time noise from megatron-core that says nothing about our runs."""
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    for pattern in (
+        ".*Transformer Engine and Apex are not installed.*",
+        ".*Apex is not installed.*",
+        ".*full scope is deprecated.*",
+        ".*CUDA_DEVICE_MAX_CONNECTIONS.*",
+        ".*torch.distributed._sharded_tensor.*",
+        ".*TypedStorage is deprecated.*",
+        ".*Failed to import.*transformer_engine.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _is_cuda_device(dev) -> bool:
+    if isinstance(dev, int) and not isinstance(dev, bool):
+        return True
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.startswith("cuda")
+    return False
+
+
+class _CudaToCpu(torch.overrides.TorchFunctionMode):
+    """Rewrites ``device="cuda"`` (and integer devices) to CPU in factory calls, ``.to`` and ``.cuda``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = "cpu"
+        name = getattr(func, "__name__", "")
+        if name == "cuda":
+            return args[0]
+        if name == "to" and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu") + tuple(args[2:])
+        return func(*args, **kwargs)
+
+
+_ORIG_TYPE = torch.Tensor.type
+
+
+def _cuda_type(self, dtype=None, non_blocking=False, **kwargs):
+    # megatron's distributed optimizer and grad clipping assert "torch.cuda.FloatTensor"-style names.
+    if dtype is None and not kwargs:
+        return _ORIG_TYPE(self).replace("torch.", "torch.cuda.", 1)
+    return _ORIG_TYPE(self, dtype, non_blocking, **kwargs)
+
+
+def _seed_cpu(seed: int) -> None:
+    # torch.manual_seed would call the (patched) CUDA seeding again and recurse.
+    torch.default_generator.manual_seed(int(seed))
+
+
+def _install_cpu_shim() -> None:
+    cuda = torch.cuda
+    cuda.current_device = lambda: 0
+    cuda.device_count = lambda: 1
+    cuda.synchronize = lambda *a, **k: None
+    cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    cuda.random.get_rng_state = cuda.get_rng_state
+    cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    cuda.random.set_rng_state = cuda.set_rng_state
+    cuda.manual_seed = _seed_cpu
+    cuda.manual_seed_all = _seed_cpu
+    cuda.random.manual_seed = _seed_cpu
+    cuda.random.manual_seed_all = _seed_cpu
+    cuda.set_device = lambda *a, **k: None
+    cuda.empty_cache = lambda: None
+    cuda.max_memory_allocated = lambda *a, **k: 0
+    cuda.memory_allocated = lambda *a, **k: 0
+    cuda.reset_peak_memory_stats = lambda *a, **k: None
+    torch.Tensor.type = _cuda_type
+
+    from megatron.core.tensor_parallel import random as mrandom
+
+    # The RNG tracker forks CUDA generator states; on CPU those are the default generator's.
+    mrandom._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
+
+    mode = _CudaToCpu()
+    mode.__enter__()  # stays active for the life of the process
+    _STATE["mode"] = mode
+
+
+def setup(device: str = "auto") -> str:
+    """Prepare torch + megatron-core for this machine and return the device type in use.
+
+    Args:
+        device: ``"auto"`` (GPU when available), ``"cuda"`` or ``"cpu"``. Asking for ``"cuda"`` on a machine
+            without one raises. Idempotent: a second call with the same answer does nothing.
+    """
+    want = device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() and os.environ.get("MEGATRON_TULU_DEVICE") != "cpu" else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU on this machine")
+    if want not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    if _STATE["device"] == want:
+        return want
+    if _STATE["device"] is not None:
+        raise RuntimeError(f"platform.setup already ran with device={_STATE['device']!r}; cannot switch to {want!r}")
+    quiet_megatron_import()
+    if want == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+    else:
+        _install_cpu_shim()
+    _STATE["device"] = want
+    return want
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch and megatron's model-parallel RNG tracker (same call on CPU and GPU)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if has_gpu():
+        torch.cuda.manual_seed_all(seed)
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident-set high-water mark on CPU."""
+    if has_gpu():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
