@@ -1,0 +1,231 @@
+"""Moving weights between a live (TP/PP-sharded) megatron model and HF tensors, through ``mapping``.
+
+- :func:`load_hf_into_model`: every rank reads only the HF tensors its shard needs (streamed, lazily).
+- :func:`iter_hf_tensors`: collective generator; gathers TP shards and PP stages and yields full HF-named
+  tensors on global rank 0 (other ranks get nothing). Used by export AND by weight sync to the engines.
+- :func:`load_rank_file` / :func:`save_rank_files`: the offline converter's per-rank format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu.checkpoint import mapping
+from megatron_tulu.checkpoint.hf_io import HFReader, atomic_dir, hf_config_from_preset, write_hf_dir
+from megatron_tulu.models.presets import LlamaPreset
+
+FORMAT_FILE = "megatron_tulu_ckpt.json"
+
+
+def unwrap(model):
+    """The GPTModel inside DDP / Float16Module wrappers (and the first chunk of a list)."""
+    if isinstance(model, (list, tuple)):
+        model = model[0]
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _ranks():
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size(),
+    )
+
+
+def named_local_params(model) -> Iterator[tuple[str, str, torch.nn.Parameter]]:
+    """(local-spec local name, global name, parameter) for this rank's parameters (TE names translated)."""
+    m = unwrap(model)
+    _, _, pp_rank, pp = _ranks()
+    offset = pp_rank * (m.config.num_layers // pp)
+    for name, p in m.named_parameters():
+        local = mapping.from_te_name(name)
+        yield local, mapping.local_to_global(local, offset), p
+
+
+def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset) -> None:
+    """Fill this rank's parameters from an HF checkpoint (shape/key errors name the tensor)."""
+    reader = source if isinstance(source, HFReader) else HFReader(source)
+    reader.check_keys(mapping.all_hf_names(preset))
+    tp_rank, tp, _, _ = _ranks()
+    with torch.no_grad():
+        for local, glob, p in named_local_params(model):
+            shard = mapping.hf_to_mcore_shard(glob, reader.get, preset, tp_rank, tp)
+            if shard.shape != p.shape:
+                raise ValueError(f"{local}: converted shard shape {tuple(shard.shape)} != model {tuple(p.shape)}")
+            p.copy_(shard.to(p.dtype))
+
+
+def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Tensor]]:
+    """Collective over all ranks: yields ``(hf_name, full tensor)`` on global rank 0, in HF order.
+
+    Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv).
+    """
+    from megatron.core import parallel_state as ps
+
+    tp_rank, tp, pp_rank, pp = _ranks()
+    dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
+    me = dist.get_rank() if dist.is_initialized() else 0
+    params = {glob: p for _, glob, p in named_local_params(model)}
+    stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 else [0]
+    dtype = next(iter(params.values())).dtype if params else torch.float32
+    tp_group = ps.get_tensor_model_parallel_group()
+    for stage in range(pp):
+        for _, glob in mapping.rank_param_names(preset, stage, pp):
+            if glob == "output_layer.weight" and preset.tie_embeddings:
+                continue
+            hf_names = mapping.hf_names_for(glob, preset)
+            merged = None
+            if stage == pp_rank and dp_rank == 0:
+                p = params[glob].detach()
+                if tp > 1:
+                    shards = [torch.empty_like(p) for _ in range(tp)]
+                    dist.all_gather(shards, p.contiguous(), group=tp_group)
+                else:
+                    shards = [p]
+                if tp_rank == 0:
+                    merged = mapping.mcore_to_hf(glob, shards, preset)
+            src = stage_src[stage] if pp > 1 else 0
+            if src != 0:
+                if me == src:
+                    for _, t in merged:
+                        dist.send(t.contiguous(), dst=0)
+                elif me == 0:
+                    merged = []
+                    for n in hf_names:
+                        buf = torch.empty(mapping.expected_hf_shape(n, preset), dtype=dtype, device=p_device(params))
+                        dist.recv(buf, src=src)
+                        merged.append((n, buf))
+            if me == 0:
+                yield from merged
+
+
+def p_device(params: dict) -> torch.device:
+    return next(iter(params.values())).device if params else torch.device("cpu")
+
+
+def export_hf(model, preset: LlamaPreset, out: str | Path, tokenizer_dir=None, dtype=None, extra_config=None) -> None:
+    """Collective: write the model as an HF Llama directory (atomically, streamed) from global rank 0."""
+    it = iter_hf_tensors(model, preset)
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        cfg = hf_config_from_preset(preset, dtype=str(dtype or "float32").replace("torch.", ""))
+        cfg.update(extra_config or {})
+        write_hf_dir(out, cfg, it, tokenizer_dir=tokenizer_dir, dtype=dtype)
+    else:
+        for _ in it:
+            pass
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_rank_files(reader: HFReader, preset: LlamaPreset, out: str | Path, tp: int, pp: int, dtype=None) -> Path:
+    """Offline hf->mcore: one ``mp_rank_TT_PPP/model.safetensors`` per (tp, pp) rank, written atomically.
+
+    Holds one rank's shard at a time (never the whole model twice).
+    """
+    from safetensors.torch import save_file
+
+    from megatron_tulu.models.build import check_divisibility
+
+    check_divisibility(preset, tp, pp)
+    reader.check_keys(mapping.all_hf_names(preset))
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for pp_rank in range(pp):
+            for tp_rank in range(tp):
+                state = {}
+                for local, glob in mapping.rank_param_names(preset, pp_rank, pp):
+                    t = mapping.hf_to_mcore_shard(glob, reader.get, preset, tp_rank, tp)
+                    state[local] = t.to(dtype or t.dtype).contiguous()
+                d = tmp / f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+                d.mkdir()
+                save_file(state, str(d / "model.safetensors"))
+                del state
+        meta = {"format": "megatron_tulu.rank_files.v1", "tp": tp, "pp": pp, "preset": preset.to_dict()}
+        (tmp / FORMAT_FILE).write_text(json.dumps(meta, indent=2))
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            if (reader.path / f).exists():
+                (tmp / f).write_bytes((reader.path / f).read_bytes())
+        (tmp / "hf_config.json").write_text(json.dumps(reader.config, indent=2))
+    return out
+
+
+def read_rank_meta(ckpt: str | Path) -> dict:
+    f = Path(ckpt) / FORMAT_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f} not found: {ckpt} is not a converted megatron checkpoint")
+    return json.loads(f.read_text())
+
+
+def load_rank_file(model, ckpt: str | Path) -> None:
+    """Load the converter's per-rank file for this rank; the TP/PP layout must match the checkpoint's."""
+    from safetensors.torch import load_file
+
+    meta = read_rank_meta(ckpt)
+    tp_rank, tp, pp_rank, pp = _ranks()
+    if (meta["tp"], meta["pp"]) != (tp, pp):
+        raise ValueError(
+            f"{ckpt} was converted for tp={meta['tp']} pp={meta['pp']}, but this run has tp={tp} pp={pp}; "
+            f"convert again with --tp {tp} --pp {pp} (or start from the HF directory)"
+        )
+    f = Path(ckpt) / f"mp_rank_{tp_rank:02d}_{pp_rank:03d}" / "model.safetensors"
+    if not f.exists():
+        raise FileNotFoundError(f"missing shard {f}")
+    state = load_file(str(f))
+    with torch.no_grad():
+        seen = set()
+        for local, _, p in named_local_params(model):
+            if local not in state:
+                raise KeyError(f"{f}: missing tensor {local!r}")
+            if state[local].shape != p.shape:
+                raise ValueError(f"{f}: {local!r} has shape {tuple(state[local].shape)}, model expects {tuple(p.shape)}")
+            p.copy_(state[local].to(p.dtype))
+            seen.add(local)
+        extra = sorted(set(state) - seen)
+        if extra:
+            raise KeyError(f"{f}: unexpected tensors {extra[:5]}")
+
+
+def rank_files_to_hf(ckpt: str | Path, out: str | Path, dtype=None) -> Path:
+    """Offline mcore->hf from the converter's per-rank files; streams layer by layer."""
+    from safetensors import safe_open
+
+    from megatron_tulu.models.presets import LlamaPreset as P
+
+    meta = read_rank_meta(ckpt)
+    preset_d = dict(meta["preset"])
+    preset_d.pop("head_dim", None)
+    preset = P(**preset_d)
+    tp, pp = meta["tp"], meta["pp"]
+    ckpt = Path(ckpt)
+    handles = {}
+
+    def shard(tp_rank, pp_rank, local):
+        key = (tp_rank, pp_rank)
+        if key not in handles:
+            f = ckpt / f"mp_rank_{tp_rank:02d}_{pp_rank:03d}" / "model.safetensors"
+            if not f.exists():
+                raise FileNotFoundError(f"missing shard {f}")
+            handles[key] = safe_open(str(f), "pt")
+        h = handles[key]
+        if local not in h.keys():
+            raise KeyError(f"{ckpt}/mp_rank_{tp_rank:02d}_{pp_rank:03d}: missing tensor {local!r}")
+        return h.get_tensor(local)
+
+    def tensors():
+        for pp_rank in range(pp):
+            for local, glob in mapping.rank_param_names(preset, pp_rank, pp):
+                if glob == "output_layer.weight" and preset.tie_embeddings:
+                    continue
+                yield from mapping.mcore_to_hf(glob, [shard(r, pp_rank, local) for r in range(tp)], preset)
+
+    hf_cfg_file = ckpt / "hf_config.json"
+    cfg = json.loads(hf_cfg_file.read_text()) if hf_cfg_file.exists() else hf_config_from_preset(preset)
+    return write_hf_dir(out, cfg, tensors(), tokenizer_dir=ckpt, dtype=dtype)

@@ -1,0 +1,200 @@
+"""Llama 3.1 presets -> megatron-core ``GPTModel``. The one seam to megatron-core's model code.
+
+The layer spec is chosen explicitly (``impl``): ``"te"`` (Transformer Engine layers, FP8-capable; needs TE),
+``"local"`` (pure-torch megatron-core modules) or ``"auto"`` (TE when it imports, else local). The choice
+is logged. Sequence parallelism needs the TE spec (megatron's torch RMSNorm refuses it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from megatron_tulu import platform
+from megatron_tulu.models.presets import LlamaPreset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOptions:
+    """Runtime choices for building a model (shape comes from the preset)."""
+
+    impl: str = "auto"
+    """Layer spec: ``auto`` (TE if installed), ``te`` (Transformer Engine, required), ``local`` (pure torch)."""
+    dtype: str = "auto"
+    """Parameter/compute dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp32``."""
+    fp8: str | None = None
+    """FP8 recipe via TE (``hybrid`` or ``e4m3``); GPU + TE only, refused elsewhere with a clear message."""
+    recompute: str | None = None
+    """Activation recompute: None, ``selective`` (attention core) or ``full`` (whole layers)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (TP>1, TE spec only)."""
+    dropout: float = 0.0
+    """Attention and hidden dropout (Tülu 3: 0)."""
+    init_std: float = 0.02
+    """Std of the normal init for freshly initialised weights."""
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return False
+    return True
+
+
+def resolve_impl(impl: str) -> str:
+    if impl == "auto":
+        return "te" if have_transformer_engine() and platform.has_gpu() else "local"
+    if impl == "te" and not have_transformer_engine():
+        raise RuntimeError("model.impl='te' asks for Transformer Engine, but `import transformer_engine` fails here")
+    if impl not in ("te", "local"):
+        raise ValueError(f"model.impl must be auto|te|local, got {impl!r}")
+    return impl
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if platform.has_gpu() else torch.float32
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"model.dtype must be auto|bf16|fp32, got {dtype!r}")
+    return table[dtype]
+
+
+def check_divisibility(preset: LlamaPreset, tp: int, pp: int) -> None:
+    """Raise ValueError naming the field when TP/PP do not divide the model's shapes."""
+    checks = [
+        ("num_attention_heads", preset.num_attention_heads, tp, "tp"),
+        ("num_query_groups", preset.num_query_groups, tp, "tp"),
+        ("ffn_hidden_size", preset.ffn_hidden_size, tp, "tp"),
+        ("num_layers", preset.num_layers, pp, "pp"),
+    ]
+    for field, value, size, name in checks:
+        if value % size:
+            raise ValueError(f"{name}={size} does not divide model.{field}={value} (preset {preset.name!r})")
+
+
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """Vocab rows after padding so every TP rank holds the same number (removed again on export).
+
+    Padding to ``multiple * tp`` (megatron's ``make_vocab_size_divisible_by``) keeps GEMMs aligned on GPU.
+    Padded rows are masked out of every softmax (see ``models.logprobs``), so they never change results.
+    """
+    step = multiple * tp
+    return ((vocab_size + step - 1) // step) * step
+
+
+def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions):
+    """megatron-core TransformerConfig for a Llama 3.1 preset."""
+    platform.quiet_megatron_import()
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    impl = resolve_impl(opts.impl)
+    dtype = resolve_dtype(opts.dtype)
+    if opts.fp8 and (impl != "te" or not platform.has_gpu()):
+        raise ValueError(
+            f"model.fp8={opts.fp8!r} needs Transformer Engine on a GPU (impl resolved to {impl!r}, "
+            f"gpu={platform.has_gpu()}); unset model.fp8 on this machine"
+        )
+    if opts.sequence_parallel and (tp == 1 or impl != "te"):
+        raise ValueError("model.sequence_parallel needs tp > 1 and the TE layer spec (torch RMSNorm refuses it)")
+    check_divisibility(preset, tp, pp)
+    recompute = {}
+    if opts.recompute == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif opts.recompute == "selective":
+        recompute = dict(recompute_granularity="selective")
+    elif opts.recompute not in (None, "none"):
+        raise ValueError(f"model.recompute must be none|selective|full, got {opts.recompute!r}")
+    return TransformerConfig(
+        num_layers=preset.num_layers,
+        hidden_size=preset.hidden_size,
+        ffn_hidden_size=preset.ffn_hidden_size,
+        num_attention_heads=preset.num_attention_heads,
+        num_query_groups=preset.num_query_groups,
+        kv_channels=preset.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=preset.norm_eps,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        attention_dropout=opts.dropout,
+        hidden_dropout=opts.dropout,
+        init_method_std=opts.init_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=opts.sequence_parallel,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        fp8=opts.fp8,
+        cuda_graph_scope=[],
+        attention_softmax_in_fp32=True,
+        use_cpu_initialization=not platform.has_gpu(),
+        **recompute,
+    )
+
+
+def layer_spec(impl: str):
+    platform.quiet_megatron_import()
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    impl = resolve_impl(impl)
+    if impl == "te":
+        return specs.get_gpt_layer_with_transformer_engine_spec()
+    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_model(
+    preset: LlamaPreset,
+    tp: int = 1,
+    pp: int = 1,
+    opts: ModelOptions | None = None,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+):
+    """Build this rank's part of a Llama 3.1 ``GPTModel``.
+
+    Needs ``megatron_tulu.parallel.init_distributed`` first (megatron reads TP/PP ranks from its global
+    state). ``pre_process``/``post_process`` default to "this rank is the first/last pipeline stage".
+    """
+    opts = opts or ModelOptions()
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(preset, tp, pp, opts)
+    impl = resolve_impl(opts.impl)
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage()
+    log.info("building %s with the %s layer spec (tp=%d pp=%d dtype=%s)", preset.name, impl, tp, pp, config.params_dtype)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(impl),
+        vocab_size=padded_vocab_size(preset.vocab_size, tp),
+        max_sequence_length=preset.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=preset.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(preset.rope_theta),
+        rope_scaling=preset.rope_scaling,
+        rope_scaling_factor=preset.rope_scaling_factor,
+        parallel_output=True,
+    )
+    model.true_vocab_size = preset.vocab_size  # padded rows are masked by models.logprobs
+    if platform.has_gpu():
+        model.cuda(torch.cuda.current_device())
+    return model

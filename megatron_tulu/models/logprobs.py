@@ -1,0 +1,93 @@
+"""Per-token log-probabilities from vocab-parallel logits (the torch path; ``kernels/`` has the fused one).
+
+Under tensor parallelism each rank holds logits for its vocab shard ``[.., V_pad/tp]``. The log-softmax is
+combined across the TP group with all-reduces (max is taken without gradient; the sum of exponentials and
+the target logit are differentiable all-reduces). Padded vocab rows (ids >= true vocab) are masked to
+-inf so they never take probability mass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _tp_group():
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized() or ps.get_tensor_model_parallel_world_size() == 1:
+        return None
+    return ps.get_tensor_model_parallel_group()
+
+
+def _all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM, differentiable: bool = True) -> torch.Tensor:
+    if group is None:
+        return x
+    if differentiable:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x, op=op, group=group)
+    x = x.clone()
+    dist.all_reduce(x, op=op, group=group)
+    return x
+
+
+def vocab_parallel_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    true_vocab_size: int | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    group="auto",
+):
+    """Log-probability of ``targets`` under softmax(logits / temperature) over the full (sharded) vocab.
+
+    Args:
+        logits: ``[..., V_local]`` this rank's vocab shard of the logits (any float dtype; math in fp32).
+        targets: ``[...]`` int64 token ids in the global vocab (any value is fine at ignored positions).
+        true_vocab_size: global ids at or above this are padding and masked out (None: no padding).
+        temperature: divide logits by this first (rollout logprobs use the sampling temperature).
+        with_entropy: also return the entropy ``[...]`` of the distribution.
+        group: TP process group; ``"auto"`` takes megatron's TP group when TP > 1.
+    Returns:
+        logprobs ``[...]`` fp32 (and entropy ``[...]`` fp32 when ``with_entropy``).
+    """
+    if group == "auto":
+        group = _tp_group()
+    rank = dist.get_rank(group) if group is not None else 0
+    v_local = logits.shape[-1]
+    start = rank * v_local
+    z = logits.float() / temperature
+    if true_vocab_size is not None and start + v_local > true_vocab_size:
+        ids = torch.arange(start, start + v_local, device=z.device)
+        z = z.masked_fill(ids >= true_vocab_size, float("-inf"))
+    zmax = _all_reduce(z.detach().amax(dim=-1), group, op=dist.ReduceOp.MAX, differentiable=False)
+    shifted = z - zmax.unsqueeze(-1)
+    exp = shifted.exp()
+    sumexp = _all_reduce(exp.sum(dim=-1), group)
+    local = (targets >= start) & (targets < start + v_local)
+    idx = (targets - start).clamp(0, v_local - 1).unsqueeze(-1)
+    tgt = torch.gather(shifted, -1, idx).squeeze(-1) * local
+    tgt = _all_reduce(tgt, group)
+    logsumexp = sumexp.log()
+    logprobs = tgt - logsumexp
+    if not with_entropy:
+        return logprobs
+    # H = log Z - E_p[z - max]; padded entries have exp = 0 and contribute nothing (guard -inf * 0).
+    pz = torch.where(exp > 0, exp * shifted, torch.zeros_like(exp)).sum(dim=-1)
+    pz = _all_reduce(pz, group)
+    entropy = logsumexp - pz / sumexp
+    return logprobs, entropy
+
+
+def gather_vocab(logits: torch.Tensor, true_vocab_size: int | None = None, group="auto") -> torch.Tensor:
+    """All-gather vocab shards into full logits ``[..., V]`` (padding removed). For checks/eval, not training."""
+    if group == "auto":
+        group = _tp_group()
+    if group is not None:
+        parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, logits.contiguous(), group=group)
+        logits = torch.cat(parts, dim=-1)
+    if true_vocab_size is not None:
+        logits = logits[..., :true_vocab_size]
+    return logits
