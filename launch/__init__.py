@@ -1,0 +1,1 @@
+"""Thin stage entry points: parse a config, call the library."""

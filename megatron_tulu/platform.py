@@ -84,7 +84,8 @@ _ORIG_TYPE = torch.Tensor.type
 def _cuda_type(self, dtype=None, non_blocking=False, **kwargs):
     # megatron's distributed optimizer and grad clipping assert "torch.cuda.FloatTensor"-style names.
     if dtype is None and not kwargs:
-        return _ORIG_TYPE(self).replace("torch.", "torch.cuda.", 1)
+        name = _ORIG_TYPE(self)
+        return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
     return _ORIG_TYPE(self, dtype, non_blocking, **kwargs)
 
 

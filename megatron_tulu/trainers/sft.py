@@ -1,0 +1,147 @@
+"""SFT (and plain LM pretraining) as a Task for the shared loop: summed token loss on assistant tokens.
+
+Tülu 3 sums the token losses instead of averaging per sequence; we sum over the whole global batch and divide
+by a split-independent constant (``train.loss_reduction``), so the gradient does not depend on how the global
+batch is cut into micro-batches or spread over DP ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu.data.sampler import IGNORE_INDEX, collate
+from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+from megatron_tulu.trainers.config import DataConfig
+from megatron_tulu.trainers.fit import StageConfig
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    """Top-level config of ``launch/sft.py`` (and ``launch/pretrain.py`` with ``data_kind: text``)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    data_kind: str = "sft"
+    """``sft`` (chat messages, loss on assistant tokens) or ``text`` (pretraining, loss on every token)."""
+
+
+def shift_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Next-token targets ``[B, T]``: position t predicts labels[t+1]; the last position is ignored."""
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+def packed_attention_mask(cu_seqlens_rows: list[list[int]], seq_len: int) -> torch.Tensor:
+    """Megatron attention mask ``[B, 1, S, S]`` (True = masked) that is causal within each packed document."""
+    from megatron_tulu.data.packing import block_causal_mask
+
+    return torch.stack([~block_causal_mask(cu, seq_len) for cu in cu_seqlens_rows]).unsqueeze(1)
+
+
+def split_microbatches(items: list, size: int) -> list[list]:
+    if len(items) % size:
+        raise ValueError(f"{len(items)} examples do not split into micro-batches of {size}")
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+class DataStageMixin:
+    """Tokenizer + tokenized dataset shared by the SFT and DPO tasks (rank 0 builds the cache first)."""
+
+    def load_tokenizer(self, data: DataConfig):
+        from megatron_tulu.data.tokenizer import load_tokenizer
+
+        if not data.tokenizer:
+            raise ValueError("data.tokenizer is empty: give the HF tokenizer directory")
+        self.tokenizer = load_tokenizer(data.tokenizer)
+        self.tokenizer_dir = data.tokenizer
+        self.vocab_size = len(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+    def build(self, trainer, kind: str, mixture: dict, max_len: int | None):
+        from megatron_tulu.data.loaders import build_dataset, mixture_from_dict
+
+        data = self.cfg.data
+        if not mixture:
+            raise ValueError(f"data.mixture is empty for the {kind} stage")
+        cache = Path(data.cache_dir or Path(trainer.run_dir) / "data_cache")
+        mix = mixture_from_dict(dict(mixture))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if rank == 0:
+            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
+        if dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
+        self.data_report = report
+        return ds
+
+
+class SFTTask(DataStageMixin):
+    metric_names = ["loss_sum", "tokens", "sequences"]
+
+    def __init__(self, cfg: SFTConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer) -> int:
+        cfg = self.cfg
+        self.load_tokenizer(cfg.data)
+        ds = self.build(trainer, cfg.data_kind, cfg.data.mixture, cfg.train.seq_length)
+        self.packed = cfg.train.packing
+        if self.packed:
+            from megatron_tulu.data.packing import pack_sft
+
+            rows = [{"input_ids": r["input_ids"], "labels": r.get("labels", r["input_ids"])} for r in ds]
+            packed = pack_sft(rows, cfg.train.seq_length, self.pad_id)
+            self.rows = packed.rows
+            self.packing_stats = packed.stats
+        else:
+            self.rows = ds
+        return len(self.rows)
+
+    def microbatches(self, indices: list[int], trainer) -> list[dict]:
+        fixed = self.packed or trainer.dims.pp > 1  # pipeline p2p needs one shape for every micro-batch
+        seq = self.cfg.train.seq_length
+        out = []
+        for chunk in split_microbatches(indices, self.cfg.train.micro_batch_size):
+            exs = [self.rows[i] for i in chunk]
+            if fixed:
+                exs = [dict(e, input_ids=list(e["input_ids"]) + [self.pad_id] * (seq - len(e["input_ids"])),
+                            labels=list(e.get("labels", e["input_ids"])) + [IGNORE_INDEX] * (seq - len(e["input_ids"])))
+                       for e in exs]
+            b = collate(exs, self.pad_id, pad_to_multiple_of=8)
+            b["targets"] = shift_targets(b["labels"])
+            b["attn_mask"] = packed_attention_mask([e["cu_seqlens"] for e in exs], b["input_ids"].shape[1]) if self.packed else None
+            out.append(b)
+        return out
+
+    def denominator(self, microbatches: list[dict]) -> float:
+        if self.cfg.train.loss_reduction == "sum":
+            return float(sum(mb["input_ids"].shape[0] for mb in microbatches))
+        if self.cfg.train.loss_reduction == "mean":
+            return float(sum(int((mb["targets"] != IGNORE_INDEX).sum()) for mb in microbatches))
+        raise ValueError(f"train.loss_reduction must be sum|mean, got {self.cfg.train.loss_reduction!r}")
+
+    def forward(self, model, batch: dict) -> torch.Tensor:
+        from megatron_tulu import platform
+
+        dev = platform.device()
+        mask = batch["attn_mask"].to(dev) if batch["attn_mask"] is not None else None
+        return model(batch["input_ids"].to(dev), batch["position_ids"].to(dev), mask)
+
+    def loss_fn(self, batch: dict, logits: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
+        targets = batch["targets"].to(logits.device)
+        valid = targets != IGNORE_INDEX
+        lp = vocab_parallel_logprobs(logits, targets.clamp(min=0), true_vocab_size=trainer.preset.vocab_size)
+        loss_sum = -(lp * valid).sum()
+        return loss_sum, {"loss_sum": loss_sum, "tokens": valid.sum(), "sequences": torch.tensor(float(targets.shape[0]))}
+
+    def finalize(self, sums: dict[str, float], denom: float) -> dict[str, float]:
+        return {
+            "loss": sums["loss_sum"] / max(denom, 1e-12),
+            "loss_per_token": sums["loss_sum"] / max(sums["tokens"], 1.0),
+            "label_tokens": sums["tokens"],
+        }
