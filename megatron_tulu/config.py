@@ -38,7 +38,7 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
         raise ValueError(f"config {name!r} not found under {cdir} (known: {', '.join(known)})")
     try:
         with initialize_config_dir(config_dir=str(cdir), version_base=None):
-            cfg = compose(config_name=name, overrides=list(overrides))
+            cfg = compose(config_name=name)
         # Hydra packages the file under its group path (sft/tiny -> cfg.sft); unwrap to the node itself.
         node = cfg
         for part in name.split("/")[:-1]:
@@ -46,6 +46,13 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
                 node = node[part]
         structured = OmegaConf.structured(schema)
         merged = OmegaConf.merge(structured, node)
+        # Overrides apply to the typed config (so any schema field can be set, not only those in the YAML);
+        # unknown keys and wrong types raise naming the key.
+        for ov in overrides:
+            if "=" not in ov:
+                raise ValueError(f"override {ov!r} is not key=value")
+            key, value = ov.split("=", 1)
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key.lstrip('+')}={value}"]))
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, HydraException) as e:
         raise ValueError(f"config {name!r} ({cdir / (name + '.yaml')}): {e}") from e

@@ -46,3 +46,37 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
     if not collected:
         return None
     return torch.cat(collected, dim=0)
+
+
+def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[torch.Tensor]:
+    """Forward-only pass over ``microbatches`` through the pipeline schedule.
+
+    ``forward(model, batch) -> output`` runs on every stage; ``reduce(batch, output) -> tensor`` runs on the
+    last stage and its results are returned there (an empty list on other stages).
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    collected: list[torch.Tensor] = []
+
+    def step(data_iter, model):
+        batch = next(data_iter)
+        out = forward(model, batch)
+
+        def loss_fn(output):
+            collected.append(reduce(batch, output).detach())
+            return output.sum() * 0.0, {}
+
+        return out, loss_fn
+
+    models = model if isinstance(model, list) else [model]
+    with torch.no_grad():
+        get_forward_backward_func()(
+            forward_step_func=step,
+            data_iterator=iter(microbatches),
+            model=models,
+            num_microbatches=len(microbatches),
+            seq_length=microbatches[0]["input_ids"].shape[1],
+            micro_batch_size=microbatches[0]["input_ids"].shape[0],
+            forward_only=True,
+        )
+    return collected

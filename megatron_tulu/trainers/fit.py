@@ -89,6 +89,7 @@ class Trainer:
     def __init__(self, cfg: StageConfig, task: Task, preset=None):
         self.cfg, self.task = cfg, task
         self.run_dir = Path(cfg.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
         self.step = 0
         self.preset = preset
         self.model = None
@@ -112,6 +113,8 @@ class Trainer:
         from megatron_tulu.trainers.model_setup import build_trainable
 
         self.model, self.optimizer = build_trainable(self)
+        if hasattr(self.task, "after_model"):  # e.g. DPO's reference pre-pass, with the initial weights
+            self.task.after_model(self)
         from megatron_tulu.data.sampler import EpochSampler
 
         self.sampler = EpochSampler(self.num_examples, cfg.train.global_batch_size, seed=cfg.train.seed)
@@ -119,7 +122,6 @@ class Trainer:
             self.total_steps = cfg.train.max_steps
         else:
             self.total_steps = max(1, int(cfg.train.epochs * len(self.sampler)))
-        self.ckpt_root = self.run_dir / "checkpoints"
         self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, enabled=dist.get_rank() == 0, total_steps=self.total_steps)
 
@@ -221,6 +223,8 @@ class Trainer:
         watcher = PreemptionWatcher()
         last = {}
         t_start = time.time()
+        if hasattr(self.task, "evaluate") and self.step == 0:
+            self.metrics.log_eval(0, self.task.evaluate(self))
         try:
             while self.step < self.total_steps:
                 indices = self.sampler.next_batch()
@@ -247,6 +251,9 @@ class Trainer:
                     raise SystemExit(REQUEUE_EXIT_CODE)
             if not (self.ckpt_root / checkpointing.step_dir_name(self.step)).exists():
                 self.save()
+            if hasattr(self.task, "evaluate"):
+                last.update(self.task.evaluate(self))
+                self.metrics.log_eval(self.step, last)
             if cfg.checkpoint.export_hf:
                 self.export_hf(self.run_dir / "hf")
         finally:

@@ -61,6 +61,18 @@ class MetricsLogger:
             self._bar.set_postfix(post, refresh=False)
             self._bar.refresh()
 
+    def log_eval(self, step: int, metrics: dict) -> None:
+        """Evaluation metrics (keys starting with ``eval/``) to ``run_dir/eval.jsonl`` and TensorBoard."""
+        if not self.enabled:
+            return
+        rec = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("eval/")}}
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb:
+            for k, v in rec.items():
+                if k != "step":
+                    self._tb.add_scalar(f"{self.prefix}{k}", v, step)
+
     def summary(self, summary: dict) -> None:
         if not self.enabled:
             return
