@@ -34,8 +34,9 @@ def relaunch_with_torchrun(module: str, argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def stage_main(module: str, schema, make_task: Callable, default_config: str, argv=None) -> int:
-    """Parse, compose the config, run the stage. Returns the process exit code."""
+def stage_main(module: str, schema, make_task: Callable | None, default_config: str, argv=None, run: Callable | None = None) -> int:
+    """Parse, compose the config, run the stage (``run(cfg)``, or the shared loop with ``make_task(cfg)``).
+    Returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv, default_config, f"python -m {module}")
     if args.nproc and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
@@ -49,5 +50,8 @@ def stage_main(module: str, schema, make_task: Callable, default_config: str, ar
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run_stage(cfg, make_task(cfg))
+    if run is not None:
+        run(cfg)
+    else:
+        run_stage(cfg, make_task(cfg))
     return 0

@@ -16,7 +16,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu.checkpoint import mapping
-from megatron_tulu.checkpoint.hf_io import HFReader, atomic_dir, hf_config_from_preset, write_hf_dir
+from megatron_tulu.checkpoint.hf_io import (
+    TOKENIZER_FILES, HFReader, atomic_dir, hf_config_from_preset, write_hf_dir,
+)
 from megatron_tulu.models.presets import LlamaPreset
 
 FORMAT_FILE = "megatron_tulu_ckpt.json"
@@ -74,7 +76,10 @@ def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Ten
     dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
     me = dist.get_rank() if dist.is_initialized() else 0
     params = {glob: p for _, glob, p in named_local_params(model)}
-    stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 else [0]
+    # Stage s is sent to rank 0 by its (tp 0, dp 0) rank: exactly the members of rank 0's own pipeline group.
+    # Only rank 0 needs their global ids; a sender recognises itself by its coordinates (a rank with
+    # tp_rank > 0 must never take its own PP group's entry for the sender).
+    stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 and me == 0 else None
     dtype = next(iter(params.values())).dtype if params else torch.float32
     tp_group = ps.get_tensor_model_parallel_group()
     for stage in range(pp):
@@ -92,16 +97,15 @@ def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Ten
                     shards = [p]
                 if tp_rank == 0:
                     merged = mapping.mcore_to_hf(glob, shards, preset)
-            src = stage_src[stage] if pp > 1 else 0
-            if src != 0:
-                if me == src:
+            if pp > 1 and stage > 0:
+                if stage == pp_rank and tp_rank == 0 and dp_rank == 0:
                     for _, t in merged:
                         dist.send(t.contiguous(), dst=0)
                 elif me == 0:
                     merged = []
                     for n in hf_names:
                         buf = torch.empty(mapping.expected_hf_shape(n, preset), dtype=dtype, device=p_device(params))
-                        dist.recv(buf, src=src)
+                        dist.recv(buf, src=stage_src[stage])
                         merged.append((n, buf))
             if me == 0:
                 yield from merged
@@ -150,7 +154,8 @@ def save_rank_files(reader: HFReader, preset: LlamaPreset, out: str | Path, tp: 
                 del state
         meta = {"format": "megatron_tulu.rank_files.v1", "tp": tp, "pp": pp, "preset": preset.to_dict()}
         (tmp / FORMAT_FILE).write_text(json.dumps(meta, indent=2))
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        # the same list mcore-to-hf copies back, so a round trip keeps tokenizer AND generation_config.json
+        for f in TOKENIZER_FILES:
             if (reader.path / f).exists():
                 (tmp / f).write_bytes((reader.path / f).read_bytes())
         (tmp / "hf_config.json").write_text(json.dumps(reader.config, indent=2))

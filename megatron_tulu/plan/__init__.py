@@ -1,0 +1,10 @@
+"""Parallelism / memory / step-time planner for Llama 3.1 layouts (``python -m megatron_tulu.plan --help``).
+
+Public API: :class:`PlanRequest`, :func:`enumerate_layouts`, :func:`evaluate`, :func:`plan_rlvr_layout`
+(node roles for the SLURM dry run), the formulas in :mod:`.memory` and :mod:`.throughput`, GPU specs in
+:mod:`.hardware`.
+"""
+
+from megatron_tulu.plan.layouts import Layout, PlanRequest, enumerate_layouts, evaluate, plan_rlvr_layout
+
+__all__ = ["Layout", "PlanRequest", "enumerate_layouts", "evaluate", "plan_rlvr_layout"]

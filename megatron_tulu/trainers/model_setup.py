@@ -32,8 +32,10 @@ def resolve_preset(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> Llam
     return preset
 
 
-def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True):
-    """This rank's model (as the one-element chunk list megatron's schedules take), with initial weights."""
+def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None):
+    """This rank's model (as the one-element chunk list megatron's schedules take), with initial weights.
+
+    ``customize(model)`` runs after the weights are loaded and before DDP wrapping (e.g. a value head)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from megatron_tulu.checkpoint.model_io import load_hf_into_model, load_rank_file
@@ -46,6 +48,8 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
         load_hf_into_model(model, cfg.init_hf, preset)
     elif cfg.init_mcore:
         load_rank_file(model, cfg.init_mcore)
+    if customize is not None:
+        customize(model)
     if not wrap_ddp:
         return [model]
     from megatron.core.distributed import finalize_model_grads

@@ -1,0 +1,356 @@
+"""Reading, validating, mixing and tokenizing local datasets, with an on-disk Arrow cache.
+
+Rows come from local JSONL (parsed line by line so an error names the file and line) or Parquet (read through
+Hugging Face ``datasets``; "line" is the 1-based row number). A bad row raises :class:`DataFileError` naming
+file and line, or, with ``skip_invalid=True``, is counted per reason, logged, and reported — never silently
+dropped.
+
+A mixture (like open-instruct's ``dataset_mixer``) takes a count or a fraction of each source after a
+fixed-seed shuffle, then shuffles the union with the same seed. The tokenized result is saved with
+``Dataset.save_to_disk`` under ``cache_dir/<key>`` where key = hash(file contents + mixture + tokenizer +
+template + max_len + kind), so a second run loads it instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from megatron_tulu.data import chat
+
+log = logging.getLogger(__name__)
+
+KINDS = ("sft", "preference", "rlvr", "text")
+CACHE_FORMAT_VERSION = "1"  # bump when the tokenized layout or masking rule changes
+
+
+class DataFileError(ValueError):
+    """A bad row in a data file; ``str()`` names the file and line."""
+
+    def __init__(self, path: str, line: int, reason: str):
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path}:{line}: {reason}")
+
+
+@dataclass
+class DatasetSource:
+    """One entry of a mixture."""
+
+    path: str = ""
+    """Local .jsonl/.json (one JSON object per line) or .parquet file."""
+    count: int | None = None
+    """Number of rows to take (after a seeded shuffle); above the file's size rows are repeated. Exclusive with fraction."""
+    fraction: float | None = None
+    """Share of the file's rows to take (1.0 = all; >1 repeats rows). Exclusive with count; neither means all."""
+    name: str | None = None
+    """Label used in reports; defaults to the file name."""
+
+
+@dataclass
+class MixtureConfig:
+    """A list of sources mixed into one training set (open-instruct ``dataset_mixer`` semantics)."""
+
+    datasets: list[DatasetSource] = field(default_factory=list)
+    """The sources; each takes a count or a fraction of its rows."""
+    seed: int = 42
+    """Seed of the per-source selection shuffle and of the final shuffle."""
+    skip_invalid: bool = False
+    """Count, log and skip bad rows instead of failing on the first one."""
+
+
+@dataclass
+class SourceReport:
+    name: str
+    path: str
+    rows_available: int
+    rows_taken: int
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DataReport:
+    """What a build took from each source and what tokenization did; saved next to the cache."""
+
+    kind: str
+    sources: list[SourceReport]
+    rows: int = 0
+    truncated: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    cache_key: str = ""
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"{s.name}: {s.rows_taken}/{s.rows_available}" for s in self.sources]
+        return (f"{self.kind} mixture -> {self.rows} rows ({'; '.join(parts)}); truncated {self.truncated}, "
+                f"skipped {sum(self.skipped.values())} {dict(self.skipped)}; cache {'hit' if self.cache_hit else 'miss'}")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _validate_row(row: Any, kind: str) -> dict:
+    """Normalized row for ``kind`` or :class:`chat.DataFormatError` naming the field."""
+    if not isinstance(row, dict):
+        raise chat.DataFormatError(f"row must be a JSON object, got {type(row).__name__}")
+    if kind == "sft":
+        if "messages" not in row:
+            raise chat.DataFormatError("missing field 'messages'")
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in chat.validate_messages(row["messages"])]}
+    if kind == "preference":
+        c, r = chat._split_preference(row)
+        strip = lambda ms: [{"role": m["role"], "content": m["content"]} for m in ms]  # noqa: E731
+        return {"chosen": strip(c), "rejected": strip(r)}
+    if kind == "rlvr":
+        if "messages" not in row:
+            raise chat.DataFormatError("missing field 'messages'")
+        msgs = chat.validate_messages(chat.prompt_messages(row["messages"]) or row["messages"], require_assistant=False)
+        for k in ("ground_truth", "dataset"):
+            if k not in row or row[k] is None:
+                raise chat.DataFormatError(f"missing field {k!r}")
+        gt = row["ground_truth"]
+        gt = gt if isinstance(gt, str) else (gt[0] if isinstance(gt, list) and len(gt) == 1 else json.dumps(gt))
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs],
+                "ground_truth": gt, "dataset": str(row["dataset"])}
+    if kind == "text":
+        if not isinstance(row.get("text"), str) or not row["text"]:
+            raise chat.DataFormatError("field 'text' must be a non-empty string")
+        return {"text": row["text"]}
+    raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
+def _raw_rows(path: Path):
+    """Yield (line_number, parsed_or_exception) for JSONL or Parquet files."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, chat.DataFormatError(f"malformed JSON ({e.msg} at column {e.colno})")
+    elif suffix == ".parquet":
+        import datasets
+
+        ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        for i, row in enumerate(ds, start=1):
+            yield i, row
+    else:
+        raise ValueError(f"{path}: unsupported data file type {suffix!r} (use .jsonl or .parquet)")
+
+
+def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: Counter | None = None) -> list[dict]:
+    """Validated rows of one file; each row carries ``_source`` (path) and ``_line`` for later error messages.
+
+    Raises :class:`DataFileError` (file and line) on the first bad row unless ``skip_invalid``; skipped rows are
+    counted into ``skipped`` by reason and logged.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data file not found: {p}")
+    out = []
+    skipped = skipped if skipped is not None else Counter()
+    for line, raw in _raw_rows(p):
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            row = _validate_row(raw, kind)
+        except chat.DataFormatError as e:
+            if not skip_invalid:
+                raise DataFileError(str(p), line, str(e)) from None
+            reason = str(e).split(" (")[0]
+            skipped[reason] += 1
+            log.warning("skipping %s:%d: %s", p, line, e)
+            continue
+        row["_source"], row["_line"] = str(p), line
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- mixing
+def _select(n_avail: int, src: DatasetSource, rng: random.Random) -> list[int]:
+    if src.count is not None and src.fraction is not None:
+        raise ValueError(f"mixture source {src.path}: give count or fraction, not both")
+    if src.count is not None:
+        want = int(src.count)
+    elif src.fraction is not None:
+        want = int(round(float(src.fraction) * n_avail))
+    else:
+        want = n_avail
+    if want < 0:
+        raise ValueError(f"mixture source {src.path}: negative count/fraction")
+    out: list[int] = []
+    while len(out) < want and n_avail > 0:  # whole shuffled passes, then a shuffled remainder (upsampling)
+        perm = list(range(n_avail))
+        rng.shuffle(perm)
+        out.extend(perm[: want - len(out)])
+    return out
+
+
+def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
+    """Read, validate and mix the sources of ``cfg``; returns rows (with ``_source``/``_line``) and a report."""
+    if not cfg.datasets:
+        raise ValueError("mixture has no datasets")
+    rows: list[dict] = []
+    reports = []
+    total_skipped: Counter = Counter()
+    for k, src in enumerate(cfg.datasets):
+        skipped: Counter = Counter()
+        avail = read_rows(src.path, kind, cfg.skip_invalid, skipped)
+        idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{src.path}"))
+        rows.extend(avail[i] for i in idx)
+        reports.append(SourceReport(src.name or Path(src.path).name, src.path, len(avail), len(idx), dict(skipped)))
+        total_skipped.update(skipped)
+    random.Random(cfg.seed).shuffle(rows)
+    return rows, DataReport(kind=kind, sources=reports, rows=len(rows), skipped=dict(total_skipped))
+
+
+# ----------------------------------------------------------------------------------------------- tokenizing
+def _tokenize_row(row: dict, kind: str, tokenizer, max_len: int | None, template: str) -> tuple[dict, bool]:
+    """Tokenized row and whether it was truncated; raises DataFormatError for over-long prompts."""
+    if kind == "sft":
+        full = chat.tokenize_sft_full(row["messages"], tokenizer, template)
+        n = len(full["input_ids"])
+        if max_len is not None and n > max_len:
+            labels = full["labels"][:max_len]
+            if all(x == chat.IGNORE_INDEX for x in labels):
+                raise chat.PromptTooLongError(f"prompt fills all {max_len} tokens (conversation has {n}); nothing to train on")
+            return {"input_ids": full["input_ids"][:max_len], "labels": labels}, True
+        return full, False
+    if kind == "preference":
+        out = chat.tokenize_preference(row, tokenizer, None, template)
+        trunc = False
+        if max_len is not None:
+            for side in ("chosen", "rejected"):
+                if len(out[f"{side}_input_ids"]) > max_len:
+                    trunc = True
+                    out[f"{side}_input_ids"] = out[f"{side}_input_ids"][:max_len]
+                    out[f"{side}_labels"] = out[f"{side}_labels"][:max_len]
+                    if all(x == chat.IGNORE_INDEX for x in out[f"{side}_labels"]):
+                        raise chat.PromptTooLongError(f"prompt fills all {max_len} tokens of {side}; nothing to train on")
+        return out, trunc
+    if kind == "rlvr":
+        return chat.tokenize_prompt(row, tokenizer, max_len, template), False
+    if kind == "text":
+        ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"]
+        ids = list(ids) + [tokenizer.eos_token_id]
+        trunc = max_len is not None and len(ids) > max_len
+        return {"input_ids": ids[:max_len] if trunc else ids}, trunc
+    raise ValueError(f"unknown data kind {kind!r}")
+
+
+def tokenize_rows(
+    rows: list[dict], kind: str, tokenizer, max_len: int | None, template: str = "tulu",
+    skip_invalid: bool = False, report: DataReport | None = None,
+) -> list[dict]:
+    """Tokenize validated rows; errors name the row's file and line (or are counted with ``skip_invalid``)."""
+    out = []
+    for row in rows:
+        try:
+            tok, trunc = _tokenize_row(row, kind, tokenizer, max_len, template)
+        except chat.DataFormatError as e:
+            if not skip_invalid:
+                raise DataFileError(row.get("_source", "<rows>"), row.get("_line", 0), str(e)) from None
+            reason = type(e).__name__
+            if report is not None:
+                report.skipped[reason] = report.skipped.get(reason, 0) + 1
+            log.warning("skipping %s:%s: %s", row.get("_source"), row.get("_line"), e)
+            continue
+        if trunc and report is not None:
+            report.truncated += 1
+        out.append(tok)
+    if report is not None:
+        report.rows = len(out)
+    return out
+
+
+def _file_digest(path: str, memo: dict[str, str]) -> str:
+    if path not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        memo[path] = h.hexdigest()
+    return memo[path]
+
+
+def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str) -> str:
+    """Hash of everything the tokenized output depends on (file contents, not paths or mtimes)."""
+    from megatron_tulu.data.tokenizer import tokenizer_fingerprint
+
+    memo: dict[str, str] = {}
+    spec = {
+        "version": CACHE_FORMAT_VERSION,
+        "kind": kind,
+        "max_len": max_len,
+        "template": template,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "seed": cfg.seed,
+        "skip_invalid": cfg.skip_invalid,
+        "sources": [(_file_digest(s.path, memo), s.count, s.fraction) for s in cfg.datasets],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def build_dataset(
+    cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str = "tulu",
+    cache_dir: str | Path | None = None, tokenize_fn: Callable[..., list[dict]] = tokenize_rows,
+):
+    """Mix, validate and tokenize; returns ``(datasets.Dataset, DataReport)``.
+
+    Columns: sft ``input_ids, labels``; preference ``chosen_input_ids, chosen_labels, rejected_input_ids,
+    rejected_labels``; rlvr ``prompt_ids, ground_truth, dataset``; text ``input_ids``. With ``cache_dir`` the
+    result is stored under ``cache_dir/<cache_key>`` and reused by later calls with identical inputs.
+    """
+    import datasets
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
+    key = cache_key(cfg, kind, tokenizer, max_len, template)
+    if cache_dir is not None:
+        path = Path(cache_dir) / key
+        if (path / "report.json").exists():
+            ds = datasets.load_from_disk(str(path / "data"))
+            rep = json.loads((path / "report.json").read_text())
+            rep["sources"] = [SourceReport(**s) for s in rep["sources"]]
+            report = DataReport(**{**rep, "cache_hit": True})
+            log.info("%s (%s)", report.summary(), path)
+            return ds, report
+    rows, report = mix(cfg, kind)
+    toks = tokenize_fn(rows, kind, tokenizer, max_len, template, cfg.skip_invalid, report)
+    if not toks:
+        raise ValueError(f"{kind} mixture produced no rows ({report.summary()})")
+    ds = datasets.Dataset.from_list(toks)
+    report.cache_key = key
+    if cache_dir is not None:
+        path = Path(cache_dir) / key
+        tmp = path.with_name(path.name + ".tmp")
+        ds.save_to_disk(str(tmp / "data"))
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        if path.exists():  # a concurrent builder won: keep theirs (identical by construction)
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(path)  # atomic: a half-written cache is never picked up
+        ds = datasets.load_from_disk(str(path / "data"))
+    log.info("%s", report.summary())
+    return ds, report
+
+
+def mixture_from_dict(d: dict) -> MixtureConfig:
+    """MixtureConfig from a plain dict/YAML node; also accepts open-instruct's ``{path: count_or_fraction}`` form."""
+    if "datasets" not in d:  # dataset_mixer form: ints are counts, floats are fractions
+        srcs = [DatasetSource(path=p, **({"count": v} if isinstance(v, int) else {"fraction": float(v)})) for p, v in d.items()]
+        return MixtureConfig(datasets=srcs)
+    srcs = [DatasetSource(**s) for s in d["datasets"]]
+    return MixtureConfig(datasets=srcs, **{k: v for k, v in d.items() if k != "datasets"})

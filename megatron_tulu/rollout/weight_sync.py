@@ -1,0 +1,408 @@
+"""Trainer -> rollout-engine weight sync: a stateless process group, bucketed broadcasts, timeouts, probe check.
+
+Layout: trainer rank 0 is rank 0 of a *stateless* process group (it does not touch torch.distributed's
+global state, so it coexists with the trainer's megatron groups); engine worker ``i`` of engine ``e`` is
+rank ``1 + offset_e + i``. Backend: NCCL on GPU, gloo on CPU, one code path (:func:`init_stateless_group`).
+
+Protocol (both sides derive the bucket plan from the same metadata, so only bytes cross the wire):
+  1. ``connect()``: every engine worker joins via an RPC run in a thread while the trainer joins as rank 0.
+  2. metadata ``[(hf_name, dtype, shape), ...]`` and the bucket size go to the workers once (and again only
+     if they change); workers validate them against their model and refuse before anything is loaded.
+  3. per sync: workers start receiving (RPC in a thread); the trainer packs tensors into byte buckets of at
+     most ``bucket_bytes`` (a bigger tensor travels alone) and broadcasts them; workers unpack into views and
+     call vLLM's ``reload_weights`` with HF names; then the engine resets its prefix cache.
+  4. optional probe check: engine logprobs on a fixed probe batch vs a reference callable.
+
+Every collective and RPC has a timeout; expiry, or a peer that vanished, raises :class:`WeightSyncTimeout`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ALIGN = 16  # byte alignment of each tensor inside a bucket, so a uint8 slice can be viewed as any dtype
+
+
+class WeightSyncError(RuntimeError):
+    """Base class of weight-sync failures."""
+
+
+class WeightSyncTimeout(WeightSyncError):
+    """A collective or RPC of the sync did not complete in time (a peer never joined, died or stalled)."""
+
+
+class WeightSyncMismatch(WeightSyncError):
+    """After a sync, engine logprobs on the probe batch disagree with the reference beyond the tolerance."""
+
+
+class WeightSyncValidationError(WeightSyncError, ValueError):
+    """The tensors offered do not fit the engine's model (unknown name, wrong shape/dtype); nothing was loaded."""
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What a receiver needs to rebuild one tensor: its HF name, dtype name (e.g. "float32") and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=dtype_from_name(self.dtype)).element_size()
+
+    def to_wire(self) -> list:
+        return [self.name, self.dtype, list(self.shape)]
+
+    @classmethod
+    def from_wire(cls, x) -> TensorMeta:
+        name, dtype, shape = x
+        return cls(str(name), str(dtype), tuple(int(s) for s in shape))
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype name {name!r}")
+    return dt
+
+
+def metas_of(items: Sequence[tuple[str, torch.Tensor]]) -> list[TensorMeta]:
+    return [TensorMeta(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in items]
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[list[tuple[int, int]]]:
+    """Group tensors, in order, into buckets of at most ``bucket_bytes`` bytes.
+
+    Returns one list per bucket of ``(tensor index, byte offset in the bucket)``; a tensor larger than
+    ``bucket_bytes`` gets a bucket of its own. Pure and deterministic: sender and receivers call it on the
+    same metadata and get the same plan.
+    """
+    if bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes}")
+    buckets: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    used = 0
+    for i, m in enumerate(metas):
+        size = _aligned(m.nbytes)
+        if cur and used + size > bucket_bytes:
+            buckets.append(cur)
+            cur, used = [], 0
+        cur.append((i, used))
+        used += size
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
+def bucket_nbytes(metas: Sequence[TensorMeta], bucket: list[tuple[int, int]]) -> int:
+    i, off = bucket[-1]
+    return _aligned(off + metas[i].nbytes)
+
+
+# ---------------------------------------------------------------------------------------------- group
+
+
+def init_stateless_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    """A process group outside torch.distributed's global state (rank 0 hosts the TCPStore).
+
+    Raises :class:`WeightSyncTimeout` if not all ``world_size`` ranks join within ``timeout_s``.
+    Same construction as vLLM's ``stateless_init_torch_distributed_process_group``, without importing vLLM.
+    """
+    from torch.distributed import PrefixStore, TCPStore
+    from torch.distributed.distributed_c10d import ProcessGroup
+
+    timeout = timedelta(seconds=timeout_s)
+    try:
+        store = TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False)
+        prefix = PrefixStore(f"weight_sync/{host}:{port}", store)
+        pg = ProcessGroup(prefix, rank, world_size)
+        if backend == "gloo":
+            from torch.distributed.distributed_c10d import ProcessGroupGloo
+
+            impl = ProcessGroupGloo(prefix, rank, world_size, timeout=timeout)
+            btype, dev = ProcessGroup.BackendType.GLOO, torch.device("cpu")
+        elif backend == "nccl":
+            from torch.distributed.distributed_c10d import ProcessGroupNCCL
+
+            opts = ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            impl = ProcessGroupNCCL(prefix, rank, world_size, opts)
+            btype, dev = ProcessGroup.BackendType.NCCL, torch.device("cuda")
+        else:
+            raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+        pg._set_default_backend(btype)
+        impl._set_sequence_number_for_group()
+        pg._register_backend(dev, btype, impl)
+    except ValueError:
+        raise
+    except Exception as e:  # store/gloo rendezvous errors are RuntimeError/DistStoreError subclasses
+        raise WeightSyncTimeout(
+            f"weight-sync group {host}:{port}: rank {rank} of {world_size} could not form the group within "
+            f"{timeout_s:g}s ({type(e).__name__}: {e})"
+        ) from e
+    return StatelessGroup(pg, store)
+
+
+class StatelessGroup:
+    """A process group plus its TCPStore (kept alive as long as the group: rank 0 owns the server socket)."""
+
+    def __init__(self, pg, store):
+        self.pg, self.store = pg, store
+
+    def broadcast(self, buf: torch.Tensor, root: int):
+        return self.pg.broadcast(buf, root)
+
+    def shutdown(self) -> None:
+        try:
+            self.pg.shutdown()
+        except Exception as e:  # a peer may be gone already; nothing left to release on our side
+            log.debug("process group shutdown: %s", e)
+
+
+def broadcast_with_timeout(pg, buf: torch.Tensor, timeout_s: float, what: str) -> None:
+    """``pg.broadcast(buf, root=0)`` that raises :class:`WeightSyncTimeout` instead of hanging or crashing."""
+    try:
+        work = pg.broadcast(buf, 0)
+        if work.wait(timedelta(seconds=timeout_s)) is False:
+            raise RuntimeError("wait returned False")
+    except Exception as e:
+        raise WeightSyncTimeout(f"{what}: broadcast did not complete within {timeout_s:g}s ({type(e).__name__}: {e})") from e
+
+
+class BucketSender:
+    """Trainer side (rank 0): packs tensors into byte buckets and broadcasts them."""
+
+    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float):
+        self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
+        self.plan = plan_buckets(self.metas, bucket_bytes)
+
+    def send(self, tensors: Sequence[torch.Tensor], on_bucket: Callable[[int, int], None] | None = None) -> int:
+        """Broadcast ``tensors`` (matching the metadata, in order); returns the bytes sent.
+
+        ``on_bucket(index, nbytes)`` is called after each bucket went out (progress logging; tests use it
+        to kill a peer mid-sync).
+        """
+        total = 0
+        for b, bucket in enumerate(self.plan):
+            buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
+            for i, off in bucket:
+                t = tensors[i].detach().to(self.device).contiguous().reshape(-1).view(torch.uint8)
+                buf[off : off + t.numel()].copy_(t)
+            broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
+            total += buf.numel()
+            if on_bucket is not None:
+                on_bucket(b, buf.numel())
+        return total
+
+
+class BucketReceiver:
+    """Engine-worker side: receives the buckets and yields ``(hf_name, tensor)`` views into them."""
+
+    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float):
+        self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
+        self.plan = plan_buckets(self.metas, bucket_bytes)
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Lazily receive bucket by bucket (so a consumer can load while later buckets are in flight)."""
+        for b, bucket in enumerate(self.plan):
+            buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
+            broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
+            for i, off in bucket:
+                m = self.metas[i]
+                yield m.name, buf[off : off + m.nbytes].view(dtype_from_name(m.dtype)).view(m.shape)
+
+
+# ---------------------------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class SyncStats:
+    """Timings of one sync (for the RLVR metrics: time in sync)."""
+
+    bytes: int
+    buckets: int
+    tensors: int
+    seconds: float
+    """Wall time from the first byte packed to the engines' prefix caches reset."""
+    metadata_sent: bool
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 2**20 / max(self.seconds, 1e-9)
+
+
+def _raise_worker_errors(per_engine: list, what: str) -> None:
+    """Worker methods report failures as "error: Type: message" strings (raising would kill vLLM's core)."""
+    errors = [r for workers in per_engine for r in (workers or []) if isinstance(r, str) and r.startswith("error:")]
+    if errors:
+        cls = WeightSyncTimeout if any("WeightSyncTimeout" in e for e in errors) else WeightSyncError
+        raise cls(f"{what}: {len(errors)} engine worker(s) failed: " + " | ".join(errors[:4]))
+
+
+def _wait(futures: list[cf.Future], timeout_s: float, what: str) -> list:
+    done, pending = cf.wait(futures, timeout=timeout_s)
+    if pending:
+        raise WeightSyncTimeout(f"{what}: {len(pending)} of {len(futures)} engine RPCs did not finish within {timeout_s:g}s")
+    out = []
+    for f in futures:
+        e = f.exception()
+        if e is not None:
+            if isinstance(e, WeightSyncError):
+                raise e
+            raise WeightSyncError(f"{what}: engine RPC failed: {type(e).__name__}: {e}") from e
+        out.append(f.result())
+    _raise_worker_errors(out, what)
+    return out
+
+
+class WeightSyncGroup:
+    """Pushes trainer weights (HF names, full tensors) to one or more vLLM engines by broadcast.
+
+    ``engines`` are objects with ``num_workers`` and ``rpc_async(method, *args, timeout=...) -> Future``
+    (:class:`~megatron_tulu.rollout.vllm_engine.VLLMEngine`). Call :meth:`connect` once, then :meth:`sync`
+    after every optimizer step, and :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        engines: Sequence,
+        bucket_bytes: int = 256 * 2**20,
+        timeout_s: float = 300.0,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        backend: str | None = None,
+        device: torch.device | None = None,
+    ):
+        from megatron_tulu import platform
+        from megatron_tulu.parallel import free_port
+
+        self.engines = list(engines)
+        self.bucket_bytes = int(bucket_bytes)
+        self.timeout_s = float(timeout_s)
+        self.host = host
+        self.port = port or free_port()
+        self.backend = backend or platform.backend()
+        self.device = device or (platform.device() if self.backend == "nccl" else torch.device("cpu"))
+        self.world_size = 1 + sum(e.num_workers for e in self.engines)
+        self.key = f"{self.host}:{self.port}"  # names this group's state in the workers (several may coexist)
+        self.pg = None
+        self._metas: list[TensorMeta] | None = None
+
+    def _rpc_all(self, method: str, *args) -> list[cf.Future]:
+        return [e.rpc_async(method, *args, timeout=self.timeout_s) for e in self.engines]
+
+    def connect(self) -> None:
+        """Form the group: every engine worker joins while this process joins as rank 0."""
+        futures, offset = [], 1
+        for e in self.engines:
+            futures.append(
+                e.rpc_async(
+                    "weight_sync_init", self.key, self.host, self.port, offset, self.world_size, self.backend,
+                    self.timeout_s,
+                    timeout=self.timeout_s,
+                )
+            )
+            offset += e.num_workers
+        try:
+            self.pg = init_stateless_group(self.host, self.port, 0, self.world_size, self.backend, self.timeout_s)
+        except WeightSyncError:
+            cf.wait(futures, timeout=self.timeout_s + 5)  # the workers give up after the same timeout
+            raise
+        _wait(futures, self.timeout_s + 5, "connect")
+
+    def sync(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        stream: bool = False,
+        on_bucket: Callable[[int, int], None] | None = None,
+    ) -> SyncStats:
+        """Broadcast ``(hf_name, tensor)`` pairs to all engines and load them; returns timings.
+
+        ``stream``: workers load bucket by bucket instead of after the last one (see
+        ``WeightSyncWorkerExtension.weight_sync_receive``). ``on_bucket(index, nbytes)``: progress callback.
+        """
+        if self.pg is None:
+            raise WeightSyncError("WeightSyncGroup.sync called before connect()")
+        items = [(n, t) for n, t in named_tensors]
+        if not items:
+            raise WeightSyncValidationError("sync: no tensors given")
+        t0 = time.perf_counter()
+        metas = metas_of(items)
+        sent_meta = metas != self._metas
+        if sent_meta:
+            wire = [m.to_wire() for m in metas]
+            futures = [e.rpc_async("weight_sync_set_metadata", self.key, wire, self.bucket_bytes, timeout=self.timeout_s) for e in self.engines]
+            per_engine = _wait(futures, self.timeout_s + 5, "metadata")  # [engine][worker] -> list of problems
+            problems = [p for workers in per_engine for r in workers for p in (r or [])]
+            if problems:
+                self._metas = None
+                raise WeightSyncValidationError("sync refused before loading: " + "; ".join(sorted(set(problems))[:10]))
+            self._metas = metas
+        sender = BucketSender(self.pg, metas, self.bucket_bytes, self.device, self.timeout_s)
+        futures = self._rpc_all("weight_sync_receive", self.key, stream)
+        try:
+            nbytes = sender.send([t for _, t in items], on_bucket)
+        except WeightSyncTimeout:
+            self._metas = None  # the peers' state is unknown now
+            raise
+        _wait(futures, self.timeout_s + 5, "receive/load")
+        for e in self.engines:
+            e.reset_prefix_cache()
+        return SyncStats(nbytes, len(sender.plan), len(items), time.perf_counter() - t0, sent_meta)
+
+    def close(self) -> None:
+        if self.pg is not None:
+            futures = self._rpc_all("weight_sync_close", self.key)
+            try:
+                _wait(futures, self.timeout_s + 5, "close")
+            except WeightSyncError as e:
+                log.warning("weight-sync close: %s", e)
+            self.pg.shutdown()
+            self.pg = None
+
+
+def check_probe_logprobs(
+    engine,
+    reference: Callable[[list[list[int]], list[list[int]]], list[list[float]]],
+    probe_prompts: list[list[int]],
+    max_new_tokens: int = 8,
+    atol: float = 1e-3,
+) -> float:
+    """Post-sync check: engine greedy logprobs on ``probe_prompts`` vs ``reference(prompts, responses)``.
+
+    ``reference`` returns, per prompt, the logprob of each response token under the trainer's weights
+    (``log_softmax(logits)``, the greedy convention). Returns the max |difference|; raises
+    :class:`WeightSyncMismatch` if it exceeds ``atol`` (the usual symptom of a broken sync or layout).
+    """
+    from megatron_tulu.rollout.base import SamplingConfig
+
+    gens = engine.generate(probe_prompts, SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens))
+    responses = [g.token_ids[0] for g in gens]
+    ref = reference(probe_prompts, responses)
+    worst = 0.0
+    for i, (g, r) in enumerate(zip(gens, ref)):
+        if len(r) != len(g.logprobs[0]):
+            raise WeightSyncMismatch(f"probe {i}: reference gave {len(r)} logprobs for {len(g.logprobs[0])} tokens")
+        for a, b in zip(g.logprobs[0], r):
+            worst = max(worst, abs(float(a) - float(b)))
+    if not worst <= atol:
+        raise WeightSyncMismatch(f"engine vs reference logprobs differ by {worst:.3g} > atol {atol:g} on the probe batch")
+    return worst

@@ -1,0 +1,173 @@
+"""RLVR (Tülu 3): PPO with a value model, or GRPO, on verifiable rewards, with a rollout engine in the loop.
+
+One step (``RLVRDriver.step``), readable top to bottom:
+
+    prompts (deterministic sampler, same on every rank)
+    -> engine.generate on rank 0 (vLLM, or TorchEngine)          -> broadcast to all ranks
+    -> rewards.verify_batch (alpha * correct)                     -> broadcast
+    -> old / reference logprobs and values (forward-only, megatron schedules)
+    -> shape_rewards (KL penalty, EOS penalty) -> GAE + whitening  |  GRPO group advantages
+    -> ppo_epochs x minibatches: policy step (clipped loss) [+ value step]
+    -> weight sync: megatron shards -> HF names (checkpoint.mapping) -> engine.update_weights
+
+The rollout engine lives in the rank-0 process; with ``async_generation`` the next batch is generated in a
+background thread while this one trains (one step off-policy), so generation and training overlap.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu import platform
+from megatron_tulu.data.sampler import IGNORE_INDEX
+from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+from megatron_tulu.trainers.config import DataConfig
+from megatron_tulu.trainers.fit import StageConfig, Trainer
+from megatron_tulu.trainers.sft import DataStageMixin, split_microbatches
+
+
+@dataclass
+class RLVROptions:
+    """Algorithm and rollout settings (Tülu 3 defaults)."""
+
+    algorithm: str = "ppo"
+    """``ppo`` (value model + GAE) or ``grpo`` (group-normalised advantages, no value model)."""
+    alpha: float = 10.0
+    """Verifier reward for a correct response."""
+    kl_coef: float = 0.05
+    """β of the per-token KL penalty to the reference (Tülu 3 8B: 0.05)."""
+    kl_kind: str = "k1"
+    """KL estimator: ``k1``, ``k2`` or ``k3``."""
+    non_eos_penalty: float = -10.0
+    """Reward for a response that does not end in EOS (replaces the verifier score)."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Whiten PPO advantages over the whole (DP-wide) batch."""
+    clip_eps: float = 0.2
+    """PPO ratio clip."""
+    vf_clip_eps: float = 0.2
+    """Value clip (reward units)."""
+    value_lr: float = 0.0
+    """Value-model LR (0: same as optim.lr)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    num_minibatches: int = 1
+    """Optimizer steps per epoch over a rollout batch."""
+    samples_per_prompt: int = 1
+    """Responses per prompt (GRPO group size K; Tülu 3 PPO: 1)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    max_new_tokens: int = 64
+    """Response length limit."""
+    engine: str = "vllm"
+    """``vllm`` (real vLLM; CPU build here) or ``torch`` (TorchEngine)."""
+    engine_tp: int = 1
+    """vLLM tensor-parallel size of one engine."""
+    engine_dtype: str = "float32"
+    """Engine weights dtype (fp32 on CPU for exact agreement; bf16 on GPU)."""
+    async_generation: bool = False
+    """Generate batch t+1 while training on batch t (one step off-policy)."""
+    sync_bucket_mb: int = 64
+    """Weight-sync bucket size."""
+    verifier_workers: int = 0
+    """Processes for verify_batch (0: in-process, still time-bounded)."""
+
+
+@dataclass
+class RLVRConfig(StageConfig):
+    """Top-level config of ``launch/rlvr.py``. ``train.global_batch_size`` counts prompts per step."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    rlvr: RLVROptions = field(default_factory=RLVROptions)
+
+
+def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, seq: int | None = None):
+    """Concatenate prompt+response rows. Returns input_ids [B,S], targets [B,S] (next token, IGNORE elsewhere)
+    and mask [B,S] (1 where the target is a response token)."""
+    lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    s = seq or max(lens)
+    s = -(-s // 8) * 8
+    b = len(prompts)
+    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    targets = torch.full((b, s), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        row = list(p) + list(r)
+        ids[i, : len(row)] = torch.tensor(row)
+        if r:
+            targets[i, len(p) - 1: len(row) - 1] = torch.tensor(r)
+    return ids, targets, (targets != IGNORE_INDEX).float()
+
+
+class ValueHead(torch.nn.Module):
+    """Scalar head replacing the LM output layer (replicated across TP: its input is not vocab-sharded)."""
+
+    def __init__(self, hidden: int, dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, hidden, dtype=dtype, device=platform.device()))
+
+    def forward(self, hidden, weight=None, runtime_gather_output=None):  # megatron's output_layer signature
+        return torch.nn.functional.linear(hidden, self.weight), None
+
+
+class PolicyTask(DataStageMixin):
+    """Clipped policy loss over response tokens; the loop's Task interface (train_step only)."""
+
+    metric_names = ["loss_sum", "tokens", "clipfrac", "approx_kl"]
+
+    def __init__(self, cfg: RLVRConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer) -> int:
+        self.load_tokenizer(self.cfg.data)
+        self.prompts = self.build(trainer, "rlvr", self.cfg.data.mixture, self.cfg.train.seq_length)
+        return len(self.prompts)
+
+    def forward(self, model, batch):
+        dev = platform.device()
+        pos = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+        return model(batch["input_ids"].to(dev), pos.to(dev), None)
+
+    def denominator(self, mbs):
+        return float(sum(mb["mask"].sum() for mb in mbs))
+
+    def loss_fn(self, batch, logits, trainer):
+        from megatron_tulu.losses.ppo import POLICY_LOSSES
+
+        o = self.cfg.rlvr
+        t = batch["targets"].to(logits.device)
+        logp = vocab_parallel_logprobs(logits, t.clamp(min=0), trainer.preset.vocab_size, temperature=o.temperature)
+        mask = batch["mask"].to(logits.device)
+        kw = {}
+        if o.algorithm == "grpo":
+            kw = dict(ref_logp=batch["ref_logp"].to(logits.device), kl_coef=o.kl_coef, kl_kind="k3")
+        loss, m = POLICY_LOSSES[o.algorithm](logp, batch["old_logp"].to(logits.device), batch["adv"].to(logits.device),
+                                             mask, clip_eps=o.clip_eps, reduction="token-sum", **kw)
+        n = mask.sum()
+        return loss, {"loss_sum": loss.detach(), "tokens": n, "clipfrac": m["clipfrac"] * n, "approx_kl": m["approx_kl"] * n}
+
+    def finalize(self, sums, denom):
+        n = max(sums["tokens"], 1.0)
+        return {"loss": sums["loss_sum"] / max(denom, 1e-12), "clipfrac": sums["clipfrac"] / n, "approx_kl": sums["approx_kl"] / n}
+
+
+class ValueTask(PolicyTask):
+    metric_names = ["loss_sum", "tokens"]
+
+    def loss_fn(self, batch, values, trainer):
+        from megatron_tulu.losses.ppo import value_loss
+
+        mask = batch["mask"].to(values.device)
+        loss, _ = value_loss(values.squeeze(-1).float(), batch["old_values"].to(values.device), batch["returns"].to(values.device),
+                             mask, clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token-sum")
+        return loss, {"loss_sum": loss.detach(), "tokens": mask.sum()}
+
+    def finalize(self, sums, denom):
+        return {"value_loss": sums["loss_sum"] / max(denom, 1e-12)}

@@ -1,0 +1,283 @@
+"""The RLVR driver loop (see ``trainers.rlvr`` for the step outline and the tasks)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu import platform
+from megatron_tulu.parallel import broadcast_object
+from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionWatcher
+from megatron_tulu.trainers import checkpointing
+from megatron_tulu.trainers.fit import Trainer, lr_at
+from megatron_tulu.trainers.rlvr import PolicyTask, RLVRConfig, ValueHead, ValueTask, response_rows
+from megatron_tulu.trainers.sft import split_microbatches
+
+
+class RLVRDriver:
+    def __init__(self, cfg: RLVRConfig):
+        self.cfg = cfg
+        self.o = cfg.rlvr
+        if self.o.algorithm not in ("ppo", "grpo"):
+            raise ValueError(f"rlvr.algorithm must be ppo|grpo, got {self.o.algorithm!r}")
+        if self.o.algorithm == "grpo" and self.o.samples_per_prompt < 2:
+            raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
+        self.policy = Trainer(cfg, PolicyTask(cfg))
+        self.engine = None
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from megatron_tulu.trainers.model_setup import build_model_chunks, build_optimizer
+
+        tr = self.policy
+        tr.setup()
+        self.task: PolicyTask = tr.task
+        self.ref = build_model_chunks(tr, self.cfg.model, tr.preset, wrap_ddp=False)
+        for p in self.ref[0].parameters():
+            p.requires_grad_(False)
+        self.value = None
+        if self.o.algorithm == "ppo":
+            v = Trainer(self.cfg, ValueTask(self.cfg), preset=tr.preset)
+            for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "num_microbatches"):
+                setattr(v, k, getattr(tr, k))
+            v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
+
+            def head(model):
+                if model.post_process:
+                    model.output_layer = ValueHead(model.config.hidden_size, model.config.params_dtype)
+
+            v.model = build_model_chunks(v, self.cfg.model, tr.preset, customize=head)
+            v.optimizer = build_optimizer(v, v.model)
+            if tr.step > 0:
+                checkpointing.load(v.ckpt_root / checkpointing.step_dir_name(tr.step), v.model, v.optimizer,
+                                   self.cfg.checkpoint.optimizer_sharding)
+            self.value = v
+        self._start_engine()
+
+    def _start_engine(self) -> None:
+        """Export the policy's current weights (initial or resumed) and start the engine on rank 0."""
+        init_dir = Path(self.cfg.run_dir) / "engine_init"
+        self.policy.export_hf(init_dir)
+        if dist.get_rank() != 0:
+            return
+        if self.o.engine == "vllm":
+            from megatron_tulu.rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(init_dir, tensor_parallel_size=self.o.engine_tp, dtype=self.o.engine_dtype,
+                                     seed=self.cfg.train.seed)
+        elif self.o.engine == "torch":
+            from megatron_tulu.rollout.torch_engine import TorchEngine
+
+            self.engine = TorchEngine(init_dir)
+        else:
+            raise ValueError(f"rlvr.engine must be vllm|torch, got {self.o.engine!r}")
+
+    # ---- rollouts ----------------------------------------------------------------------------------
+    def _generate(self, indices: list[int], step: int) -> dict:
+        """Rank 0: sample, decode and verify. Returns plain Python data (broadcast to all ranks)."""
+        from megatron_tulu.rewards.batch import verify_batch
+        from megatron_tulu.rollout.base import SamplingConfig
+
+        t0 = time.time()
+        rows = [self.task.prompts[i] for i in indices]
+        k = self.o.samples_per_prompt
+        sampling = SamplingConfig(temperature=self.o.temperature, max_new_tokens=self.o.max_new_tokens, n=k,
+                                  seed=self.cfg.train.seed + step, stop_token_ids=[self.task.tokenizer.eos_token_id])
+        gens = self.engine.generate([list(r["prompt_ids"]) for r in rows], sampling)
+        prompts, responses, logps, eos, records = [], [], [], [], []
+        for r, g in zip(rows, gens):
+            for s in range(k):
+                prompts.append(list(r["prompt_ids"]))
+                responses.append(g.token_ids[s])
+                logps.append(g.logprobs[s])
+                eos.append(g.finish_reasons[s] == "stop")
+                records.append({"dataset": r["dataset"], "ground_truth": r["ground_truth"],
+                                "response": self.task.tokenizer.decode(g.token_ids[s], skip_special_tokens=True)})
+        verdicts, vm = verify_batch(records, workers=self.o.verifier_workers)
+        return {"prompts": prompts, "responses": responses, "rollout_logp": logps, "eos": eos,
+                "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0,
+                "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
+
+    def _forward_logps(self, chunks, mbs, values: bool = False) -> torch.Tensor | None:
+        from megatron_tulu.models.forward import forward_only_map
+        from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+
+        vocab, temp = self.policy.preset.vocab_size, self.o.temperature
+        if values:
+            red = lambda b, out: out.squeeze(-1).float()  # noqa: E731
+        else:
+            red = lambda b, out: vocab_parallel_logprobs(out, b["targets"].to(out.device).clamp(min=0), vocab, temperature=temp)  # noqa: E731
+        res = forward_only_map(chunks, mbs, self.task.forward, red)
+        return torch.cat([r.cpu() for r in res]) if res else None
+
+    # ---- one RL step -------------------------------------------------------------------------------
+    def step(self, ro: dict, lr: float) -> dict:
+        from megatron.core import parallel_state as ps
+
+        from megatron_tulu.algorithms import gae, grpo_advantages, shape_rewards, whiten
+        from megatron_tulu.losses.kl import logprob_mismatch
+
+        tr, o = self.policy, self.o
+        ids, targets, mask = response_rows(ro["prompts"], ro["responses"], self.task.pad_id)
+        n = ids.shape[0]
+        scores = torch.tensor(ro["correct"], dtype=torch.float32) * o.alpha
+        eos = torch.tensor(ro["eos"])
+        per = n // tr.dims.dp
+        sl = slice(tr.dp_rank * per, (tr.dp_rank + 1) * per)
+        rollout_logp = torch.zeros(n, ids.shape[1])
+        for i, (p, lp) in enumerate(zip(ro["prompts"], ro["rollout_logp"])):
+            if lp:
+                rollout_logp[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
+        local = {"input_ids": ids[sl], "targets": targets[sl], "mask": mask[sl]}
+        mb = self.cfg.train.micro_batch_size
+        mbs = [{k: v[i:i + mb] for k, v in local.items()} for i in range(0, per, mb)]
+        old_logp = self._forward_logps(tr.model, mbs)
+        ref_logp = self._forward_logps(self.ref, mbs)
+        old_values = self._forward_logps(self.value.model, mbs, values=True) if self.value else None
+        metrics = {}
+        if tr.is_last_stage:
+            m = mask[sl]
+            dp_sum = (lambda t: (dist.all_reduce(t, group=ps.get_data_parallel_group()), t)[1]) if tr.dims.dp > 1 else None
+            if o.algorithm == "ppo":
+                rewards, rm = shape_rewards(scores[sl], old_logp, ref_logp, m, kl_coef=o.kl_coef, kl_kind=o.kl_kind,
+                                            eos_found=eos[sl], non_eos_penalty=o.non_eos_penalty)
+                adv, returns = gae(rewards, old_values * m, m, gamma=o.gamma, lam=o.lam)
+                if o.whiten_advantages:
+                    adv = whiten(adv, m, all_reduce=dp_sum)
+                local.update(old_values=old_values, returns=returns)
+                metrics.update({f"reward/{k}": float(v) for k, v in rm.items()})
+            else:
+                s = torch.where(eos, scores, torch.full_like(scores, o.non_eos_penalty))
+                adv = grpo_advantages(s, o.samples_per_prompt)[sl].unsqueeze(1) * m
+            local.update(old_logp=old_logp, ref_logp=ref_logp, adv=adv)
+            mm = logprob_mismatch(rollout_logp[sl], old_logp, m)
+            metrics.update({f"mismatch/{k}": float(v) for k, v in mm.items()})
+        # PPO epochs x minibatches; every rank walks the same schedule (the tensors exist on the last stage)
+        t_train = time.time()
+        rows = list(range(per))
+        stats = {}
+        for _ in range(o.ppo_epochs):
+            for chunk in split_microbatches(rows, per // o.num_minibatches):
+                mbs = [{k: v[i:i + mb] for k, v in local.items()} for i in range(chunk[0], chunk[-1] + 1, mb)]
+                denom = tr.all_reduce_dp(float(sum(b["mask"].sum() for b in mbs)))
+                stats = tr.train_step(mbs, denom, lr)
+                if self.value is not None:
+                    vlr = o.value_lr or lr
+                    stats.update(self.value.train_step(mbs, denom, vlr))
+        metrics.update(stats)
+        metrics["time/train_s"] = time.time() - t_train
+        metrics.update({"reward/accuracy": float(torch.tensor(ro["correct"], dtype=torch.float32).mean()),
+                        "reward/score": float(scores.mean()), "reward/eos_frac": float(eos.float().mean()),
+                        "reward/verifier_timeouts": ro["timeouts"], "response_len": float(mask.sum(1).mean()),
+                        "time/generate_s": ro["gen_s"]})
+        metrics.update({f"accuracy/{d}": v for d, v in ro["by_dataset"].items()})
+        return self._mean_over_dp(metrics)
+
+    def _mean_over_dp(self, metrics: dict) -> dict:
+        """Per-DP-rank metrics from the last stage -> mean on every rank (keys are rank-independent)."""
+        keys = sorted(metrics)
+        keys = broadcast_object(keys, src=dist.get_world_size() - 1)
+        vec = torch.tensor([float(metrics.get(k, 0.0)) if (self.policy.is_last_stage and self.policy.tp_rank == 0) else 0.0
+                            for k in keys], dtype=torch.float64, device=platform.device())
+        if dist.get_world_size() > 1:
+            dist.all_reduce(vec)
+        return {k: v / self.policy.dims.dp for k, v in zip(keys, vec.tolist())}
+
+    def sync_weights(self) -> float:
+        """Trainer -> engine: gather shards to HF names on rank 0 and load them into the engine."""
+        from megatron_tulu.checkpoint.model_io import iter_hf_tensors
+
+        t0 = time.time()
+        named = list(iter_hf_tensors(self.policy.model, self.policy.preset))
+        if dist.get_rank() == 0:
+            self.engine.update_weights(named)
+        return time.time() - t0
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.setup()
+        tr, cfg = self.policy, self.cfg
+        watcher = PreemptionWatcher()
+        pending = None
+        last = {}
+        t_start = time.time()
+        try:
+            indices = tr.sampler.next_batch()
+            while tr.step < tr.total_steps:
+                t0 = time.time()
+                if pending is not None:
+                    ro = pending.result()
+                else:
+                    ro = self._generate(indices, tr.step) if dist.get_rank() == 0 else None
+                idle = time.time() - t0
+                ro = broadcast_object(ro)
+                state_before = tr.sampler.state_dict()
+                next_indices = tr.sampler.next_batch() if tr.step + 1 < tr.total_steps else None
+                pending = None
+                if self.o.async_generation and next_indices is not None and dist.get_rank() == 0:
+                    pending = self.pool.submit(self._generate, next_indices, tr.step + 1)
+                metrics = self.step(ro, lr_at(tr.step, tr.total_steps, cfg.optim))
+                if pending is not None:
+                    t_wait = time.time()
+                    pending.result()  # the engine may not change weights mid-generation
+                    idle += time.time() - t_wait
+                metrics["time/sync_s"] = self.sync_weights()
+                metrics["time/idle_s"] = idle
+                if metrics.get("mismatch/mean_abs_diff", 0.0) > self.cfg_tol():
+                    from megatron_tulu.rollout.weight_sync import WeightSyncMismatch
+
+                    raise WeightSyncMismatch(f"rollout vs trainer logprobs differ by {metrics['mismatch/mean_abs_diff']:.3g} "
+                                             f"(> {self.cfg_tol()}): weight sync or kernels are broken")
+                tr.step += 1
+                tr.metrics.log(tr.step, metrics)
+                last = metrics
+                stop = watcher.requested()
+                # the checkpoint must not include the batch drawn ahead for asynchronous generation
+                live = tr.sampler.state_dict()
+                tr.sampler.load_state_dict(state_before)
+                interval = cfg.checkpoint.interval
+                if stop or (interval and tr.step % interval == 0) or tr.step == tr.total_steps:
+                    self.save()
+                tr.sampler.load_state_dict(live)
+                if stop:
+                    if pending is not None:
+                        pending.result()
+                    tr.metrics.close()
+                    print(f"[megatron-tulu] {watcher.signal_name}: checkpointed RLVR step {tr.step}", file=sys.stderr)
+                    raise SystemExit(REQUEUE_EXIT_CODE)
+                indices = next_indices
+            if cfg.checkpoint.export_hf:
+                tr.export_hf(Path(cfg.run_dir) / "hf")
+        finally:
+            watcher.restore()
+            if self.engine is not None:
+                self.engine.shutdown()
+        summary = {"steps": tr.step, "final": last, "wall_s": time.time() - t_start}
+        tr.metrics.summary(summary)
+        tr.metrics.close()
+        return summary
+
+    def cfg_tol(self) -> float:
+        return 0.05 if not platform.has_gpu() or self.o.engine_dtype == "float32" else 0.2
+
+    def save(self) -> None:
+        self.policy.save()
+        if self.value is not None:
+            checkpointing.save(self.value.ckpt_root, self.policy.step, self.value.model, self.value.optimizer,
+                               {"sampler": {}}, sharding=self.cfg.checkpoint.optimizer_sharding,
+                               keep_last=self.cfg.checkpoint.keep_last)
+
+
+def run_rlvr(cfg: RLVRConfig) -> dict:
+    from megatron_tulu.parallel import destroy_distributed
+
+    try:
+        return RLVRDriver(cfg).fit()
+    finally:
+        destroy_distributed()

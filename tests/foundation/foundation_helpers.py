@@ -1,0 +1,268 @@
+"""Shared helpers for the foundation tests: tiny random HF Llamas and the per-rank bodies that
+``megatron_tulu.testing.run_distributed`` runs (module-level so spawned processes can import them).
+
+Each per-rank body batches many checks into ONE launch (a launch costs ~10 s on 2 cores): with 4 processes,
+layouts smaller than 4 ranks run with data parallelism filling the rest (every DP replica computes the same
+thing, so the result equals the plain layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def make_hf_llama(
+    out_dir: str | Path, *, vocab: int = 301, hidden: int = 64, inter: int = 96, layers: int = 2, heads: int = 8,
+    kv_heads: int = 2, tie: bool = False, rope_scaling: bool = True, seed: int = 0, rope_theta: float = 500000.0,
+) -> Path:
+    """Save a random fp32 ``LlamaForCausalLM`` (config.json + safetensors) to ``out_dir``.
+
+    Every tensor, norms included, is drawn at random so that a swapped or mis-sliced weight shows up.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=16384, rms_norm_eps=1e-5,
+        rope_theta=rope_theta, rope_scaling=dict(LLAMA3_ROPE) if rope_scaling else None,
+        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+            else:  # RMSNorm weights: around 1 but not all ones
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def make_hf_from_preset(out_dir: str | Path, preset, seed: int = 0) -> Path:
+    """Random HF checkpoint with exactly the shape of a ``LlamaPreset`` (e.g. ``get_preset("tiny")``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_tulu.checkpoint.hf_io import hf_config_from_preset
+
+    cfg = {k: v for k, v in hf_config_from_preset(preset).items() if k not in ("architectures", "torch_dtype")}
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.05)
+            else:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def read_hf_tensors(hf_dir: str | Path) -> dict[str, torch.Tensor]:
+    from megatron_tulu.checkpoint.hf_io import HFReader
+
+    r = HFReader(hf_dir)
+    return {k: r.get(k) for k in r.keys()}
+
+
+# ----------------------------------------------------------------------------------------------- per-rank bodies
+
+
+def rank_conversion_checks(jobs, export_jobs, mismatch_ckpt):
+    """Per-rank body of the conversion test (4 processes).
+
+    Args:
+        jobs: list of ``(hf_dir, tp, pp, rank_files_dir_or_None, input_ids)``; full logits per job on rank 0.
+        export_jobs: list of ``(hf_dir, export_out_dir)``: load at TP=2 x PP=2, return ``iter_hf_tensors`` on
+            rank 0 and write ``export_hf`` to ``export_out_dir``.
+        mismatch_ckpt: rank files converted for tp=1 pp=1, loaded here at tp=2 pp=2: the error text is returned.
+    """
+    import torch.distributed as dist
+
+    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
+    from megatron_tulu.checkpoint.model_io import export_hf, iter_hf_tensors, load_hf_into_model, load_rank_file
+    from megatron_tulu.checkpoint.verify import megatron_logits
+    from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+
+    out = {"logits": [], "iter": [], "mismatch_error": None}
+    for hf_dir, tp, pp, source, ids in jobs:
+        out["logits"].append(megatron_logits(hf_dir, tp, pp, ids, source))
+    for hf_dir, export_dir in export_jobs:
+        dims = init_distributed(ParallelDims(tp=2, pp=2, world=4))
+        preset = preset_from_hf_config(HFReader(hf_dir).config)
+        model = build_model(preset, dims.tp, dims.pp, ModelOptions(impl="local", dtype="fp32"))
+        load_hf_into_model(model, hf_dir, preset)
+        got = {name: t.clone() for name, t in iter_hf_tensors(model, preset)}
+        out["iter"].append(got if dist.get_rank() == 0 else None)
+        export_hf(model, preset, export_dir)
+    dims = init_distributed(ParallelDims(tp=2, pp=2, world=4))
+    hf_dir = jobs[0][0]
+    preset = preset_from_hf_config(HFReader(hf_dir).config)
+    model = build_model(preset, 2, 2, ModelOptions(impl="local", dtype="fp32"))
+    try:
+        load_rank_file(model, mismatch_ckpt)
+    except ValueError as e:
+        out["mismatch_error"] = str(e)
+    return out if dist.get_rank() == 0 else None
+
+
+def _hf_grads_of_rank(model, preset):
+    """This rank's parameter grads merged over TP and named by HF names (filled on TP rank 0, DP rank 0)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from megatron_tulu.checkpoint import mapping
+    from megatron_tulu.checkpoint.model_io import named_local_params
+
+    tp = ps.get_tensor_model_parallel_world_size()
+    keep = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+    grads = {}
+    for _, glob, p in named_local_params(model):
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if tp > 1:
+            shards = [torch.empty_like(g) for _ in range(tp)]
+            dist.all_gather(shards, g.contiguous(), group=ps.get_tensor_model_parallel_group())
+        else:
+            shards = [g]
+        if keep:
+            for name, t in mapping.mcore_to_hf(glob, shards, preset):
+                grads[name] = t.clone()
+    return grads
+
+
+def rank_train_step_equivalence(hf_dir, layouts, input_ids, num_microbatches):
+    """Per-rank body: for each ``(tp, pp)`` load the same HF weights, run forward+backward of the summed token
+    loss ``-sum(logprobs(targets))`` through ``get_forward_backward_func`` and return, per layout, the loss (last
+    pipeline stage, summed over micro-batches) and the grads by HF name, from every rank that holds some."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
+    from megatron_tulu.checkpoint.model_io import load_hf_into_model
+    from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+
+    world = dist.get_world_size() if dist.is_initialized() else int(__import__("os").environ["WORLD_SIZE"])
+    results = []
+    for tp, pp in layouts:
+        dims = init_distributed(ParallelDims(tp=tp, pp=pp, world=world))
+        preset = preset_from_hf_config(HFReader(hf_dir).config)
+        model = build_model(preset, dims.tp, dims.pp, ModelOptions(impl="local", dtype="fp32"))
+        load_hf_into_model(model, hf_dir, preset)
+        model.train()
+        b, s = input_ids.shape
+        mbs = b // num_microbatches
+        tokens, targets = input_ids[:, :-1].contiguous(), input_ids[:, 1:].contiguous()
+        batches = iter(list(zip(tokens.split(mbs), targets.split(mbs))))
+        pos = torch.arange(s - 1).unsqueeze(0)
+
+        def step(data_iter, model):
+            ids, tgt = next(data_iter)
+            logits = model(ids, pos.expand_as(ids), None)
+
+            def loss_fn(logits, tgt=tgt):
+                loss = -vocab_parallel_logprobs(logits, tgt, true_vocab_size=preset.vocab_size).sum()
+                return loss, {"loss_sum": loss.detach().clone()}
+
+            return logits, loss_fn
+
+        losses = get_forward_backward_func()(
+            forward_step_func=step, data_iterator=batches, model=[model], num_microbatches=num_microbatches,
+            seq_length=s - 1, micro_batch_size=mbs, forward_only=False,
+        )
+        loss = float(sum(d["loss_sum"] for d in losses)) if ps.is_pipeline_last_stage() and losses else None
+        results.append({"loss": loss, "grads": _hf_grads_of_rank(model, preset)})
+    return results
+
+
+def rank_vocab_logprobs(full_logits, targets, true_vocab, temperature, tp):
+    """Per-rank body: shard ``full_logits [..., V_pad]`` over a TP group of size ``tp``, return this rank's
+    (logprobs, entropy, grad of sum(logprobs) wrt the full logits gathered back) from TP group 0 only."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+
+    init_distributed(ParallelDims(tp=tp, world=dist.get_world_size() if dist.is_initialized() else int(__import__("os").environ["WORLD_SIZE"])))
+    r = ps.get_tensor_model_parallel_rank()
+    shard = full_logits.chunk(tp, dim=-1)[r].clone().requires_grad_(True)
+    lp, ent = vocab_parallel_logprobs(shard, targets, true_vocab_size=true_vocab, temperature=temperature,
+                                      with_entropy=True)
+    (lp.sum() + 0.5 * ent.sum()).backward()
+    parts = [torch.empty_like(shard) for _ in range(tp)]
+    dist.all_gather(parts, shard.grad.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return {"lp": lp.detach(), "ent": ent.detach(), "grad": torch.cat(parts, dim=-1)}
+
+
+def rank_many(calls):
+    """Run several per-rank bodies in one launch: ``calls`` is a list of ``(function_name, args)`` of this module."""
+    return [globals()[name](*args) for name, args in calls]
+
+
+def rank_platform_checks():
+    """Per-rank body: what the CPU shim promises megatron-core (run_distributed already called setup("cpu"))."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    from megatron_tulu import platform
+
+    out = {"setup_again": platform.setup("cpu"), "current_device": torch.cuda.current_device()}
+    out["zeros_device"] = torch.zeros(2, device="cuda").device.type
+    out["to_cuda_device"] = torch.ones(2).to("cuda").device.type
+    out["dot_cuda_device"] = torch.ones(2).cuda().device.type
+    out["platform_device"] = str(platform.device())
+    out["backend"] = platform.backend()
+    torch.cuda.synchronize()
+    state = torch.cuda.get_rng_state()
+    a = torch.rand(4)
+    torch.cuda.set_rng_state(state)
+    b = torch.rand(4)
+    out["rng_roundtrip"] = bool(torch.equal(a, b))
+    torch.cuda.manual_seed(123)
+    c = torch.rand(4)
+    torch.manual_seed(123)
+    d = torch.rand(4)
+    out["cuda_seed_is_cpu_seed"] = bool(torch.equal(c, d))
+    # megatron's tracker forks an independent stream and restores the default one afterwards
+    mrandom.model_parallel_cuda_manual_seed(7, tp_rank=0, ep_rank=0, etp_rank=0)
+    before = torch.get_rng_state()
+    with mrandom.get_cuda_rng_tracker().fork():
+        e = torch.rand(4)
+    out["fork_restores_default"] = bool(torch.equal(before, torch.get_rng_state()))
+    with mrandom.get_cuda_rng_tracker().fork():
+        f = torch.rand(4)
+    out["fork_stream_advances"] = not bool(torch.equal(e, f))
+    out["type_name"] = torch.ones(1).type()
+    try:
+        platform.setup("cuda")
+        out["switch_error"] = None
+    except RuntimeError as err:
+        out["switch_error"] = str(err)
+    return out
+
+
+def rank_raise_on_one():
+    import os
+
+    if os.environ["RANK"] == "1":
+        raise ValueError("boom from rank one")
+    return "ok"
+
+
+def rank_hang_on_one():
+    import os
+    import time
+
+    if os.environ["RANK"] == "1":
+        time.sleep(600)
+    return "ok"

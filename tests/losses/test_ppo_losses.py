@@ -1,0 +1,172 @@
+"""KL estimators, PPO/GRPO policy loss clipping, clipped value loss, rollout/trainer mismatch."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_tulu.losses.kl import KL_ESTIMATORS, kl_estimate, logprob_mismatch
+from megatron_tulu.losses.ppo import POLICY_LOSSES, aggregate, grpo_policy_loss, ppo_policy_loss, value_loss
+
+EPS = 0.2
+
+
+# ---- KL estimators -------------------------------------------------------------------------------------
+
+
+def test_kl_estimators_match_formulas():
+    logp = torch.tensor([[-1.0, -0.5, -3.0]])
+    ref = torch.tensor([[-1.2, -0.5, -1.0]])
+    d = logp - ref
+    torch.testing.assert_close(kl_estimate(logp, ref, "k1"), d)
+    torch.testing.assert_close(kl_estimate(logp, ref, "k2"), 0.5 * d**2)
+    r = ref - logp
+    torch.testing.assert_close(kl_estimate(logp, ref, "k3"), torch.exp(r) - r - 1)
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+    with pytest.raises(ValueError, match="k4"):
+        kl_estimate(logp, ref, "k4")
+
+
+def test_k3_nonnegative_and_zero_when_equal():
+    torch.manual_seed(0)
+    logp, ref = -torch.rand(8, 16) * 5, -torch.rand(8, 16) * 5
+    assert (kl_estimate(logp, ref, "k3") >= 0).all()
+    for kind in KL_ESTIMATORS:
+        assert (kl_estimate(logp, logp, kind) == 0).all()
+    assert torch.isfinite(kl_estimate(torch.tensor([0.0]), torch.tensor([-1e4]), "k3")).all()
+
+
+def test_k1_k3_unbiased_on_a_real_distribution():
+    # tokens sampled from p: the mean of k1 and k3 estimates the exact KL(p || q)
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(5), 0)
+    q = torch.softmax(torch.randn(5), 0)
+    exact = (p * (p.log() - q.log())).sum()
+    x = torch.multinomial(p, 200_000, replacement=True)
+    for kind in ("k1", "k3"):
+        est = kl_estimate(p.log()[x], q.log()[x], kind).mean()
+        assert abs(est - exact) < 0.02, (kind, est, exact)
+
+
+def test_logprob_mismatch():
+    rollout = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -0.5, -0.5]])
+    trainer = torch.tensor([[-1.1, -2.0, 0.0], [-0.5, -0.3, -0.5]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    m = logprob_mismatch(rollout, trainer, mask)
+    torch.testing.assert_close(m["mean_abs_diff"], torch.tensor((0.1 + 0.2) / 5))
+    torch.testing.assert_close(m["max_abs_diff"], torch.tensor(0.2))
+    r = (trainer - rollout)[mask.bool()]
+    torch.testing.assert_close(m["kl"], (torch.exp(r) - r - 1).mean())
+    same = logprob_mismatch(rollout, rollout, mask)
+    assert same["mean_abs_diff"] == 0 and same["kl"] == 0
+
+
+# ---- policy loss ---------------------------------------------------------------------------------------
+
+
+def _policy_case():
+    """Four tokens, one per clip regime; ratios 1.5, 0.5, 0.5, 1.5."""
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 0.5, 1.5]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    return logp, old, adv, torch.ones(1, 4)
+
+
+def test_ppo_clip_zero_gradient_where_clipped():
+    logp, old, adv, mask = _policy_case()
+    loss, metrics = ppo_policy_loss(logp, old, adv, mask, clip_eps=EPS)
+    loss.backward()
+    g = logp.grad[0]
+    # A>0, ρ>1+ε: clipped (no incentive to push further) ; A>0, ρ<1-ε: not clipped, pushed up
+    # A<0, ρ<1-ε: clipped ; A<0, ρ>1+ε: not clipped, pushed down
+    assert g[0] == 0 and g[2] == 0
+    # d/dlogp of -A·ρ/N = -A·ρ/N (N = 4 tokens)
+    torch.testing.assert_close(g[1], torch.tensor(-1.0 * 0.5 / 4))
+    torch.testing.assert_close(g[3], torch.tensor(1.0 * 1.5 / 4))
+    expected_loss = (-1.0 * 1.2 - 1.0 * 0.5 + 1.0 * 0.8 + 1.0 * 1.5) / 4  # max(-Aρ, -A clip(ρ)) per token
+    torch.testing.assert_close(loss, torch.tensor(expected_loss))
+    assert metrics["clipfrac"] == 0.5
+    torch.testing.assert_close(metrics["ratio_mean"], torch.tensor(1.0))
+    torch.testing.assert_close(metrics["ratio_max"], torch.tensor(1.5))
+    torch.testing.assert_close(metrics["approx_kl"], 0.5 * (torch.log(torch.tensor([1.5, 0.5])) ** 2).mean())
+
+
+def test_ppo_on_policy_is_plain_policy_gradient():
+    # ρ = 1 everywhere: no clipping, gradient = -A / N, and nothing leaks from padding
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    adv = torch.tensor([[2.0, -1.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, m = ppo_policy_loss(logp, logp.detach(), adv, mask)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, 0.5, 0.0]]))
+    assert m["clipfrac"] == 0 and m["approx_kl"] == 0
+
+
+def test_clip_higher():
+    logp, old, adv, mask = _policy_case()
+    _, m = ppo_policy_loss(logp, old, adv, mask, clip_eps=EPS, clip_eps_high=0.6)
+    assert m["clipfrac"] == 0.25  # token 0 (ρ = 1.5 < 1.6) is no longer clipped; token 2 still is
+
+
+def test_reductions():
+    loss_mat = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate(loss_mat, mask, "token-mean") == 10.0 / 4
+    assert aggregate(loss_mat, mask, "token-sum") == 10.0
+    assert aggregate(loss_mat, mask, "seq-mean-token-mean") == (2.0 + 4.0) / 2
+    assert aggregate(loss_mat, mask, "seq-mean-token-sum") == (6.0 + 4.0) / 2
+    with pytest.raises(ValueError, match="reduction"):
+        aggregate(loss_mat, mask, "mean")
+
+
+def test_grpo_loss_adds_kl_term_and_takes_sequence_advantages():
+    torch.manual_seed(0)
+    logp = (-torch.rand(4, 5)).requires_grad_(True)
+    old = logp.detach() + 0.05 * torch.randn(4, 5)
+    ref = logp.detach() + 0.3 * torch.randn(4, 5)
+    mask = (torch.arange(5) < torch.tensor([[5], [3], [4], [1]])).int()
+    adv = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    beta = 0.04
+    loss, m = grpo_policy_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=beta)
+    # same as PPO with per-token broadcast advantages, plus β·mean k3
+    pg, _ = ppo_policy_loss(logp, old, adv[:, None].expand(4, 5), mask)
+    k3 = kl_estimate(logp, ref, "k3")
+    torch.testing.assert_close(loss, pg + beta * (k3 * mask).sum() / mask.sum())
+    torch.testing.assert_close(m["pg_loss"], pg.detach())
+    torch.testing.assert_close(m["kl"], (k3 * mask).sum() / mask.sum())
+    loss.backward()
+    assert logp.grad[mask == 0].abs().sum() == 0
+    assert POLICY_LOSSES["grpo"] is grpo_policy_loss and POLICY_LOSSES["ppo"] is ppo_policy_loss
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_policy_loss(logp, old, adv, mask)
+
+
+# ---- value loss ----------------------------------------------------------------------------------------
+
+
+def test_value_loss_clipping():
+    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    ret = torch.tensor([[1.0, 1.0, -1.0, 0.05]])
+    # token 0: moved past the clip towards the target -> clipped error larger -> no gradient
+    # token 1: moved away from the target beyond the clip -> unclipped error larger -> gradient
+    # token 2: moved past the clip away from a negative target -> unclipped larger -> gradient
+    # token 3: inside the clip range -> plain squared error
+    values = torch.tensor([[0.5, -0.5, 0.5, 0.1]], requires_grad=True)
+    mask = torch.ones(1, 4)
+    loss, m = value_loss(values, old, ret, mask, clip_eps=0.2)
+    per_tok = [(0.2 - 1.0) ** 2, (-0.5 - 1.0) ** 2, (0.5 + 1.0) ** 2, (0.1 - 0.05) ** 2]
+    torch.testing.assert_close(loss, torch.tensor(0.5 * sum(per_tok) / 4))
+    loss.backward()
+    g = values.grad[0]
+    assert g[0] == 0
+    torch.testing.assert_close(g[1:], torch.tensor([-1.5, 1.5, 0.05]) / 4)  # 0.5·2(v - R)/N
+    assert m["vf_clipfrac"] == 0.25
+    assert math.isclose(m["returns_mean"].item(), 1.05 / 4, rel_tol=1e-6)
+
+
+def test_value_loss_ignores_padding():
+    values = torch.tensor([[0.3, 9.0]], requires_grad=True)
+    loss, _ = value_loss(values, torch.tensor([[0.3, 0.0]]), torch.tensor([[0.5, -9.0]]), torch.tensor([[1, 0]]))
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 0.2**2))
+    loss.backward()
+    assert values.grad[0, 1] == 0

@@ -1,0 +1,141 @@
+"""Layout verdicts: published layouts must come out feasible, known-impossible ones rejected with a reason."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_tulu.plan import PlanRequest, enumerate_layouts, evaluate, plan_rlvr_layout
+from megatron_tulu.plan.__main__ import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_megatron_llama3_405b_recipe_tp8_pp8_cp2_is_feasible():
+    # Megatron's Llama 3 405B pretraining recipe: TP8 PP8 CP2, seq 8192, micro-batch 1 (here on 512 H100).
+    req = PlanRequest(model="llama3.1-405b", gpus=512, stage="pretrain", seq=8192, global_batch=256)
+    lay = evaluate(req, tp=8, pp=8, cp=2)
+    assert lay.feasible, lay.reasons
+    assert lay.dp == 4
+    m = lay.memory_gib
+    assert m[f"total_{lay.recompute}"] <= m["capacity"]
+    # Without any recompute it does not fit in 80 GB: the planner must have picked recompute.
+    assert m["total_none"] > m["capacity"] and lay.recompute == "full"
+    assert 0 < lay.time_s["total_s"] < 600
+
+
+def test_405b_unsharded_is_rejected_for_memory():
+    req = PlanRequest(model="llama3.1-405b", gpus=8, stage="sft", global_batch=8)
+    lay = evaluate(req, tp=1, pp=1, cp=1)
+    assert not lay.feasible
+    assert any("GiB/GPU even with full recompute" in r for r in lay.reasons)
+    assert lay.memory_gib["weights"] > 700  # 405.9e9 params * 2 bytes
+
+
+def test_70b_full_finetune_on_8_gpus_has_no_feasible_layout():
+    layouts = enumerate_layouts(PlanRequest(model="llama3.1-70b", gpus=8, stage="sft"))
+    assert layouts and not any(l.feasible for l in layouts)
+    assert all(l.reasons for l in layouts)
+    # ... while 64 GPUs (Tulu 3 70B SFT used 8 nodes) do have one.
+    assert any(l.feasible for l in enumerate_layouts(PlanRequest(model="llama3.1-70b", gpus=64, stage="sft")))
+
+
+def test_structural_rejections_name_the_cause():
+    req = PlanRequest(model="llama3.1-8b", gpus=16, stage="sft")
+    assert "crosses nodes" in " ".join(evaluate(req, tp=16, pp=1).reasons)
+    assert "not divisible" in " ".join(evaluate(req, tp=4, pp=3).reasons)
+
+
+def test_8b_sft_on_one_node_fits():
+    layouts = enumerate_layouts(PlanRequest(model="llama3.1-8b", gpus=8, stage="sft", seq=4096))
+    best = layouts[0]
+    assert best.feasible and best.tokens_per_s_per_gpu > 0
+    times = [l.time_s["total_s"] for l in layouts if l.feasible]
+    assert times == sorted(times)
+
+
+def test_tulu3_405b_rlvr_on_256_h100_with_vllm_tp16():
+    # Tulu 3 405B RLVR: 256 H100, vLLM TP=16 engines on part of the GPUs, training on the rest (GRPO-style:
+    # no value model, frozen reference for the KL term).
+    out = plan_rlvr_layout("llama3.1-405b", gpus_total=256, gpus_per_node=8, engine_tp=16, num_engines=2,
+                           trainer_tp=8, trainer_pp=14, seq=2048)
+    assert out["feasible"], out["memory"]["reasons"]
+    assert out["trainer"] == {"gpus": 224, "tp": 8, "pp": 14, "cp": 1, "dp": 2, "ranks": list(range(224))}
+    roles = [n["role"] for n in out["nodes"]]
+    assert roles == ["engine"] * 4 + ["trainer"] * 28
+    assert [e["gpus"] for e in out["engines"]] == [list(range(16)), list(range(16, 32))]
+    eng = out["memory"]["engine_gib"]
+    assert eng["weights"] == pytest.approx(2 * 405.85e9 / 16 / 2**30, rel=1e-3) and eng["max_concurrent_seqs"] > 0
+    assert out["memory"]["time_s"]["weight_sync_s"] > 0
+    # The search with vLLM TP16 finds feasible splits too, and rejects TP8 engines (101 GB of weights/GPU).
+    layouts = enumerate_layouts(PlanRequest(model="llama3.1-405b", gpus=256, stage="rlvr", engine_tp=16, seq=2048))
+    assert any(l.feasible for l in layouts)
+    tp8 = evaluate(PlanRequest(model="llama3.1-405b", gpus=256, stage="rlvr", seq=2048), 8, 14, 1, engine_tp=8,
+                   num_engines=4)
+    assert not tp8.feasible and any("no KV cache" in r for r in tp8.reasons)
+
+
+def test_ppo_value_model_costs_memory():
+    base = dict(model="llama3.1-8b", gpus=16, stage="rlvr", seq=2048, global_batch=64)
+    grpo = evaluate(PlanRequest(**base), 4, 1, 1, engine_tp=2, num_engines=4)
+    ppo = evaluate(PlanRequest(**base, algorithm="ppo"), 4, 1, 1, engine_tp=2, num_engines=4)
+    assert ppo.memory_gib["value_model"] == pytest.approx(
+        grpo.memory_gib["weights"] + grpo.memory_gib["grads"] + grpo.memory_gib["optimizer"])
+    assert grpo.feasible and ppo.feasible, (grpo.reasons, ppo.reasons)
+    assert ppo.time_s["train_s"] > grpo.time_s["train_s"]
+
+
+def test_plan_rlvr_layout_mixed_node_and_count_errors():
+    out = plan_rlvr_layout("llama3.1-8b", 8, 8, engine_tp=2, num_engines=1, trainer_tp=2, trainer_pp=1, seq=2048,
+                           global_batch=48)
+    assert out["nodes"][0]["role"] == "mixed"
+    assert out["nodes"][0]["local_gpus"] == {"engine": [0, 1], "trainer": [2, 3, 4, 5, 6, 7]}
+    assert out["trainer"]["dp"] == 3
+    with pytest.raises(ValueError, match="not divisible by trainer TP"):
+        plan_rlvr_layout("llama3.1-8b", 8, 8, engine_tp=2, num_engines=1, trainer_tp=4, trainer_pp=1)
+    with pytest.raises(ValueError, match="leaving 0 of 8"):
+        plan_rlvr_layout("llama3.1-8b", 8, 8, engine_tp=8, num_engines=1, trainer_tp=1, trainer_pp=1)
+    with pytest.raises(ValueError, match="multiple of gpus_per_node"):
+        plan_rlvr_layout("llama3.1-8b", 12, 8, engine_tp=2, num_engines=1, trainer_tp=1, trainer_pp=1)
+    with pytest.raises(ValueError, match="straddle"):
+        plan_rlvr_layout("llama3.1-8b", 16, 8, engine_tp=1, num_engines=1, trainer_tp=3, trainer_pp=1)
+
+
+def test_bad_request_fields_are_named():
+    with pytest.raises(ValueError, match="stage must be"):
+        enumerate_layouts(PlanRequest(stage="ppo"))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        enumerate_layouts(PlanRequest(model="llama-9b"))
+
+
+def test_cli_prints_feasible_and_rejected(capsys, tmp_path):
+    assert cli_main(["--model", "llama3.1-405b", "--gpus", "256", "--stage", "rlvr", "--engine-tp", "16",
+                     "--seq", "2048", "--top", "2", "--show-rejected", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "vLLM TP16" in out and "rejected" in out and "weight sync" in out
+    assert cli_main(["--model", "llama3.1-70b", "--gpus", "8", "--stage", "sft"]) == 1
+    assert "0 feasible" in capsys.readouterr().out
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps([{"mfu": 0.2, "gpu": "h100-80gb", "precision": "bf16"}]))
+    assert cli_main(["--gpus", "8", "--json", "--calibration", str(cal)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["request"]["mfu"] == pytest.approx(0.2) and data["feasible"]
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "megatron_tulu.plan", "--gpus", "8", "--top", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "feasible" in r.stdout
+
+
+def test_cli_roles_for_slurm_dry_run(capsys):
+    args = ["--model", "llama3.1-405b", "--gpus", "256", "--stage", "rlvr", "--seq", "2048", "--roles",
+            "--engine-tp", "16", "--num-engines", "2", "--tp", "8", "--pp", "14"]
+    assert cli_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trainer"]["dp"] == 2 and out["nodes"][4]["role"] == "trainer"
+    assert cli_main(args[:-2]) == 2  # --pp missing
+    assert "--pp" in capsys.readouterr().err

@@ -1,0 +1,25 @@
+"""The planner's weights + grads + optimizer estimate against measured peak memory of a small Llama on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Measured peak may exceed the estimate by optimizer temporaries, activations of a 32-token batch and
+# allocator slack (measured 1.07-1.10 on this machine); it can never be below the state that is resident.
+TOLERANCE = (0.98, 1.20)
+
+
+def test_cpu_peak_memory_matches_planner_state_estimate():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "megatron_tulu.plan.measure_cpu", "--layers", "8", "--hidden", "512"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["module_params"] == d["param_count"]  # torch module built from the preset == formula
+    assert d["planner_state_bytes"] == 18 * d["param_count"]  # DP=1: 2 + 4 + 12 bytes/param
+    lo, hi = TOLERANCE
+    assert lo <= d["ratio"] <= hi, d

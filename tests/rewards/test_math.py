@@ -1,0 +1,124 @@
+"""MATH flex verifier: every extraction path, normalisation, sympy equivalence, adversarial inputs."""
+
+import threading
+import time
+
+import pytest
+
+from megatron_tulu.rewards import verify
+from megatron_tulu.rewards.math_answer import (
+    candidates, last_boxed, last_dollar_span, minerva_answer, normalize_final_answer, strip_string)
+from megatron_tulu.rewards.math_symbolic import reject_reason
+
+
+def test_last_boxed_nested_and_fbox():
+    assert last_boxed(r"first \boxed{1} then \boxed{\frac{a}{b^{2}}} end") == r"\frac{a}{b^{2}}"
+    assert last_boxed(r"\fbox{7}") == "7"
+    assert last_boxed(r"\boxed 5$") == "5"
+    assert last_boxed(r"\boxed{unclosed") is None
+    assert last_boxed("nothing") is None
+
+
+def test_minerva_and_dollar_extraction():
+    text = "Work...\nFinal Answer: The final answer is $\\frac{3}{4}$. I hope it is correct."
+    assert minerva_answer(text) == "$\\frac{3}{4}$"
+    assert normalize_final_answer(minerva_answer(text)) == "\\frac{3}{4}"
+    assert last_dollar_span("so $x=1$ and then $y = 2$ done") == "y = 2"
+    assert last_dollar_span("only $ one") is None
+
+
+def test_candidates_order_and_fallbacks():
+    assert candidates(r"\boxed{2} Final Answer: The final answer is 3. I hope it is correct.") == ["2", "3"]
+    assert candidates("the value is $4$") == ["4"]  # dollar span only when nothing else
+    assert candidates("12") == ["12"]  # short response without markers: the whole response
+    assert candidates("x" * 100_000) == []  # long unmarked response: nothing worth comparing
+
+
+@pytest.mark.parametrize(
+    "response, gt",
+    [
+        (r"So the answer is \boxed{\dfrac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\boxed{0.5}", r"\frac12"),
+        (r"\boxed{\left( 3, 4 \right)}", "(3,4)"),
+        (r"\boxed{90^\circ}", "90"),
+        (r"\boxed{\$5}", "5"),
+        (r"\boxed{10\%}", "10"),
+        (r"\boxed{3/4}", r"\frac{3}{4}"),
+        (r"\boxed{x = 7}", "7"),
+        ("Final Answer: The final answer is 5 \\text{ cm}. I hope it is correct.", "5"),
+        ("Final Answer: The final answer is 1,000. I hope it is correct.", "1000"),
+        ("so it equals $-2.50$", "-2.5"),
+        (r"\boxed{\sqrt{4}}", "2"),  # needs sympy
+        (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{3}{2\sqrt{3}}"),  # needs sympy
+    ],
+)
+def test_math_correct(response, gt):
+    # generous limit: this asserts correctness, and the 2 shared cores may be busy
+    assert verify("math", response, gt, timeout_s=60.0) is True
+
+
+@pytest.mark.parametrize(
+    "response, gt",
+    [
+        (r"\boxed{\frac{1}{3}}", r"\frac{1}{2}"),
+        (r"\boxed{-4}", "4"),
+        ("Final Answer: The final answer is 6. I hope it is correct.", "5"),
+        ("no answer at all, just words about the problem", "5"),
+        (r"\boxed{\sqrt{5}}", "2"),
+    ],
+)
+def test_math_incorrect(response, gt):
+    assert verify("math", response, gt, timeout_s=60.0) is False
+
+
+def test_strip_string_units_and_spaces():
+    assert strip_string(r"\left( 1, 2 \right)") == "(1,2)"
+    assert strip_string(r"5 \text{ inches}") == "5"
+    assert strip_string(".5") == r"\frac{1}{2}"
+
+
+def test_reject_reason_guards():
+    assert reject_reason("10^{10^{10^{10}}}") is not None
+    assert reject_reason("2^{99999}") is not None
+    assert reject_reason("9" * 100) is not None
+    assert reject_reason("{" * 20 + "1" + "}" * 20) is not None
+    assert reject_reason("1000!") is not None
+    assert reject_reason("the answer is five") is not None
+    assert reject_reason(r"\frac{\sqrt{3}}{2}") is None
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        r"\boxed{10^{10^{10^{10}}}}",
+        r"\boxed{2^{2^{2^{2^{2^{2}}}}}}",
+        r"\boxed{" + "(" * 500 + "1" + ")" * 500 + "}",
+        "a" * 100_000 + r" \boxed{" + "x+" * 40_000 + "1}",
+        "Final Answer: The final answer is " + "$1$" * 30_000 + ". I hope it is correct.",
+        "$" * 50_000,
+    ],
+)
+def test_adversarial_math_is_fast_and_incorrect(response):
+    start = time.monotonic()
+    assert verify("math", response, "5", timeout_s=2.0) is False
+    assert time.monotonic() - start < 3.0
+
+
+def test_timeout_works_off_main_thread():
+    """A slow sympy check past the guard is killed at the deadline even when called from a thread."""
+    from megatron_tulu.rewards.math_symbolic import warm_up
+
+    warm_up()  # the one-time import is not part of the item budget
+    out = {}
+
+    def job():
+        start = time.monotonic()
+        # polynomial identity: passes the guards, needs the (slow) Earley parser + simplify
+        out["ok"] = verify("math", r"\boxed{(a+b+c+d)^{3}}", r"a^{3}+b^{3}+c^{3}+d^{3}", timeout_s=0.05)
+        out["s"] = time.monotonic() - start
+
+    t = threading.Thread(target=job)
+    t.start()
+    t.join(30)
+    assert out["ok"] is False
+    assert out["s"] < 5.0

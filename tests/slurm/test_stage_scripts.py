@@ -1,0 +1,95 @@
+"""The stage scripts themselves under the local SLURM, with the real trainers (tiny, CPU).
+
+sbatch --wait slurm/sft_tiny.sh leaves a checkpoint; USR1 mid-run -> checkpoint -> requeue -> resume=auto ->
+the same final loss as the uninterrupted run; rlvr_tiny.sh runs the tiny RLVR with Ray brought up by the script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.conftest import ROOT, cancel, job_env, job_field, log_of, sbatch, wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+needs_sft = pytest.mark.skipif(not (ROOT / "launch/sft.py").exists(), reason="launch.sft not available yet")
+needs_rlvr = pytest.mark.skipif(not (ROOT / "launch/rlvr.py").exists(), reason="launch.rlvr not available yet")
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The synthetic suite (tokenizer + jsonl), generated locally: nothing is downloaded."""
+    out = tmp_path_factory.mktemp("slurm_data") / "data"
+    subprocess.run([sys.executable, "-m", "megatron_tulu.data.synthetic", "--out", str(out), "--scale", "ci"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return out
+
+
+def _sft(workdir: Path, data: Path, wait: bool):
+    run = workdir / "run"
+    job, r = sbatch(ROOT / "slurm/sft_tiny.sh", workdir, f"data.root={data}", f"train.max_steps={STEPS}",
+                    "checkpoint.interval=5", "logging.progress_bar=false", wait=wait, timeout=600,
+                    env=job_env(MT_RUN_DIR=run))
+    return job, r, run
+
+
+def _final_loss(run: Path) -> float:
+    return json.loads((run / "summary.json").read_text())["final"]["loss"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root):
+    work = tmp_path_factory.mktemp("sft_plain")
+    job, r, run = _sft(work, data_root, wait=True)
+    assert r.returncode == 0, (r.stderr, log_of(work)[-4000:])
+    return run
+
+
+@needs_sft
+def test_sft_tiny_leaves_a_checkpoint(slurm, uninterrupted):
+    ckpts = uninterrupted / "checkpoints"
+    latest = (ckpts / "latest").read_text().strip()
+    assert (ckpts / latest / "COMPLETE").exists()
+    assert json.loads((uninterrupted / "summary.json").read_text())["steps"] == STEPS
+
+
+@needs_sft
+def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data_root, tmp_path):
+    job, r, run = _sft(tmp_path, data_root, wait=False)
+    assert r.returncode == 0 and job, r.stderr
+
+    def steps_logged() -> int:
+        m = run / "metrics.jsonl"
+        return len(m.read_text().splitlines()) if m.exists() else 0
+
+    try:
+        wait_for(lambda: steps_logged() >= 2, 300, "two logged training steps")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+        wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420,
+                 f"job {job} to finish after requeue")
+    finally:
+        if job_field(job, "JobState") in ("PENDING", "RUNNING"):
+            cancel(job)
+    log = log_of(tmp_path)
+    assert job_field(job, "JobState") == "COMPLETED", log[-4000:]
+    assert job_field(job, "Restarts") == "1", log[-4000:]
+    assert f"scontrol requeue {job}" in log and "resumed from" in log
+    assert _final_loss(run) == pytest.approx(_final_loss(uninterrupted), rel=1e-5)
+
+
+@needs_rlvr
+def test_rlvr_tiny_with_ray(slurm, data_root, tmp_path):
+    run = tmp_path / "run"
+    job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", tmp_path, f"data.root={data_root}", "train.max_steps=2",
+                    "logging.progress_bar=false", timeout=600, env=job_env(MT_RUN_DIR=run, MT_RAY_WAIT_S=120))
+    log = log_of(tmp_path)
+    assert r.returncode == 0, (r.stderr, log[-4000:])
+    assert "ray: 1 nodes alive" in log and "Ray stopped" in log
+    assert (run / "summary.json").exists()

@@ -1,0 +1,102 @@
+"""Helpers for the trainer tests: the tiny HF starting point, config overrides, metrics reading, and the
+per-rank bodies that ``megatron_tulu.testing.run_distributed`` runs (module-level so spawned processes can
+import them).
+
+A process launch costs ~10-20 s on 2 shared cores, so each per-rank body runs SEVERAL trainer runs one after
+another in the same processes (``init_distributed`` re-creates megatron's groups for each run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def make_tiny_hf(out_dir: str | Path, vocab_size: int, seed: int = 0) -> Path:
+    """Random fp32 HF Llama with the shape of the ``tiny`` preset and the synthetic tokenizer's vocab."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megatron_tulu.checkpoint.hf_io import hf_config_from_preset
+    from megatron_tulu.models.presets import get_preset
+
+    preset = get_preset("tiny").with_(vocab_size=vocab_size)
+    cfg = {k: v for k, v in hf_config_from_preset(preset).items() if k not in ("architectures", "torch_dtype")}
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.05)
+            else:
+                p.uniform_(0.8, 1.2)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def base_overrides(data_root: str | Path, run_dir: str | Path, **extra) -> list[str]:
+    """Fast, quiet tiny-SFT overrides shared by every test run (``extra``: dotted key -> value)."""
+    data_root = Path(data_root)
+    o = {
+        "data.root": str(data_root),
+        "data.cache_dir": str(data_root.parent / "data_cache"),  # tokenize once per session
+        "run_dir": str(run_dir),
+        "logging.progress_bar": "false",
+        "logging.tensorboard": "false",
+        "checkpoint.export_hf": "false",
+        "train.global_batch_size": "8",
+        "train.micro_batch_size": "4",
+    }
+    o.update({k: str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def step_records(run_dir: str | Path) -> dict[int, dict]:
+    """``metrics.jsonl`` as {step: record}; when a step was logged more than once (a run killed after logging
+    it and resumed from an earlier checkpoint) the LAST record wins."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[int(rec["step"])] = rec
+    return dict(sorted(out.items()))
+
+
+def losses(run_dir: str | Path) -> list[float]:
+    return [r["loss"] for r in step_records(run_dir).values()]
+
+
+# ----------------------------------------------------------------------------------------------- per-rank bodies
+
+
+def rank_fit_runs(runs: list[list[str]]) -> list[dict]:
+    """Per-rank body: ``Trainer(cfg, SFTTask(cfg)).fit()`` for each override list, one after another.
+
+    Returns each run's fit summary (identical on every rank; metrics.jsonl is written by rank 0)."""
+    from megatron_tulu.config import load_config
+    from megatron_tulu.trainers.fit import Trainer
+    from megatron_tulu.trainers.sft import SFTConfig, SFTTask
+
+    out = []
+    for overrides in runs:
+        cfg = load_config(SFTConfig, "sft/tiny", overrides)
+        out.append(Trainer(cfg, SFTTask(cfg)).fit())
+    return out
+
+
+def rank_expect_errors(runs: list[list[str]]) -> list[str | None]:
+    """Per-rank body: set up a trainer for each override list; return the error text each raised (None if none)."""
+    from megatron_tulu.config import load_config
+    from megatron_tulu.trainers.fit import Trainer
+    from megatron_tulu.trainers.sft import SFTConfig, SFTTask
+
+    out = []
+    for overrides in runs:
+        cfg = load_config(SFTConfig, "sft/tiny", overrides)
+        try:
+            Trainer(cfg, SFTTask(cfg)).setup()
+            out.append(None)
+        except Exception as e:  # noqa: BLE001 - the text is what the test checks
+            out.append(f"{type(e).__name__}: {e}")
+    return out
