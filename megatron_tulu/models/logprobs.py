@@ -20,13 +20,33 @@ def _tp_group():
     return ps.get_tensor_model_parallel_group()
 
 
+class _AllReduceSumIdentityGrad(torch.autograd.Function):
+    """Sum over the TP group forward; identity backward.
+
+    Every rank of the TP group computes the same (replicated) loss from the reduced value, so the gradient
+    reaching each rank's local term is already the full one. ``torch.distributed.nn.functional.all_reduce``
+    would all-reduce it again and make every gradient ``tp`` times too large (megatron's
+    ``reduce_from_tensor_model_parallel_region`` has the same forward/backward pair as this).
+    """
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def _all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM, differentiable: bool = True) -> torch.Tensor:
     if group is None:
         return x
     if differentiable:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x, op=op, group=group)
+        if op != dist.ReduceOp.SUM:
+            raise ValueError("only SUM all-reduces are differentiable here")
+        return _AllReduceSumIdentityGrad.apply(x, group)
     x = x.clone()
     dist.all_reduce(x, op=op, group=group)
     return x
@@ -67,7 +87,8 @@ def vocab_parallel_logprobs(
     sumexp = _all_reduce(exp.sum(dim=-1), group)
     local = (targets >= start) & (targets < start + v_local)
     idx = (targets - start).clamp(0, v_local - 1).unsqueeze(-1)
-    tgt = torch.gather(shifted, -1, idx).squeeze(-1) * local
+    # where, not multiply: a non-local target may gather a padded column (-inf), and -inf * 0 is NaN
+    tgt = torch.where(local, torch.gather(shifted, -1, idx).squeeze(-1), torch.zeros((), device=z.device))
     tgt = _all_reduce(tgt, group)
     logsumexp = sumexp.log()
     logprobs = tgt - logsumexp

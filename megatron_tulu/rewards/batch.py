@@ -8,15 +8,19 @@ score CLI calls it on whole files. Design:
 - Small batches (< ``inprocess_below``) or ``workers=0`` are scored in the calling process: no start-up
   cost. gsm8k/ifeval checks are linear-time; math's sympy step runs in a forked child killed at the
   deadline (see :mod:`math_symbolic`), so the in-process path is time-bounded too.
-- Larger batches go to ``workers`` forked processes, one item in flight per worker. The parent waits on
-  the pipes with a deadline; a worker that overruns its item is SIGKILLed, the item is scored incorrect
-  and counted in ``metrics["timeouts"]``, and a fresh worker is forked. Workers run sympy in-process (no
+- Larger batches go to ``workers`` forked processes. Records reach them through fork (never pickled);
+  each worker gets chunks of indices and writes verdicts and the start time of its current item into
+  shared memory, so there is no per-item pipe round trip. The parent waits on the pipes with a deadline;
+  a worker whose current item overruns ``timeout_s`` is SIGKILLed, that item is scored incorrect and
+  counted in ``metrics["timeouts"]``, the rest of its chunk is requeued and a fresh worker is forked
+  (workers that die for other reasons are handled the same way, counted as errors). Workers run sympy in-process (no
   second fork), because the worker itself is the sandbox. Forking after sympy is imported in the parent
   means workers start in milliseconds and never pay the 1 s import/parser build.
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import os
 import time
@@ -58,7 +62,14 @@ def _score_one(record: dict, *, timeout_s: float, isolate: bool, paper_compat: b
                    paper_compat=paper_compat))
 
 
-def _worker_main(conn, timeout_s: float, paper_compat: bool) -> None:
+_PENDING, _TRUE, _FALSE, _ERROR = 0, 1, 2, 3
+
+
+def _worker_main(conn, records, status, clock, timeout_s: float, paper_compat: bool) -> None:
+    """Score index ranges of ``records`` (inherited through fork, never pickled), writing verdicts into
+    the shared ``status`` array. ``clock[0]`` is when the current item started; it is written before the
+    previous item's status, so the parent never pairs a new item with an old start time."""
+    clock[0] = time.monotonic()
     while True:
         try:
             msg = conn.recv()
@@ -66,26 +77,35 @@ def _worker_main(conn, timeout_s: float, paper_compat: bool) -> None:
             return
         if msg is None:
             return
-        index, record = msg
-        try:
-            result = (index, "ok", _score_one(record, timeout_s=timeout_s, isolate=False, paper_compat=paper_compat))
-        except Exception as exc:  # noqa: BLE001 -- reported to the parent and counted, never hidden
-            result = (index, "err", f"{type(exc).__name__}: {exc}")
-        conn.send(result)
+        start, stop = msg
+        errors = []
+        for i in range(start, stop):
+            try:
+                value = _TRUE if _score_one(records[i], timeout_s=timeout_s, isolate=False,
+                                            paper_compat=paper_compat) else _FALSE
+            except Exception as exc:  # noqa: BLE001 -- reported to the parent and counted, never hidden
+                value = _ERROR
+                errors.append((i, f"{type(exc).__name__}: {exc}"))
+            clock[0] = time.monotonic()
+            status[i] = value
+        conn.send(errors)
 
 
 class _Worker:
-    def __init__(self, ctx, timeout_s: float, paper_compat: bool):
+    def __init__(self, ctx, records, status, timeout_s: float, paper_compat: bool):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, timeout_s, paper_compat), daemon=True)
+        self.clock = ctx.RawArray("d", 1)
+        self.clock[0] = time.monotonic()
+        self.proc = ctx.Process(target=_worker_main, daemon=True,
+                                args=(child, records, status, self.clock, timeout_s, paper_compat))
         self.proc.start()
         child.close()
-        self.index: int | None = None
-        self.started = 0.0
+        self.chunk: tuple[int, int] | None = None
 
-    def submit(self, index: int, record: dict) -> None:
-        self.index, self.started = index, time.monotonic()
-        self.conn.send((index, record))
+    def submit(self, chunk: tuple[int, int]) -> None:
+        self.chunk = chunk
+        self.clock[0] = time.monotonic()
+        self.conn.send(chunk)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -102,7 +122,6 @@ class _Worker:
             self.kill()
         else:
             self.conn.close()
-
 
 def _can_fork_workers() -> bool:
     return os.name == "posix" and not mp.current_process().daemon
@@ -145,7 +164,8 @@ def verify_batch(records: list[dict], workers: int | None = None, timeout_s: flo
             from megatron_tulu.rewards.math_symbolic import warm_up
 
             warm_up()  # import sympy + build the parser once here; forked workers inherit it
-        if any(r["dataset"] == "ifeval" for r in records):
+        if any(r["dataset"] == "ifeval" and ("language" in str(r["ground_truth"]) or "english_" in str(r["ground_truth"]))
+               for r in records):
             from megatron_tulu.rewards.ifeval_text import warm_up_language
 
             warm_up_language()
@@ -164,49 +184,74 @@ def verify_batch(records: list[dict], workers: int | None = None, timeout_s: flo
 
 
 def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_compat) -> None:
+    """Chunks of indices go to workers; verdicts come back through shared memory, so per item there is
+    no pickling and no pipe round trip. The item a worker is on is the first pending one of its chunk;
+    when it overruns ``timeout_s`` the worker is killed, the item counted as a timeout and the rest of
+    the chunk requeued."""
     ctx = mp.get_context("fork")
-    pool = [_Worker(ctx, timeout_s, paper_compat) for _ in range(n_workers)]
-    next_index = 0
-    pending = len(records)
+    n = len(records)
+    status = ctx.RawArray("b", n)
+    chunk_size = max(1, min(64, n // (n_workers * 4)))
+    queue = collections.deque((i, min(i + chunk_size, n)) for i in range(0, n, chunk_size))
+    pool = [_Worker(ctx, records, status, timeout_s, paper_compat) for _ in range(n_workers)]
+
+    def current_item(w: _Worker) -> int:
+        start, stop = w.chunk
+        return next((i for i in range(start, stop) if status[i] == _PENDING), stop)
+
     try:
         for w in pool:
-            if next_index < len(records):
-                w.submit(next_index, records[next_index])
-                next_index += 1
-        while pending:
-            busy = [w for w in pool if w.index is not None]
-            now = time.monotonic()
-            wait_s = max(0.0, min(w.started + timeout_s - now for w in busy))
+            if queue:
+                w.submit(queue.popleft())
+        while any(w.chunk is not None for w in pool):
+            busy = [w for w in pool if w.chunk is not None]
+            wait_s = max(0.0, min(w.clock[0] + timeout_s - time.monotonic() for w in busy))
             ready = set(wait_connections([w.conn for w in busy], timeout=wait_s))
-            now = time.monotonic()
             for slot, w in enumerate(pool):
-                if w.index is None:
+                if w.chunk is None:
                     continue
                 if w.conn in ready:
                     try:
-                        index, status, value = w.conn.recv()
-                    except (EOFError, OSError):  # the worker died (e.g. killed for memory): incorrect
-                        index, status, value = w.index, "err", "worker died"
-                        w.kill()
-                        pool[slot] = w = _Worker(ctx, timeout_s, paper_compat)
-                    if status == "ok":
-                        verdicts[index] = value
-                    else:
-                        fail(index, value)
-                elif now - w.started >= timeout_s:
-                    metrics["timeouts"] += 1  # verdicts[index] stays False
-                    w.kill()
-                    pool[slot] = w = _Worker(ctx, timeout_s, paper_compat)
+                        for index, message in w.conn.recv():
+                            fail(index, message)
+                        w.chunk = None
+                    except (EOFError, OSError):  # died (e.g. killed for memory): its item is incorrect
+                        pool[slot] = w = _replace(w, queue, ctx, records, status, timeout_s, paper_compat,
+                                                  on_item=lambda i: fail(i, "worker died"))
                 else:
-                    continue
-                pending -= 1
-                w.index = None
-                if next_index < len(records):
-                    w.submit(next_index, records[next_index])
-                    next_index += 1
+                    item = current_item(w)  # status first, then the clock (the worker writes them in reverse)
+                    if item >= w.chunk[1] or time.monotonic() - w.clock[0] < timeout_s:
+                        continue
+
+                    def count_timeout(i: int) -> None:
+                        metrics["timeouts"] += 1  # verdict stays pending, i.e. incorrect
+
+                    pool[slot] = w = _replace(w, queue, ctx, records, status, timeout_s, paper_compat,
+                                              on_item=count_timeout, expected=item)
+                if w.chunk is None and queue:
+                    w.submit(queue.popleft())
     finally:
         for w in pool:
-            if w.index is None:
+            if w.chunk is None:
                 w.close()
             else:
                 w.kill()
+    for i in range(n):
+        verdicts[i] = status[i] == _TRUE
+
+
+def _replace(w: _Worker, queue, ctx, records, status, timeout_s, paper_compat, on_item, expected=None) -> _Worker:
+    """Kill ``w``; charge ``on_item`` to the item it was on and requeue the rest of its chunk; fork anew.
+
+    When ``expected`` is given and that item finished in the instant before the kill, nothing is charged
+    and the rest of the chunk (from the next pending item) is requeued."""
+    w.kill()
+    start, stop = w.chunk
+    item = next((i for i in range(start, stop) if status[i] == _PENDING), stop)
+    if item < stop:
+        if expected is None or item == expected:
+            on_item(item)
+            item += 1
+        if item < stop:
+            queue.appendleft((item, stop))
+    return _Worker(ctx, records, status, timeout_s, paper_compat)

@@ -100,23 +100,37 @@ def _nth_paragraph_first_word(v: str, num_paragraphs: int, nth_paragraph: int, f
 
 
 def _number_placeholders(v: str, num_placeholders: int) -> bool:
-    return len(re.findall(r"\[.*?\]", v)) >= int(num_placeholders)
+    # Same count as Google's re.findall(r"\[.*?\]"), by a linear scan (that regex is quadratic on a long
+    # line of "[" without "]").
+    count = 0
+    for line in v.split("\n"):
+        pos = line.find("[")
+        while pos >= 0:
+            close = line.find("]", pos + 1)
+            if close < 0:
+                break
+            count += 1
+            pos = line.find("[", close + 1)
+    return count >= int(num_placeholders)
 
 
 def _postscript(v: str, postscript_marker: str) -> bool:
     v = v.lower()
     if postscript_marker == "P.P.S":
-        pattern = r"\s*p\.\s?p\.\s?s.*$"
+        pattern = r"p\.\s?p\.\s?s"
     elif postscript_marker == "P.S.":
-        pattern = r"\s*p\.\s?s\..*$"
+        pattern = r"p\.\s?s\."
     else:
-        pattern = r"\s*" + re.escape(postscript_marker.lower()) + r".*$"
-    return re.search(pattern, v, flags=re.MULTILINE) is not None
+        pattern = re.escape(postscript_marker.lower())
+    # Google's patterns are "\s*" + this + ".*$": the same truth value, but quadratic on long whitespace.
+    return re.search(pattern, v) is not None
 
 
 def _number_bullet_lists(v: str, num_bullets: int) -> bool:
-    stars = re.findall(r"^\s*\*[^\*].*$", v, flags=re.MULTILINE)
-    dashes = re.findall(r"^\s*-.*$", v, flags=re.MULTILINE)
+    # Google writes ^\s* (which can cross blank lines, quadratic on many newlines); [ \t]* gives the same
+    # count, because a match that crossed blank lines would have started on the bullet line anyway.
+    stars = re.findall(r"^[ \t]*\*[^\*].*$", v, flags=re.MULTILINE)
+    dashes = re.findall(r"^[ \t]*-.*$", v, flags=re.MULTILINE)
     return len(stars) + len(dashes) == int(num_bullets)
 
 
@@ -143,13 +157,19 @@ def _json_format(v: str) -> bool:
     )
     try:
         json.loads(v)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack limit
         return False
     return True
 
 
 def _title(v: str) -> bool:
-    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", v))
+    # Google: any re.findall(r"<<[^\n]+>>") match with text inside. Per line the greedy match runs from the
+    # first "<<" to the last ">>"; found directly, because the regex is quadratic on a long "<<<<..." line.
+    for line in v.split("\n"):
+        start, end = line.find("<<"), line.rfind(">>")
+        if start >= 0 and end >= start + 3 and line[start:end + 2].lstrip("<").rstrip(">").strip():
+            return True
+    return False
 
 
 def _two_responses(v: str) -> bool:

@@ -111,6 +111,9 @@ _REMOVED_EXPRESSIONS = [
 def normalize_final_answer(final_answer: str) -> str:
     """Minerva (Lewkowycz et al. 2022, appendix D) normalisation, as used by lm-eval and open-instruct."""
     final_answer = final_answer.split("=")[-1]
+    # Deviation from Minerva: drop \left/\right first, else removing the unit "ft" turns "\left(" into
+    # "\le(" and a correct "\left(1, 2\right)" can never match "(1,2)".
+    final_answer = final_answer.replace("\\left", "").replace("\\right", "")
     for before, after in _SUBSTITUTIONS:
         final_answer = final_answer.replace(before, after)
     for expr in _REMOVED_EXPRESSIONS:
@@ -229,7 +232,28 @@ def as_rational(s: str) -> Fraction | None:
     return None
 
 
-def cheap_equal(candidate: str, ground_truth: str) -> bool | None:
+def _split_tuple(s: str) -> list[str] | None:
+    """Elements of ``(a,b)``/``[a,b]`` split at top-level commas, or None when ``s`` is not such a tuple."""
+    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
+        return None
+    parts, depth, current = [], 0, ""
+    for ch in s[1:-1]:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts if len(parts) > 1 else None
+
+
+def cheap_equal(candidate: str, ground_truth: str, _depth: int = 0) -> bool | None:
     """True/False when decidable without sympy (normalised strings, exact rationals or the numeric
     evaluator of :mod:`math_numeric`), None otherwise (symbols, tuples, ...)."""
     a_h, b_h = strip_string(candidate), strip_string(ground_truth)
@@ -238,6 +262,12 @@ def cheap_equal(candidate: str, ground_truth: str) -> bool | None:
     a_m, b_m = normalize_final_answer(candidate), normalize_final_answer(ground_truth)
     if a_m == b_m and a_m:
         return True
+    ta, tb = _split_tuple(a_h), _split_tuple(b_h)
+    if ta is not None and tb is not None and _depth < 3:  # points/intervals: same brackets, element-wise
+        if len(ta) != len(tb) or a_h[0] + a_h[-1] != b_h[0] + b_h[-1]:
+            return False
+        verdicts = [cheap_equal(x, y, _depth + 1) for x, y in zip(ta, tb)]
+        return False if False in verdicts else (True if all(verdicts) else None)
     for a, b in ((a_h, b_h), (strip_string(a_m), strip_string(b_m))):
         ra, rb = as_rational(a), as_rational(b)
         if ra is not None and rb is not None:

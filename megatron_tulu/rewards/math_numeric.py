@@ -29,10 +29,11 @@ class _Fail(Exception):
 
 
 class _Parser:
-    def __init__(self, tokens: list[str]):
+    def __init__(self, tokens: list[str], env: dict[str, float] | None = None):
         self.t = tokens
         self.i = 0
         self.depth = 0
+        self.env = env or {}
 
     def peek(self) -> str | None:
         return self.t[self.i] if self.i < len(self.t) else None
@@ -67,7 +68,7 @@ class _Parser:
                 if den == 0:
                     raise _Fail
                 value /= den
-            elif tok in _ATOM_START or (tok is not None and tok[0].isdigit()):
+            elif tok in _ATOM_START or (tok is not None and (tok[0].isdigit() or tok in self.env)):
                 value *= self.power()  # implicit multiplication: 2\sqrt{2}, 3\pi, 2(1+x)
             else:
                 return value
@@ -108,6 +109,8 @@ class _Parser:
             return float(tok)
         if tok == "\\pi":
             return math.pi
+        if tok in self.env:
+            return self.env[tok]
         if tok in ("(", "{"):
             value = self.expr()
             self.take(")" if tok == "(" else "}")
@@ -141,12 +144,13 @@ class _Parser:
         raise _Fail
 
 
-def evaluate(latex: str) -> float | None:
-    """Float value of a numeric LaTeX expression, or None when it is not one (or breaks a limit)."""
+def evaluate(latex: str, env: dict[str, float] | None = None) -> float | None:
+    """Float value of a numeric LaTeX expression (single-letter variables taken from ``env``), or None
+    when it is not one (or breaks a limit)."""
     tokens = _TOKEN_RE.findall(latex)
     if not tokens or len(tokens) > MAX_TOKENS:
         return None
-    parser = _Parser(tokens)
+    parser = _Parser(tokens, env)
     try:
         value = parser.expr()
     except (_Fail, ZeroDivisionError, OverflowError, ValueError, RecursionError):
@@ -156,9 +160,34 @@ def evaluate(latex: str) -> float | None:
     return value
 
 
+_LETTER_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z](?![A-Za-z])")
+# Irrational-looking, fixed probe values: identical every run (deterministic verdicts), and an accidental
+# agreement of two different rational functions at all of them is vanishingly unlikely.
+_PROBES = (0.5772156649, 1.4142135623, 2.7182818284, 0.3183098861, 1.6180339887, 7.3890560989, 12.566370614)
+
+
 def numeric_equal(a: str, b: str) -> bool | None:
-    """True/False when both sides are numeric expressions, None otherwise."""
-    va, vb = evaluate(a), evaluate(b)
-    if va is None or vb is None:
+    """True/False when both sides are numeric expressions, None otherwise.
+
+    Expressions in single-letter variables (``x^2+2x+1`` vs ``(x+1)^2``) are compared by evaluating both
+    at fixed probe points (the Schwartz-Zippel idea): equal at every valid probe -> True, different at
+    one -> False, fewer than 3 probes where both sides are defined -> None (left to sympy).
+    """
+    names = sorted(set(_LETTER_RE.findall(a)) | set(_LETTER_RE.findall(b)))
+    if len(names) > 3:
         return None
-    return math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12)
+    if not names:
+        va, vb = evaluate(a), evaluate(b)
+        if va is None or vb is None:
+            return None
+        return math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12)
+    valid = 0
+    for k in range(len(_PROBES)):
+        env = {name: _PROBES[(k + j) % len(_PROBES)] * (1 + j) for j, name in enumerate(names)}
+        va, vb = evaluate(a, env), evaluate(b, env)
+        if va is None or vb is None:
+            continue
+        if not math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12):
+            return False
+        valid += 1
+    return True if valid >= 3 else None

@@ -62,6 +62,8 @@ def reject_reason(expr: str) -> str | None:
             return "exponent too large"
     if any(len(n) > MAX_DIGITS for n in _NUM_RE.findall(expr)):
         return f"literal with more than {MAX_DIGITS} digits"
+    if "," in expr:  # tuples/intervals/lists: the lark grammar has no rule for them (cheap_equal splits them)
+        return "comma"
     if _WORD_RE.search(expr):  # prose ("the answer is") would parse as a product of single-letter symbols
         return "contains words"
     if "!" in expr:  # factorials of big numbers are as dangerous as powers

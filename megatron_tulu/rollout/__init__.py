@@ -1,0 +1,14 @@
+"""Rollout engines (the one seam to vLLM) and trainer -> engine weight sync.
+
+- :mod:`.base`: ``SamplingConfig``, ``Generation``, ``RolloutEngine`` (the interface the RLVR driver uses)
+- :mod:`.torch_engine`: ``TorchEngine`` (transformers + KV cache; no vLLM needed)
+- :mod:`.vllm_engine`: ``VLLMEngine`` (imports vLLM lazily, inside the class)
+- :mod:`.vllm_worker_ext`: the vLLM worker extension that receives broadcast weights
+- :mod:`.weight_sync`: ``WeightSyncGroup`` (stateless group, bucketed broadcast, timeouts), probe check
+
+Importing this package never imports vLLM.
+"""
+
+from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
+
+__all__ = ["Generation", "RolloutEngine", "SamplingConfig"]

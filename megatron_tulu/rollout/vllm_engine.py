@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 WORKER_EXTENSION = "megatron_tulu.rollout.vllm_worker_ext.WeightSyncWorkerExtension"
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
+# a binding the user set before we ran wins; otherwise it is recomputed for every engine's TP size
+_USER_THREADS_BIND = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
 
 
 def _cpu_settings(tensor_parallel_size: int, kv_cache_memory_bytes: int | None) -> int:
@@ -32,7 +34,7 @@ def _cpu_settings(tensor_parallel_size: int, kv_cache_memory_bytes: int | None) 
       because vLLM's automatic binding asserts when there are fewer NUMA nodes than ranks.
     - KV cache: an explicit size, because the default memory check uses NUMA node 0's free memory and fails.
     """
-    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+    if _USER_THREADS_BIND is None:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < tensor_parallel_size:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs at least that many cores, have {len(cores)}")

@@ -290,6 +290,7 @@ class WeightSyncGroup:
         port: int | None = None,
         backend: str | None = None,
         device: torch.device | None = None,
+        load_timeout_s: float = 600.0,
     ):
         from megatron_tulu import platform
         from megatron_tulu.parallel import free_port
@@ -297,6 +298,7 @@ class WeightSyncGroup:
         self.engines = list(engines)
         self.bucket_bytes = int(bucket_bytes)
         self.timeout_s = float(timeout_s)
+        self.load_timeout_s = float(load_timeout_s)  # after the last byte: the workers' reload_weights
         self.host = host
         self.port = port or free_port()
         self.backend = backend or platform.backend()
@@ -307,7 +309,9 @@ class WeightSyncGroup:
         self._metas: list[TensorMeta] | None = None
 
     def _rpc_all(self, method: str, *args) -> list[cf.Future]:
-        return [e.rpc_async(method, *args, timeout=self.timeout_s) for e in self.engines]
+        # no vLLM-side RPC timeout: its expiry is fatal to the engine core. The workers bound their own
+        # waits (every collective has timeout_s) and this side bounds its wait on the futures (_wait).
+        return [e.rpc_async(method, *args, timeout=None) for e in self.engines]
 
     def connect(self) -> None:
         """Form the group: every engine worker joins while this process joins as rank 0."""
@@ -317,14 +321,14 @@ class WeightSyncGroup:
                 e.rpc_async(
                     "weight_sync_init", self.key, self.host, self.port, offset, self.world_size, self.backend,
                     self.timeout_s,
-                    timeout=self.timeout_s,
+                    timeout=None,  # see _rpc_all
                 )
             )
             offset += e.num_workers
         try:
             self.pg = init_stateless_group(self.host, self.port, 0, self.world_size, self.backend, self.timeout_s)
         except WeightSyncError:
-            cf.wait(futures, timeout=self.timeout_s + 5)  # the workers give up after the same timeout
+            cf.wait(futures, timeout=2 * self.timeout_s + 10)  # the workers give up after their own timeout
             raise
         _wait(futures, self.timeout_s + 5, "connect")
 
@@ -349,7 +353,7 @@ class WeightSyncGroup:
         sent_meta = metas != self._metas
         if sent_meta:
             wire = [m.to_wire() for m in metas]
-            futures = [e.rpc_async("weight_sync_set_metadata", self.key, wire, self.bucket_bytes, timeout=self.timeout_s) for e in self.engines]
+            futures = [e.rpc_async("weight_sync_set_metadata", self.key, wire, self.bucket_bytes, timeout=None) for e in self.engines]
             per_engine = _wait(futures, self.timeout_s + 5, "metadata")  # [engine][worker] -> list of problems
             problems = [p for workers in per_engine for r in workers for p in (r or [])]
             if problems:
@@ -363,7 +367,7 @@ class WeightSyncGroup:
         except WeightSyncTimeout:
             self._metas = None  # the peers' state is unknown now
             raise
-        _wait(futures, self.timeout_s + 5, "receive/load")
+        _wait(futures, self.timeout_s + self.load_timeout_s, "receive/load")
         for e in self.engines:
             e.reset_prefix_cache()
         return SyncStats(nbytes, len(sender.plan), len(items), time.perf_counter() - t0, sent_meta)

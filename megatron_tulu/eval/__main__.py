@@ -1,0 +1,5 @@
+import sys
+
+from megatron_tulu.eval.evaluate import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""The whole recipe (data -> pretrain TP=2 -> SFT -> DPO -> RLVR -> eval) at CI size, through the real entry points."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_ci_profile_produces_every_artifact(tmp_path):
+    from megatron_tulu.pipeline import TASKS, run_pipeline
+
+    out = tmp_path / "demo"
+    summary = run_pipeline(out, profile="ci", engine="torch")
+    for stage in ("pretrain", "sft", "dpo", "rlvr"):
+        assert (out / stage / "hf" / "config.json").exists(), stage
+        assert (out / stage / "metrics.jsonl").stat().st_size > 0, stage
+        assert (out / stage / "checkpoints" / "latest").exists(), stage
+        assert list((out / stage / "tb").glob("events.*")), stage
+        res = summary["results"][stage]
+        for t in TASKS:
+            assert 0.0 <= res[t]["accuracy"] <= 1.0 and res[t]["n"] > 0
+    table = (out / "results.md").read_text()
+    rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| stage")]
+    assert [r.split("|")[1].strip() for r in rows] == ["pretrain", "sft", "dpo", "rlvr"]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")[1:]]
+        assert len(cells) == len(TASKS) + 1 and all(re.fullmatch(r"\d+\.\d", c) for c in cells)
+    assert (out / "results.png").stat().st_size > 10_000
+    # a re-run reuses every finished stage (no stage command is launched again)
+    before = {p: p.stat().st_mtime for p in out.glob("*/hf/config.json")}
+    run_pipeline(out, profile="ci", engine="torch")
+    assert before == {p: p.stat().st_mtime for p in out.glob("*/hf/config.json")}
