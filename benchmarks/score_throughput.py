@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def make_records(n: int, seed: int) -> list[dict]:
             gt, same, wrong = rng.choice(MATH_PAIRS)
             shown = same if good else wrong
             if rng.random() < 0.005:
-                shown = "10^{10^{10^{10}}}"  # adversarial
+                shown, good = "10^{10^{10^{10}}}", False  # adversarial
             style = rng.randint(0, 2)
             if style == 0:
                 resp = f"{prose}Thus the answer is $\\boxed{{{shown}}}$."
@@ -82,19 +83,28 @@ def make_records(n: int, seed: int) -> list[dict]:
             rec = {"dataset": "ifeval", "response": ok if good else bad,
                    "ground_truth": truth if rng.random() < 0.5 else json.dumps(truth)}
         rec["id"] = i
+        rec["expected"] = good  # what the generator intended; the benchmark reports disagreements
         out.append(rec)
     return out
 
 
-def time_cli(path: str, workers: int) -> tuple[float, list[bool], str]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_cli(path: str, workers: int) -> tuple[float, float, list[dict], str]:
+    """(wall seconds, CPU seconds of the CLI and its workers, output rows, its stderr summary)."""
+    cpu0 = _children_cpu_s()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "megatron_tulu.rewards.score", path, "--workers", str(workers)],
                           capture_output=True, text=True, cwd=REPO)
     seconds = time.perf_counter() - start
+    cpu = _children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"score CLI failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    verdicts = [json.loads(line)["correct"] for line in proc.stdout.splitlines()]
-    return seconds, verdicts, proc.stderr.strip().splitlines()[-1]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return seconds, cpu, rows, proc.stderr.strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -111,15 +121,35 @@ def main() -> None:
             f.writelines(json.dumps(r) + "\n" for r in records)
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
               f"python {platform.python_version()}")
-        seconds, verdicts, summary = time_cli(path, args.workers)
-        assert len(verdicts) == args.n
-        print(f"workers={args.workers}: {args.n} records in {seconds:.2f}s = {args.n / seconds:.0f} records/s")
+        load = os.getloadavg()[0]
+        seconds, cpu, rows, summary = time_cli(path, args.workers)
+        assert [r["id"] for r in rows] == list(range(args.n)), "output order differs from input order"
+        verdicts = [r["correct"] for r in rows]
+        wrong = {}
+        for r in rows:
+            if r["correct"] != r["expected"]:
+                wrong[r["dataset"]] = wrong.get(r["dataset"], 0) + 1
+        print(f"load average before: {load:.1f}")
+        print(f"workers={args.workers}: {args.n} records in {seconds:.2f}s wall = {args.n / seconds:.0f} records/s; "
+              f"CPU {cpu:.2f}s (user+sys, CLI + workers)")
         print(f"  {summary}")
+        print(f"  verdicts differing from the generator's intent: {sum(wrong.values())} {wrong}")
         if args.baseline:
-            base_s, base_verdicts, base_summary = time_cli(path, 0)
-            print(f"workers=0 (in-process): {base_s:.2f}s = {args.n / base_s:.0f} records/s; "
+            base_s, base_cpu, base_rows, base_summary = time_cli(path, 0)
+            base_verdicts = [r["correct"] for r in base_rows]
+            print(f"workers=0 (in-process): {base_s:.2f}s wall = {args.n / base_s:.0f} records/s, CPU {base_cpu:.2f}s; "
                   f"speed-up x{base_s / seconds:.2f}; identical verdicts: {base_verdicts == verdicts}")
             print(f"  {base_summary}")
+        # An RLVR step: one verify_batch call on a few hundred records from a long-lived process.
+        sys.path.insert(0, str(REPO))
+        from megatron_tulu.rewards import verify_batch
+
+        step = records[:300]
+        for call in range(3):
+            start = time.perf_counter()
+            _, metrics = verify_batch(step, workers=args.workers)
+            print(f"verify_batch(300 records, workers={args.workers}) call {call}: "
+                  f"{(time.perf_counter() - start) * 1000:.0f} ms (timeouts {metrics['timeouts']})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m launch.cluster plan --script slurm/rlvr_405b.sh --stage rlvr --size 405b -- <command...>
     python -m launch.cluster ray-wait --address HOST:PORT --nodes N [--timeout 120]
+    python -m launch.cluster ray-start -- ray start --block ...     (what each Ray srun task runs)
 
 The scripts only set the environment and call ``srun``/Ray; everything that needs a decision lives here.
 The allocation (nodes, GPUs or CPU tasks per node) is read from the script's own ``#SBATCH`` header, or from
@@ -181,9 +182,13 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
     spn = alloc.slots_per_node
     total = alloc.nodes * spn
     model = PRESET_OF_SIZE[size]
+    idle = 0
     if stage == "rlvr":
-        placed = plan_rlvr_layout(model, total, spn, lay["engine_tp"], lay["num_engines"], lay["tp"], lay["pp"],
-                                  lay["cp"])
+        try:
+            placed = plan_rlvr_layout(model, total, spn, lay["engine_tp"], lay["num_engines"], lay["tp"],
+                                      lay["pp"], lay["cp"])
+        except ValueError as e:
+            placed, idle = _rlvr_with_idle(model, alloc, lay, e)
         nodes, engines, trainer = placed["nodes"], placed["engines"], placed["trainer"]
         memory, feasible = placed["memory"], placed["feasible"]
     else:
@@ -203,9 +208,49 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
     plan = {"stage": stage, "size": size, "model": model, "device": alloc.device, "nodes_total": alloc.nodes,
             "slots_per_node": spn, "slots_total": total, "nodes": nodes, "engines": engines, "trainer": trainer,
+            "idle": idle,
             "memory": memory, "feasible": feasible, "command": list(command or [])}
     check_plan(plan)
     return plan
+
+
+def _rlvr_with_idle(model: str, alloc: Allocation, lay: dict, why: Exception) -> tuple[dict, int]:
+    """RLVR layout that does not tile the allocation (e.g. a config with one engine while the driver supports
+    only one): engines on whole nodes of their own, trainers on the next whole nodes (as many as keep DP
+    integral), the remaining GPUs idle and reported. Re-raises ``why`` when even that does not fit."""
+    from megatron_tulu.plan import plan_rlvr_layout
+
+    spn = alloc.slots_per_node
+    engine_gpus = lay["engine_tp"] * lay["num_engines"]
+    engine_nodes = -(-engine_gpus // spn)
+    mp = lay["tp"] * lay["pp"] * lay["cp"]
+    for trainer_nodes in range(alloc.nodes - engine_nodes, 0, -1):
+        if (trainer_nodes * spn) % mp == 0:
+            break
+    else:
+        raise why
+    # Place on a virtual allocation of exactly engines + trainers (engines padded to whole nodes), then map back.
+    used_nodes = engine_nodes + trainer_nodes
+    pad = engine_nodes * spn - engine_gpus
+    placed = plan_rlvr_layout(model, trainer_nodes * spn + engine_gpus + pad, spn, lay["engine_tp"],
+                              lay["num_engines"] + pad // lay["engine_tp"], lay["tp"], lay["pp"], lay["cp"]) \
+        if pad % lay["engine_tp"] == 0 else None
+    if placed is None:
+        raise why
+    # The padding "engines" are idle GPUs, not engines.
+    real = {e["id"] for e in placed["engines"][: lay["num_engines"]]}
+    placed["engines"] = placed["engines"][: lay["num_engines"]]
+    for n in placed["nodes"]:
+        keep = [eid for eid in n["engines"] if eid in real]
+        n["local_gpus"]["idle"] = [g % spn for eid in n["engines"] if eid not in real
+                                   for g in range(eid * lay["engine_tp"], (eid + 1) * lay["engine_tp"])]
+        n["local_gpus"]["engine"] = [g for g in n["local_gpus"]["engine"] if g not in n["local_gpus"]["idle"]]
+        n["engines"] = keep
+    for k in range(used_nodes, alloc.nodes):
+        placed["nodes"].append({"node": k, "role": "idle", "engines": [], "trainer_ranks": [],
+                                "local_gpus": {"engine": [], "trainer": [], "idle": list(range(spn))}})
+    idle = alloc.nodes * spn - engine_gpus - placed["trainer"]["gpus"]
+    return placed, idle
 
 
 def check_plan(plan: dict) -> None:
@@ -214,13 +259,14 @@ def check_plan(plan: dict) -> None:
     if len(plan["nodes"]) != plan["nodes_total"]:
         raise ValueError(f"plan has {len(plan['nodes'])} nodes, allocation {plan['nodes_total']}")
     for n in plan["nodes"]:
-        used = len(n["local_gpus"]["engine"]) + len(n["local_gpus"]["trainer"])
+        used = sum(len(n["local_gpus"].get(k, [])) for k in ("engine", "trainer", "idle"))
         if used != spn or len(n["local_gpus"]["trainer"]) != len(n["trainer_ranks"]):
             raise ValueError(f"node {n['node']}: {used} slots assigned, expected {spn}")
     engine_gpus = sum(len(e["gpus"]) for e in plan["engines"])
     t = plan["trainer"]
-    if engine_gpus + t["gpus"] != total:
-        raise ValueError(f"engines {engine_gpus} + trainer {t['gpus']} != allocation {total}")
+    if engine_gpus + t["gpus"] + plan.get("idle", 0) != total:
+        raise ValueError(f"engines {engine_gpus} + trainer {t['gpus']} + idle {plan.get('idle', 0)} "
+                         f"!= allocation {total}")
     if t["tp"] * t["pp"] * t["cp"] * t["dp"] != t["gpus"]:
         raise ValueError(f"TP*PP*CP*DP = {t['tp']}*{t['pp']}*{t['cp']}*{t['dp']} != trainer slots {t['gpus']}")
     ranks = sorted(r for n in plan["nodes"] for r in n["trainer_ranks"])
@@ -249,8 +295,14 @@ def format_plan(plan: dict) -> str:
     lines = [f"plan: {plan['stage']}/{plan['size']} ({plan['model']}) on {plan['nodes_total']} nodes x "
              f"{plan['slots_per_node']} {unit} = {plan['slots_total']} {unit}"]
     eng = sum(len(e["gpus"]) for e in plan["engines"])
-    lines.append(f"  total: engines {eng} + trainers {t['gpus']} = {eng + t['gpus']} "
-                 f"(allocation {plan['slots_total']}) OK")
+    idle = plan.get("idle", 0)
+    if idle:
+        lines.append(f"  total: engines {eng} + trainers {t['gpus']} + idle {idle} = {eng + t['gpus'] + idle} "
+                     f"(allocation {plan['slots_total']}) OK")
+        lines.append(f"  WARNING: {idle} {unit} idle: the config's layout does not tile the allocation")
+    else:
+        lines.append(f"  total: engines {eng} + trainers {t['gpus']} = {eng + t['gpus']} "
+                     f"(allocation {plan['slots_total']}) OK")
     lines.append(f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}")
     for e in plan["engines"]:
         hosts = sorted({g // plan["slots_per_node"] for g in e["gpus"]})
@@ -273,6 +325,8 @@ def format_plan(plan: dict) -> str:
                 what.append(f"engine {_ranges(n['engines'])} on local {_ranges(n['local_gpus']['engine'])}")
             if n["trainer_ranks"]:
                 what.append(f"trainer ranks {_ranges(n['trainer_ranks'])}")
+            if n["local_gpus"].get("idle"):
+                what.append(f"idle local {_ranges(n['local_gpus']['idle'])}")
             extra = " + Ray head + driver" if plan["stage"] == "rlvr" and i == 0 else ""
             lines.append(f"    node {i} ({n['host']}): {n['role']}: {'; '.join(what)}{extra}")
         i = j + 1
@@ -314,6 +368,38 @@ def ray_wait(address: str, nodes: int, timeout_s: float) -> int:
                        + (f" (last error: {last_err})" if last_err else ""))
 
 
+def ray_start(command: list[str], attempts: int = 3) -> int:
+    """Run ``ray start ... --block`` (``command``), retrying a failed start up to ``attempts`` times.
+
+    Ray gives a raylet a fixed 30 s to register with the GCS; on an overloaded node that can fail once and then
+    succeed. SIGTERM/SIGINT are forwarded to Ray (teardown) and stop the retries. SIGUSR1 is ignored here and in
+    Ray (inherited): SLURM's preemption warning is for the driver and trainers, not the daemons.
+    """
+    import signal
+    import subprocess
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    state: dict = {"stop": False, "child": None}
+
+    def forward(signum, frame):  # noqa: ARG001
+        state["stop"] = True
+        if state["child"] is not None and state["child"].poll() is None:
+            state["child"].send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = 1
+    for attempt in range(1, attempts + 1):
+        state["child"] = subprocess.Popen(command)
+        rc = state["child"].wait()
+        if state["stop"] or rc == 0:
+            return rc
+        print(f"[mt] {shlex.join(command[:2])} exited {rc} (attempt {attempt}/{attempts})", file=sys.stderr,
+              flush=True)
+        time.sleep(2.0)
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
@@ -332,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--address", required=True, help="HOST:PORT of the Ray head (GCS)")
     pw.add_argument("--nodes", type=int, required=True)
     pw.add_argument("--timeout", type=float, default=120.0)
+    pr = sub.add_parser("ray-start", help="run `ray start --block` (after --), retrying a failed start")
+    pr.add_argument("--attempts", type=int, default=3)
     a = p.parse_args(argv)
+    if a.cmd == "ray-start":
+        if not command:
+            p.error("ray-start needs the ray command after --")
+        return ray_start(command, a.attempts)
     if a.cmd == "plan":
         plan = build_plan(a.stage, a.size, allocation(a.script), command)
         if a.json:

@@ -147,6 +147,8 @@ def setup(device: str = "auto") -> str:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
     else:
+        # Triton kernels (kernels/) run in interpreter mode on CPU tensors; must be set before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
         _install_cpu_shim()
     _STATE["device"] = want
     return want

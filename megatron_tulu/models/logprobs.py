@@ -112,3 +112,51 @@ def gather_vocab(logits: torch.Tensor, true_vocab_size: int | None = None, group
     if true_vocab_size is not None:
         logits = logits[..., :true_vocab_size]
     return logits
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def enable_fused_logprob_head(model) -> None:
+    """Make the last pipeline stage return final hidden states ``[b, s, d]`` instead of logits.
+
+    The output layer keeps its weight (same parameter name, so checkpoints, export and weight sync are
+    unchanged); :func:`token_logprobs` then computes log-probs with the fused Triton linear+logprob kernel,
+    which never materialises the fp32 ``[tokens, vocab]`` logits. The kernel all-reduces the hidden-state
+    gradient over TP itself, so the layer's usual copy-to-TP-region is skipped here on purpose.
+    """
+    import types
+
+    m = _unwrap(model)
+    if not getattr(m, "post_process", False):
+        return
+
+    def hidden_forward(self, input_, weight=None, runtime_gather_output=None):  # noqa: ARG001
+        return input_, None
+
+    m.output_layer.forward = types.MethodType(hidden_forward, m.output_layer)
+    m.fused_logprob_head = True
+
+
+def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_vocab_size: int | None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs ``[b, s]`` of ``targets`` from the model's last-stage output ``[b, s, ·]``.
+
+    ``output`` is vocab-parallel logits, or hidden states when :func:`enable_fused_logprob_head` was applied
+    to ``model`` (then the fused kernel runs against the output-layer weight shard).
+    """
+    m = _unwrap(model)
+    if not getattr(m, "fused_logprob_head", False):
+        return vocab_parallel_logprobs(output, targets, true_vocab_size, temperature)
+    from kernels.fused_logprob import fused_linear_logprob
+
+    weight = m.output_layer.weight if m.output_layer.weight is not None else m.shared_embedding_or_output_weight()
+    group = _tp_group()
+    start = (dist.get_rank(group) if group is not None else 0) * weight.shape[0]
+    d = output.shape[-1]
+    lp = fused_linear_logprob(output.reshape(-1, d), weight, targets.reshape(-1), temperature=temperature,
+                              tp_group=group, vocab_start=start, true_vocab_size=true_vocab_size)
+    return lp.view(targets.shape)

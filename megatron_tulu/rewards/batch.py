@@ -26,6 +26,7 @@ import os
 import time
 from multiprocessing.connection import wait as wait_connections
 
+from megatron_tulu.rewards.gsm8k import parse_ground_truth as parse_gsm8k_ground_truth
 from megatron_tulu.rewards.ifeval import parse_ground_truth as parse_ifeval_ground_truth
 from megatron_tulu.rewards.registry import DEFAULT_TIMEOUT_S, VERIFIERS, VerifyTimeout, get_verifier
 
@@ -54,6 +55,11 @@ def validate_record(record: dict, where: str = "record") -> None:
             raise ValueError(f"{where}: field 'ground_truth': {exc}") from None
     elif not isinstance(gt, (str, int, float)) or isinstance(gt, bool):
         raise ValueError(f"{where}: field 'ground_truth' must be a string for {record['dataset']}")
+    elif record["dataset"] == "gsm8k":
+        try:
+            parse_gsm8k_ground_truth(gt)
+        except ValueError as exc:
+            raise ValueError(f"{where}: field 'ground_truth': {exc}") from None
 
 
 def _score_one(record: dict, *, timeout_s: float, isolate: bool, paper_compat: bool) -> bool:

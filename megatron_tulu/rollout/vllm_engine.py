@@ -67,7 +67,7 @@ class VLLMEngine(RolloutEngine):
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         enable_sleep_mode: bool = False,
-        enforce_eager: bool = True,
+        enforce_eager: bool | None = None,
         distributed_executor_backend: str | None = None,
         **llm_kwargs,
     ):
@@ -81,6 +81,8 @@ class VLLMEngine(RolloutEngine):
         self.tensor_parallel_size = int(tensor_parallel_size)
         self.enable_sleep_mode = enable_sleep_mode
         kw = dict(llm_kwargs)
+        if enforce_eager is None:  # CUDA graphs pay off on GPU; on CPU compilation only slows start-up
+            enforce_eager = not platform.has_gpu()
         if platform.has_gpu():
             kw["gpu_memory_utilization"] = gpu_memory_utilization
             if kv_cache_memory_bytes is not None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from megatron_tulu import platform
 from megatron_tulu.data.sampler import IGNORE_INDEX, collate_preference
 from megatron_tulu.losses.dpo import NEEDS_REFERENCE, get_dpo_loss
-from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
 from megatron_tulu.trainers.sft import DataStageMixin, shift_targets, split_microbatches
@@ -75,10 +75,11 @@ def weights_fingerprint(path: str | None, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs ``[R]`` and label-token counts ``[R]`` of rows from logits ``[R, S, V_local]``."""
+def sequence_logps(output: torch.Tensor, targets: torch.Tensor, vocab: int, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs ``[R]`` and label-token counts ``[R]`` of rows from the model output ``[R, S, ·]``
+    (vocab-parallel logits, or hidden states with the fused logprob head)."""
     valid = targets != IGNORE_INDEX
-    lp = vocab_parallel_logprobs(logits, targets.clamp(min=0), true_vocab_size=vocab)
+    lp = token_logprobs(output, targets.clamp(min=0), model, vocab)
     return (lp * valid).sum(-1), valid.sum(-1)
 
 
@@ -193,7 +194,7 @@ class DPOTask(DataStageMixin):
         batches = [self._batch(rows, c, None, self._pad_to(trainer)) for c in chunks]
         vocab = trainer.preset.vocab_size
         res = forward_only_map(trainer.model, batches, self._forward_concat,
-                               lambda b, logits: sequence_logps(logits, b["targets"].to(logits.device), vocab)[0])
+                               lambda b, logits: sequence_logps(logits, b["targets"].to(logits.device), vocab, trainer.model[0])[0])
         if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
             seen = set()
             for b, r in zip(batches, res):
@@ -217,7 +218,7 @@ class DPOTask(DataStageMixin):
         if self.needs_ref and self.cfg.dpo.ref_mode == "on_the_fly":
             with torch.no_grad():
                 logits = self._forward_concat(self.ref_model, batch)
-                ref, _ = sequence_logps(logits, batch["targets"].to(logits.device), self.cfg_vocab)
+                ref, _ = sequence_logps(logits, batch["targets"].to(logits.device), self.cfg_vocab, self.ref_model)
             k = len(batch["indices"])
             batch["ref"] = torch.stack([ref[:k], ref[k:]], dim=1).double().cpu()
         if self.cfg.dpo.forward_mode == "concatenated":
@@ -227,12 +228,12 @@ class DPOTask(DataStageMixin):
         parts = []
         for sl in (slice(0, k), slice(k, 2 * k)):
             logits = model(batch["input_ids"][sl].to(dev), batch["position_ids"][sl].to(dev), None)
-            parts.append(sequence_logps(logits, batch["targets"][sl].to(dev), self.cfg_vocab)[0])
+            parts.append(sequence_logps(logits, batch["targets"][sl].to(dev), self.cfg_vocab, model)[0])
         return torch.cat(parts)  # [2b] per-sequence summed logps
 
     def loss_fn(self, batch: dict, output: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         if output.dim() == 3:
-            output, _ = sequence_logps(output, batch["targets"].to(output.device), trainer.preset.vocab_size)
+            output, _ = sequence_logps(output, batch["targets"].to(output.device), trainer.preset.vocab_size, trainer.model[0])
         loss, metrics = self._loss_from_seq(batch, output)
         k = len(batch["indices"])
         sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}

@@ -217,10 +217,12 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict:
+        # Installed before setup: a SIGTERM/SIGUSR1 while data and weights load (minutes at scale) must not kill
+        # the job with the default action (no checkpoint, no requeue code); it stops at the first step boundary.
+        watcher = PreemptionWatcher()
         if self.model is None:
             self.setup()
         cfg = self.cfg
-        watcher = PreemptionWatcher()
         last = {}
         t_start = time.time()
         if hasattr(self.task, "evaluate") and self.step == 0:

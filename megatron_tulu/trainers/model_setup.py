@@ -48,6 +48,10 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
         load_hf_into_model(model, cfg.init_hf, preset)
     elif cfg.init_mcore:
         load_rank_file(model, cfg.init_mcore)
+    if cfg.use_fused_logprob:
+        from megatron_tulu.models.logprobs import enable_fused_logprob_head
+
+        enable_fused_logprob_head(model)
     if customize is not None:
         customize(model)
     if not wrap_ddp:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from megatron_tulu import platform
 from megatron_tulu.data.sampler import IGNORE_INDEX
-from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig, Trainer
 from megatron_tulu.trainers.sft import DataStageMixin, split_microbatches
@@ -71,6 +71,10 @@ class RLVROptions:
     """``vllm`` (real vLLM; CPU build here) or ``torch`` (TorchEngine)."""
     engine_tp: int = 1
     """vLLM tensor-parallel size of one engine."""
+    num_engines: int = 1
+    """Number of rollout engines (each ``engine_tp`` GPUs) the cluster layout reserves, e.g. for the sbatch
+    scripts' GPU split. The driver itself runs ONE engine in the rank-0 process; placing several engines as Ray
+    actors is not implemented yet, so values > 1 are rejected by the driver rather than silently ignored."""
     engine_dtype: str = "float32"
     """Engine weights dtype (fp32 on CPU for exact agreement; bf16 on GPU)."""
     async_generation: bool = False
@@ -143,7 +147,7 @@ class PolicyTask(DataStageMixin):
 
         o = self.cfg.rlvr
         t = batch["targets"].to(logits.device)
-        logp = vocab_parallel_logprobs(logits, t.clamp(min=0), trainer.preset.vocab_size, temperature=o.temperature)
+        logp = token_logprobs(logits, t.clamp(min=0), trainer.model[0], trainer.preset.vocab_size, temperature=o.temperature)
         mask = batch["mask"].to(logits.device)
         kw = {}
         if o.algorithm == "grpo":

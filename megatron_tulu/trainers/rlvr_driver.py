@@ -27,6 +27,9 @@ class RLVRDriver:
             raise ValueError(f"rlvr.algorithm must be ppo|grpo, got {self.o.algorithm!r}")
         if self.o.algorithm == "grpo" and self.o.samples_per_prompt < 2:
             raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
+        if self.o.num_engines != 1:
+            raise NotImplementedError(f"rlvr.num_engines={self.o.num_engines}: the driver runs one in-process engine "
+                                      "(multi-engine placement is config-only for now); set rlvr.num_engines=1")
         self.policy = Trainer(cfg, PolicyTask(cfg))
         self.engine = None
         self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
@@ -85,6 +88,7 @@ class RLVRDriver:
         from megatron_tulu.rollout.base import SamplingConfig
 
         t0 = time.time()
+        version = self.engine_version  # read before sampling: the weights these samples come from
         rows = [self.task.prompts[i] for i in indices]
         k = self.o.samples_per_prompt
         sampling = SamplingConfig(temperature=self.o.temperature, max_new_tokens=self.o.max_new_tokens, n=k,
@@ -101,18 +105,18 @@ class RLVRDriver:
                                 "response": self.task.tokenizer.decode(g.token_ids[s], skip_special_tokens=True)})
         verdicts, vm = verify_batch(records, workers=self.o.verifier_workers)
         return {"prompts": prompts, "responses": responses, "rollout_logp": logps, "eos": eos,
-                "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0,
+                "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
                 "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
 
     def _forward_logps(self, chunks, mbs, values: bool = False) -> torch.Tensor | None:
         from megatron_tulu.models.forward import forward_only_map
-        from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+        from megatron_tulu.models.logprobs import token_logprobs
 
         vocab, temp = self.policy.preset.vocab_size, self.o.temperature
         if values:
             red = lambda b, out: out.squeeze(-1).float()  # noqa: E731
         else:
-            red = lambda b, out: vocab_parallel_logprobs(out, b["targets"].to(out.device).clamp(min=0), vocab, temperature=temp)  # noqa: E731
+            red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks[0], vocab, temperature=temp)  # noqa: E731
         res = forward_only_map(chunks, mbs, self.task.forward, red)
         return torch.cat([r.cpu() for r in res]) if res else None
 
@@ -203,6 +207,7 @@ class RLVRDriver:
     def fit(self) -> dict:
         self.setup()
         tr, cfg = self.policy, self.cfg
+        self.engine_version = tr.step  # optimizer steps in the engine's weights (the engine starts from tr.step)
         watcher = PreemptionWatcher()
         pending = None
         last = {}
@@ -228,8 +233,12 @@ class RLVRDriver:
                     pending.result()  # the engine may not change weights mid-generation
                     idle += time.time() - t_wait
                 metrics["time/sync_s"] = self.sync_weights()
+                self.engine_version = tr.step + 1
                 metrics["time/idle_s"] = idle
-                if metrics.get("mismatch/mean_abs_diff", 0.0) > self.cfg_tol():
+                # Steps the rollout's weights lag the trainer's (async: 1 after the first step). Only an on-policy
+                # batch measures the weight sync; a lagged one measures the policy's drift, reported but not fatal.
+                metrics["mismatch/policy_lag"] = lag = tr.step - ro["version"]
+                if lag == 0 and metrics.get("mismatch/mean_abs_diff", 0.0) > self.cfg_tol():
                     from megatron_tulu.rollout.weight_sync import WeightSyncMismatch
 
                     raise WeightSyncMismatch(f"rollout vs trainer logprobs differ by {metrics['mismatch/mean_abs_diff']:.3g} "

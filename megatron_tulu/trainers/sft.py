@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu.data.sampler import IGNORE_INDEX, collate
-from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
 
@@ -135,7 +135,7 @@ class SFTTask(DataStageMixin):
     def loss_fn(self, batch: dict, logits: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         targets = batch["targets"].to(logits.device)
         valid = targets != IGNORE_INDEX
-        lp = vocab_parallel_logprobs(logits, targets.clamp(min=0), true_vocab_size=trainer.preset.vocab_size)
+        lp = token_logprobs(logits, targets.clamp(min=0), trainer.model[0], trainer.preset.vocab_size)
         loss_sum = -(lp * valid).sum()
         return loss_sum, {"loss_sum": loss_sum, "tokens": valid.sum(), "sequences": torch.tensor(float(targets.shape[0]))}
 

@@ -80,8 +80,8 @@ def rank_conversion_checks(jobs, export_jobs, mismatch_ckpt):
 
     Args:
         jobs: list of ``(hf_dir, tp, pp, rank_files_dir_or_None, input_ids)``; full logits per job on rank 0.
-        export_jobs: list of ``(hf_dir, export_out_dir)``: load at TP=2 x PP=2, return ``iter_hf_tensors`` on
-            rank 0 and write ``export_hf`` to ``export_out_dir``.
+        export_jobs: list of ``(hf_dir, export_out_dir, tp, pp)``: load at that layout (DP fills the rest),
+            return ``iter_hf_tensors`` on rank 0 and write ``export_hf`` to ``export_out_dir``.
         mismatch_ckpt: rank files converted for tp=1 pp=1, loaded here at tp=2 pp=2: the error text is returned.
     """
     import torch.distributed as dist
@@ -95,8 +95,8 @@ def rank_conversion_checks(jobs, export_jobs, mismatch_ckpt):
     out = {"logits": [], "iter": [], "mismatch_error": None}
     for hf_dir, tp, pp, source, ids in jobs:
         out["logits"].append(megatron_logits(hf_dir, tp, pp, ids, source))
-    for hf_dir, export_dir in export_jobs:
-        dims = init_distributed(ParallelDims(tp=2, pp=2, world=4))
+    for hf_dir, export_dir, tp, pp in export_jobs:
+        dims = init_distributed(ParallelDims(tp=tp, pp=pp, world=dist.get_world_size()))
         preset = preset_from_hf_config(HFReader(hf_dir).config)
         model = build_model(preset, dims.tp, dims.pp, ModelOptions(impl="local", dtype="fp32"))
         load_hf_into_model(model, hf_dir, preset)

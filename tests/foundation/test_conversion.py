@@ -63,7 +63,10 @@ def dist_results(hf_dirs, tmp_path_factory):
             ckpt = _convert(d, root / f"{name}_tp{tp}_pp{pp}", tp, pp)
             jobs.append((str(d), tp, pp, str(ckpt), ids))
             meta.append((name, tp, pp, "rank_files"))
-    export_jobs = [(str(hf_dirs[n]), str(root / f"export_{n}")) for n in ("gqa4_vocab301_untied_rope", "mha_vocab256_tied")]
+    # TP=2xPP=2 for an untied and a tied model, and PP=2 with DP=2 (senders must be the DP-rank-0 stages)
+    export_jobs = [(str(hf_dirs[n]), str(root / f"export_{n}_tp{tp}_pp{pp}"), tp, pp)
+                   for n, tp, pp in (("gqa4_vocab301_untied_rope", 2, 2), ("mha_vocab256_tied", 2, 2),
+                                     ("gqa4_vocab301_untied_rope", 1, 2))]
     mismatch = _convert(hf_dirs["gqa4_vocab301_untied_rope"], root / "tp1_pp1_for_mismatch", 1, 1)
     out = run_distributed(
         __import__("foundation_helpers").rank_conversion_checks, world_size=4,
@@ -96,10 +99,11 @@ def test_logits_match_transformers_from_offline_rank_files(dist_results):
     assert not bad, f"logits differ from transformers by more than {TOL}: {bad}"
 
 
-def test_iter_hf_tensors_from_live_tp2_pp2_model_is_bit_exact(dist_results, hf_dirs):
-    for (hf_dir, _), got in zip(dist_results["export_jobs"], dist_results["iter"]):
+def test_iter_hf_tensors_from_live_tp_pp_models_is_bit_exact(dist_results, hf_dirs):
+    for (hf_dir, *_), got in zip(dist_results["export_jobs"], dist_results["iter"]):
         want = read_hf_tensors(hf_dir)
-        want.pop("lm_head.weight", None) if json.loads((Path(hf_dir) / "config.json").read_text())["tie_word_embeddings"] else None
+        if json.loads((Path(hf_dir) / "config.json").read_text())["tie_word_embeddings"]:
+            want.pop("lm_head.weight", None)  # tied: the output layer IS the embedding
         assert set(got) == set(want), (hf_dir, set(got) ^ set(want))
         for k in want:
             assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), f"{hf_dir}: {k} differs"
@@ -108,7 +112,7 @@ def test_iter_hf_tensors_from_live_tp2_pp2_model_is_bit_exact(dist_results, hf_d
 def test_export_hf_from_live_model_is_bit_exact_and_loads_in_transformers(dist_results):
     from megatron_tulu.checkpoint.hf_io import preset_from_hf_config
 
-    for hf_dir, export_dir in dist_results["export_jobs"]:
+    for hf_dir, export_dir, *_ in dist_results["export_jobs"]:
         want, got = read_hf_tensors(hf_dir), read_hf_tensors(export_dir)
         tied = json.loads((Path(hf_dir) / "config.json").read_text())["tie_word_embeddings"]
         if tied:
@@ -150,3 +154,20 @@ def test_offline_round_trip_hf_mcore_hf_is_bit_exact(hf_dirs, tmp_path, name, tp
     assert preset_from_hf_config(cfg_out) == preset_from_hf_config(cfg_in)
     assert (back / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
     assert (back / "generation_config.json").exists(), "generation_config.json lost in the round trip"
+
+
+def test_sharded_hf_input_converts_and_round_trips(hf_dirs, tmp_path):
+    """A multi-file HF checkpoint (model.safetensors.index.json) reads like a single-file one."""
+    from megatron_tulu.checkpoint.convert import main
+    from megatron_tulu.checkpoint.hf_io import write_hf_dir
+
+    src = hf_dirs["gqa4_vocab301_untied_rope"]
+    want = read_hf_tensors(src)
+    sharded = write_hf_dir(tmp_path / "sharded", json.loads((src / "config.json").read_text()), iter(want.items()),
+                           shard_bytes=40_000)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 3 and set(index["weight_map"]) == set(want)
+    ckpt = _convert(sharded, tmp_path / "mcore", 2, 2)
+    assert main(["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "back")]) == 0
+    got = read_hf_tensors(tmp_path / "back")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)

@@ -74,7 +74,7 @@ def hf_reference(results):
     loss = -logp.sum()
     (loss / NUM_MICROBATCHES).backward()  # megatron's schedule divides each micro-batch loss by their count
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    return {"loss": float(loss), "grads": grads}
+    return {"loss": float(loss.detach()), "grads": grads}
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -9,14 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Measured peak may exceed the estimate by optimizer temporaries, activations of a 32-token batch and
-# allocator slack (measured 1.07-1.10 on this machine); it can never be below the state that is resident.
+# allocator slack, a roughly fixed ~40-60 MB here (measured ratio 1.07-1.10 for this 31M-parameter model; 1.10-1.15
+# for a 4-layer, 20M one); it can never be below the state that is resident.
 TOLERANCE = (0.98, 1.20)
 
 
 def test_cpu_peak_memory_matches_planner_state_estimate():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "megatron_tulu.plan.measure_cpu", "--layers", "8", "--hidden", "512"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout.strip().splitlines()[-1])
     assert d["module_params"] == d["param_count"]  # torch module built from the preset == formula

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -38,19 +39,26 @@ def test_verify_batch_in_order(workers, inprocess_below):
     assert metrics["workers"] == (0 if workers == 0 else 2)
 
 
+# Passes every input guard (5 variables, so no numeric probing) yet sympy's simplify runs for minutes.
+SLOW = {"dataset": "math", "response": r"\boxed{(a+b+c+d+f)^{40}-(a-b+c-d+f)^{40}}", "ground_truth": "a^{2}+b^{2}"}
+
+
 def test_verify_batch_worker_timeout_is_counted_and_incorrect():
-    # passes the sympy guards but needs the slow parser + simplify: far more than 0.05 s
-    slow = {"dataset": "math", "response": r"\boxed{(a+b+c+d)^{3}}", "ground_truth": r"a^{3}+b^{3}+c^{3}+d^{3}"}
-    records = [slow, mixed_records()[0], slow, mixed_records()[2]]
-    verdicts, metrics = verify_batch(records, workers=2, timeout_s=0.05, inprocess_below=0)
-    assert verdicts == [False, True, False, True]
-    assert metrics["timeouts"] == 2
+    # 24 records -> chunks of 3 per worker: slow items in the middle of chunks, the rest must be requeued
+    records = (mixed_records() * 4)[:24]
+    for i in (1, 10, 11):
+        records[i] = SLOW
+    expected = [False if i in (1, 10, 11) else e for i, e in enumerate((EXPECTED * 4)[:24])]
+    start = time.monotonic()
+    verdicts, metrics = verify_batch(records, workers=2, timeout_s=1.0, inprocess_below=0)
+    assert verdicts == expected
+    assert metrics["timeouts"] == 3 and metrics["errors"] == 0
+    assert time.monotonic() - start < 30
 
 
 def test_verify_batch_inprocess_timeout_counted():
-    slow = {"dataset": "math", "response": r"\boxed{(a+b+c+d)^{3}}", "ground_truth": r"a^{3}+b^{3}+c^{3}+d^{3}"}
-    verdicts, metrics = verify_batch([slow], workers=0, timeout_s=0.05)
-    assert verdicts == [False] and metrics["timeouts"] == 1
+    verdicts, metrics = verify_batch([SLOW, mixed_records()[0]], workers=0, timeout_s=1.0)
+    assert verdicts == [False, True] and metrics["timeouts"] == 1
 
 
 def test_verify_batch_rejects_bad_record_with_index():
@@ -82,13 +90,17 @@ def test_cli_stdin_order_and_extra_fields():
 def test_cli_malformed_lines_reported_with_line_numbers(tmp_path):
     records = mixed_records()
     lines = [json.dumps(records[0]), "{not json", json.dumps(records[2]),
-             json.dumps({"dataset": "gsm8k", "response": "1"}), json.dumps(records[4])]
+             json.dumps({"dataset": "gsm8k", "response": "1"}), json.dumps(records[4]),
+             json.dumps({"dataset": "gsm8k", "response": "1", "ground_truth": "one"}),
+             json.dumps({"dataset": "ifeval", "response": "1", "ground_truth": {"instruction_id_list": ["x:y"]}})]
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(lines) + "\n")
     proc = run_cli("", str(path), "--workers", "0")
     assert proc.returncode == 1
     assert f"{path}:2: invalid JSON" in proc.stderr
     assert f"{path}:4: missing field 'ground_truth'" in proc.stderr
+    assert f"{path}:6: field 'ground_truth': gsm8k ground_truth must be a number" in proc.stderr
+    assert f"{path}:7: field 'ground_truth': ifeval" in proc.stderr and "unknown instruction id 'x:y'" in proc.stderr
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["id"] for o in out] == ["a", "c", "e"]  # the valid lines, in order, still written
     assert [o["correct"] for o in out] == [True, True, True]

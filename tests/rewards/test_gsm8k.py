@@ -59,3 +59,13 @@ def test_reward_alpha():
 def test_unknown_dataset_lists_known():
     with pytest.raises(ValueError, match=r"unknown dataset 'mbpp'.*gsm8k.*ifeval.*math"):
         verify("mbpp", "x", "y")
+
+
+def test_adversarial_long_inputs_fast():
+    import time
+
+    start = time.monotonic()
+    assert verify("gsm8k", "1" * 100_000, "1") is False  # a 100k-digit literal is not an answer
+    assert verify("gsm8k", "1," * 50_000 + "5", "5") is True
+    assert verify("gsm8k", "-" * 100_000 + "7", "-7") is True
+    assert time.monotonic() - start < 2.0

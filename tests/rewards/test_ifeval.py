@@ -131,3 +131,27 @@ def test_sentence_splitter():
 def test_language_detection_deterministic():
     results = {verify("ifeval", FR, gt("language:response_language", language="fr")) for _ in range(5)}
     assert results == {True}
+
+
+ADVERSARIAL = ["\n" * 100_000, " " * 100_000, "[" * 100_000, "<" * 100_000, "*" * 100_000,
+               "Mr. " * 25_000, "a" * 100_000, "p. " * 33_000, ("word " * 20_000).upper()]
+
+
+def test_every_instruction_fast_on_100kb_adversarial_text():
+    import time
+
+    from megatron_tulu.rewards.ifeval import INSTRUCTIONS as table
+
+    start = time.monotonic()
+    for text in ADVERSARIAL:
+        for iid, kwargs, _good, _bad in CASES:
+            table[iid][0](text, **kwargs)  # any verdict is fine; it must just finish
+    assert time.monotonic() - start < 20.0
+
+
+def test_placeholder_and_title_scans_match_google_semantics():
+    g = gt("detectable_content:number_placeholders", num_placeholders=3)
+    assert verify("ifeval", "[a] [[b]] [c\n] [d]", g)  # [a], [[b], [d]: the "[c" line has no "]"
+    assert not verify("ifeval", "[a] [c\n] x", g)
+    assert verify("ifeval", "x <<a>> y >> z", gt("detectable_format:title"))
+    assert not verify("ifeval", "<<\n>>", gt("detectable_format:title"))

@@ -113,12 +113,36 @@ def test_timeout_works_off_main_thread():
 
     def job():
         start = time.monotonic()
-        # polynomial identity: passes the guards, needs the (slow) Earley parser + simplify
-        out["ok"] = verify("math", r"\boxed{(a+b+c+d)^{3}}", r"a^{3}+b^{3}+c^{3}+d^{3}", timeout_s=0.05)
+        # passes the input guards; sympy's simplify would run for minutes
+        out["ok"] = verify("math", r"\boxed{(a+b+c+d+f)^{40}-(a-b+c-d+f)^{40}}", "a^{2}+b^{2}", timeout_s=1.0)
         out["s"] = time.monotonic() - start
 
     t = threading.Thread(target=job)
     t.start()
     t.join(30)
     assert out["ok"] is False
-    assert out["s"] < 5.0
+    assert out["s"] < 10.0
+
+
+def test_minerva_left_right_not_mangled_by_unit_removal():
+    # plain Minerva normalisation strips the unit "ft" out of "\left"; ours removes \left/\right first
+    resp = "Final Answer: The final answer is $\\left(1, 2\\right)$. I hope it is correct."
+    assert verify("math", resp, "(1,2)") is True
+    assert verify("math", "so it is $\\left(1, 2\\right)$", "(2,1)") is False
+
+
+def test_symbolic_answers_by_probing_without_sympy():
+    from megatron_tulu.rewards.math_numeric import numeric_equal
+
+    assert numeric_equal("x^2+2x+1", "(x+1)^2") is True
+    assert numeric_equal("x^2+2x+1", "x^2+1") is False
+    assert numeric_equal(r"\frac{a}{b}", r"\frac{2a}{2b}") is True
+    assert numeric_equal(r"2\sqrt{2}", r"\sqrt{8}") is True
+    assert numeric_equal("10^{10^{10^{10}}}", "5") is None  # refused, not computed
+    assert verify("math", r"\boxed{(x+1)^2}", "x^2+2x+1", timeout_s=0.5) is True
+
+
+def test_points_and_intervals():
+    assert verify("math", r"\boxed{\left(1, \frac{1}{2}\right)}", "(1,0.5)") is True
+    assert verify("math", r"\boxed{[1, 2)}", "(1,2)") is False
+    assert verify("math", r"\boxed{(1,2,3)}", "(1,2)") is False

@@ -12,6 +12,7 @@ from megatron_tulu.rollout.weight_sync import BucketReceiver, TensorMeta, init_s
 
 
 def receiver_main(port, world, rank, wire, bucket_bytes, timeout_s, die_after_buckets, q):
+    q.put("started")  # imports are done: the parent can start its clock now
     try:
         group = init_stateless_group("127.0.0.1", port, rank, world, "gloo", timeout_s)
         metas = [TensorMeta.from_wire(x) for x in wire]

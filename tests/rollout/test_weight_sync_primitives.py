@@ -56,6 +56,7 @@ def _spawn_receiver(port, world, rank, items, bucket_bytes, timeout_s, die_after
     wire = [m.to_wire() for m in metas_of(items)]
     p = ctx.Process(target=receiver_main, args=(port, world, rank, wire, bucket_bytes, timeout_s, die_after, q), daemon=True)
     p.start()
+    assert q.get(timeout=120) == "started"  # spawn start-up (imports) is slow on a loaded machine
     return p, q
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import ROOT, cancel, job_env, job_field, log_of, sbatch, wait_for
+from tests.slurm.slurm_helpers import ROOT, cancel, job_env, job_field, log_of, sbatch, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 needs_sft = pytest.mark.skipif(not (ROOT / "launch/sft.py").exists(), reason="launch.sft not available yet")
@@ -87,9 +87,17 @@ def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data
 @needs_rlvr
 def test_rlvr_tiny_with_ray(slurm, data_root, tmp_path):
     run = tmp_path / "run"
-    job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", tmp_path, f"data.root={data_root}", "train.max_steps=2",
-                    "logging.progress_bar=false", timeout=600, env=job_env(MT_RUN_DIR=run, MT_RAY_WAIT_S=120))
+    # From a random init (no DPO export in this test) and the TorchEngine, to keep the job to ~2 minutes.
+    job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", tmp_path, f"data.root={data_root}", "model.init_hf=null",
+                    "rlvr.engine=torch", "train.max_steps=2", "logging.progress_bar=false", timeout=600,
+                    env=job_env(MT_RUN_DIR=run, MT_RAY_WAIT_S=120))
     log = log_of(tmp_path)
     assert r.returncode == 0, (r.stderr, log[-4000:])
     assert "ray: 1 nodes alive" in log and "Ray stopped" in log
-    assert (run / "summary.json").exists()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    wait_for(lambda: _procs(f"/tmp/ray-mt-{job}") is None, 30, "Ray processes to exit")
+
+
+def _procs(tag: str):
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in ps.splitlines() if tag in line and "ps -eo" not in line] or None

@@ -13,6 +13,12 @@ from pathlib import Path
 
 import torch
 
+# Reference run: TP=1, global batch 8 as 2 micro-batches of 4, loss summed, 6 steps.
+REF_STEPS = 6
+# Split-invariance runs: global batch 8 cut differently; 2 steps (the step-2 loss shows the step-1 update).
+SPLITS_1RANK = {f"{red}_{mb}": dict(mb=mb, red=red) for red in ("sum", "mean") for mb in (8, 2)}
+SPLITS_DP2 = {f"{red}_dp2": dict(mb=2, red=red) for red in ("sum", "mean")}
+
 
 def make_tiny_hf(out_dir: str | Path, vocab_size: int, seed: int = 0) -> Path:
     """Random fp32 HF Llama with the shape of the ``tiny`` preset and the synthetic tokenizer's vocab."""
@@ -70,33 +76,29 @@ def losses(run_dir: str | Path) -> list[float]:
 # ----------------------------------------------------------------------------------------------- per-rank bodies
 
 
-def rank_fit_runs(runs: list[list[str]]) -> list[dict]:
-    """Per-rank body: ``Trainer(cfg, SFTTask(cfg)).fit()`` for each override list, one after another.
+def rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
+    """Per-rank body: run ``jobs`` one after another in the same processes.
 
-    Returns each run's fit summary (identical on every rank; metrics.jsonl is written by rank 0)."""
+    Each job is ``(kind, overrides)`` for ``load_config(SFTConfig, "sft/tiny", overrides)``:
+    ``"fit"`` runs ``Trainer(cfg, SFTTask(cfg)).fit()`` and gives its summary; ``"error"`` runs only
+    ``Trainer.setup()`` and gives the text of the exception it raised (None when it raised nothing).
+    metrics.jsonl of each fit is written by rank 0 into its run_dir.
+    """
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.sft import SFTConfig, SFTTask
 
     out = []
-    for overrides in runs:
+    for kind, overrides in jobs:
         cfg = load_config(SFTConfig, "sft/tiny", overrides)
-        out.append(Trainer(cfg, SFTTask(cfg)).fit())
-    return out
-
-
-def rank_expect_errors(runs: list[list[str]]) -> list[str | None]:
-    """Per-rank body: set up a trainer for each override list; return the error text each raised (None if none)."""
-    from megatron_tulu.config import load_config
-    from megatron_tulu.trainers.fit import Trainer
-    from megatron_tulu.trainers.sft import SFTConfig, SFTTask
-
-    out = []
-    for overrides in runs:
-        cfg = load_config(SFTConfig, "sft/tiny", overrides)
-        try:
-            Trainer(cfg, SFTTask(cfg)).setup()
-            out.append(None)
-        except Exception as e:  # noqa: BLE001 - the text is what the test checks
-            out.append(f"{type(e).__name__}: {e}")
+        if kind == "fit":
+            out.append(Trainer(cfg, SFTTask(cfg)).fit())
+        elif kind == "error":
+            try:
+                Trainer(cfg, SFTTask(cfg)).setup()
+                out.append(None)
+            except Exception as e:  # noqa: BLE001 - the text is what the test checks
+                out.append(f"{type(e).__name__}: {e}")
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
     return out

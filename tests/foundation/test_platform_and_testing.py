@@ -1,0 +1,52 @@
+"""platform's CPU shim (checked in a spawned process: it patches torch.cuda for the life of the process) and
+``testing.run_distributed``'s error and timeout behaviour."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+
+import foundation_helpers as fh
+from megatron_tulu import platform
+from megatron_tulu.testing import run_distributed
+
+
+def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
+    out = run_distributed(fh.rank_platform_checks, world_size=1, timeout_s=300)[0]
+    assert out["setup_again"] == "cpu"  # idempotent
+    assert out["current_device"] == 0
+    assert out["zeros_device"] == "cpu" and out["to_cuda_device"] == "cpu" and out["dot_cuda_device"] == "cpu"
+    assert out["platform_device"] == "cpu" and out["backend"] == "gloo"
+    assert out["rng_roundtrip"], "torch.cuda.get_rng_state/set_rng_state did not round-trip"
+    assert out["cuda_seed_is_cpu_seed"], "torch.cuda.manual_seed does not seed the CPU generator"
+    assert out["fork_restores_default"] and out["fork_stream_advances"]
+    assert out["type_name"] == "torch.cuda.FloatTensor"
+    assert out["switch_error"] and "cuda" in out["switch_error"]
+
+
+def test_platform_host_answers_without_setup(monkeypatch):
+    monkeypatch.setenv("MEGATRON_TULU_DEVICE", "cpu")
+    if platform._STATE["device"] is None:
+        assert not platform.has_gpu()
+        assert platform.backend() == "gloo" and platform.device().type == "cpu"
+    with pytest.raises(ValueError, match="device must be"):
+        platform.setup("tpu")
+
+
+def test_run_distributed_propagates_a_rank_exception_with_its_traceback():
+    with pytest.raises(RuntimeError) as info:
+        run_distributed(fh.rank_raise_on_one, world_size=2, timeout_s=300)
+    msg = str(info.value)
+    assert "failed on rank 1" in msg
+    assert "Traceback" in msg and "ValueError: boom from rank one" in msg and "rank_raise_on_one" in msg
+    assert not mp.active_children()
+
+
+def test_run_distributed_raises_timeout_for_a_hanging_rank():
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 12"):
+        run_distributed(fh.rank_hang_on_one, world_size=2, timeout_s=12)
+    assert time.monotonic() - t0 < 12 + 40  # killed, not waited for (the hanging rank sleeps 600 s)
+    assert not mp.active_children(), "a hanging rank was left running"

@@ -1,0 +1,91 @@
+"""Session fixtures for the trainer tests.
+
+Process launches dominate the cost on 2 cores, so every in-process trainer run the tests need is done in two
+launches (``run_distributed``): one single-rank launch and one 4-rank launch, each running its jobs one after
+another. Every run starts from the SAME tiny random HF Llama (``model.init_hf``), so runs at different layouts
+and splits are comparable step by step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer_helpers import REF_STEPS, SPLITS_1RANK, SPLITS_DP2, base_overrides, make_tiny_hf, rank_jobs
+
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> Path:
+    """CI-scale synthetic suite (generated once) under ``<tmp>/data``; the token cache goes next to it."""
+    from megatron_tulu.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("sft") / "data"
+    generate(root, seed=0, scale="ci")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(sft_data) -> Path:
+    from megatron_tulu.data.tokenizer import load_tokenizer
+
+    vocab = len(load_tokenizer(sft_data / "tokenizer"))
+    return make_tiny_hf(sft_data.parent / "hf_init", vocab)
+
+
+def ov(sft_data, tiny_hf, run_dir, **extra) -> list[str]:
+    """Overrides of a test run: base + init from the shared HF weights + ``extra``."""
+    return base_overrides(sft_data, run_dir, **{"model.init_hf": str(tiny_hf), **extra})
+
+
+
+
+def _split_job(sft_data, tiny_hf, root, name, mb, red, **extra):
+    return ("fit", ov(sft_data, tiny_hf, root / name, **{
+        "train.max_steps": 2, "train.micro_batch_size": mb, "train.loss_reduction": red,
+        "checkpoint.interval": 0, "checkpoint.keep_last": 1, **extra}))
+
+
+@pytest.fixture(scope="session")
+def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
+    """Single-rank launch: the reference run (``ref``) and the 1-rank split runs (``sum_8`` = 1x8, ...)."""
+    from megatron_tulu.testing import run_distributed
+
+    root = tmp_path_factory.mktemp("one_rank")
+    jobs = [("fit", ov(sft_data, tiny_hf, root / "ref", **{"train.max_steps": REF_STEPS, "checkpoint.interval": 3}))]
+    names = ["ref"]
+    for name, s in SPLITS_1RANK.items():
+        jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"]))
+        names.append(name)
+    run_distributed(rank_jobs, 1, args=(jobs,), timeout_s=800)
+    return {n: root / n for n in names}
+
+
+@pytest.fixture(scope="session")
+def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
+    """4-rank launch, in order: ``tp2pp2`` (6 steps, checkpoint at 3); ``reshard`` (TP=1 x DP=4, resumed from
+    tp2pp2's step-3 checkpoint); ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then two setups that must
+    fail: ``bad_batch`` (global 6 over micro 2 x DP 4) and ``fp8`` (fp8 on CPU). Returns run dirs and errors."""
+    from megatron_tulu.testing import run_distributed
+
+    root = tmp_path_factory.mktemp("four_rank")
+    tp2pp2 = root / "tp2pp2"
+    jobs = [
+        ("fit", ov(sft_data, tiny_hf, tp2pp2, **{
+            "train.max_steps": REF_STEPS, "checkpoint.interval": 3, "parallel.tp": 2, "parallel.pp": 2})),
+        ("fit", ov(sft_data, tiny_hf, root / "reshard", **{
+            "train.max_steps": REF_STEPS, "train.micro_batch_size": 2,
+            "checkpoint.resume": str(tp2pp2 / "checkpoints" / "step_00000003")})),
+    ]
+    names = ["tp2pp2", "reshard"]
+    for name, s in SPLITS_DP2.items():
+        jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"], **{"parallel.pp": 2}))
+        names.append(name)
+    jobs.append(("error", ov(sft_data, tiny_hf, root / "bad_batch", **{
+        "train.global_batch_size": 6, "train.micro_batch_size": 2})))
+    jobs.append(("error", ov(sft_data, tiny_hf, root / "fp8", **{"model.fp8": "hybrid", "train.micro_batch_size": 2})))
+    out = run_distributed(rank_jobs, 4, args=(jobs,), timeout_s=800)[0]
+    return {**{n: root / n for n in names}, "bad_batch_error": out[-2], "bad_batch_dir": root / "bad_batch",
+            "fp8_error": out[-1]}
+

@@ -1,0 +1,44 @@
+"""The RLVR configs compose into ``RLVRConfig`` with the Tülu 3 hyper-parameters, and their layouts are valid:
+the trainer GPUs split into TP x PP x DP with the layers divisible by PP and the prompt batch by micro x DP."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_tulu.config import load_config
+from megatron_tulu.models.presets import get_preset
+from megatron_tulu.trainers.rlvr import RLVRConfig
+
+# size: (trainer GPUs, lr, KL beta, response length, engine TP, warm-up) from open-instruct docs/tulu3.md
+TULU3 = {
+    "8b": (7, 3e-7, 0.05, 2048, 1, 0.0),
+    "70b": (40, 1e-7, 0.07, 2048, 4, 0.1),
+    "405b": (224, 1e-7, 0.05, 1024, 16, 0.0),
+}
+
+
+@pytest.mark.parametrize("size", sorted(TULU3))
+def test_rlvr_config_hyperparameters_and_layout(size):
+    gpus, lr, beta, resp, etp, warm = TULU3[size]
+    cfg = load_config(RLVRConfig, f"rlvr/{size}", [])
+    o = cfg.rlvr
+    assert cfg.optim.lr == lr and o.kl_coef == beta and o.max_new_tokens == resp and cfg.optim.warmup_ratio == warm
+    assert (o.algorithm, o.alpha, o.non_eos_penalty, o.temperature) == ("ppo", 10.0, -10.0, 1.0)
+    assert (o.gamma, o.lam, o.clip_eps, o.ppo_epochs, o.samples_per_prompt) == (1.0, 0.95, 0.2, 4, 1)
+    assert o.engine == "vllm" and o.engine_tp == etp and o.num_engines == 1
+    tp, pp = cfg.parallel.tp, cfg.parallel.pp
+    assert gpus % (tp * pp) == 0, f"{gpus} trainer GPUs do not split into TP={tp} x PP={pp}"
+    dp = gpus // (tp * pp)
+    assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp) == 0
+    preset = get_preset(cfg.model.preset)
+    assert preset.num_layers % pp == 0 and preset.num_attention_heads % tp == 0
+    # 8 GPUs per node: the engine and the trainer fit the node count the header states
+    assert (gpus + etp * o.num_engines) <= {"8b": 8, "70b": 48, "405b": 256}[size]
+
+
+def test_rlvr_driver_rejects_several_engines(tmp_path):
+    from megatron_tulu.trainers.rlvr_driver import RLVRDriver
+
+    cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", "rlvr.num_engines=2"])
+    with pytest.raises(NotImplementedError, match="rlvr.num_engines=2"):
+        RLVRDriver(cfg)
