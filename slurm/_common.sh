@@ -1,0 +1,119 @@
+# Sourced by every slurm/<stage>_<size>.sh after it sets STAGE and SIZE: site settings, the srun wrapper
+# (container or host), the DRY_RUN plan and the requeue-on-75 rule. Environment and srun only: every decision
+# (layout, node roles, plan checks) lives in launch/cluster.py.
+#
+# Site settings -- all overridable from the environment of `sbatch` (defaults in brackets):
+#   SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, SBATCH_QOS
+#                         SLURM's own variables: override the #SBATCH header at submission time
+#   MT_ROOT               project checkout on the host [the directory above this script]
+#   MT_CONTAINER_IMAGE    pyxis/enroot image, e.g. /shared/images/megatron-tulu.sqsh or
+#                         docker://ghcr.io/<org>/megatron-tulu:0.1.0 ["" = run in the host environment]
+#   MT_CONTAINER_WORKDIR  project directory inside the image [/opt/megatron-tulu]
+#   MT_CONTAINER_MOUNTS   extra pyxis mounts "src:dst[,src:dst]" [none]; the runs and HF cache dirs (and
+#                         MT_DATA_DIR when set) are always mounted at the same path inside the container
+#   MT_DATA_DIR           datasets + tokenizer; when set, passed as data.root= and mounted ["" = the config's data.root]
+#   MT_RUNS_DIR           parent of run directories (checkpoints, logs, metrics) [$MT_ROOT/runs]
+#   MT_RUN_DIR            this run's directory [$MT_RUNS_DIR/<stage>_<size>]
+#   MT_HF_HOME            Hugging Face cache with the base checkpoints (read-only use) [$MT_RUNS_DIR/hf_home]
+#   MT_PYTHON             interpreter [container: python; host: $MT_ROOT/.venv/bin/python, else python3]
+#   MT_TP, MT_PP, MT_CP, MT_ENGINE_TP, MT_NUM_ENGINES   layout overrides (see launch/cluster.py)
+#   DRY_RUN=1             print the resolved plan and the commands, run nothing (works outside SLURM)
+# Extra arguments to the script (`sbatch slurm/sft_8b.sh train.lr=1e-5`) are Hydra overrides.
+
+set -euo pipefail
+
+# The project root: MT_ROOT, else the directory above this file (each script sources it by its submitted path,
+# which it finds with `scontrol show job` because inside a job $0 is SLURM's spool copy).
+MT_ROOT=${MT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+export MT_ROOT
+
+# Same literal as megatron_tulu.preemption.REQUEUE_EXIT_CODE (tests/slurm checks that they agree).
+MT_REQUEUE_EXIT_CODE=75
+
+MT_CONTAINER_IMAGE=${MT_CONTAINER_IMAGE:-}
+MT_CONTAINER_WORKDIR=${MT_CONTAINER_WORKDIR:-/opt/megatron-tulu}
+MT_DATA_DIR=${MT_DATA_DIR:-}
+MT_RUNS_DIR=${MT_RUNS_DIR:-$MT_ROOT/runs}
+MT_RUN_DIR=${MT_RUN_DIR:-$MT_RUNS_DIR/${STAGE}_${SIZE}}
+MT_HF_HOME=${MT_HF_HOME:-$MT_RUNS_DIR/hf_home}
+export MT_DATA_DIR MT_RUNS_DIR MT_RUN_DIR HF_HOME=$MT_HF_HOME
+
+if [ -n "$MT_CONTAINER_IMAGE" ]; then
+  MT_PYTHON=${MT_PYTHON:-python}
+  _mt_mounts="$MT_RUNS_DIR:$MT_RUNS_DIR"
+  [ -n "$MT_DATA_DIR" ] && _mt_mounts="$_mt_mounts,$MT_DATA_DIR:$MT_DATA_DIR"
+  case "$MT_HF_HOME" in "$MT_RUNS_DIR"/*) ;; *) _mt_mounts="$_mt_mounts,$MT_HF_HOME:$MT_HF_HOME" ;; esac
+  [ -n "${MT_CONTAINER_MOUNTS:-}" ] && _mt_mounts="$_mt_mounts,$MT_CONTAINER_MOUNTS"
+  MT_SRUN_ARGS=(--container-image="$MT_CONTAINER_IMAGE" --container-mounts="$_mt_mounts"
+                --container-workdir="$MT_CONTAINER_WORKDIR" --no-container-mount-home)
+else
+  if [ -z "${MT_PYTHON:-}" ]; then
+    if [ -x "$MT_ROOT/.venv/bin/python" ]; then MT_PYTHON=$MT_ROOT/.venv/bin/python; else MT_PYTHON=python3; fi
+  fi
+  MT_SRUN_ARGS=(--chdir="$MT_ROOT")
+fi
+
+# Settings that are also config fields reach the trainer as Hydra overrides, so the plan and the run agree
+# (MT_CP / MT_NUM_ENGINES are plan-only until the trainer config has those fields).
+MT_LAYOUT_ARGS=()
+[ -n "$MT_DATA_DIR" ] && MT_LAYOUT_ARGS+=("data.root=$MT_DATA_DIR")
+[ -n "${MT_TP:-}" ] && MT_LAYOUT_ARGS+=("parallel.tp=$MT_TP")
+[ -n "${MT_PP:-}" ] && MT_LAYOUT_ARGS+=("parallel.pp=$MT_PP")
+[ -n "${MT_ENGINE_TP:-}" ] && MT_LAYOUT_ARGS+=("rlvr.engine_tp=$MT_ENGINE_TP")
+
+# Threads per rank = CPUs SLURM gave the task (torch would otherwise start one thread per core per rank).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export PYTHONUNBUFFERED=1
+
+# GPU / InfiniBand settings (harmless on CPU; sites usually only need NCCL_IB_HCA and NCCL_SOCKET_IFNAME):
+#   CUDA_DEVICE_MAX_CONNECTIONS=1  megatron-core needs it for TP/sequence-parallel comm/compute overlap
+#   NCCL_IB_HCA                    which HCAs NCCL uses, e.g. mlx5_0,mlx5_1,... [unset: NCCL picks all]
+#   NCCL_SOCKET_IFNAME             bootstrap/TCP interface, e.g. ib0 or ^lo,docker [unset: NCCL picks]
+#   NCCL_IB_TIMEOUT=22             longer IB retry timeout: 405B all-gathers stall on congested fabrics
+#   NCCL_IB_QPS_PER_CONNECTION=2   more queue pairs per peer spreads traffic over adaptive routing
+#   TORCH_NCCL_ASYNC_ERROR_HANDLING=1  a failed collective aborts the process (then requeue) instead of hanging
+#   NCCL_NVLS_ENABLE               set 0 where NVLink SHARP is unsupported by the driver/fabric
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
+export NCCL_IB_QPS_PER_CONNECTION=${NCCL_IB_QPS_PER_CONNECTION:-2}
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+
+# srun in the container (pyxis) when an image is given, in the host environment otherwise.
+mt_srun() {
+  srun "${MT_SRUN_ARGS[@]}" "$@"
+}
+
+# DRY_RUN=1: print where things run and the resolved plan (from the #SBATCH header of $0), then exit.
+mt_dry_run() {
+  [ "${DRY_RUN:-0}" = "1" ] || return 0
+  echo "DRY_RUN: $0 (stage=$STAGE size=$SIZE)"
+  echo "  root: $MT_ROOT"
+  echo "  run dir: $MT_RUN_DIR   data: ${MT_DATA_DIR:-<config data.root>}   HF_HOME: $HF_HOME"
+  if [ -n "$MT_CONTAINER_IMAGE" ]; then echo "  container: $MT_CONTAINER_IMAGE (srun ${MT_SRUN_ARGS[*]})"
+  else echo "  container: none (host environment, python: $MT_PYTHON)"; fi
+  echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
+  echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
+  if [ "$STAGE" = rlvr ]; then
+    echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one worker per other node, ready within ${MT_RAY_WAIT_S}s; driver on the head node"
+  fi
+  # The plan is computed on the host, from this checkout, even when jobs would run in a container.
+  local host_py=$MT_PYTHON
+  [ -n "$MT_CONTAINER_IMAGE" ] && { [ -x "$MT_ROOT/.venv/bin/python" ] && host_py=$MT_ROOT/.venv/bin/python || host_py=python3; }
+  (cd "$MT_ROOT" && "$host_py" -m launch.cluster plan --script "$0" --stage "$STAGE" --size "$SIZE" -- "$@")
+  exit $?
+}
+
+# A trainer that checkpointed after SIGUSR1/SIGTERM exits 75: put the job back in the queue; resume=auto
+# picks up the checkpoint when it restarts. Any other code is the job's result.
+mt_finish() {
+  local rc=$1
+  if [ "$rc" = "$MT_REQUEUE_EXIT_CODE" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "[mt] exit $rc (checkpointed after preemption signal): scontrol requeue $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  echo "[mt] finished with exit code $rc"
+  exit "$rc"
+}
+
+echo "[mt] $STAGE/$SIZE job=${SLURM_JOB_ID:-none} restart=${SLURM_RESTART_COUNT:-0} nodes=${SLURM_JOB_NODELIST:-none} root=$MT_ROOT" >&2

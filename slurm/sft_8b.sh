@@ -1,0 +1,30 @@
+#!/bin/bash
+# Supervised fine-tuning of Llama 3.1 8B: 2 nodes x 8 H100 = 16 GPUs, one task per GPU.
+#   mkdir -p logs && sbatch slurm/sft_8b.sh [hydra overrides...]
+#   DRY_RUN=1 bash slurm/sft_8b.sh      # prints node roles, ranks, TP/PP/DP and commands
+# Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
+# Layout: launch/cluster.py DEFAULT_LAYOUTS[("sft", "8b")]. SIGUSR1 600s before the time limit ->
+# trainers checkpoint and exit 75 -> the job requeues itself -> resume=auto continues.
+#SBATCH --job-name=mt-sft-8b
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --mem=0
+#SBATCH --exclusive
+#SBATCH --time=24:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=logs/%x-%j.out
+STAGE=sft SIZE=8b
+# Inside a job $0 is SLURM's spool copy: find this file's real directory from the job record.
+_mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' || true)
+source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
+
+CMD=("$MT_PYTHON" -m launch.sft --config "sft/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
+mt_dry_run "${CMD[@]}"
+
+# One task per GPU (CPU: per process); each derives RANK/WORLD_SIZE/MASTER_ADDR from SLURM.
+mt_srun "${CMD[@]}" && rc=0 || rc=$?
+mt_finish "$rc"
