@@ -141,7 +141,9 @@ class DPOTask(DataStageMixin):
     def after_model(self, trainer) -> None:
         self.cfg_vocab = trainer.preset.vocab_size
         fp = weights_fingerprint(self.cfg.model.init_hf or self.cfg.model.init_mcore, self.cfg.train.seed)
-        if self.eval_rows is not None:  # eval accuracy is always measured against the initial model
+        # eval rewards are measured against the initial model, except for reference-free losses (SimPO), whose
+        # eval loss ignores it: no reference pass at all then
+        if self.eval_rows is not None and self.needs_ref:
             self.ref_eval = self._cached_ref(trainer, self.eval_rows, f"{self.eval_key}-{fp}")
         if not self.needs_ref:
             return

@@ -139,3 +139,17 @@ def dpo_jobs(jobs: list[tuple[str, list[str]]]) -> list:
             "start_step": start,
         })
     return out
+
+
+def sft_then_dpo(sft_overrides: list[str], dpo_overrides_: list[str]) -> dict:
+    """Per-rank body: an SFT run (``sft/tiny``, exports ``run_dir/hf``) then a DPO run from that export."""
+    from megatron_tulu.config import load_config
+    from megatron_tulu.trainers.dpo import DPOConfig, DPOTask
+    from megatron_tulu.trainers.fit import Trainer
+    from megatron_tulu.trainers.sft import SFTConfig, SFTTask
+
+    cfg = load_config(SFTConfig, "sft/tiny", sft_overrides)
+    sft = Trainer(cfg, SFTTask(cfg)).fit()
+    cfg = load_config(DPOConfig, "dpo/tiny", dpo_overrides_)
+    dpo = Trainer(cfg, DPOTask(cfg)).fit()
+    return {"sft": sft, "dpo": dpo}

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def _run(tmp: Path, data: Path, fused: bool) -> list[tuple[float, float]]:
     run_dir = tmp / f"fused_{fused}"
     cmd = [sys.executable, "-m", "launch.sft", "--config", "sft/tiny", f"data.root={data}", f"run_dir={run_dir}",
-           "train.max_steps=2", "train.seq_length=32", "train.packing=false", "train.global_batch_size=2",
+           "train.max_steps=2", "train.seq_length=128", "train.packing=false", "train.global_batch_size=2",
            "train.micro_batch_size=1", "logging.progress_bar=false", "logging.tensorboard=false",
            "checkpoint.export_hf=false", f"model.use_fused_logprob={str(fused).lower()}"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
