@@ -1,8 +1,8 @@
 """End to end on the tiny model: SFT, then Tülu 3 dpo_norm DPO from the SFT export; the implicit-reward
 preference accuracy on HELD-OUT synthetic pairs (prompts disjoint from training) rises well above chance.
 
-Data: the ``--scale small`` synthetic suite, subsets (480 SFT conversations, 480 training pairs, 120 held-out
-pairs) so the run fits a couple of minutes on 2 cores. The rejected answers are near-misses (an off-by-one
+Data: the ``--scale small`` synthetic suite, subsets (480 SFT conversations, 960 training pairs, all 300
+held-out pairs) so the run fits a couple of minutes on 2 cores. The rejected answers are near-misses (an off-by-one
 arithmetic slip, one capital letter, an unclosed JSON object, one bullet too many ...), so rising held-out
 accuracy means the policy learned what separates them, not the particular pairs.
 """
@@ -16,10 +16,11 @@ from dpo_helpers import LN2, dpo_overrides, eval_records, sft_then_dpo, step_rec
 pytestmark = pytest.mark.slow
 
 SFT_STEPS, DPO_STEPS, DPO_LR = 40, 60, 1e-3
-N_TRAIN, N_EVAL = 480, 120
-# Chance is 0.5; with 120 held-out pairs one binomial standard deviation at chance is ~0.046, so this is
-# > 3 sigma above chance. Observed (CPU, seed 1234): see the report in the test module's history / PR.
-MIN_ACCURACY = 0.65
+N_TRAIN, N_EVAL, DPO_BATCH = 960, 300, 32
+# Chance is 0.5; with 300 held-out pairs one binomial standard deviation at chance is ~0.029, so this is
+# > 3 sigma above chance. Fewer training pairs (48 at --scale ci, 480 here) gave 0.53-0.64 depending on the
+# subset: the held-out gain needs the data, so keep N_TRAIN.
+MIN_ACCURACY = 0.6
 
 
 def _mix(path, count) -> str:
@@ -39,7 +40,7 @@ def test_heldout_preference_accuracy_rises(tmp_path):
                                     "checkpoint.interval": 0, "data.mixture": _mix(data / "sft_train.jsonl", 480)}.items()]
     dpo = dpo_overrides(data, sft_dir / "hf", dpo_dir, **{
         "data.cache_dir": tmp_path / "cache", "train.max_steps": DPO_STEPS, "optim.lr": DPO_LR,
-        "train.global_batch_size": 16, "data.mixture": _mix(data / "pref_train.jsonl", N_TRAIN),
+        "train.global_batch_size": DPO_BATCH, "data.mixture": _mix(data / "pref_train.jsonl", N_TRAIN),
         "data.eval_mixture": _mix(data / "pref_eval.jsonl", N_EVAL)})
     run_distributed(sft_then_dpo, 1, args=(sft, dpo), timeout_s=900)
 
