@@ -206,7 +206,9 @@ def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
     for k, src in enumerate(cfg.datasets):
         skipped: Counter = Counter()
         avail = read_rows(src.path, kind, cfg.skip_invalid, skipped)
-        idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{src.path}"))
+        # seeded by the file's name, not its absolute path: the same mixture picks the same rows wherever the
+        # data directory lives (another machine, a temp dir in tests)
+        idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{src.name or Path(src.path).name}"))
         rows.extend(avail[i] for i in idx)
         reports.append(SourceReport(src.name or Path(src.path).name, src.path, len(avail), len(idx), dict(skipped)))
         total_skipped.update(skipped)
