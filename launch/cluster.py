@@ -120,6 +120,18 @@ def allocation(script: str | Path | None, environ: dict | None = None) -> Alloca
     return Allocation(nodes=nodes, gpus_per_node=gpn, tasks_per_node=tpn, hosts=hosts)
 
 
+def _config_value(stage: str, size: str, section: str, key: str, default):
+    """One value from ``configs/<stage>/<size>.yaml`` (``default`` when the file or key is absent)."""
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "configs" / stage / f"{size}.yaml"
+    if not path.is_file():
+        return default
+    doc = yaml.safe_load(path.read_text()) or {}
+    node = doc.get(section) if isinstance(doc, dict) else None
+    return node.get(key, default) if isinstance(node, dict) else default
+
+
 def config_parallel(stage: str, size: str, config_dir: str | Path | None = None) -> dict[str, int]:
     """``parallel.{tp,pp,cp}`` and ``rlvr.{engine_tp,num_engines}`` of ``configs/<stage>/<size>.yaml`` when set.
 
@@ -201,8 +213,10 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         engines = []
         trainer = {"gpus": total, "tp": lay["tp"], "pp": lay["pp"], "cp": lay["cp"], "dp": total // mp,
                    "ranks": list(range(total))}
-        lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn),
-                            lay["tp"], lay["pp"], lay["cp"])
+        # DPO's default cached reference log-probs keep no frozen model on the trainers
+        resident_ref = stage == "dpo" and _config_value(stage, size, "dpo", "ref_mode", "cached") == "on_the_fly"
+        lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn,
+                                        reference_model=resident_ref), lay["tp"], lay["pp"], lay["cp"])
         memory, feasible = lay_eval.to_dict(), lay_eval.feasible
     for n in nodes:
         n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"

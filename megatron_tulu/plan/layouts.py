@@ -60,7 +60,8 @@ class PlanRequest:
     value_model: str = ""
     """Preset of the PPO value model ('' = same as the policy)."""
     reference_model: bool = True
-    """Keep a frozen reference copy on the trainers (DPO; RLVR with a KL penalty)."""
+    """Keep a frozen reference copy on the trainers (DPO with ``ref_mode: on_the_fly``; RLVR with a KL penalty).
+    DPO's default cached reference log-probs need no resident copy."""
     prompt_len: int = 1024
     """RLVR prompt tokens (for generation time)."""
     response_len: int = 1024
@@ -155,7 +156,7 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
                                      num_microbatches=m, recompute=mode, vpp=req.vpp,
                                      fused_logprob=req.fused_logprob) for mode in M.RECOMPUTE_MODES}
     mem = M.TrainerMemory(weights=w, grads=g, optimizer=o, activations=acts)
-    if req.stage == "dpo" or (req.stage == "rlvr" and req.reference_model):
+    if req.stage in ("dpo", "rlvr") and req.reference_model:  # DPO with a cached reference keeps none
         mem.frozen = 2.0 * M.params_per_gpu(preset, tp, pp)
     vpreset = None
     if req.stage == "rlvr" and req.algorithm == "ppo":

@@ -15,7 +15,8 @@ TOLERANCE = (0.98, 1.20)
 
 
 def test_cpu_peak_memory_matches_planner_state_estimate():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a clean environment: variables that earlier tests leave in os.environ must not change what is measured
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "megatron_tulu.plan.measure_cpu", "--layers", "8", "--hidden", "512"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
