@@ -22,8 +22,9 @@ TASKS = ["gsm8k", "math", "ifeval"]
 
 # (stage, config, init from, nproc, overrides) -- the CI profile shrinks steps, not the code path.
 PROFILES = {
-    # full: sized to finish in < 15 min on 2 CPU cores (timings in benchmarks/demo.md); the templated corpus is
-    # learnt fast (pretrain loss/token < 1 by step ~80), so step counts, not data size, bound the wall time.
+    # full: cut from 300/150/60/40 steps toward the < 15 min budget on 2 CPU cores (not yet measured on an idle
+    # machine, see benchmarks/demo.md); the templated corpus is learnt fast (pretrain loss/token < 1 by step
+    # ~80), so step counts, not data size, bound the wall time.
     "full": {"scale": "small", "pretrain": ["train.max_steps=150", "parallel.tp=2"], "sft": ["train.max_steps=100"],
              "dpo": ["train.max_steps=50"], "rlvr": ["train.max_steps=30"], "eval_limit": 100, "nproc_pretrain": 2},
     "ci": {"scale": "ci", "pretrain": ["train.max_steps=4", "parallel.tp=2", "train.global_batch_size=8"],

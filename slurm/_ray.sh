@@ -10,6 +10,7 @@
 #   MT_RAY_WAIT_S          readiness timeout in seconds [180]
 #   MT_RAY_STOP_S          seconds to wait for Ray to exit before SIGKILL [20]
 #   MT_RAY_NUM_CPUS        --num-cpus per raylet ["" = Ray detects]
+#   RAY_AUTH_MODE          Ray authentication [token, with a per-job token in $MT_RUN_DIR/.ray_auth_token]
 #   MT_RAY_HEAD_NODE_WORKERS  extra worker raylets on the head node [0]; lets a one-node allocation exercise
 #                          the multi-node path (used by tests/slurm on the one-node CI SLURM)
 # Each Ray task runs `launch.cluster ray-start` (retries a start that timed out on a loaded node, forwards
@@ -52,6 +53,14 @@ mt_ray_up() {
     return 1
   fi
   export RAY_ADDRESS=$head_ip:$MT_RAY_PORT  # the driver's ray.init() connects here
+  # Token authentication with a per-job token in the run directory (shared filesystem), passed explicitly to
+  # every Ray process: a stale ~/.ray/auth_token left by some other local ray.init() must not decide it.
+  export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+  if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$MT_RUN_DIR/.ray_auth_token}
+    mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+    [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && "$MT_PYTHON" -c "import secrets; print(secrets.token_hex(32))" > "$RAY_AUTH_TOKEN_PATH")
+  fi
   opts=(--block --disable-usage-stats)
   [ -n "$MT_RAY_NUM_CPUS" ] && opts+=(--num-cpus="$MT_RAY_NUM_CPUS")
   gpu_opts=()
