@@ -15,28 +15,9 @@ from pathlib import Path
 
 import torch
 
+from trainer_helpers import make_tiny_hf  # noqa: F401 - re-exported for the DPO tests
+
 LN2 = math.log(2.0)
-
-
-def make_tiny_hf(out_dir: str | Path, vocab_size: int, seed: int = 0) -> Path:
-    """Random fp32 HF Llama with the shape of the ``tiny`` preset and the synthetic tokenizer's vocab."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from megatron_tulu.checkpoint.hf_io import hf_config_from_preset
-    from megatron_tulu.models.presets import get_preset
-
-    preset = get_preset("tiny").with_(vocab_size=vocab_size)
-    cfg = {k: v for k, v in hf_config_from_preset(preset).items() if k not in ("architectures", "torch_dtype")}
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.05)
-            else:
-                p.uniform_(0.8, 1.2)
-    model.save_pretrained(str(out_dir))
-    return Path(out_dir)
 
 
 def dpo_overrides(data_root: str | Path, init_hf: str | Path, run_dir: str | Path, **extra) -> list[str]:
