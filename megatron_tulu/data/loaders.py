@@ -126,8 +126,23 @@ def _validate_row(row: Any, kind: str) -> dict:
     raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 
-def _raw_rows(path: Path):
-    """Yield (line_number, parsed_or_exception) for JSONL or Parquet files."""
+HUB_PREFIX = "hf://"
+
+
+def _raw_rows(path: Path | str):
+    """Yield (line_number, parsed_or_exception) for JSONL or Parquet files, or ``hf://org/name[:split]`` hub
+    datasets (loaded through ``datasets.load_dataset``; a machine without network raises, naming the dataset)."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        import datasets
+
+        name, _, split = path[len(HUB_PREFIX):].partition(":")
+        try:
+            ds = datasets.load_dataset(name, split=split or "train")
+        except Exception as e:  # noqa: BLE001 - offline, unknown name, ...: say which dataset
+            raise FileNotFoundError(f"hub dataset {name!r} (split {split or 'train'!r}) could not be loaded: {e}") from e
+        for i, row in enumerate(ds, start=1):
+            yield i, row
+        return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
@@ -154,8 +169,8 @@ def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: 
     Raises :class:`DataFileError` (file and line) on the first bad row unless ``skip_invalid``; skipped rows are
     counted into ``skipped`` by reason and logged.
     """
-    p = Path(path)
-    if not p.exists():
+    p = str(path) if str(path).startswith(HUB_PREFIX) else Path(path)
+    if isinstance(p, Path) and not p.exists():
         raise FileNotFoundError(f"data file not found: {p}")
     out = []
     skipped = skipped if skipped is not None else Counter()
@@ -276,6 +291,8 @@ def tokenize_rows(
 
 
 def _file_digest(path: str, memo: dict[str, str]) -> str:
+    if str(path).startswith(HUB_PREFIX):  # hub datasets are keyed by name (and split); pin a revision upstream
+        return str(path)
     if path not in memo:
         h = hashlib.sha256()
         with open(path, "rb") as f:

@@ -119,3 +119,15 @@ def test_mixture_yaml_examples_parse():
                 assert cfg.datasets and all(s.path.startswith(d["root"]) for s in cfg.datasets), f
     tulu = OmegaConf.to_container(OmegaConf.create({"data": OmegaConf.load(cdir / "tulu3_sft_mix.yaml")}), resolve=True)
     assert len(tulu["data"]["mixture"]["datasets"]) == 18  # the 18 sources of the Tülu 3 SFT mixture
+
+
+def test_hub_dataset_without_network_names_the_dataset(monkeypatch):
+    """``hf://org/name`` goes through datasets.load_dataset; offline (as in tests) it fails naming the dataset."""
+    import pytest as _pytest
+
+    from megatron_tulu.data.loaders import read_rows
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with _pytest.raises(FileNotFoundError, match="allenai/no-such-dataset-for-tests"):
+        read_rows("hf://allenai/no-such-dataset-for-tests:train", "sft")
