@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from trainer_helpers import make_tiny_hf  # noqa: F401 - re-exported for the DPO tests
+from trainer_helpers import make_tiny_hf, step_records  # noqa: F401 - re-exported for the DPO tests
 
 LN2 = math.log(2.0)
 
@@ -36,16 +36,6 @@ def dpo_overrides(data_root: str | Path, init_hf: str | Path, run_dir: str | Pat
     }
     o.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in o.items()]
-
-
-def step_records(run_dir: str | Path) -> dict[int, dict]:
-    """``metrics.jsonl`` as {step: record}; a step logged twice (killed after logging, resumed earlier): last wins."""
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[int(rec["step"])] = rec
-    return dict(sorted(out.items()))
 
 
 def eval_records(run_dir: str | Path) -> dict[int, dict]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainer_helpers import step_records  # noqa: F401 - shared with the SFT/DPO tests
+
 
 def rlvr_overrides(data_root: str | Path, init_hf: str | Path, run_dir: str | Path, **extra) -> list[str]:
     """Small, quiet, fast RLVR overrides (TorchEngine, 4 prompts per step, 16-token responses, constant LR so a
@@ -33,16 +35,6 @@ def rlvr_overrides(data_root: str | Path, init_hf: str | Path, run_dir: str | Pa
     }
     o.update({k: str(v) for k, v in extra.items()})
     return [f"{k}={v}" for k, v in o.items()]
-
-
-def step_records(run_dir: str | Path) -> dict[int, dict]:
-    """``metrics.jsonl`` as {step: record} (a step logged twice: the last record wins)."""
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[int(rec["step"])] = rec
-    return dict(sorted(out.items()))
 
 
 # ----------------------------------------------------------------------------------------------- per-rank bodies
