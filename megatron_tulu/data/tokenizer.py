@@ -74,8 +74,6 @@ def build_llama3_tokenizer(out_dir: str | os.PathLike, model_file: str | os.Path
     Result: 128,000 BPE ids + 256 special ids = 128,256, bos ``<|begin_of_text|>`` prepended on encode,
     eos ``<|end_of_text|>``, pad ``<|finetune_right_pad_id|>``, Tülu chat template. Returns the loaded tokenizer.
     """
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     model_file = Path(model_file or default_llama3_tokenizer_model())
@@ -85,18 +83,7 @@ def build_llama3_tokenizer(out_dir: str | os.PathLike, model_file: str | os.Path
         f"<|reserved_special_token_{2 + i}|>" for i in range(LLAMA3_NUM_RESERVED_SPECIAL - len(LLAMA3_SPECIALS))
     ]
     backend = TikTokenConverter(vocab_file=str(model_file), pattern=LLAMA3_PATTERN, extra_special_tokens=specials).converted()
-    bos_id = backend.token_to_id(SYN_BOS)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{SYN_BOS} $A", pair=f"{SYN_BOS} $A {SYN_BOS} $B", special_tokens=[(SYN_BOS, bos_id)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=SYN_BOS, eos_token=SYN_EOS, pad_token=SYN_PAD, model_max_length=131072
-    )
-    tok.chat_template = TULU_CHAT_TEMPLATE
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(out))
-    return load_tokenizer(out)
+    return _save_with_bos_and_template(backend, out_dir, model_max_length=131072)
 
 
 def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 768):
@@ -105,8 +92,7 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
     Deterministic for a given text sequence (single-threaded trainer, fixed order). Digits are split one by
     one so arithmetic is learnable by a tiny model; the Tülu role headers are single added tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -123,12 +109,21 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
     backend.add_tokens(SYN_ROLE_TOKENS)
+    return _save_with_bos_and_template(backend, out_dir, model_max_length=4096)
+
+
+def _save_with_bos_and_template(backend, out_dir: str | os.PathLike, model_max_length: int):
+    """Prepend BOS, wrap as a HF fast tokenizer with our specials and the Tülu chat template, save, reload."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     bos_id = backend.token_to_id(SYN_BOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{SYN_BOS} $A", pair=f"{SYN_BOS} $A {SYN_BOS} $B", special_tokens=[(SYN_BOS, bos_id)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=SYN_BOS, eos_token=SYN_EOS, pad_token=SYN_PAD, model_max_length=4096
+        tokenizer_object=backend, bos_token=SYN_BOS, eos_token=SYN_EOS, pad_token=SYN_PAD,
+        model_max_length=model_max_length,
     )
     tok.chat_template = TULU_CHAT_TEMPLATE
     out = Path(out_dir)
