@@ -16,19 +16,16 @@ background thread while this one trains (one step off-policy), so generation and
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
 from megatron_tulu import platform
 from megatron_tulu.data.sampler import IGNORE_INDEX
 from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
-from megatron_tulu.trainers.fit import StageConfig, Trainer
-from megatron_tulu.trainers.sft import DataStageMixin, split_microbatches
+from megatron_tulu.trainers.fit import StageConfig
+from megatron_tulu.trainers.sft import DataStageMixin
 
 
 @dataclass
