@@ -4,14 +4,18 @@
 the preset's parameters (bf16), keeps megatron's distributed-optimizer state for DP=1 (an fp32 grad buffer
 filled by post-accumulate hooks, as megatron's DDP does, fp32 main params and two Adam moments), runs one
 forward/backward/step on a tiny batch, and prints JSON with the peak-RSS increase next to the planner's
-weights + grads + optimizer bytes. Run it in a fresh process: peak RSS is a process-wide high-water mark.
+weights + grads + optimizer bytes.
+
+Peak RSS is a process-wide high-water mark, and importing torch/transformers can set it above anything the model
+later reaches (then "peak minus baseline" reads 0). So the mark is reset (Linux ``/proc/self/clear_refs``, value 5)
+right before the model is built and the increase is measured from the resident size at that moment.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +25,26 @@ from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.plan.memory import model_state
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    if m is None:
+        raise RuntimeError(f"/proc/self/status has no {field} line; this measurement needs Linux")
+    return int(m.group(1))
+
+
+def _reset_rss_peak() -> int:
+    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS and return that RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:  # not Linux, or /proc mounted read-only: refuse rather than report a wrong number
+        raise RuntimeError(f"cannot reset the peak-RSS mark through /proc/self/clear_refs: {e}") from e
+    return _status_kib("VmRSS") * 1024
+
+
 def _rss_peak() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return _status_kib("VmHWM") * 1024
 
 
 class _Block(nn.Module):
@@ -79,7 +101,7 @@ def measure(p: LlamaPreset, seq: int = 32) -> dict:
     # are already in the baseline (they are not model state).
     if p.num_layers > 1:
         measure(p.with_(num_layers=1, hidden_size=64, ffn_hidden_size=128, vocab_size=256), seq=8)
-    base = _rss_peak()
+    base = _reset_rss_peak()
     model = TinyLlama(p)
     params = list(model.parameters())
     numel = sum(x.numel() for x in params)
