@@ -258,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filtered-dir", default=None, help="write filtered training copies here")
     p.add_argument("--report", default=None, help="write the JSON report here")
     a = p.parse_args(argv)
-    rep = decontaminate(_named(a.train), _named(a.eval), a.ngram, a.threshold, a.max_share, a.fields, a.filtered_dir)
+    try:
+        rep = decontaminate(_named(a.train), _named(a.eval), a.ngram, a.threshold, a.max_share, a.fields, a.filtered_dir)
+    except (OSError, ValueError) as e:  # bad file or row: the message names the file (and line); no traceback
+        print(f"decontaminate: error: {e}", file=sys.stderr)
+        return 2
     for r in rep["results"]:
         flag = "CONTAMINATED" if r["contaminated"] else "ok"
         print(f"{r['train']:>24} vs {r['eval']:<16} {r['matched']:>6}/{r['total']:<6} {100 * r['share']:6.2f}%  {flag}")

@@ -211,6 +211,11 @@ def _select(n_avail: int, src: DatasetSource, rng: random.Random) -> list[int]:
     return out
 
 
+def _source_name(src: DatasetSource) -> str:
+    """The name that seeds a source's row selection (and so belongs in the cache key)."""
+    return src.name or Path(src.path).name
+
+
 def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
     """Read, validate and mix the sources of ``cfg``; returns rows (with ``_source``/``_line``) and a report."""
     if not cfg.datasets:
@@ -223,9 +228,9 @@ def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
         avail = read_rows(src.path, kind, cfg.skip_invalid, skipped)
         # seeded by the file's name, not its absolute path: the same mixture picks the same rows wherever the
         # data directory lives (another machine, a temp dir in tests)
-        idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{src.name or Path(src.path).name}"))
+        idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{_source_name(src)}"))
         rows.extend(avail[i] for i in idx)
-        reports.append(SourceReport(src.name or Path(src.path).name, src.path, len(avail), len(idx), dict(skipped)))
+        reports.append(SourceReport(_source_name(src), src.path, len(avail), len(idx), dict(skipped)))
         total_skipped.update(skipped)
     random.Random(cfg.seed).shuffle(rows)
     return rows, DataReport(kind=kind, sources=reports, rows=len(rows), skipped=dict(total_skipped))
@@ -315,7 +320,8 @@ def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, tem
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "seed": cfg.seed,
         "skip_invalid": cfg.skip_invalid,
-        "sources": [(_file_digest(s.path, memo), s.count, s.fraction) for s in cfg.datasets],
+        # the name seeds which rows are taken (see mix), so a renamed source must not hit a stale cache
+        "sources": [(_file_digest(s.path, memo), _source_name(s), s.count, s.fraction) for s in cfg.datasets],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -62,3 +62,9 @@ def test_threshold_share_and_filtered_copy(tmp_path):
     out = subprocess.run([sys.executable, "-m", "megatron_tulu.data.decontaminate", "--train", f"dirty={tmp_path / 'c.jsonl'}",
                           "--eval", ev, "--report", str(tmp_path / "r.json")], capture_output=True, text=True, check=True)
     assert "CONTAMINATED" in out.stdout and json.loads((tmp_path / "r.json").read_text())["results"][0]["matched"] == 3
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(sft("fine row")) + "\n{not json\n")
+    out = subprocess.run([sys.executable, "-m", "megatron_tulu.data.decontaminate", "--train", str(bad), "--eval", ev],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and f"{bad}:2: malformed JSON" in out.stderr and "Traceback" not in out.stderr

@@ -47,6 +47,15 @@ def test_overlong_prompt_errors_or_is_counted(tmp_path, syn_tok):
         loaders.read_rows(f3, "rlvr")
 
 
+def test_long_responses_are_truncated_and_counted(tmp_path, syn_tok):
+    long_answer = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 200}]}
+    f = _write(tmp_path / "t.jsonl", [GOOD, long_answer, GOOD, long_answer])
+    ds, rep = build_dataset(MixtureConfig(datasets=[DatasetSource(path=f)], seed=0), "sft", syn_tok, 32)
+    assert len(ds) == 4 and rep.truncated == 2 and rep.skipped == {}
+    assert max(len(x) for x in ds["input_ids"]) == 32 and all(len(x) == len(y) for x, y in zip(ds["input_ids"], ds["labels"]))
+    assert "truncated 2," in rep.summary()
+
+
 def _numbered(tmp_path, name, n):
     rows = [{"messages": [{"role": "user", "content": f"{name} {i}"}, {"role": "assistant", "content": "ok"}]} for i in range(n)]
     return _write(tmp_path / f"{name}.jsonl", rows)
@@ -86,6 +95,13 @@ def test_cache_reuse_and_invalidation(tmp_path, syn_dir, syn_tok):
     build_dataset(cfg, "sft", syn_tok, 64, cache_dir=tmp_path / "c", tokenize_fn=counting)  # new max_len
     build_dataset(cfg, "sft", syn_tok, 128, template="tokenizer", cache_dir=tmp_path / "c", tokenize_fn=counting)
     assert len(calls) == 3
+    # same bytes under another name: the name seeds the row selection, so this must not reuse the cache
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_bytes((syn_dir / "sft_train.jsonl").read_bytes())
+    cfg2 = MixtureConfig(datasets=[DatasetSource(path=str(renamed), count=30)], seed=1)
+    ds3, r3 = build_dataset(cfg2, "sft", syn_tok, 128, cache_dir=tmp_path / "c", tokenize_fn=counting)
+    assert len(calls) == 4 and not r3.cache_hit and r3.cache_key != r1.cache_key
+    assert ds3["input_ids"] != ds1["input_ids"]  # another selection of 30 rows
 
 
 def test_all_kinds_and_parquet(tmp_path, syn_dir, syn_tok):

@@ -266,3 +266,41 @@ def rank_hang_on_one():
     if os.environ["RANK"] == "1":
         time.sleep(600)
     return "ok"
+
+
+def rank_packed_vs_separate(hf_dir, docs, seq_len):
+    """Per-rank body (1 process): logits of ``docs`` packed into one row (the SFT path: ``pack_sft`` + ``collate``
+    + ``packed_attention_mask``) against each document run alone, and the same packed row with no mask.
+
+    Returns ``(packed_err, unmasked_err)``: the largest |logit difference| over every document token.
+    """
+    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
+    from megatron_tulu.checkpoint.model_io import load_hf_into_model
+    from megatron_tulu.data.packing import pack_sft
+    from megatron_tulu.data.sampler import collate
+    from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+    from megatron_tulu.trainers.sft import packed_attention_mask
+
+    init_distributed(ParallelDims(world=1))
+    preset = preset_from_hf_config(HFReader(hf_dir).config)
+    model = build_model(preset, 1, 1, ModelOptions(impl="local", dtype="fp32"))
+    load_hf_into_model(model, hf_dir, preset)
+    model.eval()
+    packed = pack_sft([{"input_ids": d, "labels": d} for d in docs], seq_len, pad_id=0)
+    assert len(packed.rows) == 1, "the documents must fit in one row"
+    row = packed.rows[0]
+    b = collate([row], pad_id=0)
+    mask = packed_attention_mask([row["cu_seqlens"]], b["input_ids"].shape[1])
+    with torch.no_grad():
+        with_mask = model(b["input_ids"], b["position_ids"], mask)[0]
+        no_mask = model(b["input_ids"], b["position_ids"], None)[0]
+        packed_err = unmasked_err = 0.0
+        for k, d in enumerate(docs):
+            start = row["cu_seqlens"][k]
+            ids = torch.tensor([d])
+            alone = model(ids, torch.arange(len(d)).unsqueeze(0), None)[0]
+            sl = slice(start, start + len(d))
+            packed_err = max(packed_err, float((with_mask[sl] - alone).abs().max()))
+            unmasked_err = max(unmasked_err, float((no_mask[sl] - alone).abs().max()))
+    return packed_err, unmasked_err

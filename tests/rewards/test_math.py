@@ -9,6 +9,7 @@ from megatron_tulu.rewards import verify
 from megatron_tulu.rewards.math_answer import (
     candidates, last_boxed, last_dollar_span, minerva_answer, normalize_final_answer, strip_string)
 from megatron_tulu.rewards.math_symbolic import reject_reason
+from megatron_tulu.rewards.registry import VerifyTimeout, get_verifier
 
 
 def test_last_boxed_nested_and_fbox():
@@ -111,17 +112,24 @@ def test_timeout_works_off_main_thread():
     warm_up()  # the one-time import is not part of the item budget
     out = {}
 
+    slow = r"\boxed{(a+b+c+d+f)^{40}-(a-b+c-d+f)^{40}}"  # passes the input guards; sympy would run for minutes
+
     def job():
         start = time.monotonic()
-        # passes the input guards; sympy's simplify would run for minutes
-        out["ok"] = verify("math", r"\boxed{(a+b+c+d+f)^{40}-(a-b+c-d+f)^{40}}", "a^{2}+b^{2}", timeout_s=1.0)
+        out["ok"] = verify("math", slow, "a^{2}+b^{2}", timeout_s=1.0)
         out["s"] = time.monotonic() - start
+        try:  # the verifier itself (below verify, which maps a timeout to False) must say it timed out
+            get_verifier("math")(slow, "a^{2}+b^{2}", timeout_s=1.0, isolate=True, paper_compat=False)
+            out["raised"] = None
+        except VerifyTimeout as e:
+            out["raised"] = e
 
     t = threading.Thread(target=job)
     t.start()
     t.join(30)
     assert out["ok"] is False
     assert out["s"] < 10.0
+    assert isinstance(out["raised"], VerifyTimeout), out
 
 
 def test_minerva_left_right_not_mangled_by_unit_removal():
