@@ -3,7 +3,8 @@
 megatron-core assumes CUDA everywhere (``torch.cuda.current_device()``, ``device="cuda"``, CUDA RNG state,
 ``torch.cuda.synchronize``). On a machine without a GPU, :func:`setup` installs a small shim so that
 megatron-core runs unchanged on CPU over gloo: CUDA device requests are mapped to CPU, the CUDA RNG
-functions act on the CPU generator, and synchronisation is a no-op. On a GPU the shim does nothing.
+functions act on the CPU generator, streams and events become one in-order CPU stream, and synchronisation
+is a no-op. On a GPU the shim does nothing.
 
 Nothing else in the project may special-case the CPU: ask :func:`device`, :func:`backend` or
 :func:`has_gpu` here instead.
@@ -89,6 +90,65 @@ def _cuda_type(self, dtype=None, non_blocking=False, **kwargs):
     return _ORIG_TYPE(self, dtype, non_blocking, **kwargs)
 
 
+class _CpuStream:
+    """Stands in for ``torch.cuda.Stream``: CPU work is issued in program order, so every wait is already met."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def record_event(self, event=None):
+        event = event or _CpuEvent()
+        event.record(self)
+        return event
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self):  # ``with torch.cuda.stream(s):`` and ``with s:``
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _CpuEvent:
+    """Stands in for ``torch.cuda.Event``; ``elapsed_time`` is wall time in ms, like CUDA's timing events."""
+
+    def __init__(self, *args, **kwargs):
+        self._t = None
+
+    def record(self, stream=None) -> None:
+        import time
+
+        self._t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end: "_CpuEvent") -> float:
+        if self._t is None or end._t is None:
+            raise RuntimeError("elapsed_time needs both events recorded")
+        return (end._t - self._t) * 1000.0
+
+
+_CPU_STREAM = _CpuStream()
+
+
 def _seed_cpu(seed: int) -> None:
     # torch.manual_seed would call the (patched) CUDA seeding again and recurse.
     torch.default_generator.manual_seed(int(seed))
@@ -113,6 +173,12 @@ def _install_cpu_shim() -> None:
     cuda.memory_allocated = lambda *a, **k: 0
     cuda.reset_peak_memory_stats = lambda *a, **k: None
     torch.Tensor.type = _cuda_type
+    # streams and events: megatron overlaps communication on side streams; on CPU they are all one stream
+    cuda.Stream = _CpuStream
+    cuda.Event = _CpuEvent
+    cuda.current_stream = lambda *a, **k: _CPU_STREAM
+    cuda.default_stream = lambda *a, **k: _CPU_STREAM
+    cuda.stream = lambda stream=None: stream if stream is not None else _CPU_STREAM
 
     from megatron.core.tensor_parallel import random as mrandom
 

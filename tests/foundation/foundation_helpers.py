@@ -243,6 +243,16 @@ def rank_platform_checks():
         f = torch.rand(4)
     out["fork_stream_advances"] = not bool(torch.equal(e, f))
     out["type_name"] = torch.ones(1).type()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        g = torch.ones(3, device="cuda") * 2
+    torch.cuda.current_stream().wait_stream(side)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    end.record(torch.cuda.default_stream())
+    end.synchronize()
+    out["streams_ok"] = bool(g.sum() == 6) and start.elapsed_time(end) >= 0.0 and side.query()
     try:
         platform.setup("cuda")
         out["switch_error"] = None

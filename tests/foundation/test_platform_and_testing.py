@@ -23,6 +23,7 @@ def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
     assert out["cuda_seed_is_cpu_seed"], "torch.cuda.manual_seed does not seed the CPU generator"
     assert out["fork_restores_default"] and out["fork_stream_advances"]
     assert out["type_name"] == "torch.cuda.FloatTensor"
+    assert out["streams_ok"], "torch.cuda.Stream/current_stream/stream()/Event do not work under the shim"
     assert out["switch_error"] and "cuda" in out["switch_error"]
 
 
