@@ -47,6 +47,10 @@ class DPOOptions:
     """``cached`` (pre-pass once, stored on disk) or ``on_the_fly`` (frozen copy scores each batch; PP=1)."""
     forward_mode: str = "separate"
     """``separate`` (chosen then rejected, PP=1) or ``concatenated`` (one forward; any PP)."""
+    use_fused_loss: bool = False
+    """Compute the loss and its metrics with the Triton fused DPO kernel (``kernels.dpo_loss``) from per-token
+    logps instead of the torch functions of ``megatron_tulu.losses.dpo``: the same numbers (tested), for
+    ``dpo``, ``dpo_norm``, ``ipo`` and ``simpo`` (not ``wpo``). On CPU it needs ``TRITON_INTERPRET=1``."""
 
 
 @dataclass
@@ -57,20 +61,36 @@ class DPOConfig(StageConfig):
     dpo: DPOOptions = field(default_factory=DPOOptions)
 
 
-def weights_fingerprint(path: str | None, seed: int) -> str:
-    """Cheap, content-sensitive id of a checkpoint directory: names, sizes and the first/last MiB of each file."""
+FINGERPRINT_SAMPLES_PER_FILE = 1024
+"""Besides its first and last MiB, a file is sampled at this many evenly spaced 64 KiB windows: files up to
+~66 MiB are read whole; in larger ones a training step, which changes every large matrix, changes sampled bytes,
+and a 405B checkpoint is still fingerprinted in seconds. (A change confined to one small tensor deep inside a
+large file can be missed: delete the ``ref_logps-*.pt`` cache by hand after such surgery.)"""
+
+
+def weights_fingerprint(path: str | None, seed: int, model_desc: str = "") -> str:
+    """Content-sensitive id of a checkpoint directory, cheap enough for 405B (never reads a whole file).
+
+    Hashes each weight/config file's name and size, its first and last MiB, and evenly spaced 64 KiB windows.
+    A random init (no path) is keyed by the seed and ``model_desc`` (the model shape), which fix its weights.
+    """
     h = hashlib.sha256()
     if not path:
-        h.update(f"random-init-seed-{seed}".encode())
+        h.update(f"random-init-seed-{seed}-{model_desc}".encode())
         return h.hexdigest()[:16]
+    mib, window = 1 << 20, 64 << 10
     for f in sorted(Path(path).rglob("*")):
         if f.is_file() and (f.suffix in (".safetensors", ".distcp", ".json")):
             size = f.stat().st_size
             h.update(f"{f.relative_to(path)}:{size}".encode())
             with open(f, "rb") as fh:
-                h.update(fh.read(1 << 20))
-                if size > 2 << 20:
-                    fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(mib))
+                if size > 2 * mib:
+                    stride = max(window, (size - 2 * mib) // FINGERPRINT_SAMPLES_PER_FILE)
+                    for off in range(mib, size - mib, stride):
+                        fh.seek(off)
+                        h.update(fh.read(window))
+                    fh.seek(-mib, os.SEEK_END)
                     h.update(fh.read())
     return h.hexdigest()[:16]
 
@@ -97,6 +117,12 @@ class DPOTask(DataStageMixin):
             raise ValueError(f"dpo.forward_mode must be separate|concatenated, got {o.forward_mode!r}")
         if cfg.parallel.pp > 1 and (o.forward_mode == "separate" or o.ref_mode == "on_the_fly"):
             raise ValueError("with parallel.pp > 1 use dpo.forward_mode=concatenated and dpo.ref_mode=cached")
+        if o.use_fused_loss:
+            from kernels.dpo_loss import LOSS_IDS
+
+            if o.loss_type not in LOSS_IDS:
+                raise ValueError(f"dpo.use_fused_loss=true supports dpo.loss_type in {sorted(LOSS_IDS)}, "
+                                 f"got {o.loss_type!r}; set dpo.use_fused_loss=false")
 
     # ---- data ----------------------------------------------------------------------------------
     def setup(self, trainer) -> int:
@@ -140,7 +166,8 @@ class DPOTask(DataStageMixin):
     # ---- reference pass --------------------------------------------------------------------------
     def after_model(self, trainer) -> None:
         self.cfg_vocab = trainer.preset.vocab_size
-        fp = weights_fingerprint(self.cfg.model.init_hf or self.cfg.model.init_mcore, self.cfg.train.seed)
+        fp = weights_fingerprint(self.cfg.model.init_hf or self.cfg.model.init_mcore, self.cfg.train.seed,
+                                 repr(trainer.preset))
         # eval rewards are measured against the initial model, except for reference-free losses (SimPO), whose
         # eval loss ignores it: no reference pass at all then
         if self.eval_rows is not None and self.needs_ref:
@@ -230,13 +257,23 @@ class DPOTask(DataStageMixin):
         parts = []
         for sl in (slice(0, k), slice(k, 2 * k)):
             logits = model(batch["input_ids"][sl].to(dev), batch["position_ids"][sl].to(dev), None)
-            parts.append(sequence_logps(logits, batch["targets"][sl].to(dev), self.cfg_vocab, model)[0])
-        return torch.cat(parts)  # [2b] per-sequence summed logps
+            targets = batch["targets"][sl].to(dev)
+            if self.cfg.dpo.use_fused_loss:  # the kernel reduces per-token logps itself
+                parts.append(token_logprobs(logits, targets.clamp(min=0), model, self.cfg_vocab))
+            else:
+                parts.append(sequence_logps(logits, targets, self.cfg_vocab, model)[0])
+        return torch.cat(parts)  # [2b] per-sequence summed logps, or [2b, S] per-token logps (fused loss)
 
     def loss_fn(self, batch: dict, output: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
-        if output.dim() == 3:
-            output, _ = sequence_logps(output, batch["targets"].to(output.device), trainer.preset.vocab_size, trainer.model[0])
-        loss, metrics = self._loss_from_seq(batch, output)
+        targets = batch["targets"].to(output.device)
+        if self.cfg.dpo.use_fused_loss:
+            if output.dim() == 3:  # concatenated forward: logits (or hidden states with the fused logprob head)
+                output = token_logprobs(output, targets.clamp(min=0), trainer.model[0], trainer.preset.vocab_size)
+            loss, metrics = self._fused_loss(batch, output, targets != IGNORE_INDEX)
+        else:
+            if output.dim() == 3:
+                output, _ = sequence_logps(output, targets, trainer.preset.vocab_size, trainer.model[0])
+            loss, metrics = self._loss_from_seq(batch, output)
         k = len(batch["indices"])
         sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}
         sums.update({m: metrics[m].detach() * k for m in METRICS})
@@ -253,6 +290,26 @@ class DPOTask(DataStageMixin):
         o = self.cfg.dpo
         return self.loss(seq_logps[:k], seq_logps[k:], rc, rr, tokens[:k], tokens[k:], beta=o.beta,
                          label_smoothing=o.label_smoothing, gamma_beta_ratio=o.simpo_gamma_beta_ratio)
+
+    def _fused_loss(self, batch: dict, token_logps: torch.Tensor, valid: torch.Tensor):
+        """The loss from per-token policy logps ``[2b, S]`` (chosen rows first) with the Triton kernel.
+
+        The cached reference is one summed logp per sequence; the kernel reduces per-token reference logps over
+        the same mask, so each sum is placed on its row's first label token (zeros elsewhere): the kernel's sum
+        (``dpo``) and its length-normalised mean (``dpo_norm``, ``ipo``) then see exactly the cached value.
+        """
+        from kernels.dpo_loss import fused_dpo_loss
+
+        ref_tok = None
+        ref = batch.get("ref")
+        if ref is not None:
+            seq_ref = torch.cat([ref[:, 0], ref[:, 1]]).to(token_logps.device, token_logps.dtype)
+            first = valid.to(torch.int8).argmax(dim=-1)
+            ref_tok = torch.zeros_like(token_logps)
+            ref_tok[torch.arange(len(first), device=first.device), first] = seq_ref
+        o = self.cfg.dpo
+        return fused_dpo_loss(token_logps * valid, ref_tok, valid, loss_type=o.loss_type, beta=o.beta,
+                              label_smoothing=o.label_smoothing, gamma_beta_ratio=o.simpo_gamma_beta_ratio)
 
     def finalize(self, sums: dict[str, float], denom: float) -> dict[str, float]:
         n = max(sums["pairs"], 1.0)

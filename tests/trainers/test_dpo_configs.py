@@ -73,3 +73,27 @@ def test_bad_override_exits_2(capsys):
 
     assert stage_main("launch.dpo", DPOConfig, DPOTask, "dpo/tiny", argv=["dpo.no_such_option=1"]) == 2
     assert "no_such_option" in capsys.readouterr().err
+
+
+def test_reference_cache_fingerprint_sees_changed_weights_anywhere(tmp_path):
+    """The reference-logp cache key must change when any tensor of the initial checkpoint changes, also in the
+    middle of a large file (the fingerprint samples windows instead of reading 810 GB at 405B)."""
+    from megatron_tulu.trainers.dpo import weights_fingerprint
+
+    ckpt = tmp_path / "hf"
+    ckpt.mkdir()
+    blob = bytearray(range(256)) * (40 * 4096)  # 40 MiB "model.safetensors"
+    (ckpt / "model.safetensors").write_bytes(blob)
+    (ckpt / "config.json").write_text('{"hidden_size": 8}')
+    base = weights_fingerprint(str(ckpt), seed=0)
+    assert weights_fingerprint(str(ckpt), seed=0) == base  # deterministic
+    for off in (0, 20 << 20, len(blob) - 1):  # start, middle, end of the weights
+        changed = bytearray(blob)
+        changed[off:off + 70_000] = bytes(70_000)  # a tensor's worth of new values
+        (ckpt / "model.safetensors").write_bytes(changed)
+        assert weights_fingerprint(str(ckpt), seed=0) != base, off
+    (ckpt / "model.safetensors").write_bytes(blob)
+    assert weights_fingerprint(str(ckpt), seed=0) == base
+    # a random init is fixed by seed and model shape
+    assert weights_fingerprint(None, 0, "tiny") != weights_fingerprint(None, 0, "llama3.1-8b")
+    assert weights_fingerprint(None, 0, "tiny") != weights_fingerprint(None, 1, "tiny")

@@ -61,6 +61,12 @@ def one_rank(setup_dirs):
         # reference-free: must not run a reference pass at all (own cache dir, checked empty of ref files)
         "simpo": ("fit", ov("simpo", **{"train.max_steps": 1, "dpo.loss_type": "simpo", "dpo.beta": 2.0,
                                         "data.cache_dir": root / "simpo" / "cache"})),
+        # the Triton DPO kernel (interpreter mode on CPU) in place of the torch loss: same curves as above
+        "fused": ("fit", ov("fused", **{"train.max_steps": STEPS, "dpo.use_fused_loss": "true"})),
+        "fused_concat": ("fit", ov("fused_concat", **{"train.max_steps": STEPS, "dpo.forward_mode": "concatenated",
+                                                      "dpo.use_fused_loss": "true"})),
+        "fused_dpo": ("fit", ov("fused_dpo", **{"train.max_steps": 1, "dpo.loss_type": "dpo", "dpo.beta": 0.1,
+                                                "dpo.label_smoothing": 0.1, "dpo.use_fused_loss": "true"})),
         "full": ("fit", ov("full", **{"train.max_steps": RESUME_STEPS})),
         # the interrupted run keeps its reference cache in its own run_dir (default cache location)
         "interrupted": (f"stop@{STEPS}", ov("resume", **{"train.max_steps": RESUME_STEPS, "data.cache_dir": root / "resume" / "data_cache"})),
@@ -116,6 +122,31 @@ def test_separate_equals_concatenated(one_rank):
     for s in sep:
         for key in ["loss", "grad_norm"] + METRICS:
             assert abs(sep[s][key] - cat[s][key]) <= 1e-5 * max(1.0, abs(sep[s][key])), (s, key, sep[s][key], cat[s][key])
+
+
+def test_fused_dpo_kernel_gives_the_reference_curve(one_rank):
+    d = one_rank["_dirs"]
+    for ref_name, fused_name in (("cached", "fused"), ("concat", "fused_concat"), ("dpo", "fused_dpo")):
+        ref, fused = step_records(d[ref_name]), step_records(d[fused_name])
+        assert sorted(ref) == sorted(fused) and ref, (ref_name, sorted(ref), sorted(fused))
+        for s in ref:
+            # step 1: policy == reference, every margin is a tie at 0 up to summation order, so "chosen > rejected"
+            # (accuracy) is decided by rounding there; every other metric must agree
+            keys = [k for k in ["loss", "grad_norm"] + METRICS if not (s == 1 and k == "rewards/accuracy")]
+            for key in keys:
+                assert abs(ref[s][key] - fused[s][key]) <= 1e-5 * max(1.0, abs(ref[s][key])), \
+                    (fused_name, s, key, ref[s][key], fused[s][key])
+    # the curve moved (step 3 differs from step 1), so equal curves compare real updates
+    assert abs(step_records(d["fused"])[STEPS]["loss"] - LN2) > 1e-5
+
+
+def test_fused_dpo_loss_refuses_wpo():
+    from megatron_tulu.config import load_config
+    from megatron_tulu.trainers.dpo import DPOConfig, DPOTask
+
+    cfg = load_config(DPOConfig, "dpo/tiny", ["dpo.loss_type=wpo", "dpo.use_fused_loss=true"])
+    with pytest.raises(ValueError, match="dpo.use_fused_loss=true supports"):
+        DPOTask(cfg)
 
 
 def test_every_reference_loss_at_policy_equals_reference(one_rank):
