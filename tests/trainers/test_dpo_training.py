@@ -61,7 +61,9 @@ def one_rank(setup_dirs):
         # reference-free: must not run a reference pass at all (own cache dir, checked empty of ref files)
         "simpo": ("fit", ov("simpo", **{"train.max_steps": 1, "dpo.loss_type": "simpo", "dpo.beta": 2.0,
                                         "data.cache_dir": root / "simpo" / "cache"})),
-        # the Triton DPO kernel (interpreter mode on CPU) in place of the torch loss: same curves as above
+        # the Triton DPO kernel (interpreter mode on CPU) in place of the torch loss: same curves as above (the
+        # fused linear+logprob head is the same token_logprobs call SFT makes; its curve test is the SFT one, since
+        # the Triton interpreter makes it minutes per run)
         "fused": ("fit", ov("fused", **{"train.max_steps": STEPS, "dpo.use_fused_loss": "true"})),
         "fused_concat": ("fit", ov("fused_concat", **{"train.max_steps": STEPS, "dpo.forward_mode": "concatenated",
                                                       "dpo.use_fused_loss": "true"})),
