@@ -204,6 +204,14 @@ def save(
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` complete checkpoints (0 = all) and drop temp dirs of crashed saves.
+
+    Runs on rank 0 right after a save was renamed into place, so any ``.step_*.tmp`` left is from a save that
+    died. Incomplete ``step_*`` dirs are left alone: ``resume=auto`` refuses them by name, and a save of the
+    same step replaces them.
+    """
+    for stale in ckpt_root.glob(f".{STEP_PREFIX}*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     if keep_last <= 0:
         return
     done = sorted(p for p in ckpt_root.iterdir() if p.name.startswith(STEP_PREFIX) and (p / "COMPLETE").exists())

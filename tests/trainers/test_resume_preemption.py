@@ -1,11 +1,12 @@
 """Exact resume through the real entry point (``python -m launch.sft``), against the uninterrupted reference run.
 
-One run, three processes, the same run_dir:
+One run, four processes, the same run_dir:
   1. killed with SIGKILL once the step-4 checkpoint is ``latest``; its step-4 checkpoint is then damaged (COMPLETE
      removed), so ``resume=auto`` must refuse it (naming it) and fall back to step 2;
   2. resumed from step 2, sent SIGUSR1: it checkpoints at the next step boundary and exits with
      ``REQUEUE_EXIT_CODE``;
-  3. resumed from that checkpoint and run to the end.
+  3. resumed from that checkpoint, sent SIGTERM: the same, and a stale temp dir of a dead save is cleaned up;
+  4. resumed again and run to the end: only the newest ``keep_last`` checkpoints remain.
 The per-step losses (last record per step in metrics.jsonl) must equal the uninterrupted run's bit for bit.
 """
 
@@ -82,13 +83,31 @@ def test_exact_resume_after_kill9_and_sigusr1(one_rank_runs, sft_data, tiny_hf, 
     assert stopped is not None and 2 < int(stopped.split("_")[1]) < REF_STEPS, stopped
     assert f"SIGUSR1: checkpointed step {int(stopped.split('_')[1])}" in text2
 
-    # 3. resume to the end
+    # 3. resume, then SIGTERM (what SLURM sends at the time limit or on scancel): checkpoint and requeue code too.
+    # A save that died mid-write left a temp dir: the next save must clean it up.
+    (ckpts / ".step_00000099.tmp").mkdir()
     p3 = _launch(overrides, tmp_path / "p3.log")
-    assert p3.wait(timeout=300) == 0, (tmp_path / "p3.log").read_text()[-3000:]
-    assert f"resumed from {ckpts / stopped}" in (tmp_path / "p3.log").read_text()
+    log3 = tmp_path / "p3.log"
+    _wait_for(lambda: "resumed from" in log3.read_text(), p3, "the resume message")
+    p3.send_signal(signal.SIGTERM)
+    assert p3.wait(timeout=300) == REQUEUE_EXIT_CODE, log3.read_text()[-3000:]
+    assert f"resumed from {ckpts / stopped}" in log3.read_text()
+    stopped3 = _latest(run_dir)
+    assert int(stopped3.split("_")[1]) > int(stopped.split("_")[1]), (stopped, stopped3)
+    assert f"SIGTERM: checkpointed step {int(stopped3.split('_')[1])}" in log3.read_text()
+
+    # 4. resume to the end
+    p4 = _launch(overrides, tmp_path / "p4.log")
+    assert p4.wait(timeout=300) == 0, (tmp_path / "p4.log").read_text()[-3000:]
+    assert f"resumed from {ckpts / stopped3}" in (tmp_path / "p4.log").read_text()
 
     ref, got = step_records(one_rank_runs["ref"]), step_records(run_dir)
     assert sorted(got) == sorted(ref)
     assert [got[s]["loss"] for s in got] == [ref[s]["loss"] for s in ref]
     assert [got[s]["grad_norm"] for s in got] == [ref[s]["grad_norm"] for s in ref]
     assert _latest(run_dir) == f"step_{REF_STEPS:08d}"
+    # keep_last=3: exactly the newest three checkpoints remain, all complete, and no temp dir of a dead save
+    dirs = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step_"))
+    assert len(dirs) == 3 and dirs[-1] == f"step_{REF_STEPS:08d}", dirs
+    assert all((ckpts / d / "COMPLETE").exists() for d in dirs), dirs
+    assert not list(ckpts.glob(".*.tmp"))
