@@ -43,3 +43,12 @@ def get_gpu(name: str) -> GPUSpec:
         return GPUS[name]
     except KeyError:
         raise ValueError(f"unknown --gpu {name!r}; known: {', '.join(GPUS)}") from None
+
+
+def gpu_from_device_name(device_name: str) -> GPUSpec | None:
+    """The spec for a ``torch.cuda.get_device_name()`` string ("NVIDIA H100 80GB HBM3" -> h100-80gb), or None."""
+    name = device_name.upper()
+    for key, marker in (("h200", "H200"), ("h100-80gb", "H100"), ("a100-80gb", "A100")):
+        if marker in name:
+            return GPUS[key]
+    return None

@@ -33,6 +33,12 @@ def flops_per_token(preset: LlamaPreset, seq: int, causal: bool = True) -> float
     return 6.0 * n + attn
 
 
+def model_flops_utilization(preset: LlamaPreset, seq: int, tokens_per_s_per_gpu: float, peak_tflops: float) -> float:
+    """MFU of a training step: model FLOPs/s per GPU (:func:`flops_per_token`, recompute not counted) over the
+    dense BF16 peak. ``tokens_per_s_per_gpu`` counts every token processed (padding included)."""
+    return flops_per_token(preset, seq) * tokens_per_s_per_gpu / (peak_tflops * 1e12)
+
+
 def forward_flops_per_token(preset: LlamaPreset, seq: int, causal: bool = True) -> float:
     """Forward-only FLOPs per token (reference model, old log-probs, value forward): a third of training."""
     return flops_per_token(preset, seq, causal) / 3.0

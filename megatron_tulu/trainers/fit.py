@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from megatron_tulu import platform
 from megatron_tulu.parallel import ParallelDims, init_distributed
+from megatron_tulu.plan.throughput import model_flops_utilization
 from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionWatcher
 from megatron_tulu.trainers import checkpointing
 from megatron_tulu.trainers.config import (
@@ -94,6 +95,7 @@ class Trainer:
         self.preset = preset
         self.model = None
         self.optimizer = None
+        self.peak_tflops = 0.0  # dense BF16 peak of a known GPU: metrics then carry an MFU estimate
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -107,6 +109,11 @@ class Trainer:
         self.dp_rank = ps.get_data_parallel_rank()
         self.is_last_stage = ps.is_pipeline_last_stage()
         self.tp_rank = ps.get_tensor_model_parallel_rank()
+        if platform.has_gpu():
+            from megatron_tulu.plan.hardware import gpu_from_device_name
+
+            spec = gpu_from_device_name(torch.cuda.get_device_name())
+            self.peak_tflops = spec.bf16_tflops if spec else 0.0
         self._check_batch_layout()
         platform.seed_everything(cfg.train.seed)
         self.num_examples = self.task.setup(self)
@@ -240,6 +247,10 @@ class Trainer:
                 self.step += 1
                 tokens = sum(int(mb["input_ids"].numel()) for mb in mbs) * self.dims.dp
                 last.update(step=self.step, step_time_s=time.time() - t0, tokens_per_s=tokens / max(time.time() - t0, 1e-9))
+                if self.peak_tflops:
+                    seq = int(mbs[0]["input_ids"].shape[1])
+                    last["mfu"] = model_flops_utilization(self.preset, seq, last["tokens_per_s"] / self.dims.world,
+                                                          self.peak_tflops)
                 self.metrics.log(self.step, last)
                 stop = watcher.requested()
                 interval = cfg.checkpoint.interval

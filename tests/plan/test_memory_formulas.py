@@ -112,3 +112,22 @@ def test_calibration_file(tmp_path):
     f.write_text('[{"tflops": 1}]')
     with pytest.raises(ValueError, match="record 0 has no 'mfu'"):
         T.load_calibration(f)
+
+
+def test_mfu_estimate_logged_on_gpu_is_model_flops_over_bf16_peak():
+    from megatron_tulu.models.presets import get_preset
+    from megatron_tulu.plan.hardware import GPUS, gpu_from_device_name
+    from megatron_tulu.plan.throughput import flops_per_token, model_flops_utilization
+
+    assert gpu_from_device_name("NVIDIA H100 80GB HBM3") is GPUS["h100-80gb"]
+    assert gpu_from_device_name("NVIDIA H200") is GPUS["h200"]
+    assert gpu_from_device_name("NVIDIA A100-SXM4-80GB") is GPUS["a100-80gb"]
+    assert gpu_from_device_name("Some other accelerator") is None
+    p = get_preset("llama3.1-8b")
+    # Llama 3 8B at seq 4096: 6N (N without the input embedding: 7.50e9 -> 4.50e10) + causal attention
+    # (12 * 32 layers * 4096 * 4096 / 2 = 3.2e9) = 4.8e10 FLOP/token; 8,000 tokens/s/GPU on a 989 TFLOP/s H100
+    # is then ~39 % MFU
+    f = flops_per_token(p, 4096)
+    assert 4.80e10 < f < 4.85e10
+    mfu = model_flops_utilization(p, 4096, 8000.0, GPUS["h100-80gb"].bf16_tflops)
+    assert mfu == f * 8000.0 / 989e12 and 0.38 < mfu < 0.40

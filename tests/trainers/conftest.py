@@ -49,7 +49,8 @@ def _split_job(sft_data, tiny_hf, root, name, mb, red, **extra):
 
 @pytest.fixture(scope="session")
 def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
-    """Single-rank launch: the reference run (``ref``) and the 1-rank split runs (``sum_8`` = 1x8, ...)."""
+    """Single-rank launch: the reference run (``ref``), the 1-rank split runs (``sum_8`` = 1x8, ...) and the
+    activation-recompute runs (``recompute_full``, ``recompute_selective``; 2 steps, otherwise as ``ref``)."""
     from megatron_tulu.testing import run_distributed
 
     root = tmp_path_factory.mktemp("one_rank")
@@ -58,6 +59,9 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     for name, s in SPLITS_1RANK.items():
         jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"]))
         names.append(name)
+    for mode in ("full", "selective"):  # activation recompute: same numbers as the reference, recomputed
+        jobs.append(_split_job(sft_data, tiny_hf, root, f"recompute_{mode}", 4, "sum", **{"model.recompute": mode}))
+        names.append(f"recompute_{mode}")
     run_distributed(rank_jobs, 1, args=(jobs,), timeout_s=800)
     return {n: root / n for n in names}
 
