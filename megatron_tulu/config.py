@@ -24,7 +24,8 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
     Args:
         schema: the stage's dataclass type.
         name: config name relative to ``configs/`` without ``.yaml``, e.g. ``"sft/tiny"``.
-        overrides: Hydra-style overrides, e.g. ``["train.lr=1e-5", "model=llama3.1-8b"]``.
+        overrides: Hydra-style overrides, e.g. ``["optim.lr=1e-5", "model=llama3.1-8b"]``; ``model=NAME`` is
+            short for ``model.preset=NAME``.
     Raises:
         ValueError naming the config file or field when the YAML or an override does not fit the schema.
     """
@@ -52,6 +53,8 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
             if "=" not in ov:
                 raise ValueError(f"override {ov!r} is not key=value")
             key, value = ov.split("=", 1)
+            if key.lstrip("+") == "model" and value and "{" not in value:  # `model=llama3.1-8b`: choose the preset
+                key = "model.preset"
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key.lstrip('+')}={value}"]))
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, HydraException) as e:

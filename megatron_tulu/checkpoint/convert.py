@@ -3,6 +3,10 @@
     python -m megatron_tulu.checkpoint.convert hf-to-mcore --hf DIR --out DIR --tp N --pp M [--dtype bf16]
     python -m megatron_tulu.checkpoint.convert mcore-to-hf --ckpt DIR --out DIR [--dtype bf16]
 
+``mcore-to-hf --ckpt`` takes a converted dir (per-rank files) or a training checkpoint: a ``step_*`` dir, a
+``checkpoints`` root or a run dir (then the newest complete checkpoint), at whatever TP/PP it was saved; the
+model shape and tokenizer are read from the checkpoint. That is how a run is exported to HF on demand.
+
 Output directories are written under a temporary name and renamed at the end (never partial).
 """
 
@@ -19,6 +23,32 @@ from megatron_tulu.checkpoint.model_io import rank_files_to_hf, save_rank_files
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "keep": None}
 
 
+def training_checkpoint_to_hf(ckpt, out, dtype=None):
+    """Export a training checkpoint (dist_checkpointing, any TP/PP) to an HF dir in this one process.
+
+    Loads the weights resharded to TP=PP=1 (megatron's reshardable format), then streams them out through the
+    same export the trainers use at the end of a run. Starts a one-process megatron runtime here.
+    """
+    from megatron_tulu.checkpoint.model_io import export_hf
+    from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.models.presets import LlamaPreset
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+    from megatron_tulu.trainers import checkpointing
+
+    path = checkpointing.resolve(ckpt)
+    state = checkpointing.validate(path)
+    if "preset" not in state:
+        raise ValueError(f"{path}/trainer_state.json has no model preset (saved by an older version); export it "
+                         "with the trainer instead (checkpoint.export_hf=true)")
+    preset = LlamaPreset.from_dict(state["preset"])
+    init_distributed(ParallelDims(world=1))
+    model = build_model(preset, 1, 1, ModelOptions(impl="local", dtype="fp32"))
+    checkpointing.load_model_weights(path, [model])
+    export_hf(model, preset, out, tokenizer_dir=state.get("tokenizer_dir"), dtype=dtype,
+              extra_config=state.get("hf_extra_config") or {})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m megatron_tulu.checkpoint.convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +59,7 @@ def main(argv=None) -> int:
     a.add_argument("--tp", type=int, default=1)
     a.add_argument("--pp", type=int, default=1)
     a.add_argument("--dtype", choices=list(DTYPES), default="keep")
-    b = sub.add_parser("mcore-to-hf", help="converted megatron dir -> HF Llama dir")
+    b = sub.add_parser("mcore-to-hf", help="converted megatron dir or training checkpoint -> HF Llama dir")
     b.add_argument("--ckpt", required=True)
     b.add_argument("--out", required=True)
     b.add_argument("--dtype", choices=list(DTYPES), default="keep")
@@ -40,8 +70,13 @@ def main(argv=None) -> int:
             preset = preset_from_hf_config(reader.config, name=str(args.hf))
             out = save_rank_files(reader, preset, args.out, args.tp, args.pp, dtype=DTYPES[args.dtype])
         else:
-            out = rank_files_to_hf(args.ckpt, args.out, dtype=DTYPES[args.dtype])
-    except (ValueError, KeyError, FileNotFoundError) as e:
+            from megatron_tulu.trainers.checkpointing import is_training_checkpoint
+
+            if is_training_checkpoint(args.ckpt):
+                out = training_checkpoint_to_hf(args.ckpt, args.out, dtype=DTYPES[args.dtype])
+            else:
+                out = rank_files_to_hf(args.ckpt, args.out, dtype=DTYPES[args.dtype])
+    except (ValueError, KeyError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -55,6 +55,14 @@ class LlamaPreset:
         out["head_dim"] = self.head_dim
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaPreset":
+        """Inverse of :meth:`to_dict` (derived entries such as ``head_dim`` are ignored)."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
     def with_(self, **kw) -> "LlamaPreset":
         return replace(self, **kw)
 

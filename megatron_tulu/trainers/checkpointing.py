@@ -219,6 +219,43 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resolve(path: str | Path) -> Path:
+    """A complete step directory from ``path``: the dir itself, or (for a ``checkpoints`` root, or a run dir
+    holding one) the newest valid checkpoint there. Raises :class:`CheckpointError` naming the path."""
+    path = Path(path)
+    if (path / "trainer_state.json").exists() or path.name.startswith(STEP_PREFIX):
+        validate(path)
+        return path
+    for root in (path, path / "checkpoints"):
+        if root.is_dir() and any(p.name.startswith(STEP_PREFIX) for p in root.iterdir()):
+            found = find_resume(root)
+            if found is None:
+                raise CheckpointError(f"{root}: no complete checkpoint (every step_* dir was refused, see the log)")
+            return found
+    raise CheckpointError(f"{path}: not a training checkpoint (no trainer_state.json, no step_* dirs)")
+
+
+def is_training_checkpoint(path: str | Path) -> bool:
+    """True for a step dir, a ``checkpoints`` root or a run dir (what :func:`resolve` accepts)."""
+    path = Path(path)
+    if (path / "trainer_state.json").exists():
+        return True
+    return any(r.is_dir() and any(p.name.startswith(STEP_PREFIX) for p in r.iterdir()) for r in (path, path / "checkpoints"))
+
+
+def load_model_weights(path: str | Path, model_chunks) -> dict:
+    """Collective: only the model weights of a training checkpoint (any TP/PP it was saved at), no optimizer and
+    no RNG; for starting a new stage from it or exporting it. Returns the checkpoint's trainer state."""
+    from megatron.core import dist_checkpointing
+
+    path = resolve(path)
+    state = validate(path)
+    loaded = dist_checkpointing.load(_sharded_state(model_chunks, None, "fully_reshardable", is_loading=True), str(path))
+    for i, chunk in enumerate(model_chunks):
+        getattr(chunk, "module", chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"], strict=True)
+    return state
+
+
 def load(path: Path, model_chunks, optimizer, sharding: str = "fully_reshardable", load_optimizer: bool = True) -> dict:
     """Collective: load model (+ optimizer) from a validated checkpoint at any TP/PP/DP layout.
 

@@ -27,7 +27,8 @@ class ModelConfig:
     init_hf: Optional[str] = None
     """Start from this HF Llama directory (converted on load, each rank reading only its shard)."""
     init_mcore: Optional[str] = None
-    """Start from a converted megatron dir (``checkpoint.convert hf-to-mcore``) or a training checkpoint dir."""
+    """Start from a converted megatron dir (``checkpoint.convert hf-to-mcore``, same TP/PP), or from a training
+    checkpoint (a ``step_*`` dir, a ``checkpoints`` root or a run dir: the newest complete one) at any TP/PP."""
     use_fused_logprob: bool = False
     """Compute token logprobs with the Triton fused linear+logprob kernel instead of the torch path."""
 

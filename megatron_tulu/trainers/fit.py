@@ -277,7 +277,10 @@ class Trainer:
         return summary
 
     def save(self) -> Path:
-        state = {"sampler": self.sampler.state_dict(), "total_steps": self.total_steps}
+        # the model's shape, tokenizer and HF extras travel with the weights, so `checkpoint.export` needs no config
+        state = {"sampler": self.sampler.state_dict(), "total_steps": self.total_steps, "preset": self.preset.to_dict(),
+                 "tokenizer_dir": getattr(self.task, "tokenizer_dir", None),
+                 "hf_extra_config": getattr(self.task, "hf_extra_config", lambda: {})()}
         if hasattr(self.task, "state_dict"):
             state["task"] = self.task.state_dict()
         return checkpointing.save(

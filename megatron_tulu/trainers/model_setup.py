@@ -47,7 +47,12 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
     if cfg.init_hf:
         load_hf_into_model(model, cfg.init_hf, preset)
     elif cfg.init_mcore:
-        load_rank_file(model, cfg.init_mcore)
+        from megatron_tulu.trainers import checkpointing
+
+        if checkpointing.is_training_checkpoint(cfg.init_mcore):  # dist_checkpointing: any TP/PP it was saved at
+            checkpointing.load_model_weights(cfg.init_mcore, [model])
+        else:  # the converter's per-rank files (same TP/PP)
+            load_rank_file(model, cfg.init_mcore)
     if cfg.use_fused_logprob:
         from megatron_tulu.models.logprobs import enable_fused_logprob_head
 

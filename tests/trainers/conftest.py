@@ -62,6 +62,16 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     for mode in ("full", "selective"):  # activation recompute: same numbers as the reference, recomputed
         jobs.append(_split_job(sft_data, tiny_hf, root, f"recompute_{mode}", 4, "sum", **{"model.recompute": mode}))
         names.append(f"recompute_{mode}")
+    # a finished run exported at its end, then two 1-step runs started from it: from the training checkpoint
+    # (model.init_mcore = its run dir) and from its HF export (model.init_hf)
+    exp = root / "export_run"
+    jobs.append(("fit", ov(sft_data, tiny_hf, exp, **{"train.max_steps": 2, "checkpoint.interval": 0,
+                                                       "checkpoint.export_hf": "true"})))
+    jobs.append(("fit", ov(sft_data, tiny_hf, root / "from_mcore", **{
+        "train.max_steps": 1, "checkpoint.interval": 0, "model.init_hf": "null", "model.init_mcore": str(exp)})))
+    jobs.append(("fit", ov(sft_data, tiny_hf, root / "from_hf", **{
+        "train.max_steps": 1, "checkpoint.interval": 0, "model.init_hf": str(exp / "hf")})))
+    names += ["export_run", "from_mcore", "from_hf"]
     run_distributed(rank_jobs, 1, args=(jobs,), timeout_s=800)
     return {n: root / n for n in names}
 

@@ -38,6 +38,8 @@ def test_override_changes_field():
     cfg = load_config(SFTConfig, "sft/8b", ["optim.lr=1e-5", "parallel.tp=4", "data.root=/x", "train.max_steps=7"])
     assert cfg.optim.lr == 1e-5 and cfg.parallel.tp == 4 and cfg.train.max_steps == 7
     assert cfg.data.mixture["datasets"][0]["path"] == "/x/tulu-3-sft-mixture.jsonl"
+    # the README's shorthand: model=NAME picks the preset
+    assert load_config(SFTConfig, "sft/tiny", ["model=llama3.1-70b"]).model.preset == "llama3.1-70b"
 
 
 def test_unknown_override_key_exits_2(capsys):
