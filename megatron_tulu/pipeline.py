@@ -25,8 +25,10 @@ PROFILES = {
     # full: cut from 300/150/60/40 steps toward the < 15 min budget on 2 CPU cores (not yet measured on an idle
     # machine, see benchmarks/demo.md); the templated corpus is learnt fast (pretrain loss/token < 1 by step
     # ~80), so step counts, not data size, bound the wall time.
-    "full": {"scale": "small", "pretrain": ["train.max_steps=150", "parallel.tp=2"], "sft": ["train.max_steps=100"],
-             "dpo": ["train.max_steps=50"], "rlvr": ["train.max_steps=30"], "eval_limit": 100, "nproc_pretrain": 2},
+    "full": {"scale": "small", "pretrain": ["train.max_steps=400", "parallel.tp=2"], "sft": ["train.max_steps=200"],
+             "dpo": ["train.max_steps=50"],
+             "rlvr": ["train.max_steps=40", "rlvr.samples_per_prompt=4", "optim.lr=2e-4"],
+             "eval_limit": 100, "nproc_pretrain": 2},
     "ci": {"scale": "ci", "pretrain": ["train.max_steps=4", "parallel.tp=2", "train.global_batch_size=8"],
            "sft": ["train.max_steps=3", "train.global_batch_size=8"], "dpo": ["train.max_steps=2", "train.global_batch_size=8"],
            "rlvr": ["train.max_steps=2", "train.global_batch_size=8", "rlvr.max_new_tokens=16"], "eval_limit": 4,
@@ -53,7 +55,6 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     logs.mkdir(exist_ok=True)
     data = out / "data"
     timings = {}
-    py = sys.executable
     if engine == "auto":
         try:
             import vllm  # noqa: F401
@@ -63,35 +64,18 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
             engine = "torch"
     t0 = time.time()
     if not (data / "manifest.json").exists():
-        _run([py, "-m", "megatron_tulu.data.synthetic", "--out", str(data), "--scale", prof["scale"]], logs / "data.log")
+        _run([sys.executable, "-m", "megatron_tulu.data.synthetic", "--out", str(data), "--scale", prof["scale"]], logs / "data.log")
     timings["data"] = time.time() - t0
     init = None
     results = {}
-    for stage, launcher in (("pretrain", "pretrain"), ("sft", "sft"), ("dpo", "dpo"), ("rlvr", "rlvr")):
-        run_dir = out / stage
-        t = time.time()
-        if not (run_dir / "hf" / "config.json").exists():
-            ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=true", *prof[stage]]
-            if init:
-                ov.append(f"model.init_hf={init}")
-            if stage == "rlvr":
-                ov += [f"rlvr.algorithm={algorithm}", f"rlvr.engine={engine}"]
-                if algorithm == "grpo":
-                    ov.append("rlvr.samples_per_prompt=4")
-            nproc = prof["nproc_pretrain"] if stage == "pretrain" else 0
-            cmd = [py, "-m", f"launch.{launcher}", "--config", f"{launcher}/tiny"] + (["--nproc", str(nproc)] if nproc else []) + ov
-            _run(cmd, logs / f"{stage}.log")
-        timings[stage] = time.time() - t
-        init = str(run_dir / "hf")
-        res_file = run_dir / "eval_tasks.json"
-        if not res_file.exists():
-            from megatron_tulu.eval.evaluate import evaluate, make_engine
-
-            eng = make_engine(init, engine)
-            res = evaluate(init, TASKS, str(data), tokenizer=str(data / "tokenizer"), engine=eng, limit=prof["eval_limit"])
-            eng.shutdown()
-            res_file.write_text(json.dumps(res, indent=2))
-        results[stage] = json.loads(res_file.read_text())
+    eval_engine = None
+    try:
+        for stage in ("pretrain", "sft", "dpo", "rlvr"):
+            init, eval_engine = _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results,
+                                           timings, logs)
+    finally:
+        if eval_engine is not None:
+            eval_engine.shutdown()
     timings["total"] = time.time() - t0
     pref = _dpo_pref_accuracy(out / "dpo")
     table = results_table(results, pref)
@@ -99,6 +83,52 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     plot(out, results)
     print(table)
     return {"results": results, "timings": timings, "preference_accuracy": pref}
+
+
+def _eval_engine(current, hf_dir: str, engine: str):
+    """One rollout engine serves every stage's evaluation: started once, then loaded with each stage's HF export
+    through the engine's weight update (the RLVR weight-sync path), instead of a new engine per stage."""
+    if current is None:
+        from megatron_tulu.eval.evaluate import make_engine
+
+        return make_engine(hf_dir, engine)
+    from megatron_tulu.checkpoint.hf_io import HFReader
+
+    reader = HFReader(hf_dir)
+    current.update_weights((name, reader.get(name)) for name in reader.keys())
+    return current
+
+
+def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs):
+    """Train ``stage`` (unless its HF export exists) and evaluate it (unless its results exist)."""
+    py = sys.executable
+    run_dir = out / stage
+    t = time.time()
+    if not (run_dir / "hf" / "config.json").exists():
+        ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=true", *prof[stage]]
+        if init:
+            ov.append(f"model.init_hf={init}")
+        if stage == "rlvr":
+            ov += [f"rlvr.algorithm={algorithm}", f"rlvr.engine={engine}"]
+            if algorithm == "grpo":
+                ov.append("rlvr.samples_per_prompt=4")
+        nproc = prof["nproc_pretrain"] if stage == "pretrain" else 0
+        cmd = [py, "-m", f"launch.{stage}", "--config", f"{stage}/tiny"] + (["--nproc", str(nproc)] if nproc else []) + ov
+        _run(cmd, logs / f"{stage}.log")
+    timings[stage] = time.time() - t
+    init = str(run_dir / "hf")
+    res_file = run_dir / "eval_tasks.json"
+    if not res_file.exists():
+        from megatron_tulu.eval.evaluate import evaluate
+
+        t = time.time()
+        eval_engine = _eval_engine(eval_engine, init, engine)
+        res = evaluate(init, TASKS, str(data), tokenizer=str(data / "tokenizer"), engine=eval_engine,
+                       limit=prof["eval_limit"])
+        res_file.write_text(json.dumps(res, indent=2))
+        timings[f"eval_{stage}"] = time.time() - t
+    results[stage] = json.loads(res_file.read_text())
+    return init, eval_engine
 
 
 def _dpo_pref_accuracy(dpo_dir: Path) -> dict:

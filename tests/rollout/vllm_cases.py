@@ -55,6 +55,18 @@ def test_sampled_logprobs_are_at_the_temperature_and_seeded(engine, ref):
             assert torch.allclose(torch.tensor(lps), want, atol=ATOL)
 
 
+def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step(engine):
+    # 128 prompts x 40 tokens > one step's token budget: vLLM splits a prefill across steps, and for a seeded
+    # request its CPU build then rewound a CPU generator and killed the engine ("CPU Generator does not use
+    # offset") -- what an RLVR batch of n samples per prompt does. The engine must stay up and stay seeded.
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 300, (40,), generator=g).tolist() for _ in range(128)]
+    s = SamplingConfig(temperature=1.0, max_new_tokens=3, n=2, seed=11)
+    a, b = engine.generate(prompts, s), engine.generate(prompts, s)
+    assert len(a) == 128 and all(len(x.token_ids) == 2 and len(x.token_ids[0]) == 3 for x in a)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+
+
 def test_stop_token_ends_the_sample(engine):
     full = _greedy(engine)[0].token_ids[0]
     stop = full[4]
