@@ -63,6 +63,8 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
             engine = "vllm"
         except ImportError:
             engine = "torch"
+    # the evaluation engine lives in this process: keep vLLM's start-up chatter out of the demo's console
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     t0 = time.time()
     if not (data / "manifest.json").exists():
         _run([sys.executable, "-m", "megatron_tulu.data.synthetic", "--out", str(data), "--scale", prof["scale"]], logs / "data.log")

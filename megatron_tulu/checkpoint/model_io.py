@@ -198,8 +198,9 @@ def load_rank_file(model, ckpt: str | Path) -> None:
             raise KeyError(f"{f}: unexpected tensors {extra[:5]}")
 
 
-def rank_files_to_hf(ckpt: str | Path, out: str | Path, dtype=None) -> Path:
-    """Offline mcore->hf from the converter's per-rank files; streams layer by layer."""
+def rank_files_to_hf(ckpt: str | Path, out: str | Path, dtype=None, shard_bytes: int = 5 * 2**30) -> Path:
+    """Offline mcore->hf from the converter's per-rank files; streams tensor by tensor into output shards of
+    ``shard_bytes`` (the most it holds besides one full tensor)."""
     from safetensors import safe_open
 
     from megatron_tulu.models.presets import LlamaPreset as P
@@ -233,4 +234,4 @@ def rank_files_to_hf(ckpt: str | Path, out: str | Path, dtype=None) -> Path:
 
     hf_cfg_file = ckpt / "hf_config.json"
     cfg = json.loads(hf_cfg_file.read_text()) if hf_cfg_file.exists() else hf_config_from_preset(preset)
-    return write_hf_dir(out, cfg, tensors(), tokenizer_dir=ckpt, dtype=dtype)
+    return write_hf_dir(out, cfg, tensors(), shard_bytes=shard_bytes, tokenizer_dir=ckpt, dtype=dtype)
