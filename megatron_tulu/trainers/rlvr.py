@@ -80,6 +80,10 @@ class RLVROptions:
     """Weight-sync bucket size."""
     verifier_workers: int = 0
     """Processes for verify_batch (0: in-process, still time-bounded)."""
+    probe_prompts: int = 2
+    """Post-sync check after every weight sync: the engine's greedy logprobs on this many fixed training prompts
+    must match the trainer's (max |diff| within the mismatch tolerance), else the run stops with
+    ``WeightSyncMismatch``. 0 disables it."""
 
 
 @dataclass

@@ -108,11 +108,11 @@ class RLVRDriver:
                 "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
                 "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
 
-    def _forward_logps(self, chunks, mbs, values: bool = False) -> torch.Tensor | None:
+    def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None) -> torch.Tensor | None:
         from megatron_tulu.models.forward import forward_only_map
         from megatron_tulu.models.logprobs import token_logprobs
 
-        vocab, temp = self.policy.preset.vocab_size, self.o.temperature
+        vocab, temp = self.policy.preset.vocab_size, self.o.temperature if temperature is None else temperature
         if values:
             red = lambda b, out: out.squeeze(-1).float()  # noqa: E731
         else:
@@ -203,6 +203,39 @@ class RLVRDriver:
             self.engine.update_weights(named)
         return time.time() - t0
 
+    def post_sync_check(self) -> float:
+        """Collective: the engine's greedy logprobs on fixed probe prompts against the trainer's (the issue's
+        post-sync check). Returns the max |difference|; every rank raises ``WeightSyncMismatch`` above the
+        tolerance, so a broken sync stops the run instead of training on rollouts from other weights."""
+        from megatron_tulu.rollout.weight_sync import WeightSyncMismatch, check_probe_logprobs
+
+        n = min(self.o.probe_prompts, len(self.task.prompts))
+        if n <= 0:
+            return 0.0
+        probe = [list(self.task.prompts[i]["prompt_ids"]) for i in range(n)]
+
+        def trainer_logps(prompts, responses):  # every rank runs this forward (TP/PP collectives)
+            responses = broadcast_object(responses)
+            ids, targets, mask = response_rows(prompts, responses, self.task.pad_id)
+            lp = self._forward_logps(self.policy.model, [{"input_ids": ids, "targets": targets, "mask": mask}],
+                                     temperature=1.0)  # greedy convention: plain log_softmax
+            lp = broadcast_object(lp if self.policy.is_last_stage else None,
+                                  src=dist.get_world_size() - 1)
+            return [lp[i, len(p) - 1: len(p) - 1 + len(r)].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
+
+        verdict = (0.0, None)
+        if dist.get_rank() == 0:
+            try:
+                verdict = (check_probe_logprobs(self.engine, trainer_logps, probe, atol=self.cfg_tol()), None)
+            except WeightSyncMismatch as e:
+                verdict = (float("nan"), str(e))
+        else:
+            trainer_logps(probe, None)
+        worst, error = broadcast_object(verdict)
+        if error is not None:
+            raise WeightSyncMismatch(f"post-sync check: {error}")
+        return worst
+
     # ---- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
         self.setup()
@@ -233,6 +266,7 @@ class RLVRDriver:
                     pending.result()  # the engine may not change weights mid-generation
                     idle += time.time() - t_wait
                 metrics["time/sync_s"] = self.sync_weights()
+                metrics["sync/probe_max_abs_diff"] = self.post_sync_check()
                 self.engine_version = tr.step + 1
                 metrics["time/idle_s"] = idle
                 # Steps the rollout's weights lag the trainer's (async: 1 after the first step). Only an on-policy

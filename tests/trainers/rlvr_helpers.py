@@ -66,6 +66,22 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
         elif kind == "sft":
             cfg = load_config(SFTConfig, "sft/tiny", overrides)
             out.append(Trainer(cfg, SFTTask(cfg)).fit())
+        elif kind == "broken_sync":  # post-sync check passes, then fails once the engine holds other weights
+            driver = RLVRDriver(load_config(RLVRConfig, "rlvr/tiny", overrides))
+            driver.setup()
+            res = {"ok": driver.post_sync_check()}
+            if driver.engine is not None:  # rank 0: a sync that silently loaded one wrong tensor
+                norm = dict(driver.engine.model.named_parameters())["model.norm.weight"]
+                driver.engine.update_weights([("model.norm.weight", norm.detach() * 1.5)])
+            try:
+                driver.post_sync_check()
+                res["error"] = None
+            except Exception as e:  # noqa: BLE001 - the test checks type and text
+                res["error"] = f"{type(e).__name__}: {e}"
+            finally:
+                if driver.engine is not None:
+                    driver.engine.shutdown()
+            out.append(res)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
     return out

@@ -45,11 +45,21 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
         ("rlvr", ov("part", **{"train.max_steps": 4})),
         ("rlvr", ov("grpo", **{"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2, "train.global_batch_size": 2})),
         ("rlvr", ov("async", **{"rlvr.async_generation": "true", "train.max_steps": 3, "checkpoint.interval": 0})),
+        ("broken_sync", ov("broken", **{"train.max_steps": 1})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
-    for (_, o), s in zip(jobs, out):
+    for (_, o), s in zip(jobs[:-1], out):
         assert "error" not in s, f"run {o} failed:\n{s.get('traceback')}"
-    return {"root": root, "summaries": dict(zip(["ppo", "part1", "part2", "grpo", "async"], out))}
+    return {"root": root, "summaries": dict(zip(["ppo", "part1", "part2", "grpo", "async", "broken"], out))}
+
+
+def test_post_sync_check_runs_every_step_and_stops_a_broken_sync(rlvr_runs):
+    for name in ("ppo", "async"):  # after every sync the engine's greedy logprobs equal the trainer's (fp32)
+        recs = step_records(rlvr_runs["root"] / name)
+        assert all(r["sync/probe_max_abs_diff"] < 1e-4 for r in recs.values()), name
+    broken = rlvr_runs["summaries"]["broken"]
+    assert broken["ok"] < 1e-4
+    assert broken["error"] is not None and broken["error"].startswith("WeightSyncMismatch: post-sync check"), broken
 
 
 def _check_step_metrics(recs: dict, keys: set, steps: int):
