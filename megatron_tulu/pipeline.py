@@ -97,8 +97,7 @@ def _eval_engine(current, hf_dir: str, engine: str):
         return make_engine(hf_dir, engine)
     from megatron_tulu.checkpoint.hf_io import HFReader
 
-    reader = HFReader(hf_dir)
-    current.update_weights((name, reader.get(name)) for name in reader.keys())
+    current.update_weights(HFReader(hf_dir).items())
     return current
 
 

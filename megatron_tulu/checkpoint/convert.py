@@ -35,8 +35,7 @@ def training_checkpoint_to_hf(ckpt, out, dtype=None):
     from megatron_tulu.parallel import ParallelDims, init_distributed
     from megatron_tulu.trainers import checkpointing
 
-    path = checkpointing.resolve(ckpt)
-    state = checkpointing.validate(path)
+    path, state = checkpointing.resolve(ckpt)
     if "preset" not in state:
         raise ValueError(f"{path}/trainer_state.json has no model preset (saved by an older version); export it "
                          "with the trainer instead (checkpoint.export_hf=true)")

@@ -152,6 +152,11 @@ class HFReader:
     def keys(self) -> list[str]:
         return list(self.weight_map)
 
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` for every tensor, read one at a time (streams: nothing is held)."""
+        for name in self.weight_map:
+            yield name, self.get(name)
+
     def get(self, name: str) -> torch.Tensor:
         if name not in self.weight_map:
             raise KeyError(f"tensor {name!r} missing from {self.path} (have {len(self.weight_map)} tensors)")

@@ -206,9 +206,7 @@ def rank_files_to_hf(ckpt: str | Path, out: str | Path, dtype=None, shard_bytes:
     from megatron_tulu.models.presets import LlamaPreset as P
 
     meta = read_rank_meta(ckpt)
-    preset_d = dict(meta["preset"])
-    preset_d.pop("head_dim", None)
-    preset = P(**preset_d)
+    preset = P.from_dict(meta["preset"])
     tp, pp = meta["tp"], meta["pp"]
     ckpt = Path(ckpt)
     handles = {}

@@ -219,28 +219,34 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve(path: str | Path) -> Path:
-    """A complete step directory from ``path``: the dir itself, or (for a ``checkpoints`` root, or a run dir
-    holding one) the newest valid checkpoint there. Raises :class:`CheckpointError` naming the path."""
-    path = Path(path)
-    if (path / "trainer_state.json").exists() or path.name.startswith(STEP_PREFIX):
-        validate(path)
-        return path
+def _step_root(path: Path) -> Path | None:
+    """``path`` or ``path/checkpoints`` when it holds ``step_*`` dirs (a checkpoints root or a run dir)."""
     for root in (path, path / "checkpoints"):
         if root.is_dir() and any(p.name.startswith(STEP_PREFIX) for p in root.iterdir()):
-            found = find_resume(root)
-            if found is None:
-                raise CheckpointError(f"{root}: no complete checkpoint (every step_* dir was refused, see the log)")
-            return found
-    raise CheckpointError(f"{path}: not a training checkpoint (no trainer_state.json, no step_* dirs)")
+            return root
+    return None
+
+
+def resolve(path: str | Path) -> tuple[Path, dict]:
+    """A complete step directory and its trainer state from ``path``: the dir itself, or (for a ``checkpoints``
+    root, or a run dir holding one) the newest valid checkpoint there. Raises :class:`CheckpointError` naming
+    the path."""
+    path = Path(path)
+    if (path / "trainer_state.json").exists() or path.name.startswith(STEP_PREFIX):
+        return path, validate(path)
+    root = _step_root(path)
+    if root is None:
+        raise CheckpointError(f"{path}: not a training checkpoint (no trainer_state.json, no step_* dirs)")
+    found = find_resume(root)
+    if found is None:
+        raise CheckpointError(f"{root}: no complete checkpoint (every step_* dir was refused, see the log)")
+    return found, validate(found)
 
 
 def is_training_checkpoint(path: str | Path) -> bool:
     """True for a step dir, a ``checkpoints`` root or a run dir (what :func:`resolve` accepts)."""
     path = Path(path)
-    if (path / "trainer_state.json").exists():
-        return True
-    return any(r.is_dir() and any(p.name.startswith(STEP_PREFIX) for p in r.iterdir()) for r in (path, path / "checkpoints"))
+    return (path / "trainer_state.json").exists() or _step_root(path) is not None
 
 
 def load_model_weights(path: str | Path, model_chunks) -> dict:
@@ -248,8 +254,7 @@ def load_model_weights(path: str | Path, model_chunks) -> dict:
     no RNG; for starting a new stage from it or exporting it. Returns the checkpoint's trainer state."""
     from megatron.core import dist_checkpointing
 
-    path = resolve(path)
-    state = validate(path)
+    path, state = resolve(path)
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, None, "fully_reshardable", is_loading=True), str(path))
     for i, chunk in enumerate(model_chunks):
         getattr(chunk, "module", chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"], strict=True)

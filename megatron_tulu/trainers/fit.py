@@ -277,10 +277,10 @@ class Trainer:
         return summary
 
     def save(self) -> Path:
-        # the model's shape, tokenizer and HF extras travel with the weights, so `checkpoint.export` needs no config
+        # the model's shape, tokenizer and HF extras travel with the weights, so `convert mcore-to-hf` needs no config
+        tokenizer_dir, extra = self._hf_meta()
         state = {"sampler": self.sampler.state_dict(), "total_steps": self.total_steps, "preset": self.preset.to_dict(),
-                 "tokenizer_dir": getattr(self.task, "tokenizer_dir", None),
-                 "hf_extra_config": getattr(self.task, "hf_extra_config", lambda: {})()}
+                 "tokenizer_dir": tokenizer_dir, "hf_extra_config": extra}
         if hasattr(self.task, "state_dict"):
             state["task"] = self.task.state_dict()
         return checkpointing.save(
@@ -288,11 +288,15 @@ class Trainer:
             sharding=self.cfg.checkpoint.optimizer_sharding, keep_last=self.cfg.checkpoint.keep_last,
         )
 
+    def _hf_meta(self) -> tuple[str | None, dict]:
+        """The task's tokenizer dir and extra HF config entries (what an HF export of this model carries)."""
+        return getattr(self.task, "tokenizer_dir", None), getattr(self.task, "hf_extra_config", lambda: {})()
+
     def export_hf(self, out: Path) -> None:
         from megatron_tulu.checkpoint.model_io import export_hf
 
-        extra = getattr(self.task, "hf_extra_config", lambda: {})()
-        export_hf(self.model, self.preset, out, tokenizer_dir=getattr(self.task, "tokenizer_dir", None), extra_config=extra)
+        tokenizer_dir, extra = self._hf_meta()
+        export_hf(self.model, self.preset, out, tokenizer_dir=tokenizer_dir, extra_config=extra)
 
 
 def run_stage(cfg: StageConfig, task: Task) -> dict:

@@ -68,8 +68,7 @@ def make_hf_from_preset(out_dir: str | Path, preset, seed: int = 0) -> Path:
 def read_hf_tensors(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     from megatron_tulu.checkpoint.hf_io import HFReader
 
-    r = HFReader(hf_dir)
-    return {k: r.get(k) for k in r.keys()}
+    return dict(HFReader(hf_dir).items())
 
 
 # ----------------------------------------------------------------------------------------------- per-rank bodies

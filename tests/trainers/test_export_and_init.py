@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
     from megatron_tulu.checkpoint.hf_io import HFReader
 
-    r = HFReader(hf_dir)
-    return {k: r.get(k) for k in r.keys()}
+    return dict(HFReader(hf_dir).items())
 
 
 def test_export_training_checkpoint_on_demand_equals_end_of_run_export(one_rank_runs, tmp_path):
