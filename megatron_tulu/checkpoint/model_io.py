@@ -65,10 +65,28 @@ def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset
             p.copy_(shard.to(p.dtype))
 
 
+def _hf_order(preset: LlamaPreset, pp: int) -> Iterator[tuple[int, str, list[str]]]:
+    """``(stage, global megatron name, hf names)`` in the order :func:`iter_hf_tensors` yields them."""
+    for stage in range(pp):
+        for _, glob in mapping.rank_param_names(preset, stage, pp):
+            if glob == "output_layer.weight" and preset.tie_embeddings:
+                continue
+            yield stage, glob, mapping.hf_names_for(glob, preset)
+
+
+def hf_tensor_metas(preset: LlamaPreset, pp: int, dtype: torch.dtype) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(hf_name, dtype name, shape)`` of every tensor :func:`iter_hf_tensors` yields, in its order, computed
+    from the preset alone: the weight sync sends this metadata before the first tensor is gathered, so the
+    tensors can stream through size-bounded buckets instead of being collected on rank 0 first."""
+    dt = str(dtype).removeprefix("torch.")
+    return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, pp) for n in names]
+
+
 def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Tensor]]:
     """Collective over all ranks: yields ``(hf_name, full tensor)`` on global rank 0, in HF order.
 
-    Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv).
+    Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv). Rank 0 holds
+    one parameter's full tensors at a time (plus what the consumer keeps).
     """
     from megatron.core import parallel_state as ps
 
@@ -82,33 +100,29 @@ def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Ten
     stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 and me == 0 else None
     dtype = next(iter(params.values())).dtype if params else torch.float32
     tp_group = ps.get_tensor_model_parallel_group()
-    for stage in range(pp):
-        for _, glob in mapping.rank_param_names(preset, stage, pp):
-            if glob == "output_layer.weight" and preset.tie_embeddings:
-                continue
-            hf_names = mapping.hf_names_for(glob, preset)
-            merged = None
-            if stage == pp_rank and dp_rank == 0:
-                p = params[glob].detach()
-                if tp > 1:
-                    shards = [torch.empty_like(p) for _ in range(tp)]
-                    dist.all_gather(shards, p.contiguous(), group=tp_group)
-                else:
-                    shards = [p]
-                if tp_rank == 0:
-                    merged = mapping.mcore_to_hf(glob, shards, preset)
-            if pp > 1 and stage > 0:
-                if stage == pp_rank and tp_rank == 0 and dp_rank == 0:
-                    for _, t in merged:
-                        dist.send(t.contiguous(), dst=0)
-                elif me == 0:
-                    merged = []
-                    for n in hf_names:
-                        buf = torch.empty(mapping.expected_hf_shape(n, preset), dtype=dtype, device=p_device(params))
-                        dist.recv(buf, src=stage_src[stage])
-                        merged.append((n, buf))
-            if me == 0:
-                yield from merged
+    for stage, glob, hf_names in _hf_order(preset, pp):
+        merged = None
+        if stage == pp_rank and dp_rank == 0:
+            p = params[glob].detach()
+            if tp > 1:
+                shards = [torch.empty_like(p) for _ in range(tp)]
+                dist.all_gather(shards, p.contiguous(), group=tp_group)
+            else:
+                shards = [p]
+            if tp_rank == 0:
+                merged = mapping.mcore_to_hf(glob, shards, preset)
+        if pp > 1 and stage > 0:
+            if stage == pp_rank and tp_rank == 0 and dp_rank == 0:
+                for _, t in merged:
+                    dist.send(t.contiguous(), dst=0)
+            elif me == 0:
+                merged = []
+                for n in hf_names:
+                    buf = torch.empty(mapping.expected_hf_shape(n, preset), dtype=dtype, device=p_device(params))
+                    dist.recv(buf, src=stage_src[stage])
+                    merged.append((n, buf))
+        if me == 0:
+            yield from merged
 
 
 def p_device(params: dict) -> torch.device:

@@ -87,8 +87,12 @@ class RolloutEngine(abc.ABC):
         """Sample ``sampling.n`` responses per prompt; returns one :class:`Generation` per prompt, in order."""
 
     @abc.abstractmethod
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
         """Replace weights in place from ``(hf_name, full_tensor)`` pairs (HF names, unsharded shapes).
+
+        ``metas``: optional ``(name, dtype, shape)`` of every pair, in order, known before the first tensor
+        exists (``checkpoint.model_io.hf_tensor_metas``); an engine that can stream (vLLM's bucketed
+        broadcast) then consumes ``named_tensors`` lazily instead of collecting it.
 
         TorchEngine accepts a subset of the parameters; VLLMEngine needs the full set (it reloads layer
         by layer, see ``vllm_worker_ext.validate_metas``).

@@ -97,7 +97,7 @@ class TorchEngine(RolloutEngine):
         return Generation(prompt_index=index, token_ids=tokens, logprobs=logprobs, finish_reasons=reasons)
 
     @torch.no_grad()
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:  # noqa: ARG002
         params = dict(self.model.named_parameters())
         params.update({k: v for k, v in self.model.named_buffers() if k not in params})
         items = list(named_tensors)

@@ -69,6 +69,7 @@ class VLLMEngine(RolloutEngine):
         enable_sleep_mode: bool = False,
         enforce_eager: bool | None = None,
         distributed_executor_backend: str | None = None,
+        sync_bucket_bytes: int = 64 * 2**20,
         **llm_kwargs,
     ):
         from megatron_tulu import platform
@@ -79,6 +80,7 @@ class VLLMEngine(RolloutEngine):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"VLLMEngine dtype must be float32, bfloat16 or float16, got {dtype!r}")
         self.tensor_parallel_size = int(tensor_parallel_size)
+        self.sync_bucket_bytes = int(sync_bucket_bytes)  # bucket size of update_weights' broadcast
         self.enable_sleep_mode = enable_sleep_mode
         kw = dict(llm_kwargs)
         if enforce_eager is None:  # CUDA graphs pay off on GPU; on CPU compilation only slows start-up
@@ -173,8 +175,9 @@ class VLLMEngine(RolloutEngine):
         """Drop cached KV: it was computed with the old weights and would be reused for matching prefixes."""
         self.llm.reset_prefix_cache()
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = 64 * 2**20) -> None:
-        """In-process update: sync through a private gloo group with this process as rank 0.
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
+        """In-process update: sync through a private gloo group with this process as rank 0, in buckets of
+        ``sync_bucket_bytes`` (streamed when ``metas`` is given, see ``WeightSyncGroup.sync``).
 
         Raises :class:`~megatron_tulu.rollout.weight_sync.WeightSyncValidationError` (a ``ValueError``)
         before loading anything when names/shapes/dtypes do not fit; vLLM needs the full set of tensors.
@@ -183,9 +186,10 @@ class VLLMEngine(RolloutEngine):
 
         if self._own_sync is None:
             # gloo with CPU buffers even on GPU: rank 0 shares the GPU with the workers, which NCCL forbids
-            self._own_sync = WeightSyncGroup([self], bucket_bytes=bucket_bytes, backend="gloo", device=torch.device("cpu"))
+            self._own_sync = WeightSyncGroup([self], bucket_bytes=self.sync_bucket_bytes, backend="gloo",
+                                             device=torch.device("cpu"))
             self._own_sync.connect()
-        self._own_sync.sync(named_tensors)
+        self._own_sync.sync(named_tensors, metas=metas)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -194,23 +194,39 @@ class BucketSender:
         self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
         self.plan = plan_buckets(self.metas, bucket_bytes)
 
-    def send(self, tensors: Sequence[torch.Tensor], on_bucket: Callable[[int, int], None] | None = None) -> int:
+    def send(self, tensors: Iterable[torch.Tensor | tuple[str, torch.Tensor]],
+             on_bucket: Callable[[int, int], None] | None = None) -> int:
         """Broadcast ``tensors`` (matching the metadata, in order); returns the bytes sent.
 
-        ``on_bucket(index, nbytes)`` is called after each bucket went out (progress logging; tests use it
-        to kill a peer mid-sync).
+        ``tensors`` may be a lazy iterator (of tensors or ``(name, tensor)`` pairs): it is consumed one bucket
+        at a time, so the sender holds at most one bucket plus the tensor being packed. Each tensor is checked
+        against its metadata entry (name, shape, dtype) as it arrives. ``on_bucket(index, nbytes)`` is called
+        after each bucket went out (progress logging; tests use it to kill a peer mid-sync).
         """
+        it = iter(tensors)
         total = 0
         for b, bucket in enumerate(self.plan):
             buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
             for i, off in bucket:
-                t = tensors[i].detach().to(self.device).contiguous().reshape(-1).view(torch.uint8)
+                t = _checked(next(it, None), self.metas[i], i)
+                t = t.detach().to(self.device).contiguous().reshape(-1).view(torch.uint8)
                 buf[off : off + t.numel()].copy_(t)
             broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
             total += buf.numel()
             if on_bucket is not None:
                 on_bucket(b, buf.numel())
         return total
+
+
+def _checked(item, meta: TensorMeta, i: int) -> torch.Tensor:
+    """The tensor of ``item`` (a tensor or a ``(name, tensor)`` pair) if it fits metadata entry ``i``."""
+    if item is None:
+        raise WeightSyncValidationError(f"sync: the tensor stream ended at entry {i} ({meta.name}); metadata lists more")
+    name, t = item if isinstance(item, tuple) else (meta.name, item)
+    got = (name, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+    if got != (meta.name, meta.dtype, tuple(meta.shape)):
+        raise WeightSyncValidationError(f"sync: tensor {i} is {got}, metadata says {(meta.name, meta.dtype, meta.shape)}")
+    return t
 
 
 class BucketReceiver:
@@ -337,19 +353,26 @@ class WeightSyncGroup:
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         stream: bool = False,
         on_bucket: Callable[[int, int], None] | None = None,
+        metas: Sequence[TensorMeta] | None = None,
     ) -> SyncStats:
         """Broadcast ``(hf_name, tensor)`` pairs to all engines and load them; returns timings.
 
-        ``stream``: workers load bucket by bucket instead of after the last one (see
+        ``metas``: the metadata of ``named_tensors`` in order, known up front (``model_io.hf_tensor_metas``);
+        then ``named_tensors`` is consumed lazily, bucket by bucket, and this process never holds more than a
+        bucket of it (the trainer's gather streams straight into the broadcast). Without ``metas`` the pairs are
+        collected first to read it. ``stream``: workers load bucket by bucket instead of after the last one (see
         ``WeightSyncWorkerExtension.weight_sync_receive``). ``on_bucket(index, nbytes)``: progress callback.
         """
         if self.pg is None:
             raise WeightSyncError("WeightSyncGroup.sync called before connect()")
-        items = [(n, t) for n, t in named_tensors]
-        if not items:
-            raise WeightSyncValidationError("sync: no tensors given")
         t0 = time.perf_counter()
-        metas = metas_of(items)
+        if metas is None:
+            items = [(n, t) for n, t in named_tensors]
+            metas = metas_of(items)
+        else:
+            items, metas = named_tensors, [m if isinstance(m, TensorMeta) else TensorMeta.from_wire(m) for m in metas]
+        if not metas:
+            raise WeightSyncValidationError("sync: no tensors given")
         sent_meta = metas != self._metas
         if sent_meta:
             wire = [m.to_wire() for m in metas]
@@ -363,14 +386,14 @@ class WeightSyncGroup:
         sender = BucketSender(self.pg, metas, self.bucket_bytes, self.device, self.timeout_s)
         futures = self._rpc_all("weight_sync_receive", self.key, stream)
         try:
-            nbytes = sender.send([t for _, t in items], on_bucket)
-        except WeightSyncTimeout:
-            self._metas = None  # the peers' state is unknown now
+            nbytes = sender.send(items, on_bucket)
+        except WeightSyncError:
+            self._metas = None  # the peers' state is unknown now (a bad tensor mid-stream: they time out)
             raise
         _wait(futures, self.timeout_s + self.load_timeout_s, "receive/load")
         for e in self.engines:
             e.reset_prefix_cache()
-        return SyncStats(nbytes, len(sender.plan), len(items), time.perf_counter() - t0, sent_meta)
+        return SyncStats(nbytes, len(sender.plan), len(metas), time.perf_counter() - t0, sent_meta)
 
     def close(self) -> None:
         if self.pg is not None:

@@ -6,28 +6,38 @@ and SLURM handles their requeue on preemption; hosting them as Ray actors would 
 second failure model for no gain. Engines are different: they are independent servers with their own
 (vLLM-internal) TP groups, are started after the trainer is up, may live on dedicated nodes, and their number
 is a deployment choice; a placement group gives exactly that ("engine i owns bundles [i*tp, (i+1)*tp)",
-``STRICT_PACK`` per engine on GPU so a TP group stays on one node where it fits).
+``PACK`` so a TP group stays on one node where it fits and spans nodes where it must, as TP=16 on 8-GPU nodes). Under SLURM
+(``slurm/_ray.sh``) only the engine nodes offer resources to Ray, so the group lands there; trainer rank 0
+joins the cluster as the driver through a zero-resource raylet on its node.
 
 :class:`RayEngineGroup` has the :class:`~megatron_tulu.rollout.base.RolloutEngine` interface, so the driver
-can use it in place of an in-process engine: ``generate`` splits the prompts into contiguous chunks, one per
-engine, and offsets each chunk's seed by its first prompt index, so with TorchEngine the samples are the same
-as one engine's (its per-prompt RNG is ``seed + i``). Every Ray call waits at most ``timeout_s`` and raises
-:class:`EngineRPCTimeout` naming the engine and the call. ``update_weights`` ships the tensors through Ray's
-object store: fine for tests and small models; at scale the weights go over the bucketed broadcast of
-``rollout.weight_sync`` (not wired to Ray actors yet).
+uses it in place of an in-process engine: ``generate`` splits the prompts into contiguous chunks, one per
+engine, and offsets each chunk's seed by its first prompt index, so the samples are the same as one engine's
+(both engines seed prompt ``i`` with ``seed + i``). Every Ray call waits at most ``timeout_s`` and raises
+:class:`EngineRPCTimeout` naming the call. ``update_weights``: vLLM engines receive the weights over the
+bucketed broadcast of :class:`~megatron_tulu.rollout.weight_sync.WeightSyncGroup` (this process is rank 0,
+every vLLM worker of every engine a peer; NCCL on GPU, gloo on CPU), streamed when the metadata is given;
+TorchEngine actors (tests, machines without vLLM) get the tensors through Ray's object store.
 
-Status: the driver does not use this class yet (``rlvr.num_engines`` > 1 is rejected); tested on CPU with
-TorchEngine actors (tests/trainers/test_rlvr_ray_engines.py).
+``python_executable`` (default: ``$MT_VLLM_PYTHON`` for vLLM engines): the interpreter of the engine actors. The
+container keeps vLLM, which pins its own torch, in ``/opt/vllm``; the actors run there while the trainers keep
+the image's torch and Transformer Engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
 from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
+
+log = logging.getLogger(__name__)
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import megatron_tulu from this checkout
 
 
 class EngineRPCTimeout(TimeoutError):
@@ -56,9 +66,42 @@ class _EngineHost:
         self.engine.update_weights(named)
         return True
 
+    def num_workers(self) -> int:
+        return int(self.engine.num_workers)
+
+    def rpc(self, method: str, args: tuple):
+        """``collective_rpc`` on this engine's vLLM workers (the weight-sync extension's methods)."""
+        return self.engine.llm.collective_rpc(method, args=tuple(args))
+
+    def reset_prefix_cache(self):
+        self.engine.reset_prefix_cache()
+        return True
+
+    def sleep(self):
+        self.engine.sleep()
+        return True
+
+    def wake(self):
+        self.engine.wake()
+        return True
+
     def shutdown(self):
         self.engine.shutdown()
         return True
+
+
+class _RemoteSyncPeer:
+    """One engine actor as a :class:`~megatron_tulu.rollout.weight_sync.WeightSyncGroup` peer: its worker
+    count and its workers' extension methods, called through the actor."""
+
+    def __init__(self, group: RayEngineGroup, actor, num_workers: int):
+        self.group, self.actor, self.num_workers = group, actor, num_workers
+
+    def rpc_async(self, method: str, *args, timeout=None):  # noqa: ARG002 - bounded by WeightSyncGroup's waits
+        return self.actor.rpc.remote(method, tuple(args)).future()
+
+    def reset_prefix_cache(self) -> None:
+        self.group._get(self.actor.reset_prefix_cache.remote(), "reset_prefix_cache")
 
 
 class RayEngineGroup(RolloutEngine):
@@ -70,25 +113,36 @@ class RayEngineGroup(RolloutEngine):
     """
 
     def __init__(self, kind: str, model_dir, num_engines: int = 1, engine_tp: int = 1, use_gpus: bool = False,
-                 engine_kwargs: dict | None = None, timeout_s: float = 600.0):
+                 engine_kwargs: dict | None = None, timeout_s: float = 600.0, sync_bucket_bytes: int = 64 * 2**20,
+                 python_executable: str | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if num_engines < 1 or engine_tp < 1:
             raise ValueError(f"num_engines and engine_tp must be >= 1, got {num_engines}, {engine_tp}")
-        self.timeout_s = float(timeout_s)
+        self.kind, self.timeout_s, self.sync_bucket_bytes = kind, float(timeout_s), int(sync_bucket_bytes)
+        self._sync = None
+        if python_executable is None and kind == "vllm":
+            python_executable = os.environ.get("MT_VLLM_PYTHON") or None
+        env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
         res = {"GPU": 1, "CPU": 1} if use_gpus else {"CPU": 1}
-        self.pg = placement_group([dict(res) for _ in range(num_engines * engine_tp)],
-                                  strategy="PACK" if num_engines > 1 else "STRICT_PACK")
+        # PACK, not STRICT_PACK: a TP=16 engine must be able to span two 8-GPU nodes
+        self.pg = placement_group([dict(res) for _ in range(num_engines * engine_tp)], strategy="PACK")
         self._get(self.pg.ready(), "placement group ready")
         actor = ray.remote(_EngineHost)
         self.actors = []
         for i in range(num_engines):
-            # the actor itself takes the first bundle of its engine; vLLM's TP workers take the others
-            opts = dict(num_cpus=1, num_gpus=1 if use_gpus else 0,
+            bundles = list(range(i * engine_tp, (i + 1) * engine_tp))
+            # TP=1: the actor is the engine's one worker and holds its GPU. TP>1 on GPU: vLLM's Ray executor
+            # starts one worker per bundle of this engine (VLLM_RAY_BUNDLE_INDICES), the actor holds none.
+            engine_env = dict(env_vars, VLLM_RAY_BUNDLE_INDICES=",".join(map(str, bundles)))
+            runtime_env = {"env_vars": engine_env, **({"py_executable": python_executable} if python_executable else {})}
+            opts = dict(num_cpus=1 if engine_tp == 1 or not use_gpus else 0,
+                        num_gpus=1 if use_gpus and engine_tp == 1 else 0, runtime_env=runtime_env,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(
-                            placement_group=self.pg, placement_group_bundle_index=i * engine_tp))
+                            placement_group=self.pg, placement_group_bundle_index=bundles[0],
+                            placement_group_capture_child_tasks=True))
             self.actors.append(actor.options(**opts).remote(kind, str(model_dir), dict(engine_kwargs or {})))
         # constructing an engine loads weights: wait (bounded) so a bad model dir fails here, not at generate
         self._get([a.__ray_ready__.remote() for a in self.actors], "engine start-up")
@@ -117,11 +171,36 @@ class RayEngineGroup(RolloutEngine):
             out += [dataclasses.replace(g, prompt_index=lo + g.prompt_index) for g in gens]
         return out
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
         import ray
 
-        ref = ray.put([(k, v.detach().cpu()) for k, v in named_tensors])  # one copy in the object store for all
-        self._get([a.update_weights.remote(ref) for a in self.actors], "update_weights")
+        if self.kind != "vllm":
+            ref = ray.put([(k, v.detach().cpu()) for k, v in named_tensors])  # one copy in the object store
+            self._get([a.update_weights.remote(ref) for a in self.actors], "update_weights")
+            return
+        if self._sync is None:
+            self._sync = self._connect_sync()
+        self._sync.sync(named_tensors, metas=metas)
+
+    def _connect_sync(self):
+        """The broadcast group: this process (trainer rank 0) as rank 0 on its node's cluster address."""
+        import ray
+
+        from megatron_tulu import platform
+        from megatron_tulu.rollout.weight_sync import WeightSyncGroup
+
+        workers = self._get([a.num_workers.remote() for a in self.actors], "num_workers")
+        peers = [_RemoteSyncPeer(self, a, n) for a, n in zip(self.actors, workers)]
+        sync = WeightSyncGroup(peers, bucket_bytes=self.sync_bucket_bytes, timeout_s=self.timeout_s,
+                               host=ray.util.get_node_ip_address(), backend=platform.backend())
+        sync.connect()
+        return sync
+
+    def sleep(self) -> None:
+        self._get([a.sleep.remote() for a in self.actors], "sleep")
+
+    def wake(self) -> None:
+        self._get([a.wake.remote() for a in self.actors], "wake")
 
     def shutdown(self) -> None:
         import ray
@@ -129,6 +208,12 @@ class RayEngineGroup(RolloutEngine):
 
         if not getattr(self, "actors", None):
             return
+        if self._sync is not None:
+            try:
+                self._sync.close()
+            except Exception as e:  # an engine may be dead already; the actors are killed below regardless
+                log.warning("closing the weight-sync group failed: %s", e)
+            self._sync = None
         try:
             self._get([a.shutdown.remote() for a in self.actors], "shutdown")
         finally:
@@ -136,3 +221,33 @@ class RayEngineGroup(RolloutEngine):
                 ray.kill(a)
             remove_placement_group(self.pg)
             self.actors = []
+            if getattr(self, "owns_ray", False):
+                ray.shutdown()
+
+
+def start_ray_engines(kind: str, model_dir, num_engines: int, engine_tp: int, engine_kwargs: dict,
+                      timeout_s: float, sync_bucket_bytes: int) -> RayEngineGroup:
+    """Join the Ray cluster at ``$RAY_ADDRESS`` (the slurm/ scripts start it; else start a local one) and place
+    ``num_engines`` engines of ``engine_tp`` GPUs (CPU: one CPU each) as actors. Called by trainer rank 0."""
+    import ray
+
+    from megatron_tulu import platform
+
+    started = not ray.is_initialized()
+    if started:
+        address = os.environ.get("RAY_ADDRESS") or None
+        local = {} if address else {"num_cpus": num_engines * engine_tp, "include_dashboard": False}
+        ray.init(address=address, logging_level="WARNING", **local)
+    kwargs = dict(engine_kwargs)
+    if kind == "vllm" and engine_tp > 1 and platform.has_gpu():
+        kwargs.setdefault("distributed_executor_backend", "ray")
+    try:
+        group = RayEngineGroup(kind, model_dir, num_engines=num_engines, engine_tp=engine_tp,
+                               use_gpus=platform.has_gpu(), engine_kwargs=kwargs, timeout_s=timeout_s,
+                               sync_bucket_bytes=sync_bucket_bytes)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    group.owns_ray = started  # disconnect (a local Ray: stop it) with the engines
+    return group

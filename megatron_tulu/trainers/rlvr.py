@@ -10,8 +10,10 @@ One step (``RLVRDriver.step``), readable top to bottom:
     -> ppo_epochs x minibatches: policy step (clipped loss) [+ value step]
     -> weight sync: megatron shards -> HF names (checkpoint.mapping) -> engine.update_weights
 
-The rollout engine lives in the rank-0 process; with ``async_generation`` the next batch is generated in a
-background thread while this one trains (one step off-policy), so generation and training overlap.
+Engines: one in the rank-0 process (``rlvr.engine_placement=local``), or ``rlvr.num_engines`` Ray actors in a
+placement group (``ray``: ``trainers.ray_engines``), fed by trainer rank 0. With ``rlvr.async_steps=k`` > 0 a
+background thread generates up to k batches ahead while the trainer trains (at most k steps off-policy, a
+bounded queue), so generation and training overlap; weight syncs happen between generations.
 """
 
 from __future__ import annotations
@@ -69,15 +71,23 @@ class RLVROptions:
     engine_tp: int = 1
     """vLLM tensor-parallel size of one engine."""
     num_engines: int = 1
-    """Number of rollout engines (each ``engine_tp`` GPUs) the cluster layout reserves, e.g. for the sbatch
-    scripts' GPU split. The driver itself runs ONE engine in the rank-0 process; placing several engines as Ray
-    actors is not implemented yet, so values > 1 are rejected by the driver rather than silently ignored."""
+    """Number of rollout engines (each ``engine_tp`` GPUs). More than one needs ``engine_placement=ray``; the
+    prompts of a step are split evenly between them and every engine receives each weight sync."""
+    engine_placement: str = "local"
+    """Where engines run: ``local`` (one engine inside trainer rank 0's process; laptop, CI, one node) or
+    ``ray`` (Ray actors in a placement group, on the cluster at ``$RAY_ADDRESS`` as the slurm/ scripts start
+    it, else on a Ray started locally; engines may run another Python, ``$MT_VLLM_PYTHON``)."""
+    engine_timeout_s: float = 1800.0
+    """Bound on every call to a Ray-hosted engine and on each weight-sync collective (start-up included)."""
     engine_dtype: str = "float32"
     """Engine weights dtype (fp32 on CPU for exact agreement; bf16 on GPU)."""
-    async_generation: bool = False
-    """Generate batch t+1 while training on batch t (one step off-policy)."""
-    sync_bucket_mb: int = 64
-    """Weight-sync bucket size."""
+    async_steps: int = 0
+    """k: generate up to k rollout batches ahead while training (batches at most k optimizer steps
+    off-policy; ``mismatch/policy_lag`` reports it). 0 = synchronous (on-policy). Resume restarts the queue,
+    so an asynchronous run resumed mid-way is not bit-identical to an uninterrupted one."""
+    sync_bucket_mb: float = 64.0
+    """Weight-sync bucket size (MiB): the trainer streams the gathered HF tensors through buckets of at most
+    this size, so rank 0 never holds more than one bucket plus one parameter of the full model."""
     verifier_workers: int = 0
     """Processes for verify_batch (0: in-process, still time-bounded)."""
     probe_prompts: int = 2

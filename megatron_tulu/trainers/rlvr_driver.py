@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import sys
 import time
@@ -27,9 +28,15 @@ class RLVRDriver:
             raise ValueError(f"rlvr.algorithm must be ppo|grpo, got {self.o.algorithm!r}")
         if self.o.algorithm == "grpo" and self.o.samples_per_prompt < 2:
             raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
-        if self.o.num_engines != 1:
-            raise NotImplementedError(f"rlvr.num_engines={self.o.num_engines}: the driver runs one in-process engine "
-                                      "(multi-engine placement is config-only for now); set rlvr.num_engines=1")
+        if self.o.engine not in ("vllm", "torch"):
+            raise ValueError(f"rlvr.engine must be vllm|torch, got {self.o.engine!r}")
+        if self.o.engine_placement not in ("local", "ray"):
+            raise ValueError(f"rlvr.engine_placement must be local|ray, got {self.o.engine_placement!r}")
+        if self.o.num_engines < 1 or (self.o.num_engines > 1 and self.o.engine_placement != "ray"):
+            raise ValueError(f"rlvr.num_engines={self.o.num_engines}: more than one engine needs "
+                             "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
+        if self.o.async_steps < 0:
+            raise ValueError(f"rlvr.async_steps must be >= 0, got {self.o.async_steps}")
         self.policy = Trainer(cfg, PolicyTask(cfg))
         self.engine = None
         self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
@@ -64,22 +71,29 @@ class RLVRDriver:
         self._start_engine()
 
     def _start_engine(self) -> None:
-        """Export the policy's current weights (initial or resumed) and start the engine on rank 0."""
+        """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0."""
         init_dir = Path(self.cfg.run_dir) / "engine_init"
         self.policy.export_hf(init_dir)
         if dist.get_rank() != 0:
             return
-        if self.o.engine == "vllm":
+        o = self.o
+        kwargs = {}
+        if o.engine == "vllm":
+            kwargs = dict(tensor_parallel_size=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
+                          sync_bucket_bytes=int(o.sync_bucket_mb * 2**20))
+        if o.engine_placement == "ray":
+            from megatron_tulu.trainers.ray_engines import start_ray_engines
+
+            self.engine = start_ray_engines(o.engine, init_dir, o.num_engines, o.engine_tp, kwargs,
+                                            timeout_s=o.engine_timeout_s, sync_bucket_bytes=int(o.sync_bucket_mb * 2**20))
+        elif o.engine == "vllm":
             from megatron_tulu.rollout.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(init_dir, tensor_parallel_size=self.o.engine_tp, dtype=self.o.engine_dtype,
-                                     seed=self.cfg.train.seed)
-        elif self.o.engine == "torch":
+            self.engine = VLLMEngine(init_dir, **kwargs)
+        else:
             from megatron_tulu.rollout.torch_engine import TorchEngine
 
             self.engine = TorchEngine(init_dir)
-        else:
-            raise ValueError(f"rlvr.engine must be vllm|torch, got {self.o.engine!r}")
 
     # ---- rollouts ----------------------------------------------------------------------------------
     def _generate(self, indices: list[int], step: int) -> dict:
@@ -88,11 +102,11 @@ class RLVRDriver:
         from megatron_tulu.rollout.base import SamplingConfig
 
         t0 = time.time()
-        version = self.engine_version  # read before sampling: the weights these samples come from
         rows = [self.task.prompts[i] for i in indices]
         k = self.o.samples_per_prompt
         sampling = SamplingConfig(temperature=self.o.temperature, max_new_tokens=self.o.max_new_tokens, n=k,
                                   seed=self.cfg.train.seed + step, stop_token_ids=[self.task.tokenizer.eos_token_id])
+        version = self.engine_version  # the weights these samples come from (no sync runs during a generation)
         gens = self.engine.generate([list(r["prompt_ids"]) for r in rows], sampling)
         prompts, responses, logps, eos, records = [], [], [], [], []
         for r, g in zip(rows, gens):
@@ -194,13 +208,19 @@ class RLVRDriver:
         return {k: v / self.policy.dims.dp for k, v in zip(keys, vec.tolist())}
 
     def sync_weights(self) -> float:
-        """Trainer -> engine: gather shards to HF names on rank 0 and load them into the engine."""
-        from megatron_tulu.checkpoint.model_io import iter_hf_tensors
+        """Collective: trainer -> engine(s). Every rank walks the TP/PP gather (``iter_hf_tensors``); rank 0
+        streams the HF-named full tensors into the engines' bucketed broadcast as they arrive, with the
+        metadata computed from the preset, so it never holds the whole model."""
+        from megatron_tulu.checkpoint.model_io import hf_tensor_metas, iter_hf_tensors
 
         t0 = time.time()
-        named = list(iter_hf_tensors(self.policy.model, self.policy.preset))
+        tr = self.policy
+        named = iter_hf_tensors(tr.model, tr.preset)
         if dist.get_rank() == 0:
-            self.engine.update_weights(named)
+            dtype = next(tr.model[0].parameters()).dtype
+            self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, tr.dims.pp, dtype))
+        for _ in named:  # rank 0: already drained (checks the stream ended); others: run their collectives
+            pass
         return time.time() - t0
 
     def post_sync_check(self) -> float:
@@ -242,35 +262,44 @@ class RLVRDriver:
         tr, cfg = self.policy, self.cfg
         self.engine_version = tr.step  # optimizer steps in the engine's weights (the engine starts from tr.step)
         watcher = PreemptionWatcher()
-        pending = None
+        # Batches drawn but not trained yet, oldest first: (sampler state before the batch, generation future
+        # on rank 0). At most async_steps of them wait while a step trains: the bounded queue.
+        ahead: collections.deque = collections.deque()
+        rank0 = dist.get_rank() == 0
+
+        def draw(step: int) -> None:  # step: the optimizer step this batch will train (seeds its sampling)
+            state = tr.sampler.state_dict()
+            indices = tr.sampler.next_batch()
+            ahead.append((state, self.pool.submit(self._generate, indices, step) if rank0 else None))
+
         last = {}
         t_start = time.time()
         try:
-            indices = tr.sampler.next_batch()
             while tr.step < tr.total_steps:
+                if not ahead:
+                    draw(tr.step)
                 t0 = time.time()
-                if pending is not None:
-                    ro = pending.result()
-                else:
-                    ro = self._generate(indices, tr.step) if dist.get_rank() == 0 else None
+                _, fut = ahead.popleft()
+                ro = broadcast_object(fut.result() if rank0 else None)
                 idle = time.time() - t0
-                ro = broadcast_object(ro)
-                state_before = tr.sampler.state_dict()
-                next_indices = tr.sampler.next_batch() if tr.step + 1 < tr.total_steps else None
-                pending = None
-                if self.o.async_generation and next_indices is not None and dist.get_rank() == 0:
-                    pending = self.pool.submit(self._generate, next_indices, tr.step + 1)
+                while len(ahead) < self.o.async_steps and tr.step + 1 + len(ahead) < tr.total_steps:
+                    draw(tr.step + 1 + len(ahead))  # generated in the background while this batch trains
                 metrics = self.step(ro, lr_at(tr.step, tr.total_steps, cfg.optim))
-                if pending is not None:
-                    t_wait = time.time()
-                    pending.result()  # the engine may not change weights mid-generation
-                    idle += time.time() - t_wait
+                # The engine may not change weights mid-batch: wait for the batch generated during this step.
+                # It then came from exactly the weights of this step (version t), so a batch trains at a fixed
+                # lag of async_steps (after the queue filled) and a run is reproducible, not timing-dependent.
+                t_wait = time.time()
+                for _, f in ahead:
+                    if f is not None:
+                        f.result()
+                idle += time.time() - t_wait
                 metrics["time/sync_s"] = self.sync_weights()
                 metrics["sync/probe_max_abs_diff"] = self.post_sync_check()
                 self.engine_version = tr.step + 1
                 metrics["time/idle_s"] = idle
-                # Steps the rollout's weights lag the trainer's (async: 1 after the first step). Only an on-policy
-                # batch measures the weight sync; a lagged one measures the policy's drift, reported but not fatal.
+                metrics["rollout/queue_depth"] = len(ahead)
+                # Steps the rollout's weights lag the trainer's (<= async_steps). Only an on-policy batch measures
+                # the weight sync; a lagged one measures the policy's drift, reported but not fatal.
                 metrics["mismatch/policy_lag"] = lag = tr.step - ro["version"]
                 if lag == 0 and metrics.get("mismatch/mean_abs_diff", 0.0) > self.cfg_tol():
                     from megatron_tulu.rollout.weight_sync import WeightSyncMismatch
@@ -281,24 +310,28 @@ class RLVRDriver:
                 tr.metrics.log(tr.step, metrics)
                 last = metrics
                 stop = watcher.requested()
-                # the checkpoint must not include the batch drawn ahead for asynchronous generation
+                # the checkpoint's prompt position is the oldest batch not trained yet (those drawn ahead are redone)
                 live = tr.sampler.state_dict()
-                tr.sampler.load_state_dict(state_before)
+                if ahead:
+                    tr.sampler.load_state_dict(ahead[0][0])
                 interval = cfg.checkpoint.interval
                 if stop or (interval and tr.step % interval == 0) or tr.step == tr.total_steps:
                     self.save()
                 tr.sampler.load_state_dict(live)
                 if stop:
-                    if pending is not None:
-                        pending.result()
+                    for _, f in ahead:
+                        if f is not None:
+                            f.result()
                     tr.metrics.close()
                     print(f"[megatron-tulu] {watcher.signal_name}: checkpointed RLVR step {tr.step}", file=sys.stderr)
                     raise SystemExit(REQUEUE_EXIT_CODE)
-                indices = next_indices
             if cfg.checkpoint.export_hf:
                 tr.export_hf(Path(cfg.run_dir) / "hf")
         finally:
             watcher.restore()
+            for _, f in ahead:  # never shut an engine down under a running generation
+                if f is not None:
+                    f.cancel() or f.exception()
             if self.engine is not None:
                 self.engine.shutdown()
         summary = {"steps": tr.step, "final": last, "wall_s": time.time() - t_start}

@@ -86,7 +86,9 @@ def rank_conversion_checks(jobs, export_jobs, mismatch_ckpt):
     import torch.distributed as dist
 
     from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
-    from megatron_tulu.checkpoint.model_io import export_hf, iter_hf_tensors, load_hf_into_model, load_rank_file
+    from megatron_tulu.checkpoint.model_io import (
+        export_hf, hf_tensor_metas, iter_hf_tensors, load_hf_into_model, load_rank_file,
+    )
     from megatron_tulu.checkpoint.verify import megatron_logits
     from megatron_tulu.models.build import ModelOptions, build_model
     from megatron_tulu.parallel import ParallelDims, init_distributed
@@ -101,6 +103,7 @@ def rank_conversion_checks(jobs, export_jobs, mismatch_ckpt):
         load_hf_into_model(model, hf_dir, preset)
         got = {name: t.clone() for name, t in iter_hf_tensors(model, preset)}
         out["iter"].append(got if dist.get_rank() == 0 else None)
+        out.setdefault("metas", []).append(hf_tensor_metas(preset, dims.pp, torch.float32))
         export_hf(model, preset, export_dir)
     dims = init_distributed(ParallelDims(tp=2, pp=2, world=4))
     hf_dir = jobs[0][0]

@@ -79,7 +79,8 @@ def dist_results(hf_dirs, tmp_path_factory):
             refs[name] = hf_logits(str(hf_dirs[name]), job[4])
         assert logits is not None and logits.shape == refs[name].shape, (name, tp, pp, src)
         diffs.append(((name, tp, pp, src), float((logits - refs[name]).abs().max())))
-    return {"diffs": diffs, "iter": out["iter"], "export_jobs": export_jobs, "mismatch_error": out["mismatch_error"]}
+    return {"diffs": diffs, "iter": out["iter"], "metas": out["metas"], "export_jobs": export_jobs,
+            "mismatch_error": out["mismatch_error"]}
 
 
 def test_logits_match_transformers_loading_from_hf(dist_results):
@@ -100,6 +101,9 @@ def test_logits_match_transformers_from_offline_rank_files(dist_results):
 
 
 def test_iter_hf_tensors_from_live_tp_pp_models_is_bit_exact(dist_results, hf_dirs):
+    for (_, _, tp, pp), got, metas in zip(dist_results["export_jobs"], dist_results["iter"], dist_results["metas"]):
+        # the weight sync's up-front metadata (preset only) is exactly the stream, in order, at this layout
+        assert metas == [(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in got.items()], (tp, pp)
     for (hf_dir, *_), got in zip(dist_results["export_jobs"], dist_results["iter"]):
         want = read_hf_tensors(hf_dir)
         if json.loads((Path(hf_dir) / "config.json").read_text())["tie_word_embeddings"]:

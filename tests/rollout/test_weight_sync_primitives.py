@@ -15,6 +15,7 @@ from megatron_tulu.rollout.weight_sync import (
     BucketSender,
     TensorMeta,
     WeightSyncTimeout,
+    WeightSyncValidationError,
     init_stateless_group,
     metas_of,
     plan_buckets,
@@ -76,6 +77,36 @@ def test_bucketed_broadcast_roundtrip_mixed_dtypes():
     for name, t in items:
         assert dtypes[name] == t.dtype
         assert sums[name] == pytest.approx(t.sum().item(), rel=1e-6, abs=1e-6)
+
+
+def test_streamed_send_pulls_one_bucket_at_a_time_and_checks_each_tensor():
+    """With the metadata known up front the sender consumes a lazy stream: when a bucket goes out, it has
+    pulled exactly that bucket's tensors (rank 0 never holds the model); a tensor that does not match its
+    metadata entry stops the send with the entry named."""
+    items = _items()
+    port = free_port()
+    p, q = _spawn_receiver(port, 2, 1, items, 400, 30.0, None)
+    group = init_stateless_group("127.0.0.1", port, 0, 2, "gloo", 30.0)
+    sender = BucketSender(group, metas_of(items), 400, torch.device("cpu"), 30.0)
+    pulled, at_bucket = [], []
+
+    def stream():
+        for name, t in items:
+            pulled.append(name)
+            yield name, t
+
+    sender.send(stream(), on_bucket=lambda b, n: at_bucket.append(len(pulled)))
+    status, sums, _ = q.get(timeout=60)
+    p.join(30)
+    group.shutdown()
+    assert status == "ok"
+    assert at_bucket == [b[-1][0] + 1 for b in sender.plan]  # pulled up to this bucket's last tensor, no further
+    for name, t in items:
+        assert sums[name] == pytest.approx(t.sum().item(), rel=1e-6, abs=1e-6)
+    bad = [(n, t) for n, t in items]
+    bad[0] = ("a.weight", torch.zeros(7, 10))
+    with pytest.raises(WeightSyncValidationError, match=r"tensor 0 is \('a.weight', 'float32', \(7, 10\)\)"):
+        BucketSender(None, metas_of(items), 400, torch.device("cpu"), 1.0).send(iter(bad))
 
 
 def test_peer_that_never_joins_times_out():

@@ -5,7 +5,7 @@
   ``part``     ... then continued in the same run_dir to step 4 (``resume=auto``: policy, value model,
                optimizers, prompt position; the engine is rebuilt from the resumed weights);
   ``grpo``     GRPO (group of 2), 2 steps;
-  ``async``    PPO with ``async_generation=true``, 3 steps.
+  ``async``    PPO with ``async_steps=2`` (up to two batches generated ahead), 4 steps.
 
 All start from the same tiny random HF Llama (the trainer tests' session fixture). LR is constant so the
 stopped run sees the same LR schedule as the uninterrupted one.
@@ -44,7 +44,7 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
         ("rlvr", ov("part", **{"train.max_steps": 2})),
         ("rlvr", ov("part", **{"train.max_steps": 4})),
         ("rlvr", ov("grpo", **{"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2, "train.global_batch_size": 2})),
-        ("rlvr", ov("async", **{"rlvr.async_generation": "true", "train.max_steps": 3, "checkpoint.interval": 0})),
+        ("rlvr", ov("async", **{"rlvr.async_steps": 2, "train.max_steps": 4, "checkpoint.interval": 0})),
         ("broken_sync", ov("broken", **{"train.max_steps": 1})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
@@ -102,16 +102,17 @@ def test_grpo_metrics_and_no_value_model(rlvr_runs):
 
 def test_async_generation_runs(rlvr_runs):
     recs = step_records(rlvr_runs["root"] / "async")
-    assert list(recs) == [1, 2, 3]
+    assert list(recs) == [1, 2, 3, 4]
     for step, r in recs.items():
         assert COMMON_KEYS - set(r) == set(), step
         assert math.isfinite(r["loss"]) and math.isfinite(r["value_loss"])
-    # step 1 is generated synchronously (on-policy: the mismatch measures the weight sync) ...
+    # step 1 is generated before any update (on-policy: the mismatch measures the weight sync) ...
     assert recs[1]["mismatch/policy_lag"] == 0 and recs[1]["mismatch/mean_abs_diff"] < 1e-4
-    # ... later batches were sampled during the previous step's training, with the weights from before that
-    # step's update: one step off-policy, so the logged mismatch is the policy's drift and cannot be ~0
-    for step in (2, 3):
-        assert recs[step]["mismatch/policy_lag"] == 1
+    # ... while it trains, batches 2 and 3 are generated with the same weights; from then on one batch per step is
+    # generated ahead, so every later batch is exactly async_steps=2 updates old (deterministic, not timing-bound)
+    assert [recs[s]["mismatch/policy_lag"] for s in (2, 3, 4)] == [1, 2, 2]
+    assert [recs[s]["rollout/queue_depth"] for s in (1, 2, 3, 4)] == [2, 2, 1, 0]  # bounded by k, drained at the end
+    for step in (2, 3, 4):  # off-policy batches: the logged mismatch is the policy's drift and cannot be ~0
         assert recs[step]["mismatch/mean_abs_diff"] > 1e-4
 
 

@@ -38,7 +38,7 @@ def learning_runs(sft_data, tiny_hf, tmp_path_factory):
     grpo = {"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 8, "train.global_batch_size": 4,
             "train.micro_batch_size": 4, "optim.lr": "1e-4"}
     ppo = {"rlvr.samples_per_prompt": 2, "train.global_batch_size": 16, "train.micro_batch_size": 4, "optim.lr": "2e-4"}
-    runs = {"ppo": ppo, "grpo": grpo, "grpo_async": {**grpo, "rlvr.async_generation": "true"}}
+    runs = {"ppo": ppo, "grpo": grpo, "grpo_async": {**grpo, "rlvr.async_steps": 1}}
     jobs = [("sft", sft)] + [("rlvr", rlvr_overrides(data, sft_run / "hf", root / n, **common, **o)) for n, o in runs.items()]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=1200)[0]
     for s in out[1:]:
