@@ -36,9 +36,12 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     assert (gpus + etp * o.num_engines) <= {"8b": 8, "70b": 48, "405b": 256}[size]
 
 
-def test_rlvr_driver_rejects_several_engines(tmp_path):
+def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
     from megatron_tulu.trainers.rlvr_driver import RLVRDriver
 
-    cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", "rlvr.num_engines=2"])
-    with pytest.raises(NotImplementedError, match="rlvr.num_engines=2"):
-        RLVRDriver(cfg)
+    for overrides, match in ((["rlvr.num_engines=2"], "more than one engine needs rlvr.engine_placement=ray"),
+                             (["rlvr.engine_placement=slurm"], "engine_placement must be local|ray"),
+                             (["rlvr.async_steps=-1"], "async_steps must be >= 0")):
+        cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", *overrides])
+        with pytest.raises(ValueError, match=match):
+            RLVRDriver(cfg)
