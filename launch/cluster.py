@@ -2,7 +2,9 @@
 
     python -m launch.cluster plan --script slurm/rlvr_405b.sh --stage rlvr --size 405b -- <command...>
     python -m launch.cluster ray-wait --address HOST:PORT --nodes N [--timeout 120]
-    python -m launch.cluster ray-start -- ray start --block ...     (what each Ray srun task runs)
+    python -m launch.cluster ray-start [--plan F] -- ray start --block ...   (what each Ray srun task runs)
+    python -m launch.cluster layout --script S --stage rlvr --size X --out F   (RLVR job: roles for the steps)
+    python -m launch.cluster exec-trainer --plan F -- <command...>            (RLVR job: one trainer rank)
 
 The scripts only set the environment and call ``srun``/Ray; everything that needs a decision lives here.
 The allocation (nodes, GPUs or CPU tasks per node) is read from the script's own ``#SBATCH`` header, or from
@@ -331,8 +333,9 @@ def format_plan(plan: dict) -> str:
             j += 1
         if j > i:
             r = [x for k in range(i, j + 1) for x in nodes[k]["trainer_ranks"]]
+            drv = " + RLVR driver on rank 0" if plan["stage"] == "rlvr" and 0 in r else ""
             lines.append(f"    nodes {i}-{j} ({nodes[i]['host']}..{nodes[j]['host']}): trainer, "
-                         f"ranks {_ranges(r)} ({len(n['trainer_ranks'])} per node)")
+                         f"ranks {_ranges(r)} ({len(n['trainer_ranks'])} per node){drv}")
         else:
             what = []
             if n["engines"]:
@@ -341,7 +344,9 @@ def format_plan(plan: dict) -> str:
                 what.append(f"trainer ranks {_ranges(n['trainer_ranks'])}")
             if n["local_gpus"].get("idle"):
                 what.append(f"idle local {_ranges(n['local_gpus']['idle'])}")
-            extra = " + Ray head + driver" if plan["stage"] == "rlvr" and i == 0 else ""
+            extra = ""
+            if plan["stage"] == "rlvr":
+                extra = (" + Ray head" if i == 0 else "") + (" + RLVR driver on rank 0" if 0 in n["trainer_ranks"] else "")
             lines.append(f"    node {i} ({n['host']}): {n['role']}: {'; '.join(what)}{extra}")
         i = j + 1
     mem = plan["memory"]
@@ -356,6 +361,62 @@ def format_plan(plan: dict) -> str:
     if plan["command"]:
         lines.append("  command: " + shlex.join(plan["command"]))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- RLVR job roles (inside a job)
+
+
+def write_layout(plan: dict, out: str | Path) -> str:
+    """Write ``plan`` (JSON) where every srun step of the job reads it, and return the shell line that the RLVR
+    scripts ``eval``: ``MT_TRAINER_SRUN=(...)``, the srun options that start exactly the trainer ranks on the
+    trainer nodes (engine-only nodes run nothing but Ray)."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan, indent=1, default=str))
+    os.replace(tmp, out)
+    nodes = [n for n in plan["nodes"] if n["trainer_ranks"]]
+    per = {len(n["trainer_ranks"]) for n in nodes}
+    if len(per) != 1:
+        raise ValueError(f"trainer ranks per node differ across trainer nodes ({sorted(per)}): one srun step "
+                         "cannot start them; choose a layout whose trainer nodes are alike")
+    args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
+            f"--nodelist={','.join(n['host'] for n in nodes)}"]
+    return "MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
+
+
+def node_of_this_host(plan: dict, environ: dict | None = None) -> dict:
+    """This node's entry of ``plan`` (by SLURM's node name, else the short host name)."""
+    import socket
+
+    env = os.environ if environ is None else environ
+    names = {env.get("SLURMD_NODENAME", ""), socket.gethostname().split(".")[0], socket.gethostname()}
+    for n in plan["nodes"]:
+        if n["host"] in names:
+            return n
+    raise ValueError(f"host {sorted(x for x in names if x)} is not in the plan's nodes "
+                     f"{[n['host'] for n in plan['nodes']]}")
+
+
+def ray_node_resources(plan: dict, node: dict) -> tuple[list[str], dict[str, str]]:
+    """``ray start`` options and environment that offer Ray exactly this node's engine slots: GPUs (made
+    visible by index) on GPU plans, CPUs on CPU plans; a node without engines offers nothing (its raylet
+    only lets trainer rank 0, the RLVR driver, join the cluster), so engines can only land on engine slots."""
+    slots = node["local_gpus"].get("engine", [])
+    if plan["device"] == "gpu":
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slots))} if slots else {"CUDA_VISIBLE_DEVICES": ""}
+        return [f"--num-gpus={len(slots)}"] + ([] if slots else ["--num-cpus=0"]), env
+    return [f"--num-cpus={len(slots)}"], {}
+
+
+def trainer_env(plan: dict, node: dict) -> dict[str, str]:
+    """GPU plans: make this node's trainer GPUs visible in rank order, so local rank i uses the i-th of them
+    (on a node shared with an engine, the engine's GPUs are not the first ones)."""
+    if plan["device"] != "gpu":
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, node["local_gpus"]["trainer"]))}
 
 
 def ray_wait(address: str, nodes: int, timeout_s: float) -> int:
@@ -382,7 +443,7 @@ def ray_wait(address: str, nodes: int, timeout_s: float) -> int:
                        + (f" (last error: {last_err})" if last_err else ""))
 
 
-def ray_start(command: list[str], attempts: int = 3) -> int:
+def ray_start(command: list[str], attempts: int = 3, plan_file: str | None = None) -> int:
     """Run ``ray start ... --block`` (``command``), retrying a failed start up to ``attempts`` times.
 
     Ray gives a raylet a fixed 30 s to register with the GCS; on an overloaded node that can fail once and then
@@ -393,6 +454,16 @@ def ray_start(command: list[str], attempts: int = 3) -> int:
     import subprocess
 
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    env = None
+    if plan_file:
+        import json
+
+        plan = json.loads(Path(plan_file).read_text())
+        extra, env_extra = ray_node_resources(plan, node_of_this_host(plan))
+        given = {c.split("=")[0] for c in command}  # an explicit option (e.g. MT_RAY_NUM_CPUS) wins
+        command = list(command) + [a for a in extra if a.split("=")[0] not in given]
+        env = dict(os.environ, **env_extra)
+        print(f"[mt] ray on this node: {' '.join(extra)} {env_extra or ''}", file=sys.stderr, flush=True)
     state: dict = {"stop": False, "child": None}
 
     def forward(signum, frame):  # noqa: ARG001
@@ -404,7 +475,7 @@ def ray_start(command: list[str], attempts: int = 3) -> int:
     signal.signal(signal.SIGINT, forward)
     rc = 1
     for attempt in range(1, attempts + 1):
-        state["child"] = subprocess.Popen(command)
+        state["child"] = subprocess.Popen(command, env=env)
         rc = state["child"].wait()
         if state["stop"] or rc == 0:
             return rc
@@ -434,11 +505,31 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--timeout", type=float, default=120.0)
     pr = sub.add_parser("ray-start", help="run `ray start --block` (after --), retrying a failed start")
     pr.add_argument("--attempts", type=int, default=3)
+    pr.add_argument("--plan", help="job plan (from `layout`): offer Ray only this node's engine slots")
+    pl = sub.add_parser("layout", help="inside an RLVR job: write the plan for the srun steps, print the "
+                                       "trainer step's srun options as a shell line")
+    pl.add_argument("--script", required=True)
+    pl.add_argument("--stage", required=True, choices=STAGES)
+    pl.add_argument("--size", required=True, choices=SIZES)
+    pl.add_argument("--out", required=True, help="plan JSON path (on the shared filesystem)")
+    pt = sub.add_parser("exec-trainer", help="exec the trainer command (after --) with this node's trainer GPUs")
+    pt.add_argument("--plan", required=True)
     a = p.parse_args(argv)
     if a.cmd == "ray-start":
         if not command:
             p.error("ray-start needs the ray command after --")
-        return ray_start(command, a.attempts)
+        return ray_start(command, a.attempts, a.plan)
+    if a.cmd == "layout":
+        print(write_layout(build_plan(a.stage, a.size, allocation(a.script), command), a.out))
+        return 0
+    if a.cmd == "exec-trainer":
+        import json
+
+        if not command:
+            p.error("exec-trainer needs the trainer command after --")
+        plan = json.loads(Path(a.plan).read_text())
+        os.environ.update(trainer_env(plan, node_of_this_host(plan)))
+        os.execvp(command[0], command)
     if a.cmd == "plan":
         plan = build_plan(a.stage, a.size, allocation(a.script), command)
         if a.json:

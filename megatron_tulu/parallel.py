@@ -134,10 +134,15 @@ def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_
         context_parallel_size=dims.cp,
         distributed_timeout_minutes=max(1, timeout_s // 60),
     )
+    seed_model_parallel_rng()
+    return dims
+
+
+def seed_model_parallel_rng(seed: int = 1234) -> None:
+    """Seed megatron's model-parallel RNG tracker (TP-sharded weight init, dropout) as every run starts."""
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    model_parallel_cuda_manual_seed(1234)
-    return dims
+    model_parallel_cuda_manual_seed(seed)
 
 
 def destroy_distributed() -> None:

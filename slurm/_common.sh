@@ -27,6 +27,9 @@ set -euo pipefail
 MT_ROOT=${MT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export MT_ROOT
 
+# The stage script (inside a job: SLURM's spool copy, which carries the same #SBATCH header).
+MT_SCRIPT=$0
+
 # Same literal as megatron_tulu.preemption.REQUEUE_EXIT_CODE (tests/slurm checks that they agree).
 MT_REQUEUE_EXIT_CODE=75
 
@@ -54,12 +57,13 @@ else
 fi
 
 # Settings that are also config fields reach the trainer as Hydra overrides, so the plan and the run agree
-# (MT_CP / MT_NUM_ENGINES are plan-only until the trainer config has those fields).
+# (MT_CP is plan-only until the trainer config has a cp field).
 MT_LAYOUT_ARGS=()
 [ -n "$MT_DATA_DIR" ] && MT_LAYOUT_ARGS+=("data.root=$MT_DATA_DIR")
 [ -n "${MT_TP:-}" ] && MT_LAYOUT_ARGS+=("parallel.tp=$MT_TP")
 [ -n "${MT_PP:-}" ] && MT_LAYOUT_ARGS+=("parallel.pp=$MT_PP")
 [ -n "${MT_ENGINE_TP:-}" ] && MT_LAYOUT_ARGS+=("rlvr.engine_tp=$MT_ENGINE_TP")
+[ -n "${MT_NUM_ENGINES:-}" ] && MT_LAYOUT_ARGS+=("rlvr.num_engines=$MT_NUM_ENGINES")
 
 # Threads per rank = CPUs SLURM gave the task (torch would otherwise start one thread per core per rank).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
@@ -83,6 +87,13 @@ mt_srun() {
   srun "${MT_SRUN_ARGS[@]}" "$@"
 }
 
+# The interpreter that computes plans on the batch host (the host's, even when steps run in a container).
+mt_host_python() {
+  if [ -n "$MT_CONTAINER_IMAGE" ]; then
+    if [ -x "$MT_ROOT/.venv/bin/python" ]; then echo "$MT_ROOT/.venv/bin/python"; else echo python3; fi
+  else echo "$MT_PYTHON"; fi
+}
+
 # DRY_RUN=1: print where things run and the resolved plan (from the #SBATCH header of $0), then exit.
 mt_dry_run() {
   [ "${DRY_RUN:-0}" = "1" ] || return 0
@@ -94,12 +105,11 @@ mt_dry_run() {
   echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
   echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
   if [ "$STAGE" = rlvr ]; then
-    echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one worker per other node, ready within ${MT_RAY_WAIT_S}s; driver on the head node"
+    echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
+    echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR and places the engines as Ray actors"
   fi
   # The plan is computed on the host, from this checkout, even when jobs would run in a container.
-  local host_py=$MT_PYTHON
-  [ -n "$MT_CONTAINER_IMAGE" ] && { [ -x "$MT_ROOT/.venv/bin/python" ] && host_py=$MT_ROOT/.venv/bin/python || host_py=python3; }
-  (cd "$MT_ROOT" && "$host_py" -m launch.cluster plan --script "$0" --stage "$STAGE" --size "$SIZE" -- "$@")
+  (cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster plan --script "$MT_SCRIPT" --stage "$STAGE" --size "$SIZE" -- "$@")
   exit $?
 }
 

@@ -1,6 +1,10 @@
-# Sourced after _common.sh by the RLVR scripts: a Ray cluster over the SLURM allocation.
+# Sourced after _common.sh by the RLVR scripts: the job's roles and a Ray cluster over the SLURM allocation.
+#   mt_rlvr_layout: the plan (launch.cluster layout) written to $MT_PLAN for every srun step, and
+#          MT_TRAINER_SRUN, the srun options of the trainer step (the trainer nodes, one task per trainer rank)
 #   head   on the first node of the allocation (srun step, background)
-#   workers on every other node, one raylet per node (one srun step, background)
+#   workers on every other node, one raylet per node (one srun step, background); with $MT_PLAN each raylet
+#          offers Ray only its node's engine slots (none on trainer-only nodes), so the engines' placement group
+#          lands on the engine slots and trainer rank 0 (the driver) can join from any node
 #   readiness: launch.cluster ray-wait polls until all nodes are alive, bounded by MT_RAY_WAIT_S
 #   teardown: on exit (trap), the Ray steps get SIGTERM, then SIGKILL after MT_RAY_STOP_S
 #
@@ -26,6 +30,14 @@ if [ -n "$MT_CONTAINER_IMAGE" ]; then MT_RAY=${MT_RAY:-ray}
 elif [ -x "$(dirname "$MT_PYTHON")/ray" ]; then MT_RAY=${MT_RAY:-$(dirname "$MT_PYTHON")/ray}
 else MT_RAY=${MT_RAY:-ray}; fi
 MT_RAY_PIDS=()
+
+mt_rlvr_layout() {
+  MT_PLAN=$MT_RUN_DIR/.mt_plan_${SLURM_JOB_ID:-0}.json
+  export MT_PLAN
+  eval "$(cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster layout --script "$MT_SCRIPT" --stage "$STAGE" \
+    --size "$SIZE" --out "$MT_PLAN")"
+  echo "[mt] trainer step: srun ${MT_TRAINER_SRUN[*]}; plan in $MT_PLAN" >&2
+}
 
 mt_ray_down() {
   [ "${#MT_RAY_PIDS[@]}" -gt 0 ] || return 0
@@ -67,13 +79,15 @@ mt_ray_up() {
   [ -n "${SLURM_GPUS_PER_NODE:-}" ] && gpu_opts=(--gpus-per-node="$SLURM_GPUS_PER_NODE")
   trap mt_ray_down EXIT
   echo "[mt] Ray head on $head ($RAY_ADDRESS), $((nodes - 1)) worker nodes, $MT_RAY_HEAD_NODE_WORKERS extra on head" >&2
-  mt_srun --overlap -N1 -n1 -w "$head" "${gpu_opts[@]}" "$MT_PYTHON" -m launch.cluster ray-start -- \
+  local plan_opts=()
+  [ -n "${MT_PLAN:-}" ] && plan_opts=(--plan "$MT_PLAN")
+  mt_srun --overlap -N1 -n1 -w "$head" "${gpu_opts[@]}" "$MT_PYTHON" -m launch.cluster ray-start "${plan_opts[@]}" -- \
     "$MT_RAY" start --head --port="$MT_RAY_PORT" --node-ip-address="$head_ip" --include-dashboard=false \
     --temp-dir="/tmp/ray-mt-${SLURM_JOB_ID}" "${opts[@]}" &
   MT_RAY_PIDS+=($!)
   if [ "$nodes" -gt 1 ]; then
     mt_srun --overlap -N$((nodes - 1)) --ntasks-per-node=1 --exclude="$head" "${gpu_opts[@]}" \
-      "$MT_PYTHON" -m launch.cluster ray-start -- "$MT_RAY" start --address="$RAY_ADDRESS" "${opts[@]}" &
+      "$MT_PYTHON" -m launch.cluster ray-start "${plan_opts[@]}" -- "$MT_RAY" start --address="$RAY_ADDRESS" "${opts[@]}" &
     MT_RAY_PIDS+=($!)
   fi
   if [ "$MT_RAY_HEAD_NODE_WORKERS" -gt 0 ]; then

@@ -1,5 +1,5 @@
 #!/bin/bash
-# RLVR (Ray: vLLM engines + megatron trainers) of the tiny CPU preset: 1 node, 2 CPU processes (CI / laptop scale).
+# RLVR (megatron trainers under srun + vLLM engines as Ray actors) of the tiny CPU preset: 1 node, 2 CPU processes (CI / laptop scale).
 #   mkdir -p logs && sbatch slurm/rlvr_tiny.sh [hydra overrides...]
 #   DRY_RUN=1 bash slurm/rlvr_tiny.sh      # prints node roles, ranks, TP/PP/DP, engine placement and commands
 # Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
@@ -20,11 +20,15 @@ _mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *
 source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
 source "$MT_ROOT/slurm/_ray.sh"
 
-CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
+CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto
+     rlvr.engine_placement=ray ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
 mt_dry_run "${CMD[@]}"
 
-# Ray over the allocation; the driver runs on the head node and places engines/trainers as actors.
+# Roles from the plan; Ray over the allocation (engine slots only); the trainer ranks as one srun step, whose
+# rank 0 drives RLVR and places the vLLM engines as Ray actors on the engine slots.
+mt_rlvr_layout
 mt_ray_up
-mt_srun --overlap -N1 -n1 -w "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)" "${CMD[@]}" && rc=0 || rc=$?
+mt_srun --overlap "${MT_TRAINER_SRUN[@]}" "$MT_PYTHON" -m launch.cluster exec-trainer --plan "$MT_PLAN" -- "${CMD[@]}" \
+  && rc=0 || rc=$?
 mt_ray_down
 mt_finish "$rc"

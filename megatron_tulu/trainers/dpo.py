@@ -175,12 +175,10 @@ class DPOTask(DataStageMixin):
         if not self.needs_ref:
             return
         if self.cfg.dpo.ref_mode == "on_the_fly":
-            from megatron_tulu.trainers.model_setup import build_model_chunks
+            from megatron_tulu.trainers.model_setup import build_reference
 
-            self.ref_model = build_model_chunks(trainer, self.cfg.model, trainer.preset, wrap_ddp=False)[0]
+            self.ref_model = build_reference(trainer, self.cfg.model, trainer.preset)[0]
             self.ref_model.eval()
-            for p in self.ref_model.parameters():
-                p.requires_grad_(False)
             return
         self.ref_train = self._cached_ref(trainer, self.rows, f"{self.data_key}-{fp}")
 

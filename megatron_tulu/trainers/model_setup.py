@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.trainers.config import ModelConfig
 
@@ -73,6 +75,33 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
     model.config.no_sync_func = ddp.no_sync
     ddp.true_vocab_size = preset.vocab_size
     return [ddp]
+
+
+def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
+    """A frozen copy of the INITIAL policy (DPO's on-the-fly reference, RLVR's KL reference).
+
+    From ``init_hf``/``init_mcore`` it loads those weights. From a random init it is rebuilt under the seeds the
+    policy was built with (``train.seed`` and the model-parallel tracker's), in a forked RNG: a resume restores
+    the RNG of the checkpoint, so a plain second build would give a different "initial" model after a resume
+    than in the uninterrupted run."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    from megatron_tulu import platform
+    from megatron_tulu.parallel import seed_model_parallel_rng
+
+    if cfg.init_hf or cfg.init_mcore:
+        chunks = build_model_chunks(trainer, cfg, preset, wrap_ddp=False)
+    else:
+        tracker = get_cuda_rng_tracker()
+        saved = tracker.get_states()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if platform.has_gpu() else []):
+            platform.seed_everything(trainer.cfg.train.seed)
+            seed_model_parallel_rng()
+            chunks = build_model_chunks(trainer, cfg, preset, wrap_ddp=False)
+        tracker.set_states(saved)
+    for p in chunks[0].parameters():
+        p.requires_grad_(False)
+    return chunks
 
 
 def build_optimizer(trainer, chunks):

@@ -43,14 +43,12 @@ class RLVRDriver:
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self) -> None:
-        from megatron_tulu.trainers.model_setup import build_model_chunks, build_optimizer
+        from megatron_tulu.trainers.model_setup import build_model_chunks, build_optimizer, build_reference
 
         tr = self.policy
         tr.setup()
         self.task: PolicyTask = tr.task
-        self.ref = build_model_chunks(tr, self.cfg.model, tr.preset, wrap_ddp=False)
-        for p in self.ref[0].parameters():
-            p.requires_grad_(False)
+        self.ref = build_reference(tr, self.cfg.model, tr.preset)
         self.value = None
         if self.o.algorithm == "ppo":
             v = Trainer(self.cfg, ValueTask(self.cfg), preset=tr.preset)
@@ -86,6 +84,8 @@ class RLVRDriver:
 
             self.engine = start_ray_engines(o.engine, init_dir, o.num_engines, o.engine_tp, kwargs,
                                             timeout_s=o.engine_timeout_s, sync_bucket_bytes=int(o.sync_bucket_mb * 2**20))
+            print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
+                  f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
         elif o.engine == "vllm":
             from megatron_tulu.rollout.vllm_engine import VLLMEngine
 

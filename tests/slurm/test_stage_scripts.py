@@ -84,18 +84,76 @@ def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data
     assert _final_loss(run) == pytest.approx(_final_loss(uninterrupted), rel=1e-5)
 
 
-@needs_rlvr
-def test_rlvr_tiny_with_ray(slurm, data_root, tmp_path):
-    run = tmp_path / "run"
-    # From a random init (no DPO export in this test) and the TorchEngine, to keep the job to ~2 minutes.
-    job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", tmp_path, f"data.root={data_root}", "model.init_hf=null",
-                    "rlvr.engine=torch", "train.max_steps=2", "logging.progress_bar=false", timeout=600,
+RLVR_STEPS = 12
+
+
+def _rlvr(workdir: Path, data: Path, wait: bool):
+    """rlvr_tiny.sh from a random init (no DPO export here) with TorchEngine actors, to keep a job under a minute."""
+    run = workdir / "run"
+    job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", workdir, f"data.root={data}", "model.init_hf=null",
+                    "rlvr.engine=torch", "rlvr.max_new_tokens=16", f"train.max_steps={RLVR_STEPS}",
+                    "checkpoint.interval=0", "logging.progress_bar=false", wait=wait, timeout=600,
                     env=job_env(MT_RUN_DIR=run, MT_RAY_WAIT_S=120))
-    log = log_of(tmp_path)
+    return job, r, run
+
+
+def _per_step(run: Path, key: str) -> dict:
+    """``{step: value}`` from metrics.jsonl; a step logged again after a resume keeps its last record."""
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if key in rec:
+            out[rec["step"]] = rec[key]
+    return out
+
+
+@pytest.fixture(scope="module")
+def rlvr_uninterrupted(tmp_path_factory, data_root):
+    work = tmp_path_factory.mktemp("rlvr_plain")
+    job, r, run = _rlvr(work, data_root, wait=True)
+    return job, r, run, log_of(work)
+
+
+@needs_rlvr
+def test_rlvr_tiny_with_ray(slurm, rlvr_uninterrupted):
+    job, r, run, log = rlvr_uninterrupted
     assert r.returncode == 0, (r.stderr, log[-4000:])
     assert "ray: 1 nodes alive" in log and "Ray stopped" in log
-    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    # the trainer ranks are their own srun step; rank 0 placed the engine as a Ray actor on the engine slot
+    assert "trainer step: srun --nodes=1 --ntasks=1 --ntasks-per-node=1" in log
+    assert "ray on this node: --num-cpus=1" in log
+    assert "rollout engines: 1 x torch TP=1 as Ray actors" in log
+    assert json.loads((run / "summary.json").read_text())["steps"] == RLVR_STEPS
+    # from a random init the KL reference is the initial policy itself: zero KL before the first update
+    assert _per_step(run, "reward/kl_seq_mean")[1] == 0.0
     wait_for(lambda: _procs(f"/tmp/ray-mt-{job}") is None, 30, "Ray processes to exit")
+
+
+@needs_rlvr
+def test_rlvr_tiny_usr1_requeue_resume_same_steps(slurm, rlvr_uninterrupted, data_root, tmp_path):
+    """USR1 mid-run: the trainer checkpoints (policy, value model, optimizers, prompt position) and exits 75, Ray
+    is torn down, the job requeues itself, brings Ray and a fresh engine up, resumes, and every step's loss and
+    reward equal the uninterrupted run's."""
+    ref_run = rlvr_uninterrupted[2]
+    job, r, run = _rlvr(tmp_path, data_root, wait=False)
+    assert r.returncode == 0 and job, r.stderr
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists() and len(_per_step(run, "loss")) >= 2, 300,
+                 "two logged RLVR steps")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+        wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420,
+                 f"job {job} to finish after requeue")
+    finally:
+        if job_field(job, "JobState") in ("PENDING", "RUNNING"):
+            cancel(job)
+    log = log_of(tmp_path)
+    assert job_field(job, "JobState") == "COMPLETED", log[-4000:]
+    assert job_field(job, "Restarts") == "1", log[-4000:]
+    assert f"scontrol requeue {job}" in log and "checkpointed RLVR step" in log
+    for key in ("loss", "value_loss", "reward/score", "response_len"):
+        got, want = _per_step(run, key), _per_step(ref_run, key)
+        assert sorted(got) == list(range(1, RLVR_STEPS + 1)), key
+        assert got == want, key
 
 
 def _procs(tag: str):

@@ -9,23 +9,24 @@ from megatron_tulu.config import load_config
 from megatron_tulu.models.presets import get_preset
 from megatron_tulu.trainers.rlvr import RLVRConfig
 
-# size: (trainer GPUs, lr, KL beta, response length, engine TP, warm-up) from open-instruct docs/tulu3.md
+# size: (trainer GPUs, lr, KL beta, response length, engine TP, warm-up) from open-instruct docs/tulu3.md,
+# and the number of engines of the shipped layout (405B: two TP=16 engines fill the 32 nodes)
 TULU3 = {
-    "8b": (7, 3e-7, 0.05, 2048, 1, 0.0),
-    "70b": (40, 1e-7, 0.07, 2048, 4, 0.1),
-    "405b": (224, 1e-7, 0.05, 1024, 16, 0.0),
+    "8b": (7, 3e-7, 0.05, 2048, 1, 0.0, 1),
+    "70b": (40, 1e-7, 0.07, 2048, 4, 0.1, 1),
+    "405b": (224, 1e-7, 0.05, 1024, 16, 0.0, 2),
 }
 
 
 @pytest.mark.parametrize("size", sorted(TULU3))
 def test_rlvr_config_hyperparameters_and_layout(size):
-    gpus, lr, beta, resp, etp, warm = TULU3[size]
+    gpus, lr, beta, resp, etp, warm, engines = TULU3[size]
     cfg = load_config(RLVRConfig, f"rlvr/{size}", [])
     o = cfg.rlvr
     assert cfg.optim.lr == lr and o.kl_coef == beta and o.max_new_tokens == resp and cfg.optim.warmup_ratio == warm
     assert (o.algorithm, o.alpha, o.non_eos_penalty, o.temperature) == ("ppo", 10.0, -10.0, 1.0)
     assert (o.gamma, o.lam, o.clip_eps, o.ppo_epochs, o.samples_per_prompt) == (1.0, 0.95, 0.2, 4, 1)
-    assert o.engine == "vllm" and o.engine_tp == etp and o.num_engines == 1
+    assert o.engine == "vllm" and o.engine_tp == etp and o.num_engines == engines
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     assert gpus % (tp * pp) == 0, f"{gpus} trainer GPUs do not split into TP={tp} x PP={pp}"
     dp = gpus // (tp * pp)
@@ -34,6 +35,7 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     assert preset.num_layers % pp == 0 and preset.num_attention_heads % tp == 0
     # 8 GPUs per node: the engine and the trainer fit the node count the header states
     assert (gpus + etp * o.num_engines) <= {"8b": 8, "70b": 48, "405b": 256}[size]
+    assert o.num_engines == 1 or o.engine_placement == "ray" or size == "405b"  # the script sets placement=ray
 
 
 def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
