@@ -168,11 +168,11 @@ class HFReader:
             self._handles[fname] = self._open(f, "pt")
         return self._handles[fname].get_tensor(name)
 
-    def check_keys(self, expected: Iterable[str]) -> None:
+    def check_keys(self, expected: Iterable[str], allow_extra: Iterable[str] = ("lm_head.weight",)) -> None:
         expected = set(expected)
         have = set(self.weight_map) - {k for k in self.weight_map if k.endswith("rotary_emb.inv_freq")}
         missing = sorted(expected - have)
-        extra = sorted(have - expected - {"lm_head.weight"})
+        extra = sorted(have - expected - set(allow_extra))
         if missing:
             raise KeyError(f"{self.path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if extra:

@@ -52,13 +52,21 @@ def named_local_params(model) -> Iterator[tuple[str, str, torch.nn.Parameter]]:
         yield local, mapping.local_to_global(local, offset), p
 
 
-def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset) -> None:
-    """Fill this rank's parameters from an HF checkpoint (shape/key errors name the tensor)."""
+def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset, backbone_only: bool = False) -> None:
+    """Fill this rank's parameters from an HF checkpoint (shape/key errors name the tensor).
+
+    ``backbone_only``: everything but the LM head (``lm_head.weight`` neither needed nor loaded; a
+    ``score.weight`` is allowed), e.g. a reward model's backbone under a value head."""
     reader = source if isinstance(source, HFReader) else HFReader(source)
-    reader.check_keys(mapping.all_hf_names(preset))
+    names = mapping.all_hf_names(preset)
+    if backbone_only:
+        names = [n for n in names if n != "lm_head.weight"]
+    reader.check_keys(names, allow_extra=("lm_head.weight", "score.weight") if backbone_only else ("lm_head.weight",))
     tp_rank, tp, _, _ = _ranks()
     with torch.no_grad():
         for local, glob, p in named_local_params(model):
+            if backbone_only and glob == "output_layer.weight":
+                continue
             shard = mapping.hf_to_mcore_shard(glob, reader.get, preset, tp_rank, tp)
             if shard.shape != p.shape:
                 raise ValueError(f"{local}: converted shard shape {tuple(shard.shape)} != model {tuple(p.shape)}")

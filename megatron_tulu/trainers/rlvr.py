@@ -54,6 +54,10 @@ class RLVROptions:
     """PPO ratio clip."""
     vf_clip_eps: float = 0.2
     """Value clip (reward units)."""
+    value_init_hf: str = ""
+    """PPO value model: an HF reward model (``LlamaForSequenceClassification``, num_labels=1, the policy's shape)
+    whose backbone and ``score.weight`` head initialise it, as Tülu 3 initialises the value model from its RM.
+    Empty: the policy's initial weights under a zero scalar head."""
     value_lr: float = 0.0
     """Value-model LR (0: same as optim.lr)."""
     ppo_epochs: int = 1

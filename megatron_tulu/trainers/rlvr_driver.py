@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -56,11 +57,22 @@ class RLVRDriver:
                 setattr(v, k, getattr(tr, k))
             v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
 
+            rm = self.o.value_init_hf
+            rm_reader = _reward_model_reader(rm, tr.preset) if rm else None
+
             def head(model):
+                if rm_reader is not None:  # the reward model's backbone (TP/PP-sharded like any HF load)
+                    from megatron_tulu.checkpoint.model_io import load_hf_into_model
+
+                    load_hf_into_model(model, rm_reader, tr.preset, backbone_only=True)
                 if model.post_process:
                     model.output_layer = ValueHead(model.config.hidden_size, model.config.params_dtype)
+                    if rm_reader is not None:
+                        with torch.no_grad():
+                            model.output_layer.weight.copy_(rm_reader.get("score.weight").reshape(1, -1))
 
-            v.model = build_model_chunks(v, self.cfg.model, tr.preset, customize=head)
+            model_cfg = dataclasses.replace(self.cfg.model, init_hf=None, init_mcore=None) if rm else self.cfg.model
+            v.model = build_model_chunks(v, model_cfg, tr.preset, customize=head)
             v.optimizer = build_optimizer(v, v.model)
             if tr.step > 0:
                 checkpointing.load(v.ckpt_root / checkpointing.step_dir_name(tr.step), v.model, v.optimizer,
@@ -348,6 +360,27 @@ class RLVRDriver:
             checkpointing.save(self.value.ckpt_root, self.policy.step, self.value.model, self.value.optimizer,
                                {"sampler": {}}, sharding=self.cfg.checkpoint.optimizer_sharding,
                                keep_last=self.cfg.checkpoint.keep_last)
+
+
+def _reward_model_reader(path: str, preset):
+    """Reader of ``rlvr.value_init_hf`` after checking it is a one-label reward model of the policy's shape."""
+    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
+
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"rlvr.value_init_hf={path}: no config.json (expected an HF reward-model dir)")
+    reader = HFReader(path)
+    rm = preset_from_hf_config(reader.config)
+    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
+    diff = {k: (getattr(rm, k), getattr(preset, k)) for k in shape if getattr(rm, k) != getattr(preset, k)}
+    if diff:
+        raise ValueError(f"rlvr.value_init_hf={path}: shape differs from the policy's {diff} (reward model, policy); "
+                         "the value model shares the policy's layout")
+    if "score.weight" not in reader.weight_map:
+        raise KeyError(f"rlvr.value_init_hf={path}: no score.weight (a LlamaForSequenceClassification checkpoint)")
+    if tuple(reader.get("score.weight").shape) != (1, preset.hidden_size):
+        raise ValueError(f"rlvr.value_init_hf={path}: score.weight has shape {tuple(reader.get('score.weight').shape)}, "
+                         f"expected (1, {preset.hidden_size}) (num_labels=1)")
+    return reader
 
 
 def run_rlvr(cfg: RLVRConfig) -> dict:

@@ -82,6 +82,22 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
                 if driver.engine is not None:
                     driver.engine.shutdown()
             out.append(res)
+        elif kind == "value_init":  # the value model's per-token values on a few prompt rows, right after setup
+            from megatron_tulu.trainers.rlvr import response_rows
+
+            try:
+                driver = RLVRDriver(load_config(RLVRConfig, "rlvr/tiny", overrides))
+                driver.setup()
+            except Exception as e:  # noqa: BLE001 - the test checks type and text
+                out.append({"error": f"{type(e).__name__}: {e}"})
+                continue
+            prompts = [list(driver.task.prompts[i]["prompt_ids"]) for i in range(3)]
+            ids, targets, mask = response_rows(prompts, [[5, 6, 7]] * 3, driver.task.pad_id)
+            values = driver._forward_logps(driver.value.model, [{"input_ids": ids, "targets": targets, "mask": mask}],
+                                           values=True)
+            out.append({"input_ids": ids, "values": values})
+            if driver.engine is not None:
+                driver.engine.shutdown()
         else:
             raise ValueError(f"unknown job kind {kind!r}")
     return out
@@ -127,3 +143,24 @@ def make_arith_data(src_root: str | Path, out_root: str | Path, n_prompts: int =
             for r in rows:
                 f.write(json.dumps(r, sort_keys=True) + "\n")
     return out_root
+
+
+def make_tiny_reward_model(out_dir: str | Path, like_hf: str | Path, seed: int = 1, hidden_size: int | None = None) -> Path:
+    """A random ``LlamaForSequenceClassification`` (num_labels=1) with the config of ``like_hf`` (optionally
+    another hidden size), saved as an HF dir: the reward model a PPO value model starts from."""
+    import json
+
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    cfg = json.loads((Path(like_hf) / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype", "dtype")}
+    if hidden_size:
+        cfg.update(hidden_size=hidden_size, head_dim=hidden_size // cfg["num_attention_heads"])
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05) if p.dim() == 2 else p.uniform_(0.8, 1.2)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)

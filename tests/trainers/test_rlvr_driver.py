@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
+from rlvr_helpers import make_tiny_reward_model, rlvr_overrides, rlvr_rank_jobs, step_records
 
 COMMON_KEYS = {
     "loss", "grad_norm", "lr", "clipfrac", "approx_kl", "mismatch/mean_abs_diff", "mismatch/kl",
@@ -46,11 +47,14 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
         ("rlvr", ov("grpo", **{"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2, "train.global_batch_size": 2})),
         ("rlvr", ov("async", **{"rlvr.async_steps": 2, "train.max_steps": 4, "checkpoint.interval": 0})),
         ("broken_sync", ov("broken", **{"train.max_steps": 1})),
+        ("value_init", ov("rm", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm", tiny_hf)})),
+        ("value_init", ov("rm_bad", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm_bad", tiny_hf,
+                                                                                     hidden_size=64)})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
-    for (_, o), s in zip(jobs[:-1], out):
+    for (_, o), s in zip(jobs[:5], out):
         assert "error" not in s, f"run {o} failed:\n{s.get('traceback')}"
-    return {"root": root, "summaries": dict(zip(["ppo", "part1", "part2", "grpo", "async", "broken"], out))}
+    return {"root": root, "summaries": dict(zip(["ppo", "part1", "part2", "grpo", "async", "broken", "rm", "rm_bad"], out))}
 
 
 def test_post_sync_check_runs_every_step_and_stops_a_broken_sync(rlvr_runs):
@@ -124,3 +128,22 @@ def test_resume_reproduces_uninterrupted_run(rlvr_runs):
     for step in (1, 2, 3, 4):
         for k in RESUME_KEYS:
             assert got[step][k] == ref[step][k], f"step {step} {k}: resumed {got[step][k]!r} != reference {ref[step][k]!r}"
+
+
+def test_value_model_starts_from_a_reward_model(rlvr_runs):
+    """``rlvr.value_init_hf``: the value model is the reward model (backbone + ``score`` head), so its per-token
+    values equal transformers' ``score(hidden_states)`` of that checkpoint; a reward model of another shape is
+    refused naming the field."""
+    from transformers import LlamaForSequenceClassification
+
+    got = rlvr_runs["summaries"]["rm"]
+    assert "error" not in got, got
+    rm = LlamaForSequenceClassification.from_pretrained(str(rlvr_runs["root"] / "rm")).eval()
+    ids = got["input_ids"]
+    with torch.no_grad():
+        want = rm.score(rm.model(input_ids=ids).last_hidden_state).squeeze(-1)
+    assert got["values"].shape == want.shape
+    assert torch.allclose(got["values"], want, atol=1e-4), (got["values"] - want).abs().max()
+    assert want.abs().max() > 1e-2  # a real head: the zero-head default would give 0 everywhere
+    bad = rlvr_runs["summaries"]["rm_bad"]["error"]
+    assert "rlvr.value_init_hf" in bad and "hidden_size" in bad, bad
