@@ -52,3 +52,27 @@ def test_ray_engine_group_matches_local_engine(ray_local, tiny_hf):
         assert [g.token_ids for g in want2] != [g.token_ids for g in want]  # the update did change the samples
     finally:
         group.shutdown()
+
+
+def test_engine_actors_run_under_the_given_python(ray_local, tiny_hf, tmp_path):
+    """``python_executable`` (the container's ``$MT_VLLM_PYTHON``: vLLM's own environment) is the interpreter of
+    the engine actors: a wrapper interpreter that marks its environment is the one the actor runs under."""
+    import os
+    import stat
+    import sys
+
+    from megatron_tulu.rollout.base import SamplingConfig
+    from megatron_tulu.trainers.ray_engines import RayEngineGroup
+
+    wrapper = tmp_path / "engine-python"
+    wrapper.write_text(f"#!/bin/sh\nexport MT_ENGINE_PYTHON_MARK=engine-env\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    group = RayEngineGroup("torch", tiny_hf, num_engines=1, timeout_s=300, python_executable=str(wrapper))
+    try:
+        env = ray_local.get(group.actors[0].__ray_call__.remote(lambda self: os.environ.get("MT_ENGINE_PYTHON_MARK")),
+                            timeout=120)
+        assert env == "engine-env"
+        out = group.generate([[1, 2, 3]], SamplingConfig(temperature=0.0, max_new_tokens=3))
+        assert len(out[0].token_ids[0]) == 3
+    finally:
+        group.shutdown()
