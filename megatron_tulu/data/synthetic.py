@@ -306,13 +306,32 @@ def _write_jsonl(path: Path, rows: list) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def generate(out_dir: str | Path, seed: int = 0, scale: str = "small", vocab_size: int = 768) -> dict:
+def chatty(ex: Example, rng: random.Random) -> str | None:
+    """A chatty teacher's GSM8K-like answer: the right solution, then a closing remark with a number after the
+    ``#### N`` line, so the last number is not the answer (the GSM8K checker fails it). ``None`` for the other
+    families (their checkers look at a box or the instruction, not the last number)."""
+    if ex.dataset != "gsm8k":
+        return None
+    n = rng.choice([k for k in (1, 2, 3) if str(k) != ex.ground_truth])
+    remark = rng.choice(["I checked it {n} times.", "That was {n} quick problem." if n == 1 else "Solved in {n} steps.",
+                         "Hope that helps, {n} more to go!"])
+    return f"{ex.chosen}\n{remark.format(n=n)}"
+
+
+def generate(out_dir: str | Path, seed: int = 0, scale: str = "small", vocab_size: int = 768,
+             sft_chatty: float = 0.0) -> dict:
     """Write the whole suite into ``out_dir`` and return the manifest (also written as ``manifest.json``).
 
-    Same ``seed`` and ``scale`` give byte-identical files (tokenizer included).
+    ``sft_chatty``: fraction of GSM8K-like SFT demonstrations written by a chatty teacher (:func:`chatty`),
+    marked ``"teacher": "chatty"``. The SFT policy then picks up the habit on part of the prompts: its reasoning
+    is right but the checker fails it, a behaviour verifiable-reward RL can select against (the demo's setting;
+    real SFT mixes carry such habits, which is where Tülu 3's RLVR gains come from). Preference pairs, RLVR
+    prompts and eval sets do not change. Same arguments give byte-identical files (tokenizer included).
     """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (expected one of {', '.join(SCALES)})")
+    if not 0.0 <= sft_chatty < 1.0:
+        raise ValueError(f"sft_chatty must be in [0, 1), got {sft_chatty}")
     sizes = SCALES[scale]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,8 +350,15 @@ def generate(out_dir: str | Path, seed: int = 0, scale: str = "small", vocab_siz
     r_sft, r_pref, r_rl = (random.Random(f"{seed}-{k}") for k in ("sft", "pref", "rlvr"))
     sft = _round_robin(r_sft, sizes["sft"], seen)
     # dataset/ground_truth ride along (ignored by the loaders) so every written answer can be re-verified.
-    files["sft_train.jsonl"] = [{"messages": _user(e, r_sft) + [{"role": "assistant", "content": e.chosen}],
-                                 "dataset": e.dataset, "ground_truth": e.ground_truth} for e in sft]
+    r_chat = random.Random(f"{seed}-sft-chatty")  # its own stream: sft_chatty=0 leaves every file as it was
+
+    def sft_row(e: Example) -> dict:
+        talk = chatty(e, r_chat) if sft_chatty > 0 and e.dataset == "gsm8k" and r_chat.random() < sft_chatty else None
+        row = {"messages": _user(e, r_sft) + [{"role": "assistant", "content": talk or e.chosen}],
+               "dataset": e.dataset, "ground_truth": e.ground_truth}
+        return {**row, "teacher": "chatty"} if talk else row
+
+    files["sft_train.jsonl"] = [sft_row(e) for e in sft]
 
     def pref_row(e: Example, r: random.Random) -> dict:
         u = _user(e, r)
@@ -363,6 +389,7 @@ def generate(out_dir: str | Path, seed: int = 0, scale: str = "small", vocab_siz
     manifest = {
         "seed": seed,
         "scale": scale,
+        "sft_chatty": sft_chatty,
         "counts": {name: len(rows) for name, rows in sorted(files.items())},
         "sha256": hashes,
         "tokenizer": {"vocab_size": len(tok), "sha256_tokenizer_json": tok_hash},
@@ -378,8 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", choices=sorted(SCALES), default="small")
     p.add_argument("--vocab-size", type=int, default=768)
+    p.add_argument("--sft-chatty", type=float, default=0.0,
+                   help="fraction of GSM8K-like SFT answers from a chatty teacher (a numeric remark after the answer)")
     a = p.parse_args(argv)
-    m = generate(a.out, a.seed, a.scale, a.vocab_size)
+    m = generate(a.out, a.seed, a.scale, a.vocab_size, a.sft_chatty)
     print(json.dumps({"out": a.out, **{k: m[k] for k in ("counts", "tokenizer", "sft_tokens")}}, indent=2))
 
 

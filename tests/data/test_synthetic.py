@@ -125,3 +125,30 @@ def test_chosen_pass_rejected_fail_project_verifier(syn_dir):
         assert rewards.verify(fam, c, gt), (fam, c, gt)
         if r is not None:
             assert not rewards.verify(fam, r, gt), (fam, r, gt)
+
+
+def test_chatty_teacher_sft_rows_fail_only_by_the_remark_and_nothing_else_changes(syn_dir, tmp_path):
+    """``sft_chatty``: that fraction of GSM8K-like SFT answers is the right solution plus a numeric remark after
+    the answer line (marked ``teacher: chatty``; the checker fails it, the solution without the remark passes);
+    every other answer is unchanged and verifies, same prompts; the other splits are unchanged."""
+    from megatron_tulu import rewards
+
+    man = generate(tmp_path / "chatty", seed=0, scale="ci", sft_chatty=0.5)
+    assert man["sft_chatty"] == 0.5
+    clean, chat = _rows(syn_dir, "sft_train.jsonl"), _rows(tmp_path / "chatty", "sft_train.jsonl")
+    assert [r["messages"][:-1] for r in chat] == [r["messages"][:-1] for r in clean]
+    flagged = [(a, b) for a, b in zip(clean, chat) if b.get("teacher") == "chatty"]
+    gsm = [r for r in chat if r["dataset"] == "gsm8k"]
+    assert all(b["dataset"] == "gsm8k" for _, b in flagged) and 0.25 * len(gsm) <= len(flagged) <= 0.75 * len(gsm)
+    for a, b in flagged:
+        right, talk = a["messages"][-1]["content"], b["messages"][-1]["content"]
+        assert talk.startswith(right + "\n") and re.search(r"\d", talk[len(right):])
+        assert not rewards.verify("gsm8k", talk, b["ground_truth"]) and rewards.verify("gsm8k", right, b["ground_truth"])
+    for a, b in zip(clean, chat):
+        if b.get("teacher") != "chatty":
+            assert a == b
+    for name in ("pref_train.jsonl", "pref_eval.jsonl", "rlvr_train.jsonl", "pretrain.jsonl",
+                 "eval_gsm8k.jsonl", "eval_math.jsonl", "eval_ifeval.jsonl"):
+        assert man["sha256"][name] == json.loads((syn_dir / "manifest.json").read_text())["sha256"][name], name
+    with pytest.raises(ValueError, match="sft_chatty"):
+        generate(tmp_path / "bad", scale="ci", sft_chatty=1.0)

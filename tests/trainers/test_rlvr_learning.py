@@ -1,5 +1,5 @@
 """The issue's acceptance test: on the tiny model the verifier reward rises over a few dozen RLVR steps, for
-PPO and GRPO (GRPO also with asynchronous generation).
+PPO and GRPO, each also with asynchronous generation (PPO two batches ahead, GRPO one).
 
 Honest small setup (``rlvr_helpers.make_arith_data``): 8 addition prompts, gsm8k verifier. The starting policy
 is the tiny random Llama after 40 SFT steps on answers that are right only 3 times in 10 (the rest are near
@@ -38,7 +38,8 @@ def learning_runs(sft_data, tiny_hf, tmp_path_factory):
     grpo = {"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 8, "train.global_batch_size": 4,
             "train.micro_batch_size": 4, "optim.lr": "1e-4"}
     ppo = {"rlvr.samples_per_prompt": 2, "train.global_batch_size": 16, "train.micro_batch_size": 4, "optim.lr": "2e-4"}
-    runs = {"ppo": ppo, "grpo": grpo, "grpo_async": {**grpo, "rlvr.async_steps": 1}}
+    runs = {"ppo": ppo, "ppo_async": {**ppo, "rlvr.async_steps": 2}, "grpo": grpo,
+            "grpo_async": {**grpo, "rlvr.async_steps": 1}}
     jobs = [("sft", sft)] + [("rlvr", rlvr_overrides(data, sft_run / "hf", root / n, **common, **o)) for n, o in runs.items()]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=1200)[0]
     for s in out[1:]:
@@ -50,7 +51,7 @@ def _acc(recs, steps):
     return sum(recs[s]["reward/accuracy"] for s in steps) / len(steps)
 
 
-@pytest.mark.parametrize("name", ["ppo", "grpo", "grpo_async"])
+@pytest.mark.parametrize("name", ["ppo", "ppo_async", "grpo", "grpo_async"])
 def test_verifier_reward_rises(learning_runs, name):
     recs = learning_runs[name]
     assert list(recs) == list(range(1, STEPS + 1))
