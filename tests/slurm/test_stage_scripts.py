@@ -60,6 +60,24 @@ def test_sft_tiny_leaves_a_checkpoint(slurm, uninterrupted):
     assert json.loads((uninterrupted / "summary.json").read_text())["steps"] == STEPS
 
 
+def _usr1_and_requeue(job: str, ready, workdir: Path) -> str:
+    """Once ``ready()`` (two steps logged), send the job USR1 as SLURM's preemption warning would; the job must
+    checkpoint, requeue itself once and complete. Returns its log."""
+    try:
+        wait_for(ready, 300, "two logged training steps")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+        wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420,
+                 f"job {job} to finish after requeue")
+    finally:
+        if job_field(job, "JobState") in ("PENDING", "RUNNING"):
+            cancel(job)
+    log = log_of(workdir)
+    assert job_field(job, "JobState") == "COMPLETED", log[-4000:]
+    assert job_field(job, "Restarts") == "1", log[-4000:]
+    assert f"scontrol requeue {job}" in log
+    return log
+
+
 @needs_sft
 def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data_root, tmp_path):
     job, r, run = _sft(tmp_path, data_root, wait=False)
@@ -69,18 +87,8 @@ def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data
         m = run / "metrics.jsonl"
         return len(m.read_text().splitlines()) if m.exists() else 0
 
-    try:
-        wait_for(lambda: steps_logged() >= 2, 300, "two logged training steps")
-        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
-        wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420,
-                 f"job {job} to finish after requeue")
-    finally:
-        if job_field(job, "JobState") in ("PENDING", "RUNNING"):
-            cancel(job)
-    log = log_of(tmp_path)
-    assert job_field(job, "JobState") == "COMPLETED", log[-4000:]
-    assert job_field(job, "Restarts") == "1", log[-4000:]
-    assert f"scontrol requeue {job}" in log and "resumed from" in log
+    log = _usr1_and_requeue(job, lambda: steps_logged() >= 2, tmp_path)
+    assert "resumed from" in log
     assert _final_loss(run) == pytest.approx(_final_loss(uninterrupted), rel=1e-5)
 
 
@@ -137,19 +145,9 @@ def test_rlvr_tiny_usr1_requeue_resume_same_steps(slurm, rlvr_uninterrupted, dat
     ref_run = rlvr_uninterrupted[2]
     job, r, run = _rlvr(tmp_path, data_root, wait=False)
     assert r.returncode == 0 and job, r.stderr
-    try:
-        wait_for(lambda: (run / "metrics.jsonl").exists() and len(_per_step(run, "loss")) >= 2, 300,
-                 "two logged RLVR steps")
-        subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
-        wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420,
-                 f"job {job} to finish after requeue")
-    finally:
-        if job_field(job, "JobState") in ("PENDING", "RUNNING"):
-            cancel(job)
-    log = log_of(tmp_path)
-    assert job_field(job, "JobState") == "COMPLETED", log[-4000:]
-    assert job_field(job, "Restarts") == "1", log[-4000:]
-    assert f"scontrol requeue {job}" in log and "checkpointed RLVR step" in log
+    log = _usr1_and_requeue(job, lambda: (run / "metrics.jsonl").exists() and len(_per_step(run, "loss")) >= 2,
+                            tmp_path)
+    assert "checkpointed RLVR step" in log
     for key in ("loss", "value_loss", "reward/score", "response_len"):
         got, want = _per_step(run, key), _per_step(ref_run, key)
         assert sorted(got) == list(range(1, RLVR_STEPS + 1)), key
