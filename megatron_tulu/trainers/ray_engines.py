@@ -6,9 +6,9 @@ and SLURM handles their requeue on preemption; hosting them as Ray actors would 
 second failure model for no gain. Engines are different: they are independent servers with their own
 (vLLM-internal) TP groups, are started after the trainer is up, may live on dedicated nodes, and their number
 is a deployment choice; a placement group gives exactly that ("engine i owns bundles [i*tp, (i+1)*tp)",
-``PACK`` so a TP group stays on one node where it fits and spans nodes where it must, as TP=16 on 8-GPU nodes). Under SLURM
-(``slurm/_ray.sh``) only the engine nodes offer resources to Ray, so the group lands there; trainer rank 0
-joins the cluster as the driver through a zero-resource raylet on its node.
+``PACK`` so a TP group stays on one node where it fits and spans nodes where it must, as TP=16 on 8-GPU
+nodes). Under SLURM (``slurm/_ray.sh``) only the engine slots offer resources to Ray, so the group lands there;
+trainer rank 0 joins the cluster as the driver through the (zero-resource) raylet on its node.
 
 :class:`RayEngineGroup` has the :class:`~megatron_tulu.rollout.base.RolloutEngine` interface, so the driver
 uses it in place of an in-process engine: ``generate`` splits the prompts into contiguous chunks, one per

@@ -231,8 +231,11 @@ class RLVRDriver:
         if dist.get_rank() == 0:
             dtype = next(tr.model[0].parameters()).dtype
             self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, tr.dims.pp, dtype))
-        for _ in named:  # rank 0: already drained (checks the stream ended); others: run their collectives
-            pass
+        left = sum(1 for _ in named)  # other ranks: run their collectives; rank 0: the stream must be used up
+        if dist.get_rank() == 0 and left:
+            from megatron_tulu.rollout.weight_sync import WeightSyncValidationError
+
+            raise WeightSyncValidationError(f"weight sync: {left} gathered tensors were not in the metadata")
         return time.time() - t0
 
     def post_sync_check(self) -> float:
