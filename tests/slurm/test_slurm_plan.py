@@ -142,3 +142,31 @@ def test_ray_start_wrapper_retries_a_failed_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "launch.cluster", "ray-start", "--attempts", "2", "--", "false"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "(attempt 2/2)" in r.stderr
+
+
+def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
+    """Inside an RLVR job (`launch.cluster layout` / `ray-start --plan` / `exec-trainer`): the trainer srun step
+    covers exactly the trainer nodes, each raylet offers Ray only its node's engine GPUs (none on trainer-only
+    nodes), and on a node shared with an engine the trainers see their own GPUs first."""
+    import json
+    import shlex
+
+    plan = cluster.build_plan("rlvr", "405b", cluster.allocation(ROOT / "slurm/rlvr_405b.sh", environ={}))
+    line = cluster.write_layout(plan, tmp_path / "plan.json")
+    assert json.loads((tmp_path / "plan.json").read_text())["trainer"] == plan["trainer"]
+    args = shlex.split(line[len("MT_TRAINER_SRUN=("):-1])
+    assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"]
+    assert args[3] == "--nodelist=" + ",".join(f"node{i}" for i in range(4, 32))  # engines on nodes 0-3
+    engine_node, trainer_node = plan["nodes"][0], plan["nodes"][4]
+    assert cluster.ray_node_resources(plan, engine_node) == (["--num-gpus=8"], {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+    assert cluster.ray_node_resources(plan, trainer_node) == (["--num-gpus=0", "--num-cpus=0"], {"CUDA_VISIBLE_DEVICES": ""})
+    assert cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "node4"}) is trainer_node
+    with pytest.raises(ValueError, match="not in the plan"):
+        cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "elsewhere"})
+
+    mixed = cluster.build_plan("rlvr", "8b", cluster.allocation(ROOT / "slurm/rlvr_8b.sh", environ={}))
+    node = mixed["nodes"][0]  # one engine GPU + 7 trainer GPUs on one node
+    res, env = cluster.ray_node_resources(mixed, node)
+    assert res == [f"--num-gpus={len(node['local_gpus']['engine'])}"]
+    trainer_gpus = cluster.trainer_env(mixed, node)["CUDA_VISIBLE_DEVICES"].split(",")
+    assert len(trainer_gpus) == 7 and not set(trainer_gpus) & set(env["CUDA_VISIBLE_DEVICES"].split(","))
