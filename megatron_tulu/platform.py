@@ -189,6 +189,21 @@ def _install_cpu_shim() -> None:
     mode.__enter__()  # stays active for the life of the process
     _STATE["mode"] = mode
 
+    # Torch-function modes are thread-local and the autograd engine does not carry them into backward, where
+    # megatron's custom Functions allocate too (e.g. the reduce-scatter buffers of sequence parallelism on
+    # ``torch.cuda.current_device()``): run every custom backward under the same rewrite.
+    from torch.autograd.function import BackwardCFunction
+
+    orig_apply = BackwardCFunction.apply
+
+    def apply_on_cpu(self, *args):
+        if any(isinstance(m, _CudaToCpu) for m in torch.overrides._get_current_function_mode_stack()):
+            return orig_apply(self, *args)
+        with _CudaToCpu():
+            return orig_apply(self, *args)
+
+    BackwardCFunction.apply = apply_on_cpu
+
 
 def setup(device: str = "auto") -> str:
     """Prepare torch + megatron-core for this machine and return the device type in use.

@@ -31,7 +31,7 @@ class ModelOptions:
     recompute: str | None = None
     """Activation recompute: None, ``selective`` (attention core) or ``full`` (whole layers)."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (TP>1, TE spec only)."""
+    """Megatron sequence parallelism (TP > 1; TE spec, or the local spec with :class:`RMSNorm`)."""
     dropout: float = 0.0
     """Attention and hidden dropout (Tülu 3: 0)."""
     init_std: float = 0.02
@@ -100,8 +100,8 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions
             f"model.fp8={opts.fp8!r} needs Transformer Engine on a GPU (impl resolved to {impl!r}, "
             f"gpu={platform.has_gpu()}); unset model.fp8 on this machine"
         )
-    if opts.sequence_parallel and (tp == 1 or impl != "te"):
-        raise ValueError("model.sequence_parallel needs tp > 1 and the TE layer spec (torch RMSNorm refuses it)")
+    if opts.sequence_parallel and tp == 1:
+        raise ValueError("model.sequence_parallel needs tp > 1 (it shards activations over the TP group)")
     check_divisibility(preset, tp, pp)
     recompute = {}
     if opts.recompute == "full":
@@ -146,14 +146,35 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions
     )
 
 
-def layer_spec(impl: str):
+class RMSNorm(torch.nn.RMSNorm):
+    """The local spec's RMSNorm: torch's (what megatron's ``WrappedTorchNorm`` builds, same numerics and parameter
+    name) with megatron's norm constructor, plus sequence parallelism, which ``WrappedTorchNorm`` refuses: under
+    SP each TP rank normalises its own sequence shard, so the weight is marked ``sequence_parallel`` and
+    megatron's grad finalisation all-reduces its gradient over the TP group."""
+
+    def __init__(self, config, hidden_size: int, eps: float = 1e-5):
+        super().__init__(hidden_size, eps=eps, device="cpu" if config.use_cpu_initialization else None,
+                         dtype=config.params_dtype)
+        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
+
+
+def layer_spec(impl: str, config=None, pp_rank: int | None = None):
+    """TE spec, or the local (pure torch) spec with :class:`RMSNorm` for the layers' and the final norm."""
     platform.quiet_megatron_import()
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     impl = resolve_impl(impl)
     if impl == "te":
         return specs.get_gpt_layer_with_transformer_engine_spec()
-    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    layer.submodules.input_layernorm = RMSNorm
+    layer.submodules.pre_mlp_layernorm = RMSNorm
+    if config is None:
+        return layer
+    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config, pp_rank=pp_rank),
+                                      layer_norm=RMSNorm)
 
 
 def build_model(
@@ -182,7 +203,7 @@ def build_model(
     log.info("building %s with the %s layer spec (tp=%d pp=%d dtype=%s)", preset.name, impl, tp, pp, config.params_dtype)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(impl),
+        transformer_layer_spec=layer_spec(impl, config),
         vocab_size=padded_vocab_size(preset.vocab_size, tp),
         max_sequence_length=preset.max_position_embeddings,
         pre_process=pre_process,

@@ -135,10 +135,23 @@ def enable_fused_logprob_head(model) -> None:
         return
 
     def hidden_forward(self, input_, weight=None, runtime_gather_output=None):  # noqa: ARG001
-        return input_, None
+        return full_sequence(input_, m.config), None
 
     m.output_layer.forward = types.MethodType(hidden_forward, m.output_layer)
     m.fused_logprob_head = True
+
+
+def full_sequence(hidden: torch.Tensor, config) -> torch.Tensor:
+    """Final hidden states ``[s, b, d]`` over the whole sequence. Under sequence parallelism each TP rank holds
+    ``s / tp`` of them: all-gather; the backward takes this rank's slice of the incoming gradient (not a
+    reduce-scatter), because a head that runs on the gathered states on every TP rank (the fused log-prob
+    kernel, which all-reduces its hidden-state gradient itself; a replicated value head) already gives every
+    rank the full gradient."""
+    if not getattr(config, "sequence_parallel", False):
+        return hidden
+    from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+    return gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
 
 
 def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_vocab_size: int | None,

@@ -23,7 +23,8 @@ class ModelConfig:
     recompute: Optional[str] = None
     """Activation recompute: null, ``selective`` or ``full``."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (needs TP > 1 and the TE spec)."""
+    """Megatron sequence parallelism: activations outside the TP regions sharded over the sequence (needs TP > 1;
+    TE and local specs; the LM, fused log-prob and value heads gather the sequence)."""
     init_hf: Optional[str] = None
     """Start from this HF Llama directory (converted on load, each rank reading only its shard)."""
     init_mcore: Optional[str] = None

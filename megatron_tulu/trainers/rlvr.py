@@ -126,14 +126,19 @@ def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: 
 
 
 class ValueHead(torch.nn.Module):
-    """Scalar head replacing the LM output layer (replicated across TP: its input is not vocab-sharded)."""
+    """Scalar head replacing the LM output layer (replicated across TP: its input is not vocab-sharded; under
+    sequence parallelism it runs on the gathered sequence, see ``models.logprobs.full_sequence``)."""
 
-    def __init__(self, hidden: int, dtype):
+    def __init__(self, config):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1, hidden, dtype=dtype, device=platform.device()))
+        self.config = config
+        self.weight = torch.nn.Parameter(torch.zeros(1, config.hidden_size, dtype=config.params_dtype,
+                                                     device=platform.device()))
 
     def forward(self, hidden, weight=None, runtime_gather_output=None):  # megatron's output_layer signature
-        return torch.nn.functional.linear(hidden, self.weight), None
+        from megatron_tulu.models.logprobs import full_sequence
+
+        return torch.nn.functional.linear(full_sequence(hidden, self.config), self.weight), None
 
 
 class PolicyTask(DataStageMixin):

@@ -66,7 +66,7 @@ class RLVRDriver:
 
                     load_hf_into_model(model, rm_reader, tr.preset, backbone_only=True)
                 if model.post_process:
-                    model.output_layer = ValueHead(model.config.hidden_size, model.config.params_dtype)
+                    model.output_layer = ValueHead(model.config)
                     if rm_reader is not None:
                         with torch.no_grad():
                             model.output_layer.weight.copy_(rm_reader.get("score.weight").reshape(1, -1))

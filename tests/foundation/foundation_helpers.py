@@ -255,6 +255,19 @@ def rank_platform_checks():
     end.record(torch.cuda.default_stream())
     end.synchronize()
     out["streams_ok"] = bool(g.sum() == 6) and start.elapsed_time(end) >= 0.0 and side.query()
+
+    class AllocatesInBackward(torch.autograd.Function):  # as megatron's sequence-parallel comm ops do
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * torch.ones(grad.shape, device=torch.cuda.current_device())
+
+    x = torch.ones(3, requires_grad=True)
+    AllocatesInBackward.apply(x).sum().backward()
+    out["backward_alloc_ok"] = bool(torch.equal(x.grad, torch.ones(3)))
     try:
         platform.setup("cuda")
         out["switch_error"] = None

@@ -24,6 +24,7 @@ def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
     assert out["fork_restores_default"] and out["fork_stream_advances"]
     assert out["type_name"] == "torch.cuda.FloatTensor"
     assert out["streams_ok"], "torch.cuda.Stream/current_stream/stream()/Event do not work under the shim"
+    assert out["backward_alloc_ok"], "device=current_device() inside a custom autograd backward is not rewritten"
     assert out["switch_error"] and "cuda" in out["switch_error"]
 
 

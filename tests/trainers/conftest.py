@@ -79,7 +79,8 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
     """4-rank launch, in order: ``tp2pp2`` (6 steps, checkpoint at 3); ``reshard`` (TP=1 x DP=4, resumed from
-    tp2pp2's step-3 checkpoint); ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then two setups that must
+    tp2pp2's step-3 checkpoint); ``tp2pp2_sp``/``tp2pp2_sp_fused`` (2 steps with sequence parallelism, the second
+    with the fused log-prob head); ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then two setups that must
     fail: ``bad_batch`` (global 6 over micro 2 x DP 4) and ``fp8`` (fp8 on CPU). Returns run dirs and errors."""
     from megatron_tulu.testing import run_distributed
 
@@ -92,7 +93,12 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
             "train.max_steps": REF_STEPS, "train.micro_batch_size": 2,
             "checkpoint.resume": str(tp2pp2 / "checkpoints" / "step_00000003")})),
     ]
-    names = ["tp2pp2", "reshard"]
+    # sequence parallelism (local spec), with the LM head and with the fused log-prob head
+    for name, extra in (("tp2pp2_sp", {}), ("tp2pp2_sp_fused", {"model.use_fused_logprob": "true"})):
+        jobs.append(("fit", ov(sft_data, tiny_hf, root / name, **{
+            "train.max_steps": 2, "checkpoint.interval": 0, "parallel.tp": 2, "parallel.pp": 2,
+            "model.sequence_parallel": "true", **extra})))
+    names = ["tp2pp2", "reshard", "tp2pp2_sp", "tp2pp2_sp_fused"]
     for name, s in SPLITS_DP2.items():
         jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"], **{"parallel.pp": 2}))
         names.append(name)

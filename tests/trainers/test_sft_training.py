@@ -1,4 +1,5 @@
-"""SFT trainer on the synthetic set (CPU, gloo, tiny preset): loss falls; TP=2 x PP=2 matches TP=1; the summed
+"""SFT trainer on the synthetic set (CPU, gloo, tiny preset): loss falls; TP=2 x PP=2 (also with sequence
+parallelism) matches TP=1; the summed
 (and mean) loss does not depend on how the global batch is split over micro-batches and DP ranks; a checkpoint
 saved at TP=2 x PP=2 loads at TP=1 (x DP=4) and continues the same; bad layouts fail before any work.
 
@@ -41,6 +42,18 @@ def test_tp2_pp2_matches_tp1(one_rank_runs, four_rank_runs):
         assert ref[s]["label_tokens"] == par[s]["label_tokens"]
         # the grad norm (and with it the clipping) must not count TP/PP shards twice
         assert _rel(ref[s]["grad_norm"], par[s]["grad_norm"]) < 1e-3, (s, ref[s]["grad_norm"], par[s]["grad_norm"])
+
+
+@pytest.mark.parametrize("name", ["tp2pp2_sp", "tp2pp2_sp_fused"])
+def test_sequence_parallel_matches_tp1(one_rank_runs, four_rank_runs, name):
+    """TP=2 x PP=2 with sequence parallelism (activations sharded over the sequence between the TP regions, the
+    norms' gradients all-reduced over TP), with the LM head and with the fused log-prob head: the steps of
+    TP=1 (step 2 shows the step-1 update was the same)."""
+    ref, sp = step_records(one_rank_runs["ref"]), step_records(four_rank_runs[name])
+    assert sorted(sp) == [1, 2]
+    for s in (1, 2):
+        assert _rel(ref[s]["loss"], sp[s]["loss"]) < 1e-4, (s, ref[s]["loss"], sp[s]["loss"])
+        assert _rel(ref[s]["grad_norm"], sp[s]["grad_norm"]) < 1e-3, (s, ref[s]["grad_norm"], sp[s]["grad_norm"])
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
