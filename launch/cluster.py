@@ -372,19 +372,26 @@ def write_layout(plan: dict, out: str | Path) -> str:
     trainer nodes (engine-only nodes run nothing but Ray)."""
     import json
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1, default=str))
-    os.replace(tmp, out)
     nodes = [n for n in plan["nodes"] if n["trainer_ranks"]]
     per = {len(n["trainer_ranks"]) for n in nodes}
     if len(per) != 1:
         raise ValueError(f"trainer ranks per node differ across trainer nodes ({sorted(per)}): one srun step "
                          "cannot start them; choose a layout whose trainer nodes are alike")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan, indent=1, default=str))
+    os.replace(tmp, out)
     args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
             f"--nodelist={','.join(n['host'] for n in nodes)}"]
     return "MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
+
+
+def read_layout(path: str | Path) -> dict:
+    """The plan :func:`write_layout` wrote (what ``ray-start --plan`` and ``exec-trainer`` read)."""
+    import json
+
+    return json.loads(Path(path).read_text())
 
 
 def node_of_this_host(plan: dict, environ: dict | None = None) -> dict:
@@ -456,9 +463,7 @@ def ray_start(command: list[str], attempts: int = 3, plan_file: str | None = Non
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     env = None
     if plan_file:
-        import json
-
-        plan = json.loads(Path(plan_file).read_text())
+        plan = read_layout(plan_file)
         extra, env_extra = ray_node_resources(plan, node_of_this_host(plan))
         given = {c.split("=")[0] for c in command}  # an explicit option (e.g. MT_RAY_NUM_CPUS) wins
         command = list(command) + [a for a in extra if a.split("=")[0] not in given]
@@ -523,11 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         print(write_layout(build_plan(a.stage, a.size, allocation(a.script), command), a.out))
         return 0
     if a.cmd == "exec-trainer":
-        import json
-
         if not command:
             p.error("exec-trainer needs the trainer command after --")
-        plan = json.loads(Path(a.plan).read_text())
+        plan = read_layout(a.plan)
         os.environ.update(trainer_env(plan, node_of_this_host(plan)))
         os.execvp(command[0], command)
     if a.cmd == "plan":

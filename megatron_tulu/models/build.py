@@ -158,8 +158,9 @@ class RMSNorm(torch.nn.RMSNorm):
         setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
 
 
-def layer_spec(impl: str, config=None, pp_rank: int | None = None):
-    """TE spec, or the local (pure torch) spec with :class:`RMSNorm` for the layers' and the final norm."""
+def layer_spec(impl: str, config):
+    """TE spec, or the local (pure torch) block spec with :class:`RMSNorm` for the layers' and the final norm
+    (``config`` gives this pipeline stage's layer count)."""
     platform.quiet_megatron_import()
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -171,10 +172,7 @@ def layer_spec(impl: str, config=None, pp_rank: int | None = None):
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     layer.submodules.input_layernorm = RMSNorm
     layer.submodules.pre_mlp_layernorm = RMSNorm
-    if config is None:
-        return layer
-    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config, pp_rank=pp_rank),
-                                      layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=RMSNorm)
 
 
 def build_model(

@@ -87,15 +87,16 @@ class RLVRDriver:
         if dist.get_rank() != 0:
             return
         o = self.o
+        bucket_bytes = int(o.sync_bucket_mb * 2**20)
         kwargs = {}
         if o.engine == "vllm":
             kwargs = dict(tensor_parallel_size=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
-                          sync_bucket_bytes=int(o.sync_bucket_mb * 2**20))
+                          sync_bucket_bytes=bucket_bytes)
         if o.engine_placement == "ray":
             from megatron_tulu.trainers.ray_engines import start_ray_engines
 
             self.engine = start_ray_engines(o.engine, init_dir, o.num_engines, o.engine_tp, kwargs,
-                                            timeout_s=o.engine_timeout_s, sync_bucket_bytes=int(o.sync_bucket_mb * 2**20))
+                                            timeout_s=o.engine_timeout_s, sync_bucket_bytes=bucket_bytes)
             print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
                   f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
         elif o.engine == "vllm":
@@ -333,10 +334,7 @@ class RLVRDriver:
                 if stop or (interval and tr.step % interval == 0) or tr.step == tr.total_steps:
                     self.save()
                 tr.sampler.load_state_dict(live)
-                if stop:
-                    for _, f in ahead:
-                        if f is not None:
-                            f.result()
+                if stop:  # every generation in flight already finished before this step's sync
                     tr.metrics.close()
                     print(f"[megatron-tulu] {watcher.signal_name}: checkpointed RLVR step {tr.step}", file=sys.stderr)
                     raise SystemExit(REQUEUE_EXIT_CODE)
@@ -380,8 +378,9 @@ def _reward_model_reader(path: str, preset):
                          "the value model shares the policy's layout")
     if "score.weight" not in reader.weight_map:
         raise KeyError(f"rlvr.value_init_hf={path}: no score.weight (a LlamaForSequenceClassification checkpoint)")
-    if tuple(reader.get("score.weight").shape) != (1, preset.hidden_size):
-        raise ValueError(f"rlvr.value_init_hf={path}: score.weight has shape {tuple(reader.get('score.weight').shape)}, "
+    score_shape = tuple(reader.get("score.weight").shape)
+    if score_shape != (1, preset.hidden_size):
+        raise ValueError(f"rlvr.value_init_hf={path}: score.weight has shape {score_shape}, "
                          f"expected (1, {preset.hidden_size}) (num_labels=1)")
     return reader
 

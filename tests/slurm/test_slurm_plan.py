@@ -148,12 +148,11 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     """Inside an RLVR job (`launch.cluster layout` / `ray-start --plan` / `exec-trainer`): the trainer srun step
     covers exactly the trainer nodes, each raylet offers Ray only its node's engine GPUs (none on trainer-only
     nodes), and on a node shared with an engine the trainers see their own GPUs first."""
-    import json
     import shlex
 
     plan = cluster.build_plan("rlvr", "405b", cluster.allocation(ROOT / "slurm/rlvr_405b.sh", environ={}))
     line = cluster.write_layout(plan, tmp_path / "plan.json")
-    assert json.loads((tmp_path / "plan.json").read_text())["trainer"] == plan["trainer"]
+    assert cluster.read_layout(tmp_path / "plan.json")["trainer"] == plan["trainer"]
     args = shlex.split(line[len("MT_TRAINER_SRUN=("):-1])
     assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"]
     assert args[3] == "--nodelist=" + ",".join(f"node{i}" for i in range(4, 32))  # engines on nodes 0-3
