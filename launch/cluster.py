@@ -135,7 +135,7 @@ def _config_value(stage: str, size: str, section: str, key: str, default):
 
 
 def config_parallel(stage: str, size: str, config_dir: str | Path | None = None) -> dict[str, int]:
-    """``parallel.{tp,pp,cp}`` and ``rlvr.{engine_tp,num_engines}`` of ``configs/<stage>/<size>.yaml`` when set.
+    """``parallel.{tp,pp,cp,vpp}`` and ``rlvr.{engine_tp,num_engines}`` of ``configs/<stage>/<size>.yaml`` when set.
 
     The trainer reads the same keys, so the plan follows the config once it exists.
     """
@@ -152,7 +152,7 @@ def config_parallel(stage: str, size: str, config_dir: str | Path | None = None)
     if not isinstance(doc, dict):
         return {}
     out = {}
-    for section, keys in (("parallel", ("tp", "pp", "cp")), ("rlvr", ("engine_tp", "num_engines"))):
+    for section, keys in (("parallel", ("tp", "pp", "cp", "vpp")), ("rlvr", ("engine_tp", "num_engines"))):
         node = doc.get(section)
         if not isinstance(node, dict):
             continue
@@ -171,7 +171,7 @@ def layout_for(stage: str, size: str, environ: dict | None = None) -> dict[str, 
     if (stage, size) not in DEFAULT_LAYOUTS:
         raise ValueError(f"no layout for stage={stage!r} size={size!r}; known: {sorted(DEFAULT_LAYOUTS)}")
     env = os.environ if environ is None else environ
-    lay = dict(DEFAULT_LAYOUTS[(stage, size)])
+    lay = {"vpp": 1, **DEFAULT_LAYOUTS[(stage, size)]}
     lay.update({k: v for k, v in config_parallel(stage, size).items() if k in lay})
     for key, var in ENV_OVERRIDES.items():
         if env.get(var):
@@ -218,7 +218,7 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         # DPO's default cached reference log-probs keep no frozen model on the trainers
         resident_ref = stage == "dpo" and _config_value(stage, size, "dpo", "ref_mode", "cached") == "on_the_fly"
         lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn,
-                                        reference_model=resident_ref), lay["tp"], lay["pp"], lay["cp"])
+                                        reference_model=resident_ref, vpp=lay["vpp"]), lay["tp"], lay["pp"], lay["cp"])
         memory, feasible = lay_eval.to_dict(), lay_eval.feasible
     for n in nodes:
         n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"

@@ -32,6 +32,8 @@ class ParallelDims:
     """Pipeline-parallel size (splits layers into stages)."""
     cp: int = 1
     """Context-parallel size (splits the sequence; GPU only in practice)."""
+    vpp: int = 1
+    """Virtual pipeline stages (model chunks) per pipeline rank; > 1 selects the interleaved 1F1B schedule."""
     world: int = 1
     """Total trainer processes."""
 
@@ -41,7 +43,7 @@ class ParallelDims:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the sizes do not tile the world."""
-        for name in ("tp", "pp", "cp", "world"):
+        for name in ("tp", "pp", "cp", "vpp", "world"):
             if getattr(self, name) < 1:
                 raise ValueError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
         model = self.tp * self.pp * self.cp
@@ -49,6 +51,8 @@ class ParallelDims:
             raise ValueError(
                 f"world size {self.world} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model}"
             )
+        if self.vpp > 1 and self.pp == 1:
+            raise ValueError(f"parallel.vpp={self.vpp} needs parallel.pp > 1 (virtual stages interleave pipeline ranks)")
 
 
 def _expand_nodelist(nodelist: str) -> list[str]:
@@ -114,7 +118,7 @@ def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_
     world = int(os.environ["WORLD_SIZE"])
     dims = dims or ParallelDims(world=world)
     if dims.world != world:
-        dims = ParallelDims(tp=dims.tp, pp=dims.pp, cp=dims.cp, world=world)
+        dims = ParallelDims(tp=dims.tp, pp=dims.pp, cp=dims.cp, vpp=dims.vpp, world=world)
     dims.validate()
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
@@ -132,6 +136,7 @@ def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_
         tensor_model_parallel_size=dims.tp,
         pipeline_model_parallel_size=dims.pp,
         context_parallel_size=dims.cp,
+        virtual_pipeline_model_parallel_size=dims.vpp if dims.vpp > 1 else None,
         distributed_timeout_minutes=max(1, timeout_s // 60),
     )
     seed_model_parallel_rng()

@@ -1,6 +1,6 @@
 """The one HF <-> megatron-core name/shape table for Llama. Conversion, export and weight sync all use it.
 
-Megatron layout (per TP rank ``r`` of ``tp``; layer indices local to the pipeline stage):
+Megatron layout (per TP rank ``r`` of ``tp``; layer indices local to the model chunk, see ``models.pipeline_split``):
 
 =============================================  =====================================================
 megatron name                                  from HF
@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from megatron_tulu.models.build import padded_vocab_size
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset
 
 _TE_NAMES = {
@@ -196,23 +197,24 @@ def mcore_to_hf(mcore_name: str, shards: list[torch.Tensor], preset: LlamaPreset
     raise KeyError(f"no HF mapping for megatron parameter {mcore_name!r}")
 
 
-def stage_layers(preset: LlamaPreset, pp_rank: int, pp: int) -> range:
-    """Global layer indices held by pipeline stage ``pp_rank``."""
-    per = preset.num_layers // pp
-    return range(pp_rank * per, (pp_rank + 1) * per)
+def stage_layers(preset: LlamaPreset, pp_rank: int, split: PipelineSplit | int, vp_stage: int = 0) -> range:
+    """Global layer indices held by model chunk ``(pp_rank, vp_stage)`` (a plain ``pp`` int: one chunk per rank)."""
+    return PipelineSplit.of(split).layers(preset.num_layers, pp_rank, vp_stage)
 
 
-def rank_param_names(preset: LlamaPreset, pp_rank: int, pp: int) -> Iterator[tuple[str, str]]:
-    """(local megatron name, global megatron name) for every parameter of a pipeline stage."""
-    layers = stage_layers(preset, pp_rank, pp)
-    if pp_rank == 0:
+def rank_param_names(preset: LlamaPreset, pp_rank: int, split: PipelineSplit | int,
+                     vp_stage: int = 0) -> Iterator[tuple[str, str]]:
+    """(chunk-local megatron name, global megatron name) for every parameter of model chunk ``(pp_rank, vp_stage)``."""
+    split = PipelineSplit.of(split)
+    layers = stage_layers(preset, pp_rank, split, vp_stage)
+    if split.has_embedding(pp_rank, vp_stage):
         yield "embedding.word_embeddings.weight", "embedding.word_embeddings.weight"
     for local, glob in enumerate(layers):
         for ln, gn in zip(layer_param_names(local), layer_param_names(glob)):
             yield ln, gn
-    if pp_rank == pp - 1:
+    if split.has_head(pp_rank, vp_stage):
         yield "decoder.final_layernorm.weight", "decoder.final_layernorm.weight"
-        if not preset.tie_embeddings or pp > 1:
+        if not preset.tie_embeddings or split.pp > 1:
             yield "output_layer.weight", "output_layer.weight"
 
 

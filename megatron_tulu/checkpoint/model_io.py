@@ -19,18 +19,27 @@ from megatron_tulu.checkpoint import mapping
 from megatron_tulu.checkpoint.hf_io import (
     TOKENIZER_FILES, HFReader, atomic_dir, hf_config_from_preset, write_hf_dir,
 )
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset
 
 FORMAT_FILE = "megatron_tulu_ckpt.json"
 
 
 def unwrap(model):
-    """The GPTModel inside DDP / Float16Module wrappers (and the first chunk of a list)."""
-    if isinstance(model, (list, tuple)):
-        model = model[0]
+    """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+def model_chunks(model) -> list:
+    """The unwrapped GPTModel chunks of ``model`` (one module, or the list of a rank's virtual-stage chunks)."""
+    return [unwrap(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+
+
+def pipeline_split(model) -> PipelineSplit:
+    """The layer split ``model`` (a chunk or a rank's chunk list) was built with."""
+    return PipelineSplit.from_model_config(model_chunks(model)[0].config)
 
 
 def _ranks():
@@ -43,13 +52,20 @@ def _ranks():
 
 
 def named_local_params(model) -> Iterator[tuple[str, str, torch.nn.Parameter]]:
-    """(local-spec local name, global name, parameter) for this rank's parameters (TE names translated)."""
-    m = unwrap(model)
-    _, _, pp_rank, pp = _ranks()
-    offset = pp_rank * (m.config.num_layers // pp)
-    for name, p in m.named_parameters():
-        local = mapping.from_te_name(name)
-        yield local, mapping.local_to_global(local, offset), p
+    """(chunk-local local-spec name, global name, parameter) for this rank's parameters, chunk by chunk (TE names
+    translated). The layer offset of each chunk comes from ``models.pipeline_split``, checked against the layer
+    numbers megatron gave the chunk's layers."""
+    _, _, pp_rank, _ = _ranks()
+    for m in model_chunks(model):
+        split = PipelineSplit.from_model_config(m.config)
+        layers = split.layers(m.config.num_layers, pp_rank, m.vp_stage or 0)
+        built = [layer.layer_number - 1 for layer in m.decoder.layers]
+        if built != list(layers):
+            raise RuntimeError(f"model chunk (pp_rank={pp_rank}, vp_stage={m.vp_stage}) holds layers {built}, "
+                               f"but {split} puts layers {list(layers)} there")
+        for name, p in m.named_parameters():
+            local = mapping.from_te_name(name)
+            yield local, mapping.local_to_global(local, layers.start), p
 
 
 def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset, backbone_only: bool = False) -> None:
@@ -73,21 +89,23 @@ def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset
             p.copy_(shard.to(p.dtype))
 
 
-def _hf_order(preset: LlamaPreset, pp: int) -> Iterator[tuple[int, str, list[str]]]:
-    """``(stage, global megatron name, hf names)`` in the order :func:`iter_hf_tensors` yields them."""
-    for stage in range(pp):
-        for _, glob in mapping.rank_param_names(preset, stage, pp):
+def _hf_order(preset: LlamaPreset, split: PipelineSplit | int) -> Iterator[tuple[int, str, list[str]]]:
+    """``(pipeline rank, global megatron name, hf names)`` in the order :func:`iter_hf_tensors` yields them: model
+    chunk by model chunk, so layers come in ascending order whatever the split."""
+    split = PipelineSplit.of(split)
+    for pp_rank, vp_stage in split.chunks():
+        for _, glob in mapping.rank_param_names(preset, pp_rank, split, vp_stage):
             if glob == "output_layer.weight" and preset.tie_embeddings:
                 continue
-            yield stage, glob, mapping.hf_names_for(glob, preset)
+            yield pp_rank, glob, mapping.hf_names_for(glob, preset)
 
 
-def hf_tensor_metas(preset: LlamaPreset, pp: int, dtype: torch.dtype) -> list[tuple[str, str, tuple[int, ...]]]:
+def hf_tensor_metas(preset: LlamaPreset, split: PipelineSplit | int, dtype: torch.dtype) -> list[tuple[str, str, tuple[int, ...]]]:
     """``(hf_name, dtype name, shape)`` of every tensor :func:`iter_hf_tensors` yields, in its order, computed
     from the preset alone: the weight sync sends this metadata before the first tensor is gathered, so the
     tensors can stream through size-bounded buckets instead of being collected on rank 0 first."""
     dt = str(dtype).removeprefix("torch.")
-    return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, pp) for n in names]
+    return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, split) for n in names]
 
 
 def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Tensor]]:
@@ -108,7 +126,7 @@ def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Ten
     stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 and me == 0 else None
     dtype = next(iter(params.values())).dtype if params else torch.float32
     tp_group = ps.get_tensor_model_parallel_group()
-    for stage, glob, hf_names in _hf_order(preset, pp):
+    for stage, glob, hf_names in _hf_order(preset, pipeline_split(model)):
         merged = None
         if stage == pp_rank and dp_rank == 0:
             p = params[glob].detach()
@@ -197,6 +215,10 @@ def load_rank_file(model, ckpt: str | Path) -> None:
 
     meta = read_rank_meta(ckpt)
     tp_rank, tp, pp_rank, pp = _ranks()
+    split = pipeline_split(model)
+    if not split.is_plain:
+        raise ValueError(f"{ckpt} holds per-rank files of an even split over pp={meta['pp']}; this run splits the "
+                         f"layers as {split}: start from the HF directory (model.init_hf) or a training checkpoint")
     if (meta["tp"], meta["pp"]) != (tp, pp):
         raise ValueError(
             f"{ckpt} was converted for tp={meta['tp']} pp={meta['pp']}, but this run has tp={tp} pp={pp}; "

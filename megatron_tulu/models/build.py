@@ -2,7 +2,9 @@
 
 The layer spec is chosen explicitly (``impl``): ``"te"`` (Transformer Engine layers, FP8-capable; needs TE),
 ``"local"`` (pure-torch megatron-core modules) or ``"auto"`` (TE when it imports, else local). The choice
-is logged. Sequence parallelism needs the TE spec (megatron's torch RMSNorm refuses it).
+is logged. Sequence parallelism works with both (the local spec through this module's :class:`RMSNorm`).
+A rank builds one model chunk per virtual pipeline stage (``vp_stage``); ``models.pipeline_split`` says
+which layers each chunk holds.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_tulu import platform
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset
 
 log = logging.getLogger(__name__)
@@ -65,17 +68,17 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return table[dtype]
 
 
-def check_divisibility(preset: LlamaPreset, tp: int, pp: int) -> None:
-    """Raise ValueError naming the field when TP/PP do not divide the model's shapes."""
+def check_divisibility(preset: LlamaPreset, tp: int, pp: PipelineSplit | int) -> None:
+    """Raise ValueError naming the field when TP or the pipeline split do not divide the model's shapes."""
     checks = [
         ("num_attention_heads", preset.num_attention_heads, tp, "tp"),
         ("num_query_groups", preset.num_query_groups, tp, "tp"),
         ("ffn_hidden_size", preset.ffn_hidden_size, tp, "tp"),
-        ("num_layers", preset.num_layers, pp, "pp"),
     ]
     for field, value, size, name in checks:
         if value % size:
             raise ValueError(f"{name}={size} does not divide model.{field}={value} (preset {preset.name!r})")
+    PipelineSplit.of(pp).validate(preset.num_layers, preset.name)
 
 
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
@@ -88,8 +91,8 @@ def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     return ((vocab_size + step - 1) // step) * step
 
 
-def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions):
-    """megatron-core TransformerConfig for a Llama 3.1 preset."""
+def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions):
+    """megatron-core TransformerConfig for a Llama 3.1 preset (``pp``: a plain size or a :class:`PipelineSplit`)."""
     platform.quiet_megatron_import()
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -103,6 +106,7 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions
     if opts.sequence_parallel and tp == 1:
         raise ValueError("model.sequence_parallel needs tp > 1 (it shards activations over the TP group)")
     check_divisibility(preset, tp, pp)
+    split = PipelineSplit.of(pp)
     recompute = {}
     if opts.recompute == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -133,7 +137,10 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: int, opts: ModelOptions
         hidden_dropout=opts.dropout,
         init_method_std=opts.init_std,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
+        pipeline_model_parallel_size=split.pp,
+        virtual_pipeline_model_parallel_size=split.vpp if split.vpp > 1 else None,
+        account_for_embedding_in_pipeline_split=split.account_embedding_loss,
+        account_for_loss_in_pipeline_split=split.account_embedding_loss,
         sequence_parallel=opts.sequence_parallel,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -158,9 +165,9 @@ class RMSNorm(torch.nn.RMSNorm):
         setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
 
 
-def layer_spec(impl: str, config):
+def layer_spec(impl: str, config, vp_stage: int | None = None):
     """TE spec, or the local (pure torch) block spec with :class:`RMSNorm` for the layers' and the final norm
-    (``config`` gives this pipeline stage's layer count)."""
+    (``config`` and ``vp_stage`` give this model chunk's layer count)."""
     platform.quiet_megatron_import()
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -172,21 +179,23 @@ def layer_spec(impl: str, config):
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     layer.submodules.input_layernorm = RMSNorm
     layer.submodules.pre_mlp_layernorm = RMSNorm
-    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=RMSNorm)
+    n = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=RMSNorm)
 
 
 def build_model(
     preset: LlamaPreset,
     tp: int = 1,
-    pp: int = 1,
+    pp: PipelineSplit | int = 1,
     opts: ModelOptions | None = None,
     pre_process: bool | None = None,
     post_process: bool | None = None,
+    vp_stage: int | None = None,
 ):
-    """Build this rank's part of a Llama 3.1 ``GPTModel``.
+    """Build this rank's part of a Llama 3.1 ``GPTModel``: one model chunk (``vp_stage`` with virtual stages).
 
     Needs ``megatron_tulu.parallel.init_distributed`` first (megatron reads TP/PP ranks from its global
-    state). ``pre_process``/``post_process`` default to "this rank is the first/last pipeline stage".
+    state). ``pre_process``/``post_process`` default to "this chunk holds the embedding / the head".
     """
     opts = opts or ModelOptions()
     from megatron.core import parallel_state as ps
@@ -194,14 +203,18 @@ def build_model(
 
     config = transformer_config(preset, tp, pp, opts)
     impl = resolve_impl(opts.impl)
+    split = PipelineSplit.of(pp)
+    if (vp_stage is not None) != (split.vpp > 1):
+        raise ValueError(f"build_model: vp_stage={vp_stage} with vpp={split.vpp} (one chunk per virtual stage)")
     if pre_process is None:
-        pre_process = ps.is_pipeline_first_stage()
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
-        post_process = ps.is_pipeline_last_stage()
-    log.info("building %s with the %s layer spec (tp=%d pp=%d dtype=%s)", preset.name, impl, tp, pp, config.params_dtype)
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    log.info("building %s with the %s layer spec (tp=%d %s vp_stage=%s dtype=%s)", preset.name, impl, tp, split,
+             vp_stage, config.params_dtype)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(impl, config),
+        transformer_layer_spec=layer_spec(impl, config, vp_stage),
         vocab_size=padded_vocab_size(preset.vocab_size, tp),
         max_sequence_length=preset.max_position_embeddings,
         pre_process=pre_process,
@@ -212,6 +225,7 @@ def build_model(
         rope_scaling=preset.rope_scaling,
         rope_scaling_factor=preset.rope_scaling_factor,
         parallel_output=True,
+        vp_stage=vp_stage,
     )
     model.true_vocab_size = preset.vocab_size  # padded rows are masked by models.logprobs
     if platform.has_gpu():

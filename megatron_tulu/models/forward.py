@@ -1,11 +1,36 @@
-"""Forward passes through megatron's pipeline schedules (no-pipelining or 1F1B), for eval/verify/logprobs.
-
-Training uses the same schedule in ``trainers.step``; this module covers forward-only uses.
+"""Forward passes through megatron's pipeline schedules (no-pipelining, 1F1B or interleaved 1F1B), for
+eval/verify/logprobs, and :func:`schedule_inputs`, which the training step shares.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def schedule_inputs(models: list, microbatches: list, forward_only: bool) -> tuple[list, object]:
+    """``(micro-batches, data_iterator)`` to hand megatron's schedule for the model chunks ``models``.
+
+    One chunk: an iterator over the micro-batches. Several chunks (interleaved 1F1B): one iterator per chunk over
+    the same micro-batches, since every chunk consumes all of them in order (only the first chunk reads the
+    tokens, only the last the labels). The interleaved schedule runs micro-batches in groups of at least ``pp``
+    per virtual stage: ``pp`` (depth-first, megatron's default) when they divide evenly, else all of them in one
+    group. A forward-only pass with fewer than ``pp`` micro-batches is padded by repeating the last one; the
+    caller keeps only the first ``len(microbatches)`` results. Training batches are never padded: the trainer
+    refuses such a layout up front.
+    """
+    if len(models) == 1:
+        return microbatches, iter(microbatches)
+    from megatron.core import parallel_state as ps
+
+    pp = ps.get_pipeline_model_parallel_world_size()
+    if len(microbatches) < pp:
+        if not forward_only:
+            raise ValueError(f"interleaved pipeline: {len(microbatches)} micro-batches per step, need >= pp={pp}")
+        microbatches = list(microbatches) + [microbatches[-1]] * (pp - len(microbatches))
+    group = pp if len(microbatches) % pp == 0 else len(microbatches)
+    for m in models:
+        m.config.microbatch_group_size_per_vp_stage = group
+    return microbatches, [iter(microbatches) for _ in models]
 
 
 def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | None = None) -> torch.Tensor | None:
@@ -18,7 +43,9 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
     mbs = micro_batch_size or b
     if b % mbs:
         raise ValueError(f"batch {b} not divisible by micro_batch_size {mbs}")
-    chunks = list(input_ids.split(mbs))
+    models = model if isinstance(model, list) else [model]
+    n = b // mbs
+    chunks, data_iter = schedule_inputs(models, list(input_ids.split(mbs)), forward_only=True)
     position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0)
     collected: list[torch.Tensor] = []
 
@@ -32,11 +59,10 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
 
         return out, loss_fn
 
-    models = model if isinstance(model, list) else [model]
     with torch.no_grad():
         get_forward_backward_func()(
             forward_step_func=step,
-            data_iterator=iter(chunks),
+            data_iterator=data_iter,
             model=models,
             num_microbatches=len(chunks),
             seq_length=s,
@@ -45,7 +71,7 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
         )
     if not collected:
         return None
-    return torch.cat(collected, dim=0)
+    return torch.cat(collected[:n], dim=0)
 
 
 def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[torch.Tensor]:
@@ -69,14 +95,16 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
         return out, loss_fn
 
     models = model if isinstance(model, list) else [model]
+    n = len(microbatches)
+    microbatches, data_iter = schedule_inputs(models, microbatches, forward_only=True)
     with torch.no_grad():
         get_forward_backward_func()(
             forward_step_func=step,
-            data_iterator=iter(microbatches),
+            data_iterator=data_iter,
             model=models,
             num_microbatches=len(microbatches),
             seq_length=microbatches[0]["input_ids"].shape[1],
             micro_batch_size=microbatches[0]["input_ids"].shape[0],
             forward_only=True,
         )
-    return collected
+    return collected[:n]

@@ -115,6 +115,9 @@ def gather_vocab(logits: torch.Tensor, true_vocab_size: int | None = None, group
 
 
 def _unwrap(model):
+    """The GPTModel holding the output layer: inside DDP wrappers, the last of a rank's model chunks."""
+    if isinstance(model, (list, tuple)):
+        model = model[-1]
     while hasattr(model, "module"):
         model = model.module
     return model
@@ -156,7 +159,8 @@ def full_sequence(hidden: torch.Tensor, config) -> torch.Tensor:
 
 def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_vocab_size: int | None,
                    temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs ``[b, s]`` of ``targets`` from the model's last-stage output ``[b, s, ·]``.
+    """Per-token log-probs ``[b, s]`` of ``targets`` from the model's last-stage output ``[b, s, ·]`` (``model``:
+    the chunk that produced it, or the rank's chunk list).
 
     ``output`` is vocab-parallel logits, or hidden states when :func:`enable_fused_logprob_head` was applied
     to ``model`` (then the fused kernel runs against the output-layer weight shard).

@@ -147,9 +147,14 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         return lay
     if seqs % (dp * req.micro_batch):  # reported, but memory is still evaluated so both reasons show
         lay.reasons.append(f"global batch {seqs} sequences not divisible by DP*micro_batch = {dp * req.micro_batch}")
-    if preset.num_layers % pp:
-        lay.notes.append(f"{preset.num_layers} layers over PP{pp} is uneven: set megatron's "
-                         "decoder_first/last_pipeline_num_layers (fullest stage counted)")
+    chunks = pp * req.vpp
+    if preset.num_layers % chunks:  # the trainer builds even splits only (models.pipeline_split)
+        if (preset.num_layers + 2) % chunks == 0:
+            lay.notes.append(f"{preset.num_layers} layers over {chunks} pipeline chunks is uneven: set "
+                             "parallel.pp_account_embedding_loss=true (embedding and loss take a layer slot each)")
+        else:
+            lay.reasons.append(f"{preset.num_layers} layers (or {preset.num_layers + 2} with the embedding and loss "
+                               f"counted) do not split evenly over PP{pp} x VPP{req.vpp}")
     m = max(1, seqs // (dp * req.micro_batch))
     w, g, o = M.model_state(preset, tp, pp, dp * cp, req.grad_dtype_bytes)
     acts = {mode: M.activation_bytes(preset, seq=req.seq, micro_batch=req.micro_batch, tp=tp, pp=pp, cp=cp,

@@ -156,13 +156,11 @@ def _sharded_state(model_chunks, optimizer, sharding: str, is_loading: bool) -> 
     for i, chunk in enumerate(model_chunks):
         key = "model" if len(model_chunks) == 1 else f"model{i}"
         model_sd[key] = getattr(chunk, "module", chunk).sharded_state_dict()
-    flat_model = {}
-    for v in model_sd.values():
-        flat_model.update(v)
     sd = dict(model_sd)
     if optimizer is not None:
+        # the nested {model0: .., model1: ..} dict: flattening it would let the chunks' equal local keys collide
         sd["optimizer"] = optimizer.sharded_state_dict(
-            flat_model, is_loading=is_loading, metadata={"distrib_optim_sharding_type": sharding}
+            model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": sharding}
         )
     return sd
 

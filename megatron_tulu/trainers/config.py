@@ -42,6 +42,14 @@ class ParallelConfig:
     """Tensor-parallel size."""
     pp: int = 1
     """Pipeline-parallel size (1F1B schedule when > 1)."""
+    vpp: int = 1
+    """Model chunks (virtual pipeline stages) per pipeline rank. > 1 runs megatron's interleaved 1F1B, which cuts
+    the pipeline bubble by ``vpp`` at the cost of ``vpp`` times the p2p messages; needs pp > 1, layers divisible
+    by pp x vpp, and micro-batches per step (global batch / (micro-batch x DP)) a multiple of pp."""
+    pp_account_embedding_loss: bool = False
+    """Count the embedding and the loss as one layer each when splitting layers over pipeline chunks (megatron's
+    ``account_for_embedding/loss_in_pipeline_split``): the first and last chunk get one decoder layer fewer, which
+    balances their extra work and lets Llama 3.1 405B's 126 layers split evenly over PP=8 (and PP=8 x VPP=8)."""
     use_distributed_optimizer: bool = True
     """Shard optimizer state over DP (megatron DistributedOptimizer, ZeRO-1 style)."""
     timeout_s: int = 600
@@ -118,7 +126,11 @@ class LoggingConfig:
     tensorboard: bool = True
     """Write TensorBoard event files to run_dir/tb."""
     wandb_project: Optional[str] = None
-    """Log to this W&B project when wandb is installed."""
+    """Log to this W&B project when wandb is installed (a requeued job resumes the same W&B run)."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team or user); None: wandb's default for the logged-in key."""
+    wandb_name: Optional[str] = None
+    """W&B run name; None: the run directory's name."""
     progress_bar: bool = True
     """tqdm progress bar on rank 0."""
 

@@ -221,7 +221,7 @@ class DPOTask(DataStageMixin):
         batches = [self._batch(rows, c, None, self._pad_to(trainer)) for c in chunks]
         vocab = trainer.preset.vocab_size
         res = forward_only_map(trainer.model, batches, self._forward_concat,
-                               lambda b, logits: sequence_logps(logits, b["targets"].to(logits.device), vocab, trainer.model[0])[0])
+                               lambda b, logits: sequence_logps(logits, b["targets"].to(logits.device), vocab, trainer.model)[0])
         if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
             seen = set()
             for b, r in zip(batches, res):
@@ -266,11 +266,11 @@ class DPOTask(DataStageMixin):
         targets = batch["targets"].to(output.device)
         if self.cfg.dpo.use_fused_loss:
             if output.dim() == 3:  # concatenated forward: logits (or hidden states with the fused logprob head)
-                output = token_logprobs(output, targets.clamp(min=0), trainer.model[0], trainer.preset.vocab_size)
+                output = token_logprobs(output, targets.clamp(min=0), trainer.model, trainer.preset.vocab_size)
             loss, metrics = self._fused_loss(batch, output, targets != IGNORE_INDEX)
         else:
             if output.dim() == 3:
-                output, _ = sequence_logps(output, targets, trainer.preset.vocab_size, trainer.model[0])
+                output, _ = sequence_logps(output, targets, trainer.preset.vocab_size, trainer.model)
             loss, metrics = self._loss_from_seq(batch, output)
         k = len(batch["indices"])
         sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}

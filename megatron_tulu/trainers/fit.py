@@ -8,6 +8,7 @@ metrics -> checkpoint / preemption) -> final checkpoint -> HF export.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -102,7 +103,7 @@ class Trainer:
         cfg = self.cfg
         platform.setup(cfg.device)
         self.dims: ParallelDims = init_distributed(
-            ParallelDims(tp=cfg.parallel.tp, pp=cfg.parallel.pp), timeout_s=cfg.parallel.timeout_s
+            ParallelDims(tp=cfg.parallel.tp, pp=cfg.parallel.pp, vpp=cfg.parallel.vpp), timeout_s=cfg.parallel.timeout_s
         )
         from megatron.core import parallel_state as ps
 
@@ -130,7 +131,8 @@ class Trainer:
         else:
             self.total_steps = max(1, int(cfg.train.epochs * len(self.sampler)))
         self._maybe_resume()
-        self.metrics = MetricsLogger(self.run_dir, cfg.logging, enabled=dist.get_rank() == 0, total_steps=self.total_steps)
+        self.metrics = MetricsLogger(self.run_dir, cfg.logging, enabled=dist.get_rank() == 0, total_steps=self.total_steps,
+                                     run_config=dataclasses.asdict(cfg))
 
     def _check_batch_layout(self) -> None:
         t = self.cfg.train
@@ -141,6 +143,12 @@ class Trainer:
                 f"{t.micro_batch_size} x {self.dims.dp} = {per}"
             )
         self.num_microbatches = t.global_batch_size // per
+        if self.dims.vpp > 1 and self.num_microbatches < self.dims.pp:
+            raise ValueError(
+                f"parallel.vpp={self.dims.vpp}: the interleaved schedule needs at least pp={self.dims.pp} micro-batches "
+                f"per step, but train.global_batch_size={t.global_batch_size} / (micro_batch_size x dp = {per}) = "
+                f"{self.num_microbatches}"
+            )
 
     def _maybe_resume(self) -> None:
         mode = self.cfg.checkpoint.resume
@@ -164,6 +172,8 @@ class Trainer:
         """Forward/backward over ``microbatches`` with megatron's schedule, then an optimizer step."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
+        from megatron_tulu.models.forward import schedule_inputs
+
         task = self.task
         scale = len(microbatches) * self.dims.dp / max(denom, 1e-12)  # undo schedule /M and DDP /dp
 
@@ -183,9 +193,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         seq = microbatches[0]["input_ids"].shape[1]
+        microbatches, data_iter = schedule_inputs(self.model, microbatches, forward_only=False)
         outs = get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iter(microbatches),
+            data_iterator=data_iter,
             model=self.model,
             num_microbatches=len(microbatches),
             seq_length=seq,

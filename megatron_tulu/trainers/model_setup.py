@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.trainers.config import ModelConfig
 
@@ -34,10 +35,18 @@ def resolve_preset(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> Llam
     return preset
 
 
-def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None):
-    """This rank's model (as the one-element chunk list megatron's schedules take), with initial weights.
+def pipeline_split(trainer) -> PipelineSplit:
+    """The trainer's layer split over pipeline ranks and virtual stages (``parallel.pp/vpp/pp_account_embedding_loss``)."""
+    return PipelineSplit(pp=trainer.dims.pp, vpp=trainer.dims.vpp,
+                         account_embedding_loss=trainer.cfg.parallel.pp_account_embedding_loss)
 
-    ``customize(model)`` runs after the weights are loaded and before DDP wrapping (e.g. a value head)."""
+
+def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None):
+    """This rank's model chunks (one per virtual pipeline stage, the list megatron's schedules take), with
+    initial weights.
+
+    ``customize(chunk)`` runs on each chunk after the weights are loaded and before DDP wrapping (e.g. a value
+    head on the chunk that has ``post_process``)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     from megatron_tulu.checkpoint.model_io import load_hf_into_model, load_rank_file
@@ -45,24 +54,27 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel)
-    model = build_model(preset, trainer.dims.tp, trainer.dims.pp, opts)
+    split = pipeline_split(trainer)
+    stages = list(range(split.vpp)) if split.vpp > 1 else [None]
+    chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]
     if cfg.init_hf:
-        load_hf_into_model(model, cfg.init_hf, preset)
+        load_hf_into_model(chunks, cfg.init_hf, preset)
     elif cfg.init_mcore:
         from megatron_tulu.trainers import checkpointing
 
         if checkpointing.is_training_checkpoint(cfg.init_mcore):  # dist_checkpointing: any TP/PP it was saved at
-            checkpointing.load_model_weights(cfg.init_mcore, [model])
+            checkpointing.load_model_weights(cfg.init_mcore, chunks)
         else:  # the converter's per-rank files (same TP/PP)
-            load_rank_file(model, cfg.init_mcore)
-    if cfg.use_fused_logprob:
-        from megatron_tulu.models.logprobs import enable_fused_logprob_head
+            load_rank_file(chunks, cfg.init_mcore)
+    for model in chunks:
+        if cfg.use_fused_logprob:
+            from megatron_tulu.models.logprobs import enable_fused_logprob_head
 
-        enable_fused_logprob_head(model)
-    if customize is not None:
-        customize(model)
+            enable_fused_logprob_head(model)
+        if customize is not None:
+            customize(model)
     if not wrap_ddp:
-        return [model]
+        return chunks
     from megatron.core.distributed import finalize_model_grads
 
     ddp_cfg = DistributedDataParallelConfig(
@@ -70,11 +82,15 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
         overlap_grad_reduce=False,
         use_distributed_optimizer=trainer.cfg.parallel.use_distributed_optimizer,
     )
-    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_cfg, module=model)
-    model.config.finalize_model_grads_func = finalize_model_grads
-    model.config.no_sync_func = ddp.no_sync
-    ddp.true_vocab_size = preset.vocab_size
-    return [ddp]
+    # as megatron's training loop: only the first chunk's buffer is bucketed (the others reduce in one piece)
+    wrapped = [DistributedDataParallel(config=m.config, ddp_config=ddp_cfg, module=m, disable_bucketing=i > 0)
+               for i, m in enumerate(chunks)]
+    no_sync = wrapped[0].no_sync if len(wrapped) == 1 else [d.no_sync for d in wrapped]
+    for m, ddp in zip(chunks, wrapped):
+        m.config.finalize_model_grads_func = finalize_model_grads
+        m.config.no_sync_func = no_sync
+        ddp.true_vocab_size = preset.vocab_size
+    return wrapped
 
 
 def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
@@ -99,8 +115,9 @@ def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
             seed_model_parallel_rng()
             chunks = build_model_chunks(trainer, cfg, preset, wrap_ddp=False)
         tracker.set_states(saved)
-    for p in chunks[0].parameters():
-        p.requires_grad_(False)
+    for chunk in chunks:
+        for p in chunk.parameters():
+            p.requires_grad_(False)
     return chunks
 
 

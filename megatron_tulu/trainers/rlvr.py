@@ -167,7 +167,7 @@ class PolicyTask(DataStageMixin):
 
         o = self.cfg.rlvr
         t = batch["targets"].to(logits.device)
-        logp = token_logprobs(logits, t.clamp(min=0), trainer.model[0], trainer.preset.vocab_size, temperature=o.temperature)
+        logp = token_logprobs(logits, t.clamp(min=0), trainer.model, trainer.preset.vocab_size, temperature=o.temperature)
         mask = batch["mask"].to(logits.device)
         kw = {}
         if o.algorithm == "grpo":

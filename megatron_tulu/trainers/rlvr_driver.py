@@ -143,7 +143,7 @@ class RLVRDriver:
         if values:
             red = lambda b, out: out.squeeze(-1).float()  # noqa: E731
         else:
-            red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks[0], vocab, temperature=temp)  # noqa: E731
+            red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks, vocab, temperature=temp)  # noqa: E731
         res = forward_only_map(chunks, mbs, self.task.forward, red)
         return torch.cat([r.cpu() for r in res]) if res else None
 
@@ -224,14 +224,14 @@ class RLVRDriver:
         """Collective: trainer -> engine(s). Every rank walks the TP/PP gather (``iter_hf_tensors``); rank 0
         streams the HF-named full tensors into the engines' bucketed broadcast as they arrive, with the
         metadata computed from the preset, so it never holds the whole model."""
-        from megatron_tulu.checkpoint.model_io import hf_tensor_metas, iter_hf_tensors
+        from megatron_tulu.checkpoint.model_io import hf_tensor_metas, iter_hf_tensors, pipeline_split
 
         t0 = time.time()
         tr = self.policy
         named = iter_hf_tensors(tr.model, tr.preset)
         if dist.get_rank() == 0:
             dtype = next(tr.model[0].parameters()).dtype
-            self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, tr.dims.pp, dtype))
+            self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, pipeline_split(tr.model), dtype))
         left = sum(1 for _ in named)  # other ranks: run their collectives; rank 0: the stream must be used up
         if dist.get_rank() == 0 and left:
             from megatron_tulu.rollout.weight_sync import WeightSyncValidationError

@@ -135,7 +135,7 @@ class SFTTask(DataStageMixin):
     def loss_fn(self, batch: dict, logits: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         targets = batch["targets"].to(logits.device)
         valid = targets != IGNORE_INDEX
-        lp = token_logprobs(logits, targets.clamp(min=0), trainer.model[0], trainer.preset.vocab_size)
+        lp = token_logprobs(logits, targets.clamp(min=0), trainer.model, trainer.preset.vocab_size)
         loss_sum = -(lp * valid).sum()
         return loss_sum, {"loss_sum": loss_sum, "tokens": valid.sum(), "sequences": torch.tensor(float(targets.shape[0]))}
 

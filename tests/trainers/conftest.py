@@ -78,17 +78,20 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
-    """4-rank launch, in order: ``tp2pp2`` (6 steps, checkpoint at 3); ``reshard`` (TP=1 x DP=4, resumed from
-    tp2pp2's step-3 checkpoint); ``tp2pp2_sp``/``tp2pp2_sp_fused`` (2 steps with sequence parallelism, the second
-    with the fused log-prob head); ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then two setups that must
-    fail: ``bad_batch`` (global 6 over micro 2 x DP 4) and ``fp8`` (fp8 on CPU). Returns run dirs and errors."""
+    """4-rank launch, in order: ``tp2pp2`` (6 steps, checkpoint at 3, HF export); ``reshard`` (TP=1 x DP=4, resumed
+    from tp2pp2's step-3 checkpoint); ``tp2pp2_sp``/``tp2pp2_sp_fused`` (2 steps with sequence parallelism, the
+    second with the fused log-prob head); the interleaved runs ``tp2pp2vpp2``, ``vpp_reshard``, ``pp2vpp3_emb``;
+    ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then three setups that must fail: ``bad_batch`` (global 6
+    over micro 2 x DP 4), ``fp8`` (fp8 on CPU) and ``vpp_few_mb`` (1 micro-batch for PP=2 x VPP=2). Returns run dirs
+    and errors."""
     from megatron_tulu.testing import run_distributed
 
     root = tmp_path_factory.mktemp("four_rank")
     tp2pp2 = root / "tp2pp2"
     jobs = [
         ("fit", ov(sft_data, tiny_hf, tp2pp2, **{
-            "train.max_steps": REF_STEPS, "checkpoint.interval": 3, "parallel.tp": 2, "parallel.pp": 2})),
+            "train.max_steps": REF_STEPS, "checkpoint.interval": 3, "parallel.tp": 2, "parallel.pp": 2,
+            "checkpoint.export_hf": "true"})),
         ("fit", ov(sft_data, tiny_hf, root / "reshard", **{
             "train.max_steps": REF_STEPS, "train.micro_batch_size": 2,
             "checkpoint.resume": str(tp2pp2 / "checkpoints" / "step_00000003")})),
@@ -99,13 +102,28 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
             "train.max_steps": 2, "checkpoint.interval": 0, "parallel.tp": 2, "parallel.pp": 2,
             "model.sequence_parallel": "true", **extra})))
     names = ["tp2pp2", "reshard", "tp2pp2_sp", "tp2pp2_sp_fused"]
+    # interleaved 1F1B (two model chunks per rank, one layer each), checkpointed at step 3 and exported at the end;
+    # its step-3 checkpoint resumed at TP=1 x DP=4 (one chunk); and PP=2 x VPP=3 with the embedding and the loss
+    # counted as layers (6 slots: the first chunk holds only the embedding, the last only the head)
+    vpp = root / "tp2pp2vpp2"
+    jobs.append(("fit", ov(sft_data, tiny_hf, vpp, **{
+        "train.max_steps": REF_STEPS, "checkpoint.interval": 3, "checkpoint.export_hf": "true",
+        "parallel.tp": 2, "parallel.pp": 2, "parallel.vpp": 2})))
+    jobs.append(("fit", ov(sft_data, tiny_hf, root / "vpp_reshard", **{
+        "train.max_steps": REF_STEPS, "train.micro_batch_size": 2,
+        "checkpoint.resume": str(vpp / "checkpoints" / "step_00000003")})))
+    jobs.append(_split_job(sft_data, tiny_hf, root, "pp2vpp3_emb", 2, "sum", **{
+        "parallel.pp": 2, "parallel.vpp": 3, "parallel.pp_account_embedding_loss": "true"}))
+    names += ["tp2pp2vpp2", "vpp_reshard", "pp2vpp3_emb"]
     for name, s in SPLITS_DP2.items():
         jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"], **{"parallel.pp": 2}))
         names.append(name)
     jobs.append(("error", ov(sft_data, tiny_hf, root / "bad_batch", **{
         "train.global_batch_size": 6, "train.micro_batch_size": 2})))
     jobs.append(("error", ov(sft_data, tiny_hf, root / "fp8", **{"model.fp8": "hybrid", "train.micro_batch_size": 2})))
-    out = run_distributed(rank_jobs, 4, args=(jobs,), timeout_s=800)[0]
-    return {**{n: root / n for n in names}, "bad_batch_error": out[-2], "bad_batch_dir": root / "bad_batch",
-            "fp8_error": out[-1]}
+    # PP=2 x VPP=2 x DP=2 with one micro-batch of 4 per rank: fewer than pp micro-batches for the interleaved schedule
+    jobs.append(("error", ov(sft_data, tiny_hf, root / "vpp_few_mb", **{"parallel.pp": 2, "parallel.vpp": 2})))
+    out = run_distributed(rank_jobs, 4, args=(jobs,), timeout_s=900)[0]
+    return {**{n: root / n for n in names}, "bad_batch_error": out[-3], "bad_batch_dir": root / "bad_batch",
+            "fp8_error": out[-2], "vpp_few_mb_error": out[-1]}
 

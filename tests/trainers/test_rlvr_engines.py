@@ -24,15 +24,21 @@ def _run(world, jobs):
 
 
 def test_tp2_trainer_to_engine_sync_stays_exact(sft_data, tiny_hf, tmp_path):
-    run, sp = tmp_path / "tp2", tmp_path / "tp2_sp"
+    run, sp, vpp = tmp_path / "tp2", tmp_path / "tp2_sp", tmp_path / "pp2vpp2"
     common = {"parallel.tp": 2, "train.max_steps": 3, "checkpoint.interval": 0}
     _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **common)),
-             ("rlvr", rlvr_overrides(sft_data, tiny_hf, sp, **common, **{"model.sequence_parallel": "true"}))])
+             ("rlvr", rlvr_overrides(sft_data, tiny_hf, sp, **common, **{"model.sequence_parallel": "true"})),
+             ("rlvr", rlvr_overrides(sft_data, tiny_hf, vpp, **{**common, "parallel.tp": 1, "parallel.pp": 2,
+                                                                "parallel.vpp": 2}))])
     recs = step_records(run)
-    # sequence parallelism (policy, reference and value model with its replicated head): the same PPO steps
-    for step, r in step_records(sp).items():
-        for key in ("loss", "value_loss", "grad_norm", "reward/score", "mismatch/mean_abs_diff"):
-            assert abs(r[key] - recs[step][key]) <= 1e-4 * max(1.0, abs(recs[step][key])), (step, key)
+    # sequence parallelism (policy, reference and value model with its replicated head), and PP=2 x VPP=2 (two model
+    # chunks per rank for the policy, the reference and the value model; the sync gathers chunk by chunk): the same
+    # PPO steps
+    for other in (sp, vpp):
+        assert list(step_records(other)) == [1, 2, 3], other.name
+        for step, r in step_records(other).items():
+            for key in ("loss", "value_loss", "grad_norm", "reward/score", "mismatch/mean_abs_diff"):
+                assert abs(r[key] - recs[step][key]) <= 1e-4 * max(1.0, abs(recs[step][key])), (other.name, step, key)
     assert list(recs) == [1, 2, 3]
     for step, r in recs.items():
         assert r["grad_norm"] > 0, step  # the weights really change between syncs

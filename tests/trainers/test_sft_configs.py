@@ -58,3 +58,22 @@ def test_bad_value_type_exits_2(capsys):
 
     assert stage_main("launch.sft", SFTConfig, SFTTask, "sft/tiny", argv=["train.max_steps=lots"]) == 2
     assert "max_steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+@pytest.mark.parametrize("size", ["8b", "70b", "405b"])
+def test_shipped_layout_builds(stage, size):
+    """Every shipped config's TP and pipeline split fit its model (405B's 126 layers over PP=8 only split with the
+    embedding and loss counted as layers), so a cluster job cannot fail at model build on its layout."""
+    from megatron_tulu.models.build import ModelOptions, transformer_config
+    from megatron_tulu.models.pipeline_split import PipelineSplit
+    from megatron_tulu.trainers.dpo import DPOConfig
+    from megatron_tulu.trainers.rlvr import RLVRConfig
+
+    cfg = load_config({"sft": SFTConfig, "dpo": DPOConfig, "rlvr": RLVRConfig}[stage], f"{stage}/{size}")
+    p = cfg.parallel
+    split = PipelineSplit(pp=p.pp, vpp=p.vpp, account_embedding_loss=p.pp_account_embedding_loss)
+    config = transformer_config(get_preset(cfg.model.preset), p.tp, split, ModelOptions(impl="local", dtype="bf16"))
+    assert config.pipeline_model_parallel_size == p.pp
+    if p.vpp > 1:  # the interleaved schedule needs >= pp micro-batches per step at the smallest DP (1)
+        assert cfg.train.global_batch_size // cfg.train.micro_batch_size >= p.pp

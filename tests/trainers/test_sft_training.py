@@ -110,3 +110,44 @@ def test_batch_not_divisible_fails_before_any_work(four_rank_runs):
 def test_fp8_refused_on_cpu(four_rank_runs):
     err = four_rank_runs["fp8_error"]
     assert err is not None and "model.fp8='hybrid'" in err and "GPU" in err, err
+
+
+def test_interleaved_pipeline_matches_tp1(one_rank_runs, four_rank_runs):
+    """TP=2 x PP=2 x VPP=2 (megatron's interleaved 1F1B over two model chunks per rank) and PP=2 x VPP=3 with the
+    embedding and loss counted as layers (chunks holding no decoder layer at all): the steps of TP=1."""
+    ref = step_records(one_rank_runs["ref"])
+    for name, steps in (("tp2pp2vpp2", REF_STEPS), ("pp2vpp3_emb", 2)):
+        par = step_records(four_rank_runs[name])
+        assert sorted(par) == list(range(1, steps + 1)), name
+        for s in par:
+            assert _rel(ref[s]["loss"], par[s]["loss"]) < 1e-4, (name, s, ref[s]["loss"], par[s]["loss"])
+            assert _rel(ref[s]["grad_norm"], par[s]["grad_norm"]) < 1e-3, (name, s, ref[s]["grad_norm"], par[s]["grad_norm"])
+
+
+def test_interleaved_checkpoint_and_export_reshard(four_rank_runs):
+    """The interleaved run's step-3 checkpoint (two chunks per rank) resumes at TP=1 x DP=4 with its own steps 4-6;
+    its HF export equals the plain TP=2 x PP=2 run's, tensor for tensor (same names, same layer order)."""
+    from safetensors.torch import load_file
+
+    vpp, resumed = step_records(four_rank_runs["tp2pp2vpp2"]), step_records(four_rank_runs["vpp_reshard"])
+    assert sorted(resumed) == [4, 5, 6]
+    for s in resumed:
+        assert _rel(resumed[s]["loss"], vpp[s]["loss"]) < 1e-4, (s, resumed[s]["loss"], vpp[s]["loss"])
+        assert _rel(resumed[s]["grad_norm"], vpp[s]["grad_norm"]) < 1e-3
+
+    def tensors(run):
+        out = {}
+        for f in sorted((run / "hf").glob("*.safetensors")):
+            out.update(load_file(str(f)))
+        return out
+
+    a, b = tensors(four_rank_runs["tp2pp2vpp2"]), tensors(four_rank_runs["tp2pp2"])
+    assert a and sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].shape == b[k].shape and (a[k] - b[k]).abs().max() < 1e-4, k
+
+
+def test_interleaved_needs_pp_microbatches(four_rank_runs):
+    err = four_rank_runs["vpp_few_mb_error"]
+    assert err is not None and err.startswith("ValueError"), err
+    assert "parallel.vpp=2" in err and "at least pp=2 micro-batches" in err and "train.global_batch_size=8" in err, err

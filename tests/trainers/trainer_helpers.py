@@ -80,19 +80,39 @@ def rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
     """Per-rank body: run ``jobs`` one after another in the same processes.
 
     Each job is ``(kind, overrides)`` for ``load_config(SFTConfig, "sft/tiny", overrides)``:
-    ``"fit"`` runs ``Trainer(cfg, SFTTask(cfg)).fit()`` and gives its summary; ``"error"`` runs only
-    ``Trainer.setup()`` and gives the text of the exception it raised (None when it raised nothing).
-    metrics.jsonl of each fit is written by rank 0 into its run_dir.
+    ``"fit"`` runs ``Trainer(cfg, SFTTask(cfg)).fit()`` and gives its summary; ``"stop@N"`` does the same but
+    sends this process SIGUSR1 while step N runs and gives the ``SystemExit`` code (the requeue code when the run
+    checkpointed and stopped); ``"error"`` runs only ``Trainer.setup()`` and gives the text of the exception it
+    raised (None when it raised nothing). metrics.jsonl of each fit is written by rank 0 into its run_dir.
     """
+    import os
+    import signal
+
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.sft import SFTConfig, SFTTask
+
+    class StopAt(SFTTask):
+        stop_step = 0
+
+        def microbatches(self, indices, trainer):
+            if trainer.step + 1 == self.stop_step:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return super().microbatches(indices, trainer)
 
     out = []
     for kind, overrides in jobs:
         cfg = load_config(SFTConfig, "sft/tiny", overrides)
         if kind == "fit":
             out.append(Trainer(cfg, SFTTask(cfg)).fit())
+        elif kind.startswith("stop@"):
+            task = StopAt(cfg)
+            task.stop_step = int(kind.split("@")[1])
+            try:
+                Trainer(cfg, task).fit()
+                out.append(None)
+            except SystemExit as e:
+                out.append(e.code)
         elif kind == "error":
             try:
                 Trainer(cfg, SFTTask(cfg)).setup()
