@@ -61,8 +61,10 @@ def ppo_policy_loss(
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate: mean of max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε_high)) with ρ = exp(logp - old_logp).
+    """Clipped surrogate: mean of w·max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε_high)) with ρ = exp(logp - old_logp) and w the
+    per-token importance weights (1 when not given).
 
     Args:
         logp: [B, T] logprobs of the sampled tokens under the policy being trained (requires grad).
@@ -76,6 +78,8 @@ def ppo_policy_loss(
         kl_coef: weight of a per-token KL(π || π_ref) term added to the loss (GRPO); 0 for Tülu-3 PPO,
             which puts the KL into the reward instead.
         kl_kind: estimator of that term ("k3" as in GRPO).
+        is_weights: [B, T] importance weights of the behaviour (rollout) policy, no grad, e.g.
+            ``truncated_is_weights``; they scale the surrogate, not the KL term.
 
     Returns:
         (loss, metrics) with metrics ``clipfrac`` (fraction of tokens where the clipped term is the active
@@ -90,6 +94,9 @@ def ppo_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     loss_mat = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        check_same_shape(is_weights=is_weights, mask=mask)
+        loss_mat = loss_mat * is_weights.detach().float()
     pg_loss = aggregate(loss_mat, mask, reduction)
 
     with torch.no_grad():
@@ -122,6 +129,7 @@ def grpo_policy_loss(
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.05,
     kl_kind: str = "k3",
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO: the PPO clipped surrogate on [B] group advantages plus ``kl_coef`` · k3 KL to the reference.
 
@@ -132,8 +140,31 @@ def grpo_policy_loss(
     return ppo_policy_loss(
         logp, old_logp, advantages, mask,
         clip_eps=clip_eps, clip_eps_high=clip_eps_high, reduction=reduction,
-        ref_logp=ref_logp, kl_coef=kl_coef, kl_kind=kl_kind,
+        ref_logp=ref_logp, kl_coef=kl_coef, kl_kind=kl_kind, is_weights=is_weights,
     )  # fmt: skip
+
+
+def truncated_is_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (TIS) weights ``min(π_old / π_rollout, cap)`` per token.
+
+    The rollouts come from the engine's weights, which lag the trainer's by up to ``async_steps`` updates and are
+    computed by other kernels (vLLM, bf16); ``old_logp`` is the trainer's log-prob of the same tokens before this
+    batch's first update. Weighting the surrogate by this ratio makes its gradient an estimate for the trainer's
+    policy again; the cap bounds the variance (open-instruct's ``truncated_importance_sampling_ratio_cap``).
+
+    Args:
+        old_logp: [B, T] trainer log-probs of the sampled tokens (no grad).
+        rollout_logp: [B, T] the engine's log-probs of the same tokens, at the same positions.
+        mask: [B, T] 1 for real response tokens.
+        cap: upper bound of a weight (> 0).
+    Returns:
+        [B, T] float32 weights, 1 at masked-out positions.
+    """
+    check_same_shape(old_logp=old_logp, rollout_logp=rollout_logp, mask=mask)
+    if not cap > 0:
+        raise ValueError(f"truncated_is_weights: cap must be > 0, got {cap}")
+    w = torch.exp(old_logp.detach().float() - rollout_logp.detach().float()).clamp(max=cap)
+    return torch.where(mask.bool(), w, torch.ones_like(w))
 
 
 POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {

@@ -35,7 +35,7 @@ def resolve_preset(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> Llam
     return preset
 
 
-def pipeline_split(trainer) -> PipelineSplit:
+def trainer_pipeline_split(trainer) -> PipelineSplit:
     """The trainer's layer split over pipeline ranks and virtual stages (``parallel.pp/vpp/pp_account_embedding_loss``)."""
     return PipelineSplit(pp=trainer.dims.pp, vpp=trainer.dims.vpp,
                          account_embedding_loss=trainer.cfg.parallel.pp_account_embedding_loss)
@@ -54,7 +54,7 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel)
-    split = pipeline_split(trainer)
+    split = trainer_pipeline_split(trainer)
     stages = list(range(split.vpp)) if split.vpp > 1 else [None]
     chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]
     if cfg.init_hf:

@@ -52,6 +52,10 @@ class RLVROptions:
     """Whiten PPO advantages over the whole (DP-wide) batch."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: weight each token's policy-gradient term by min(π_trainer / π_rollout, cap),
+    correcting for rollouts from older weights (``async_steps``) and the engine's numerics. 0 disables it; 2.0 is
+    a common cap (open-instruct's ``truncated_importance_sampling_ratio_cap``)."""
     vf_clip_eps: float = 0.2
     """Value clip (reward units)."""
     value_init_hf: str = ""
@@ -172,6 +176,8 @@ class PolicyTask(DataStageMixin):
         kw = {}
         if o.algorithm == "grpo":
             kw = dict(ref_logp=batch["ref_logp"].to(logits.device), kl_coef=o.kl_coef, kl_kind="k3")
+        if "is_w" in batch:
+            kw["is_weights"] = batch["is_w"].to(logits.device)
         loss, m = POLICY_LOSSES[o.algorithm](logp, batch["old_logp"].to(logits.device), batch["adv"].to(logits.device),
                                              mask, clip_eps=o.clip_eps, reduction="token-sum", **kw)
         n = mask.sum()

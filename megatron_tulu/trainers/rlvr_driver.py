@@ -36,6 +36,8 @@ class RLVRDriver:
         if self.o.num_engines < 1 or (self.o.num_engines > 1 and self.o.engine_placement != "ray"):
             raise ValueError(f"rlvr.num_engines={self.o.num_engines}: more than one engine needs "
                              "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
+        if self.o.tis_cap < 0:
+            raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {self.o.tis_cap}")
         if self.o.async_steps < 0:
             raise ValueError(f"rlvr.async_steps must be >= 0, got {self.o.async_steps}")
         self.policy = Trainer(cfg, PolicyTask(cfg))
@@ -189,6 +191,14 @@ class RLVRDriver:
             local.update(old_logp=old_logp, ref_logp=ref_logp, adv=adv)
             mm = logprob_mismatch(rollout_logp[sl], old_logp, m)
             metrics.update({f"mismatch/{k}": float(v) for k, v in mm.items()})
+            if o.tis_cap > 0:
+                from megatron_tulu.losses.ppo import truncated_is_weights
+
+                w = truncated_is_weights(old_logp, rollout_logp[sl], m, o.tis_cap)
+                local["is_w"] = w
+                valid = m.bool()
+                metrics.update({"tis/weight_mean": float(w[valid].mean()) if valid.any() else 1.0,
+                                "tis/capped_frac": float((w[valid] >= o.tis_cap).float().mean()) if valid.any() else 0.0})
         # PPO epochs x minibatches; every rank walks the same schedule (the tensors exist on the last stage)
         t_train = time.time()
         rows = list(range(per))

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from megatron_tulu.losses.kl import KL_ESTIMATORS, kl_estimate, logprob_mismatch
-from megatron_tulu.losses.ppo import POLICY_LOSSES, aggregate, grpo_policy_loss, ppo_policy_loss, value_loss
+from megatron_tulu.losses.ppo import (
+    POLICY_LOSSES, aggregate, grpo_policy_loss, ppo_policy_loss, truncated_is_weights, value_loss,
+)
 
 EPS = 0.2
 
@@ -170,3 +172,38 @@ def test_value_loss_ignores_padding():
     torch.testing.assert_close(loss, torch.tensor(0.5 * 0.2**2))
     loss.backward()
     assert values.grad[0, 1] == 0
+
+
+def test_truncated_is_weights_cap_and_mask():
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    rollout = torch.tensor([[-1.5, -1.0, -3.0, -3.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w = truncated_is_weights(old, rollout, mask, cap=2.0)
+    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 2.0, 1.0]])  # exp(2.5) capped; masked -> 1
+    assert torch.allclose(w, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(old, rollout, mask, cap=0.0)
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_is_weights_scale_each_tokens_policy_gradient(name):
+    """Unit weights change nothing; weights w scale each token's surrogate gradient by w."""
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(3, 5, generator=g)
+    ref = -torch.rand(3, 5, generator=g)
+    adv = torch.randn(3, 5, generator=g)
+    mask = torch.ones(3, 5)
+    w = 0.5 + torch.rand(3, 5, generator=g)
+    kw = dict(ref_logp=ref, reduction="token-sum", kl_coef=0.0)
+
+    def grad(weights):
+        logp = old.clone().requires_grad_(True)  # ratio 1: the unclipped term is active everywhere
+        loss, _ = POLICY_LOSSES[name](logp, old, adv, mask, is_weights=weights, **kw)
+        loss.backward()
+        return loss.detach(), logp.grad
+
+    l0, g0 = grad(None)
+    l1, g1 = grad(torch.ones(3, 5))
+    lw, gw = grad(w)
+    assert torch.equal(l0, l1) and torch.equal(g0, g1)
+    assert torch.allclose(gw, g0 * w, atol=1e-6) and torch.allclose(g0, -adv, atol=1e-6)

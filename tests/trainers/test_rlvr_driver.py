@@ -5,7 +5,8 @@
   ``part``     ... then continued in the same run_dir to step 4 (``resume=auto``: policy, value model,
                optimizers, prompt position; the engine is rebuilt from the resumed weights);
   ``grpo``     GRPO (group of 2), 2 steps;
-  ``async``    PPO with ``async_steps=2`` (up to two batches generated ahead), 4 steps.
+  ``async``    PPO with ``async_steps=2`` (up to two batches generated ahead), 4 steps;
+  ``async_tis`` the same with truncated importance sampling (``rlvr.tis_cap=2``).
 
 All start from the same tiny random HF Llama (the trainer tests' session fixture). LR is constant so the
 stopped run sees the same LR schedule as the uninterrupted one.
@@ -46,15 +47,18 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
         ("rlvr", ov("part", **{"train.max_steps": 4})),
         ("rlvr", ov("grpo", **{"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2, "train.global_batch_size": 2})),
         ("rlvr", ov("async", **{"rlvr.async_steps": 2, "train.max_steps": 4, "checkpoint.interval": 0})),
+        ("rlvr", ov("async_tis", **{"rlvr.async_steps": 2, "rlvr.tis_cap": 2.0, "train.max_steps": 4,
+                                    "checkpoint.interval": 0})),
         ("broken_sync", ov("broken", **{"train.max_steps": 1})),
         ("value_init", ov("rm", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm", tiny_hf)})),
         ("value_init", ov("rm_bad", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm_bad", tiny_hf,
                                                                                      hidden_size=64)})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
-    for (_, o), s in zip(jobs[:5], out):
+    for (_, o), s in zip(jobs[:6], out):
         assert "error" not in s, f"run {o} failed:\n{s.get('traceback')}"
-    return {"root": root, "summaries": dict(zip(["ppo", "part1", "part2", "grpo", "async", "broken", "rm", "rm_bad"], out))}
+    names = ["ppo", "part1", "part2", "grpo", "async", "async_tis", "broken", "rm", "rm_bad"]
+    return {"root": root, "summaries": dict(zip(names, out))}
 
 
 def test_post_sync_check_runs_every_step_and_stops_a_broken_sync(rlvr_runs):
@@ -118,6 +122,22 @@ def test_async_generation_runs(rlvr_runs):
     assert [recs[s]["rollout/queue_depth"] for s in (1, 2, 3, 4)] == [2, 2, 1, 0]  # bounded by k, drained at the end
     for step in (2, 3, 4):  # off-policy batches: the logged mismatch is the policy's drift and cannot be ~0
         assert recs[step]["mismatch/mean_abs_diff"] > 1e-4
+
+
+def test_truncated_importance_sampling(rlvr_runs):
+    """On-policy (step 1, fp32 TorchEngine = the trainer's numerics) every weight is 1 and the step equals the plain
+    async run's; on the off-policy batches (steps 2-4) the weights move away from 1 within the cap and change the
+    update (the step-2 batch is the same in both runs, since their step-1 updates were)."""
+    plain, tis = step_records(rlvr_runs["root"] / "async"), step_records(rlvr_runs["root"] / "async_tis")
+    assert list(tis) == [1, 2, 3, 4]
+    assert abs(tis[1]["tis/weight_mean"] - 1.0) < 1e-3 and tis[1]["tis/capped_frac"] == 0.0
+    for key in ("loss", "value_loss", "grad_norm"):
+        assert abs(tis[1][key] - plain[1][key]) <= 1e-5 * max(1.0, abs(plain[1][key])), key
+    assert tis[2]["reward/score"] == plain[2]["reward/score"] and tis[2]["response_len"] == plain[2]["response_len"]
+    for step in (2, 3, 4):
+        assert tis[step]["mismatch/policy_lag"] > 0
+        assert 1e-4 < abs(tis[step]["tis/weight_mean"] - 1.0) and 0 < tis[step]["tis/weight_mean"] <= 2.0, step
+    assert abs(tis[2]["loss"] - plain[2]["loss"]) > 1e-6 * max(1.0, abs(plain[2]["loss"]))
 
 
 def test_resume_reproduces_uninterrupted_run(rlvr_runs):
