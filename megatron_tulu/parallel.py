@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu import platform
+from megatron_tulu.models.pipeline_split import PipelineSplit
 
 DEFAULT_TIMEOUT_S = int(os.environ.get("MEGATRON_TULU_DIST_TIMEOUT_S", "600"))
 
@@ -51,8 +52,7 @@ class ParallelDims:
             raise ValueError(
                 f"world size {self.world} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model}"
             )
-        if self.vpp > 1 and self.pp == 1:
-            raise ValueError(f"parallel.vpp={self.vpp} needs parallel.pp > 1 (virtual stages interleave pipeline ranks)")
+        PipelineSplit(pp=self.pp, vpp=self.vpp).check_sizes()
 
 
 def _expand_nodelist(nodelist: str) -> list[str]:

@@ -13,7 +13,7 @@ over PP=8 (16 slots per rank: 15 layers on the first and last rank) or PP=8 x VP
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 
@@ -48,19 +48,26 @@ class PipelineSplit:
         """One contiguous, even block of layers per rank (what the converter's per-rank files hold)."""
         return self.vpp == 1 and not self.account_embedding_loss
 
-    def validate(self, num_layers: int, preset_name: str = "") -> None:
-        """Raise ValueError naming the fields when the layers do not split evenly over the chunks."""
+    def check_sizes(self) -> None:
+        """Raise ValueError naming the fields when pp/vpp/the embedding-loss slots cannot go together."""
         if self.pp < 1 or self.vpp < 1:
             raise ValueError(f"parallel.pp={self.pp} and parallel.vpp={self.vpp} must be >= 1")
         if self.vpp > 1 and self.pp == 1:
             raise ValueError(f"parallel.vpp={self.vpp} needs parallel.pp > 1 (virtual stages interleave pipeline ranks)")
         if self.account_embedding_loss and self.pp == 1:
             raise ValueError("parallel.pp_account_embedding_loss needs parallel.pp > 1")
-        slots = num_layers + (2 if self.account_embedding_loss else 0)
-        if slots % self.num_chunks:
+
+    def divides(self, num_layers: int) -> bool:
+        """Whether ``num_layers`` (plus the embedding and loss slots when counted) split evenly over the chunks."""
+        return (num_layers + (2 if self.account_embedding_loss else 0)) % self.num_chunks == 0
+
+    def validate(self, num_layers: int, preset_name: str = "") -> None:
+        """Raise ValueError naming the fields when the layers do not split evenly over the chunks."""
+        self.check_sizes()
+        if not self.divides(num_layers):
             what = f"model.num_layers={num_layers}" + (" + 2 (embedding and loss)" if self.account_embedding_loss else "")
             hint = ""
-            if not self.account_embedding_loss and (num_layers + 2) % self.num_chunks == 0:
+            if not self.account_embedding_loss and replace(self, account_embedding_loss=True).divides(num_layers):
                 hint = "; parallel.pp_account_embedding_loss=true would split it evenly"
             raise ValueError(f"pp={self.pp} x vpp={self.vpp} = {self.num_chunks} model chunks do not divide {what}"
                              f"{f' (preset {preset_name!r})' if preset_name else ''}{hint}")

@@ -4,8 +4,9 @@ step time, rank. :func:`plan_rlvr_layout` is the piece the SLURM dry run reuses 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.plan import memory as M
 from megatron_tulu.plan import throughput as T
@@ -147,10 +148,10 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         return lay
     if seqs % (dp * req.micro_batch):  # reported, but memory is still evaluated so both reasons show
         lay.reasons.append(f"global batch {seqs} sequences not divisible by DP*micro_batch = {dp * req.micro_batch}")
-    chunks = pp * req.vpp
-    if preset.num_layers % chunks:  # the trainer builds even splits only (models.pipeline_split)
-        if (preset.num_layers + 2) % chunks == 0:
-            lay.notes.append(f"{preset.num_layers} layers over {chunks} pipeline chunks is uneven: set "
+    split = PipelineSplit(pp=pp, vpp=req.vpp)
+    if not split.divides(preset.num_layers):  # the trainer builds even splits only
+        if replace(split, account_embedding_loss=True).divides(preset.num_layers):
+            lay.notes.append(f"{preset.num_layers} layers over {split.num_chunks} pipeline chunks is uneven: set "
                              "parallel.pp_account_embedding_loss=true (embedding and loss take a layer slot each)")
         else:
             lay.reasons.append(f"{preset.num_layers} layers (or {preset.num_layers + 2} with the embedding and loss "

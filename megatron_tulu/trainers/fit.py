@@ -8,7 +8,6 @@ metrics -> checkpoint / preemption) -> final checkpoint -> HF export.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu import platform
+from megatron_tulu.config import to_dict
 from megatron_tulu.parallel import ParallelDims, init_distributed
 from megatron_tulu.plan.throughput import model_flops_utilization
 from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionWatcher
@@ -132,7 +132,7 @@ class Trainer:
             self.total_steps = max(1, int(cfg.train.epochs * len(self.sampler)))
         self._maybe_resume()
         self.metrics = MetricsLogger(self.run_dir, cfg.logging, enabled=dist.get_rank() == 0, total_steps=self.total_steps,
-                                     run_config=dataclasses.asdict(cfg))
+                                     run_config=to_dict(cfg))
 
     def _check_batch_layout(self) -> None:
         t = self.cfg.train
