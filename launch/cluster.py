@@ -35,8 +35,7 @@ STAGES = ("sft", "dpo", "rlvr")
 PRESET_OF_SIZE = {"tiny": "tiny", "8b": "llama3.1-8b", "70b": "llama3.1-70b", "405b": "llama3.1-405b"}
 
 # Default layouts for the shipped scripts (checked against the planner's memory model by the tests).
-# tp/pp/cp: trainer megatron parallelism; dp is derived. engine_tp/num_engines: RLVR vLLM engines. cp stays 1
-# until the trainer config has a cp field (the planner prefers CP>1 for 405B; MT_CP=.. shows that plan).
+# tp/pp/cp: trainer megatron parallelism; dp is derived. engine_tp/num_engines: RLVR vLLM engines.
 DEFAULT_LAYOUTS: dict[tuple[str, str], dict[str, int]] = {
     ("sft", "tiny"): dict(tp=1, pp=1, cp=1),
     ("sft", "8b"): dict(tp=2, pp=1, cp=1),
@@ -157,7 +156,7 @@ def config_parallel(stage: str, size: str, config_dir: str | Path | None = None)
         if not isinstance(node, dict):
             continue
         if section == "parallel":
-            out["cp"] = 1  # the trainer's default when the config is silent (its ParallelConfig has no cp yet)
+            out["cp"] = 1  # the trainer's default (ParallelConfig.cp) when the config is silent
         for k in keys:
             if k in node:
                 if not isinstance(node[k], int):

@@ -65,12 +65,15 @@ def _is_cuda_device(dev) -> bool:
 
 
 class _CudaToCpu(torch.overrides.TorchFunctionMode):
-    """Rewrites ``device="cuda"`` (and integer devices) to CPU in factory calls, ``.to`` and ``.cuda``."""
+    """Rewrites ``device="cuda"`` (and integer devices) to CPU in factory calls, ``.to`` and ``.cuda``, and drops
+    ``pin_memory=True`` (a staging buffer for host-to-GPU copies; there is no pinned allocator without a GPU)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs["device"] = "cpu"
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
         name = getattr(func, "__name__", "")
         if name == "cuda":
             return args[0]

@@ -56,12 +56,12 @@ else
   MT_SRUN_ARGS=(--chdir="$MT_ROOT")
 fi
 
-# Settings that are also config fields reach the trainer as Hydra overrides, so the plan and the run agree
-# (MT_CP is plan-only until the trainer config has a cp field).
+# Settings that are also config fields reach the trainer as Hydra overrides, so the plan and the run agree.
 MT_LAYOUT_ARGS=()
 [ -n "$MT_DATA_DIR" ] && MT_LAYOUT_ARGS+=("data.root=$MT_DATA_DIR")
 [ -n "${MT_TP:-}" ] && MT_LAYOUT_ARGS+=("parallel.tp=$MT_TP")
 [ -n "${MT_PP:-}" ] && MT_LAYOUT_ARGS+=("parallel.pp=$MT_PP")
+[ -n "${MT_CP:-}" ] && MT_LAYOUT_ARGS+=("parallel.cp=$MT_CP")
 [ -n "${MT_ENGINE_TP:-}" ] && MT_LAYOUT_ARGS+=("rlvr.engine_tp=$MT_ENGINE_TP")
 [ -n "${MT_NUM_ENGINES:-}" ] && MT_LAYOUT_ARGS+=("rlvr.num_engines=$MT_NUM_ENGINES")
 

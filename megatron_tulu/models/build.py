@@ -39,6 +39,8 @@ class ModelOptions:
     """Attention and hidden dropout (Tülu 3: 0)."""
     init_std: float = 0.02
     """Std of the normal init for freshly initialised weights."""
+    document_masks: bool = False
+    """The model is fed dense block-causal masks (packed SFT rows); rules out the TE spec, see :func:`resolve_impl`."""
 
 
 def have_transformer_engine() -> bool:
@@ -49,9 +51,20 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, document_masks: bool = False) -> str:
+    """The layer spec ``impl`` resolves to. With ``document_masks`` (dense block-causal masks, packed SFT rows) it is
+    the local spec: megatron hands the mask to TE's attention with the ``causal`` mask type, for which TE ignores
+    it, so packed documents would silently attend to each other (TE needs the THD packed format instead)."""
     if impl == "auto":
-        return "te" if have_transformer_engine() and platform.has_gpu() else "local"
+        te = have_transformer_engine() and platform.has_gpu()
+        if te and document_masks:
+            log.warning("model.impl=auto: packed rows (train.packing) need document masks, which the TE layer spec "
+                        "ignores; using the local spec (no FP8, unfused attention)")
+        return "te" if te and not document_masks else "local"
+    if impl == "te" and document_masks:
+        raise ValueError("model.impl='te' with train.packing=true: TE attention ignores the dense block-causal mask "
+                         "of packed rows (documents would attend to each other); set model.impl=local (or auto) or "
+                         "train.packing=false")
     if impl == "te" and not have_transformer_engine():
         raise RuntimeError("model.impl='te' asks for Transformer Engine, but `import transformer_engine` fails here")
     if impl not in ("te", "local"):
@@ -91,12 +104,13 @@ def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     return ((vocab_size + step - 1) // step) * step
 
 
-def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions):
-    """megatron-core TransformerConfig for a Llama 3.1 preset (``pp``: a plain size or a :class:`PipelineSplit`)."""
+def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions, cp: int = 1):
+    """megatron-core TransformerConfig for a Llama 3.1 preset (``pp``: a plain size or a :class:`PipelineSplit`;
+    ``cp``: context-parallel size, see ``models.context_parallel``)."""
     platform.quiet_megatron_import()
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    impl = resolve_impl(opts.impl)
+    impl = resolve_impl(opts.impl, opts.document_masks)
     dtype = resolve_dtype(opts.dtype)
     if opts.fp8 and (impl != "te" or not platform.has_gpu()):
         raise ValueError(
@@ -137,6 +151,7 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, op
         hidden_dropout=opts.dropout,
         init_method_std=opts.init_std,
         tensor_model_parallel_size=tp,
+        context_parallel_size=cp,
         pipeline_model_parallel_size=split.pp,
         virtual_pipeline_model_parallel_size=split.vpp if split.vpp > 1 else None,
         account_for_embedding_in_pipeline_split=split.account_embedding_loss,
@@ -166,8 +181,10 @@ class RMSNorm(torch.nn.RMSNorm):
 
 
 def layer_spec(impl: str, config, vp_stage: int | None = None):
-    """TE spec, or the local (pure torch) block spec with :class:`RMSNorm` for the layers' and the final norm
-    (``config`` and ``vp_stage`` give this model chunk's layer count)."""
+    """TE spec (Transformer Engine's attention does context parallelism itself), or the local (pure torch) block
+    spec with :class:`RMSNorm` for the layers' and the final norm and, under context parallelism,
+    ``models.context_parallel.ContextParallelAttention`` (``config`` and ``vp_stage`` give this model chunk's layer
+    count)."""
     platform.quiet_megatron_import()
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -179,6 +196,10 @@ def layer_spec(impl: str, config, vp_stage: int | None = None):
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     layer.submodules.input_layernorm = RMSNorm
     layer.submodules.pre_mlp_layernorm = RMSNorm
+    if config.context_parallel_size > 1:
+        from megatron_tulu.models.context_parallel import ContextParallelAttention
+
+        layer.submodules.self_attention.submodules.core_attention = ContextParallelAttention
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=RMSNorm)
 
@@ -194,15 +215,19 @@ def build_model(
 ):
     """Build this rank's part of a Llama 3.1 ``GPTModel``: one model chunk (``vp_stage`` with virtual stages).
 
-    Needs ``megatron_tulu.parallel.init_distributed`` first (megatron reads TP/PP ranks from its global
-    state). ``pre_process``/``post_process`` default to "this chunk holds the embedding / the head".
+    Needs ``megatron_tulu.parallel.init_distributed`` first (megatron reads TP/PP/CP ranks from its global
+    state; the context-parallel size is its CP group's). ``pre_process``/``post_process`` default to "this chunk
+    holds the embedding / the head". Under context parallelism the chunk still takes full-length inputs
+    (``models.context_parallel.wrap_model_forward``).
     """
     opts = opts or ModelOptions()
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    config = transformer_config(preset, tp, pp, opts)
-    impl = resolve_impl(opts.impl)
+    from megatron_tulu.models.context_parallel import cp_size, wrap_model_forward
+
+    config = transformer_config(preset, tp, pp, opts, cp=cp_size())
+    impl = resolve_impl(opts.impl, opts.document_masks)
     split = PipelineSplit.of(pp)
     if (vp_stage is not None) != (split.vpp > 1):
         raise ValueError(f"build_model: vp_stage={vp_stage} with vpp={split.vpp} (one chunk per virtual stage)")
@@ -210,8 +235,8 @@ def build_model(
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
         post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-    log.info("building %s with the %s layer spec (tp=%d %s vp_stage=%s dtype=%s)", preset.name, impl, tp, split,
-             vp_stage, config.params_dtype)
+    log.info("building %s with the %s layer spec (tp=%d %s cp=%d vp_stage=%s dtype=%s)", preset.name, impl, tp, split,
+             config.context_parallel_size, vp_stage, config.params_dtype)
     model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(impl, config, vp_stage),
@@ -228,6 +253,7 @@ def build_model(
         vp_stage=vp_stage,
     )
     model.true_vocab_size = preset.vocab_size  # padded rows are masked by models.logprobs
+    wrap_model_forward(model)
     if platform.has_gpu():
         model.cuda(torch.cuda.current_device())
     return model

@@ -46,6 +46,8 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
     models = model if isinstance(model, list) else [model]
     n = b // mbs
     chunks, data_iter = schedule_inputs(models, list(input_ids.split(mbs)), forward_only=True)
+    from megatron_tulu.models.context_parallel import gather_tokens, schedule_seq_length
+
     position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0)
     collected: list[torch.Tensor] = []
 
@@ -54,7 +56,7 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
         out = model(ids, position_ids.expand_as(ids), None)
 
         def loss_fn(logits):
-            collected.append(logits.detach())
+            collected.append(gather_tokens(logits.detach(), s))  # full rows under context parallelism
             return logits.sum() * 0.0, {}
 
         return out, loss_fn
@@ -65,7 +67,7 @@ def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | 
             data_iterator=data_iter,
             model=models,
             num_microbatches=len(chunks),
-            seq_length=s,
+            seq_length=schedule_seq_length(models, s),
             micro_batch_size=mbs,
             forward_only=True,
         )
@@ -94,6 +96,8 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
 
         return out, loss_fn
 
+    from megatron_tulu.models.context_parallel import schedule_seq_length
+
     models = model if isinstance(model, list) else [model]
     n = len(microbatches)
     microbatches, data_iter = schedule_inputs(models, microbatches, forward_only=True)
@@ -103,7 +107,7 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
             data_iterator=data_iter,
             model=models,
             num_microbatches=len(microbatches),
-            seq_length=microbatches[0]["input_ids"].shape[1],
+            seq_length=schedule_seq_length(models, microbatches[0]["input_ids"].shape[1]),
             micro_batch_size=microbatches[0]["input_ids"].shape[0],
             forward_only=True,
         )

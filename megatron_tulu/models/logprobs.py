@@ -159,15 +159,20 @@ def full_sequence(hidden: torch.Tensor, config) -> torch.Tensor:
 
 def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_vocab_size: int | None,
                    temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs ``[b, s]`` of ``targets`` from the model's last-stage output ``[b, s, ·]`` (``model``:
-    the chunk that produced it, or the rank's chunk list).
+    """Per-token log-probs ``[b, s]`` of ``targets [b, s]`` from the model's last-stage output ``[b, s, ·]``
+    (``model``: the chunk that produced it, or the rank's chunk list). Under context parallelism the output holds
+    this rank's ``s / cp`` tokens; the log-probs come back as full rows (``models.context_parallel``).
 
     ``output`` is vocab-parallel logits, or hidden states when :func:`enable_fused_logprob_head` was applied
     to ``model`` (then the fused kernel runs against the output-layer weight shard).
     """
+    from megatron_tulu.models.context_parallel import gather_tokens, local_targets
+
     m = _unwrap(model)
+    s = targets.shape[1]
+    targets = local_targets(targets, m.config)  # under context parallelism the output holds this rank's tokens
     if not getattr(m, "fused_logprob_head", False):
-        return vocab_parallel_logprobs(output, targets, true_vocab_size, temperature)
+        return gather_tokens(vocab_parallel_logprobs(output, targets, true_vocab_size, temperature), s)
     from kernels.fused_logprob import fused_linear_logprob
 
     weight = m.output_layer.weight if m.output_layer.weight is not None else m.shared_embedding_or_output_weight()
@@ -176,4 +181,4 @@ def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_voca
     d = output.shape[-1]
     lp = fused_linear_logprob(output.reshape(-1, d), weight, targets.reshape(-1), temperature=temperature,
                               tp_group=group, vocab_start=start, true_vocab_size=true_vocab_size)
-    return lp.view(targets.shape)
+    return gather_tokens(lp.view(targets.shape), s)

@@ -15,7 +15,8 @@ class ModelConfig:
     vocab_size: Optional[int] = None
     """Override the preset's vocab (the tiny preset takes its tokenizer's size; None = from the tokenizer when smaller presets)."""
     impl: str = "auto"
-    """Layer spec: ``auto`` (Transformer Engine when installed on GPU), ``te`` or ``local`` (pure torch)."""
+    """Layer spec: ``auto`` (Transformer Engine when installed on GPU, except for packed SFT rows: TE ignores their
+    document masks, so those use the local spec), ``te`` (refused with packing) or ``local`` (pure torch)."""
     dtype: str = "auto"
     """Parameter dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
     fp8: Optional[str] = None
@@ -36,12 +37,17 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """Trainer parallel layout. DP is what remains: world / (tp * pp)."""
+    """Trainer parallel layout. DP is what remains: world / (tp * pp * cp)."""
 
     tp: int = 1
     """Tensor-parallel size."""
     pp: int = 1
     """Pipeline-parallel size (1F1B schedule when > 1)."""
+    cp: int = 1
+    """Context-parallel size: each sequence is split over ``cp`` ranks (two load-balanced chunks each), which cuts
+    activation memory per rank by ``cp`` for long sequences. The local spec all-gathers keys/values over the CP
+    group (any mask, including packed SFT); the TE spec uses Transformer Engine's ring attention. CP ranks hold
+    weight replicas: gradients and the distributed optimizer's shards span DP x CP."""
     vpp: int = 1
     """Model chunks (virtual pipeline stages) per pipeline rank. > 1 runs megatron's interleaved 1F1B, which cuts
     the pipeline bubble by ``vpp`` at the cost of ``vpp`` times the p2p messages; needs pp > 1, layers divisible

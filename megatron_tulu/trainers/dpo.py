@@ -206,8 +206,6 @@ class DPOTask(DataStageMixin):
 
     def score_pairs(self, trainer, rows) -> torch.Tensor:
         """Summed logps ``[N, 2]`` (chosen, rejected) of every pair under the current model, sharded over DP."""
-        from megatron.core import parallel_state as ps
-
         from megatron_tulu.models.forward import forward_only_map
 
         n, dp, mbs = len(rows), trainer.dims.dp, self.cfg.train.micro_batch_size
@@ -222,7 +220,7 @@ class DPOTask(DataStageMixin):
         vocab = trainer.preset.vocab_size
         res = forward_only_map(trainer.model, batches, self._forward_concat,
                                lambda b, logits: sequence_logps(logits, b["targets"].to(logits.device), vocab, trainer.model)[0])
-        if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
+        if trainer.reports_results:
             seen = set()
             for b, r in zip(batches, res):
                 k = len(b["indices"])

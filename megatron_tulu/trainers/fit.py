@@ -103,13 +103,17 @@ class Trainer:
         cfg = self.cfg
         platform.setup(cfg.device)
         self.dims: ParallelDims = init_distributed(
-            ParallelDims(tp=cfg.parallel.tp, pp=cfg.parallel.pp, vpp=cfg.parallel.vpp), timeout_s=cfg.parallel.timeout_s
+            ParallelDims(tp=cfg.parallel.tp, pp=cfg.parallel.pp, cp=cfg.parallel.cp, vpp=cfg.parallel.vpp),
+            timeout_s=cfg.parallel.timeout_s,
         )
         from megatron.core import parallel_state as ps
 
         self.dp_rank = ps.get_data_parallel_rank()
         self.is_last_stage = ps.is_pipeline_last_stage()
         self.tp_rank = ps.get_tensor_model_parallel_rank()
+        # the one rank per model replica that reports the last stage's per-micro-batch results: TP and CP peers
+        # hold the same (replicated) losses and metrics
+        self.reports_results = self.is_last_stage and self.tp_rank == 0 and ps.get_context_parallel_rank() == 0
         if platform.has_gpu():
             from megatron_tulu.plan.hardware import gpu_from_device_name
 
@@ -172,6 +176,7 @@ class Trainer:
         """Forward/backward over ``microbatches`` with megatron's schedule, then an optimizer step."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
+        from megatron_tulu.models.context_parallel import schedule_seq_length
         from megatron_tulu.models.forward import schedule_inputs
 
         task = self.task
@@ -192,7 +197,7 @@ class Trainer:
         self.optimizer.zero_grad()
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        seq = microbatches[0]["input_ids"].shape[1]
+        seq = schedule_seq_length(self.model, microbatches[0]["input_ids"].shape[1])
         microbatches, data_iter = schedule_inputs(self.model, microbatches, forward_only=False)
         outs = get_forward_backward_func()(
             forward_step_func=forward_step,
@@ -216,7 +221,7 @@ class Trainer:
         """Sum task metrics over micro-batches (last stage) and DP ranks; the result is on every rank."""
         names = self.task.metric_names
         vec = torch.zeros(len(names), dtype=torch.float64)
-        if self.is_last_stage and self.tp_rank == 0:
+        if self.reports_results:
             for o in outs:
                 for i, n in enumerate(names):
                     vec[i] += float(o[n])

@@ -53,7 +53,8 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
     from megatron_tulu.models.build import ModelOptions, build_model
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
-                        sequence_parallel=cfg.sequence_parallel)
+                        sequence_parallel=cfg.sequence_parallel,
+                        document_masks=bool(getattr(trainer.task, "packed", False)))
     split = trainer_pipeline_split(trainer)
     stages = list(range(split.vpp)) if split.vpp > 1 else [None]
     chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]

@@ -55,7 +55,7 @@ class RLVRDriver:
         self.value = None
         if self.o.algorithm == "ppo":
             v = Trainer(self.cfg, ValueTask(self.cfg), preset=tr.preset)
-            for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "num_microbatches"):
+            for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "reports_results", "num_microbatches"):
                 setattr(v, k, getattr(tr, k))
             v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
 
@@ -138,12 +138,13 @@ class RLVRDriver:
                 "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
 
     def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None) -> torch.Tensor | None:
+        from megatron_tulu.models.context_parallel import gather_tokens
         from megatron_tulu.models.forward import forward_only_map
         from megatron_tulu.models.logprobs import token_logprobs
 
         vocab, temp = self.policy.preset.vocab_size, self.o.temperature if temperature is None else temperature
         if values:
-            red = lambda b, out: out.squeeze(-1).float()  # noqa: E731
+            red = lambda b, out: gather_tokens(out.squeeze(-1).float(), b["targets"].shape[1])  # noqa: E731
         else:
             red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks, vocab, temperature=temp)  # noqa: E731
         res = forward_only_map(chunks, mbs, self.task.forward, red)
@@ -224,7 +225,7 @@ class RLVRDriver:
         """Per-DP-rank metrics from the last stage -> mean on every rank (keys are rank-independent)."""
         keys = sorted(metrics)
         keys = broadcast_object(keys, src=dist.get_world_size() - 1)
-        vec = torch.tensor([float(metrics.get(k, 0.0)) if (self.policy.is_last_stage and self.policy.tp_rank == 0) else 0.0
+        vec = torch.tensor([float(metrics.get(k, 0.0)) if self.policy.reports_results else 0.0
                             for k in keys], dtype=torch.float64, device=platform.device())
         if dist.get_world_size() > 1:
             dist.all_reduce(vec)

@@ -124,11 +124,16 @@ def _hf_grads_of_rank(model, preset):
     from megatron_tulu.checkpoint import mapping
     from megatron_tulu.checkpoint.model_io import named_local_params
 
-    tp = ps.get_tensor_model_parallel_world_size()
-    keep = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+    tp, cp = ps.get_tensor_model_parallel_world_size(), ps.get_context_parallel_world_size()
+    keep = (ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+            and ps.get_context_parallel_rank() == 0)
     grads = {}
     for _, glob, p in named_local_params(model):
         g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if cp > 1:  # what DDP does over DP x CP: each CP rank holds cp x its tokens' part (the schedule's loss scale)
+            g = g.clone()
+            dist.all_reduce(g, group=ps.get_context_parallel_group())
+            g /= cp
         if tp > 1:
             shards = [torch.empty_like(g) for _ in range(tp)]
             dist.all_gather(shards, g.contiguous(), group=ps.get_tensor_model_parallel_group())
@@ -141,7 +146,7 @@ def _hf_grads_of_rank(model, preset):
 
 
 def rank_train_step_equivalence(hf_dir, layouts, input_ids, num_microbatches):
-    """Per-rank body: for each ``(tp, pp)`` load the same HF weights, run forward+backward of the summed token
+    """Per-rank body: for each ``(tp, pp, cp)`` load the same HF weights, run forward+backward of the summed token
     loss ``-sum(logprobs(targets))`` through ``get_forward_backward_func`` and return, per layout, the loss (last
     pipeline stage, summed over micro-batches) and the grads by HF name, from every rank that holds some."""
     import torch.distributed as dist
@@ -151,13 +156,14 @@ def rank_train_step_equivalence(hf_dir, layouts, input_ids, num_microbatches):
     from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
     from megatron_tulu.checkpoint.model_io import load_hf_into_model
     from megatron_tulu.models.build import ModelOptions, build_model
-    from megatron_tulu.models.logprobs import vocab_parallel_logprobs
+    from megatron_tulu.models.context_parallel import schedule_seq_length
+    from megatron_tulu.models.logprobs import token_logprobs
     from megatron_tulu.parallel import ParallelDims, init_distributed
 
     world = dist.get_world_size() if dist.is_initialized() else int(__import__("os").environ["WORLD_SIZE"])
     results = []
-    for tp, pp in layouts:
-        dims = init_distributed(ParallelDims(tp=tp, pp=pp, world=world))
+    for tp, pp, cp in layouts:
+        dims = init_distributed(ParallelDims(tp=tp, pp=pp, cp=cp, world=world))
         preset = preset_from_hf_config(HFReader(hf_dir).config)
         model = build_model(preset, dims.tp, dims.pp, ModelOptions(impl="local", dtype="fp32"))
         load_hf_into_model(model, hf_dir, preset)
@@ -173,14 +179,14 @@ def rank_train_step_equivalence(hf_dir, layouts, input_ids, num_microbatches):
             logits = model(ids, pos.expand_as(ids), None)
 
             def loss_fn(logits, tgt=tgt):
-                loss = -vocab_parallel_logprobs(logits, tgt, true_vocab_size=preset.vocab_size).sum()
+                loss = -token_logprobs(logits, tgt, model, true_vocab_size=preset.vocab_size).sum()
                 return loss, {"loss_sum": loss.detach().clone()}
 
             return logits, loss_fn
 
         losses = get_forward_backward_func()(
             forward_step_func=step, data_iterator=batches, model=[model], num_microbatches=num_microbatches,
-            seq_length=s - 1, micro_batch_size=mbs, forward_only=False,
+            seq_length=schedule_seq_length(model, s - 1), micro_batch_size=mbs, forward_only=False,
         )
         loss = float(sum(d["loss_sum"] for d in losses)) if ps.is_pipeline_last_stage() and losses else None
         results.append({"loss": loss, "grads": _hf_grads_of_rank(model, preset)})

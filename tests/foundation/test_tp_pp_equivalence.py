@@ -1,5 +1,6 @@
-"""The issue's helper test: the ``tiny`` preset at TP=2 and TP=2xPP=2 gives the same summed-token loss and the
-same gradients as TP=1, and all of them match transformers' autograd on the same weights.
+"""The issue's helper test: the ``tiny`` preset at TP=2 and TP=2xPP=2, and with context parallelism (TP=2xCP=2,
+PP=2xCP=2, CP=4; 15 tokens per row, so every CP layout pads the rows to split them), gives the same summed-token
+loss and the same gradients as TP=1, and all of them match transformers' autograd on the same weights.
 
 Also here (same 4-process launch, to keep launches few): ``vocab_parallel_logprobs`` against the full-vocab
 log_softmax at TP=2 and TP=4 with padding rows, temperature != 1, entropy and gradients.
@@ -13,7 +14,9 @@ import torch
 import foundation_helpers as fh
 
 NUM_MICROBATCHES = 2
-LAYOUTS = [(1, 1), (2, 1), (2, 2)]  # world 4: TP=1 and TP=2 run with DP=4/2 (every replica computes the same)
+# (tp, pp, cp) on world 4: smaller layouts run with DP (every replica computes the same)
+LAYOUTS = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2), (1, 1, 4)]
+LAYOUT_IDS = ["tp2", "tp2_pp2", "tp2_cp2", "pp2_cp2", "cp4"]
 REL_TOL = 1e-5  # fp32: relative to the largest |grad| of each tensor
 VOCAB_PAD_TRUE = 301  # odd vocab: padded to 512 columns for TP=2 and TP=4
 
@@ -41,7 +44,7 @@ def results(tmp_path_factory):
 
     preset = _tiny_preset()
     hf_dir = fh.make_hf_from_preset(tmp_path_factory.mktemp("tiny") / "hf", preset, seed=3)
-    ids = torch.randint(0, preset.vocab_size, (4, 17), generator=torch.Generator().manual_seed(11))
+    ids = torch.randint(0, preset.vocab_size, (4, 16), generator=torch.Generator().manual_seed(11))
     full, targets = _logprob_case()
     calls = [
         ("rank_train_step_equivalence", (str(hf_dir), LAYOUTS, ids, NUM_MICROBATCHES)),
@@ -93,12 +96,12 @@ def test_tiny_preset_layouts_give_the_same_loss(results, hf_reference):
     losses = [lay["loss"] for lay in results["layouts"]]
     print("summed token loss per layout", dict(zip(LAYOUTS, losses)), "transformers", hf_reference["loss"])
     assert all(loss is not None for loss in losses)
-    for (tp, pp), loss in zip(LAYOUTS, losses):
-        assert abs(loss - losses[0]) <= 1e-5 * abs(losses[0]), f"tp={tp} pp={pp}: loss {loss} vs tp=1 {losses[0]}"
+    for (tp, pp, cp), loss in zip(LAYOUTS, losses):
+        assert abs(loss - losses[0]) <= 1e-5 * abs(losses[0]), f"tp={tp} pp={pp} cp={cp}: loss {loss} vs tp=1 {losses[0]}"
     assert abs(losses[0] - hf_reference["loss"]) <= 1e-5 * abs(hf_reference["loss"])
 
 
-@pytest.mark.parametrize("idx", [1, 2], ids=["tp2", "tp2_pp2"])
+@pytest.mark.parametrize("idx", range(1, len(LAYOUTS)), ids=LAYOUT_IDS)
 def test_tiny_preset_grads_match_tp1(results, idx):
     base = results["layouts"][0]["grads"]
     assert len(base) == len(set(__import__("megatron_tulu.checkpoint.mapping", fromlist=["x"]).all_hf_names(results["preset"])))

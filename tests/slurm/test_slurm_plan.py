@@ -96,6 +96,9 @@ def test_layout_env_override_and_bad_layout_error():
     r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "2", "MT_PP": "2"})
     assert "TP=2 PP=2 CP=1 DP=4" in r.stdout
     assert r.stdout.rstrip().endswith("parallel.tp=2 parallel.pp=2"), "the trainer gets the same layout"
+    r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "2", "MT_CP": "2"})
+    assert "TP=2 PP=1 CP=2 DP=4" in r.stdout
+    assert r.stdout.rstrip().endswith("parallel.tp=2 parallel.cp=2"), "the trainer gets the same layout"
     r = _dry_run(ROOT / "slurm/sft_70b.sh", {"MT_TP": "3"})
     assert r.returncode != 0 and "not divisible by TP*PP*CP" in r.stderr
     r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "two"})

@@ -50,7 +50,8 @@ def _split_job(sft_data, tiny_hf, root, name, mb, red, **extra):
 @pytest.fixture(scope="session")
 def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     """Single-rank launch: the reference run (``ref``), the 1-rank split runs (``sum_8`` = 1x8, ...) and the
-    activation-recompute runs (``recompute_full``, ``recompute_selective``; 2 steps, otherwise as ``ref``)."""
+    activation-recompute runs (``recompute_full``, ``recompute_selective``; 2 steps, otherwise as ``ref``), the
+    export/init runs and ``unpacked`` (2 steps without packing)."""
     from megatron_tulu.testing import run_distributed
 
     root = tmp_path_factory.mktemp("one_rank")
@@ -72,6 +73,8 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     jobs.append(("fit", ov(sft_data, tiny_hf, root / "from_hf", **{
         "train.max_steps": 1, "checkpoint.interval": 0, "model.init_hf": str(exp / "hf")})))
     names += ["export_run", "from_mcore", "from_hf"]
+    jobs.append(_split_job(sft_data, tiny_hf, root, "unpacked", 4, "sum", **{"train.packing": "false"}))
+    names.append("unpacked")
     run_distributed(rank_jobs, 1, args=(jobs,), timeout_s=800)
     return {n: root / n for n in names}
 
@@ -81,7 +84,8 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
     """4-rank launch, in order: ``tp2pp2`` (6 steps, checkpoint at 3, HF export); ``reshard`` (TP=1 x DP=4, resumed
     from tp2pp2's step-3 checkpoint); ``tp2pp2_sp``/``tp2pp2_sp_fused`` (2 steps with sequence parallelism, the
     second with the fused log-prob head); the interleaved runs ``tp2pp2vpp2``, ``vpp_reshard``, ``pp2vpp3_emb``;
-    ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); then three setups that must fail: ``bad_batch`` (global 6
+    ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); the context-parallel runs ``cp2tp2``, ``cp_reshard``,
+    ``cp2tp2_sp_fused``, ``cp4_unpacked``; then three setups that must fail: ``bad_batch`` (global 6
     over micro 2 x DP 4), ``fp8`` (fp8 on CPU) and ``vpp_few_mb`` (1 micro-batch for PP=2 x VPP=2). Returns run dirs
     and errors."""
     from megatron_tulu.testing import run_distributed
@@ -118,6 +122,22 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
     for name, s in SPLITS_DP2.items():
         jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"], **{"parallel.pp": 2}))
         names.append(name)
+    # context parallelism: CP=2 x TP=2 (packed rows, block-causal mask split over CP), checkpointed at 3 and exported;
+    # its step-3 checkpoint resumed at PP=2 x CP=2; CP=2 x TP=2 with sequence parallelism, the fused log-prob head
+    # and selective recompute; CP=4 on unpacked rows (causal mask built from global positions)
+    cp = root / "cp2tp2"
+    jobs.append(("fit", ov(sft_data, tiny_hf, cp, **{
+        "train.max_steps": REF_STEPS, "checkpoint.interval": 3, "checkpoint.export_hf": "true",
+        "parallel.tp": 2, "parallel.cp": 2})))
+    jobs.append(("fit", ov(sft_data, tiny_hf, root / "cp_reshard", **{
+        "train.max_steps": REF_STEPS, "parallel.pp": 2, "parallel.cp": 2,
+        "checkpoint.resume": str(cp / "checkpoints" / "step_00000003")})))
+    jobs.append(_split_job(sft_data, tiny_hf, root, "cp2tp2_sp_fused", 4, "sum", **{
+        "parallel.tp": 2, "parallel.cp": 2, "model.sequence_parallel": "true", "model.use_fused_logprob": "true",
+        "model.recompute": "selective"}))
+    jobs.append(_split_job(sft_data, tiny_hf, root, "cp4_unpacked", 4, "sum", **{
+        "parallel.cp": 4, "train.packing": "false"}))
+    names += ["cp2tp2", "cp_reshard", "cp2tp2_sp_fused", "cp4_unpacked"]
     jobs.append(("error", ov(sft_data, tiny_hf, root / "bad_batch", **{
         "train.global_batch_size": 6, "train.micro_batch_size": 2})))
     jobs.append(("error", ov(sft_data, tiny_hf, root / "fp8", **{"model.fp8": "hybrid", "train.micro_batch_size": 2})))

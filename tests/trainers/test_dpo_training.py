@@ -94,7 +94,16 @@ def two_rank(setup_dirs):
             # interleaved pipeline: PP=2 x VPP=2 (one layer per chunk), concatenated forward, cached reference
             ("fit", dpo_overrides(data, hf, root / "pp2vpp2", **{
                 "train.max_steps": STEPS, "parallel.pp": 2, "parallel.vpp": 2, "dpo.forward_mode": "concatenated",
-                "data.cache_dir": root / "pp2vpp2" / "cache"}))]
+                "data.cache_dir": root / "pp2vpp2" / "cache"})),
+            # context parallelism CP=2: each pair's rows split over the two ranks, per-token logps gathered back;
+            # with the on-the-fly reference model (also CP-split), and with the cached reference pre-pass, the
+            # concatenated forward and the Triton DPO loss on the gathered token logps
+            ("fit", dpo_overrides(data, hf, root / "cp2_otf", **{
+                "train.max_steps": STEPS, "parallel.cp": 2, "dpo.ref_mode": "on_the_fly",
+                "data.cache_dir": root / "cp2_otf" / "cache"})),
+            ("fit", dpo_overrides(data, hf, root / "cp2_fused_concat", **{
+                "train.max_steps": STEPS, "parallel.cp": 2, "dpo.forward_mode": "concatenated",
+                "dpo.use_fused_loss": "true", "data.cache_dir": root / "cp2_fused_concat" / "cache"}))]
     return run, run_distributed(dpo_jobs, 2, args=(jobs,), timeout_s=900)
 
 
@@ -258,3 +267,28 @@ def test_interleaved_pipeline_matches_one_rank(one_rank, setup_dirs, two_rank):
     for s in ev_ref:
         assert ev_vpp[s]["eval/accuracy"] == ev_ref[s]["eval/accuracy"]
         assert abs(ev_vpp[s]["eval/loss"] - ev_ref[s]["eval/loss"]) < 1e-5
+
+
+def test_context_parallel_matches_one_rank(one_rank, setup_dirs, two_rank):
+    """CP=2 (both ranks hold the same pairs, half of every row each): the cached reference pre-pass equals the
+    1-rank one, and training (on-the-fly reference; concatenated forward with the Triton loss) and the eval follow
+    the 1-rank runs."""
+    root = setup_dirs[0]
+    _, out = two_rank
+    for r in out:
+        assert r[2]["exit"] is None and r[3]["exit"] is None
+        assert torch.allclose(r[3]["ref_train"], one_rank["cached"]["ref_train"], rtol=1e-6, atol=1e-5)
+    for name, base in (("cp2_otf", "otf"), ("cp2_fused_concat", "fused_concat")):
+        ref, cp = step_records(one_rank["_dirs"][base]), step_records(root / name)
+        assert sorted(cp) == list(range(1, STEPS + 1)), name
+        for s in ref:
+            # step 1 starts at the reference: every implicit reward is 0 up to float rounding (~1e-6, which differs
+            # between layouts), so the accuracy there counts rounding signs; it is compared from step 2 on
+            keys = ["loss", "grad_norm"] + [m for m in METRICS if s > 1 or m != "rewards/accuracy"]
+            for key in keys:
+                assert abs(ref[s][key] - cp[s][key]) <= 1e-5 * max(1.0, abs(ref[s][key])), (name, s, key, ref[s][key], cp[s][key])
+        ev_ref, ev_cp = eval_records(one_rank["_dirs"][base]), eval_records(root / name)
+        assert sorted(ev_cp) == sorted(ev_ref) and ev_ref, name
+        for s in ev_ref:
+            assert ev_cp[s]["eval/accuracy"] == ev_ref[s]["eval/accuracy"]
+            assert abs(ev_cp[s]["eval/loss"] - ev_ref[s]["eval/loss"]) < 1e-5

@@ -24,17 +24,19 @@ def _run(world, jobs):
 
 
 def test_tp2_trainer_to_engine_sync_stays_exact(sft_data, tiny_hf, tmp_path):
-    run, sp, vpp = tmp_path / "tp2", tmp_path / "tp2_sp", tmp_path / "pp2vpp2"
+    run, sp, vpp, cp = tmp_path / "tp2", tmp_path / "tp2_sp", tmp_path / "pp2vpp2", tmp_path / "cp2"
     common = {"parallel.tp": 2, "train.max_steps": 3, "checkpoint.interval": 0}
     _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **common)),
              ("rlvr", rlvr_overrides(sft_data, tiny_hf, sp, **common, **{"model.sequence_parallel": "true"})),
              ("rlvr", rlvr_overrides(sft_data, tiny_hf, vpp, **{**common, "parallel.tp": 1, "parallel.pp": 2,
-                                                                "parallel.vpp": 2}))])
+                                                                "parallel.vpp": 2})),
+             ("rlvr", rlvr_overrides(sft_data, tiny_hf, cp, **{**common, "parallel.tp": 1, "parallel.cp": 2}))])
     recs = step_records(run)
-    # sequence parallelism (policy, reference and value model with its replicated head), and PP=2 x VPP=2 (two model
-    # chunks per rank for the policy, the reference and the value model; the sync gathers chunk by chunk): the same
-    # PPO steps
-    for other in (sp, vpp):
+    # sequence parallelism (policy, reference and value model with its replicated head); PP=2 x VPP=2 (two model
+    # chunks per rank for the policy, the reference and the value model; the sync gathers chunk by chunk); CP=2
+    # (every response row split over the two ranks; log-probs and values gathered back, the sync sends one
+    # replica): the same PPO steps
+    for other in (sp, vpp, cp):
         assert list(step_records(other)) == [1, 2, 3], other.name
         for step, r in step_records(other).items():
             for key in ("loss", "value_loss", "grad_norm", "reward/score", "mismatch/mean_abs_diff"):
