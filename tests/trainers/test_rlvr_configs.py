@@ -10,9 +10,10 @@ from megatron_tulu.models.presets import get_preset
 from megatron_tulu.trainers.rlvr import RLVRConfig
 
 # size: (trainer GPUs, lr, KL beta, response length, engine TP, warm-up) from open-instruct docs/tulu3.md,
-# and the number of engines of the shipped layout (405B: two TP=16 engines fill the 32 nodes)
+# and the number of engines of the shipped layout (405B: two TP=16 engines fill the 32 nodes; 8B: 8 engines + 8
+# trainer GPUs, since Tülu 3's 7 trainer GPUs relied on ZeRO-3 weight sharding)
 TULU3 = {
-    "8b": (7, 3e-7, 0.05, 2048, 1, 0.0, 1),
+    "8b": (8, 3e-7, 0.05, 2048, 1, 0.0, 8),
     "70b": (40, 1e-7, 0.07, 2048, 4, 0.1, 1),
     "405b": (224, 1e-7, 0.05, 1024, 16, 0.0, 2),
 }
@@ -34,8 +35,8 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     preset = get_preset(cfg.model.preset)
     assert preset.num_layers % pp == 0 and preset.num_attention_heads % tp == 0
     # 8 GPUs per node: the engine and the trainer fit the node count the header states
-    assert (gpus + etp * o.num_engines) <= {"8b": 8, "70b": 48, "405b": 256}[size]
-    assert o.num_engines == 1 or o.engine_placement == "ray" or size == "405b"  # the script sets placement=ray
+    assert (gpus + etp * o.num_engines) <= {"8b": 16, "70b": 48, "405b": 256}[size]
+    assert o.num_engines == 1 or o.engine_placement == "ray" or size in ("8b", "405b")  # their scripts set placement=ray
 
 
 def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
