@@ -40,7 +40,8 @@ class ModelOptions:
     init_std: float = 0.02
     """Std of the normal init for freshly initialised weights."""
     document_masks: bool = False
-    """The model is fed dense block-causal masks (packed SFT rows); rules out the TE spec, see :func:`resolve_impl`."""
+    """The model is fed dense block-causal masks (packed SFT rows under context parallelism); rules out the TE spec,
+    see :func:`resolve_impl`."""
 
 
 def have_transformer_engine() -> bool:
@@ -52,19 +53,20 @@ def have_transformer_engine() -> bool:
 
 
 def resolve_impl(impl: str, document_masks: bool = False) -> str:
-    """The layer spec ``impl`` resolves to. With ``document_masks`` (dense block-causal masks, packed SFT rows) it is
-    the local spec: megatron hands the mask to TE's attention with the ``causal`` mask type, for which TE ignores
-    it, so packed documents would silently attend to each other (TE needs the THD packed format instead)."""
+    """The layer spec ``impl`` resolves to. With ``document_masks`` (dense block-causal masks: packed SFT rows under
+    context parallelism, which has no THD path here) it is the local spec: megatron hands a dense mask to TE's
+    attention with the ``causal`` mask type, for which TE ignores it, so packed documents would silently attend to
+    each other. Packed rows without CP go as THD (``models.packed``), which TE honours."""
     if impl == "auto":
         te = have_transformer_engine() and platform.has_gpu()
         if te and document_masks:
-            log.warning("model.impl=auto: packed rows (train.packing) need document masks, which the TE layer spec "
-                        "ignores; using the local spec (no FP8, unfused attention)")
+            log.warning("model.impl=auto: packed rows under context parallelism need dense document masks, which "
+                        "the TE layer spec ignores; using the local spec (no FP8, unfused attention)")
         return "te" if te and not document_masks else "local"
     if impl == "te" and document_masks:
-        raise ValueError("model.impl='te' with train.packing=true: TE attention ignores the dense block-causal mask "
-                         "of packed rows (documents would attend to each other); set model.impl=local (or auto) or "
-                         "train.packing=false")
+        raise ValueError("model.impl='te' with train.packing=true and parallel.cp > 1: packed rows under context "
+                         "parallelism use a dense block-causal mask, which TE attention ignores (documents would "
+                         "attend to each other); set model.impl=local (or auto), parallel.cp=1 or train.packing=false")
     if impl == "te" and not have_transformer_engine():
         raise RuntimeError("model.impl='te' asks for Transformer Engine, but `import transformer_engine` fails here")
     if impl not in ("te", "local"):
@@ -181,10 +183,9 @@ class RMSNorm(torch.nn.RMSNorm):
 
 
 def layer_spec(impl: str, config, vp_stage: int | None = None):
-    """TE spec (Transformer Engine's attention does context parallelism itself), or the local (pure torch) block
-    spec with :class:`RMSNorm` for the layers' and the final norm and, under context parallelism,
-    ``models.context_parallel.ContextParallelAttention`` (``config`` and ``vp_stage`` give this model chunk's layer
-    count)."""
+    """TE spec (Transformer Engine's attention does THD packed rows and context parallelism itself), or the local
+    (pure torch) block spec with :class:`RMSNorm` for the layers' and the final norm and
+    ``models.local_attention.LocalAttention`` (``config`` and ``vp_stage`` give this model chunk's layer count)."""
     platform.quiet_megatron_import()
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
@@ -196,10 +197,9 @@ def layer_spec(impl: str, config, vp_stage: int | None = None):
     layer = specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     layer.submodules.input_layernorm = RMSNorm
     layer.submodules.pre_mlp_layernorm = RMSNorm
-    if config.context_parallel_size > 1:
-        from megatron_tulu.models.context_parallel import ContextParallelAttention
+    from megatron_tulu.models.local_attention import LocalAttention
 
-        layer.submodules.self_attention.submodules.core_attention = ContextParallelAttention
+    layer.submodules.self_attention.submodules.core_attention = LocalAttention  # + THD packed rows and CP
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=RMSNorm)
 
@@ -225,6 +225,7 @@ def build_model(
     from megatron.core.models.gpt import GPTModel
 
     from megatron_tulu.models.context_parallel import cp_size, wrap_model_forward
+    from megatron_tulu.models.packed import wrap_packed_forward
 
     config = transformer_config(preset, tp, pp, opts, cp=cp_size())
     impl = resolve_impl(opts.impl, opts.document_masks)
@@ -253,7 +254,8 @@ def build_model(
         vp_stage=vp_stage,
     )
     model.true_vocab_size = preset.vocab_size  # padded rows are masked by models.logprobs
-    wrap_model_forward(model)
+    wrap_packed_forward(model)  # packed rows as one THD sequence
+    wrap_model_forward(model)  # context parallelism (outermost: it splits the full inputs)
     if platform.has_gpu():
         model.cuda(torch.cuda.current_device())
     return model

@@ -9,7 +9,7 @@ Data flow, all inside the model seam so the stages' loss functions never see it:
 - :func:`wrap_model_forward` makes a model chunk take the FULL ``input_ids [b, S]`` (and the optional
   ``[b, 1, S, S]`` mask) and feed megatron only this rank's ``S / cp`` tokens (right-padding ``S`` to a
   multiple of ``2 * cp`` first; padding sits after every real token, so causality hides it).
-- Attention: the local spec's core attention is :class:`ContextParallelAttention`, which all-gathers K and V
+- Attention: the local spec's core attention (``models.local_attention.LocalAttention``) all-gathers K and V
   over the CP group and attends this rank's queries to the whole sequence (Llama 3's all-gather CP). Any mask
   works, including packed SFT's block-causal one; the K/V gradient is reduce-scattered back. The TE spec uses
   Transformer Engine's own CP attention (ring exchange; container only).
@@ -21,7 +21,6 @@ Data flow, all inside the model seam so the stages' loss functions never see it:
 
 from __future__ import annotations
 
-import copy
 import types
 
 import torch
@@ -135,38 +134,3 @@ def local_targets(targets: torch.Tensor, config, fill: int = 0) -> torch.Tensor:
         return targets
     s_pad = padded_length(targets.shape[1], cp, _seq_multiple(config))
     return split_tokens(targets, 1, s_pad, cp, _ps().get_context_parallel_rank(), fill=fill)
-
-
-def _attention_base():
-    from megatron.core.transformer.dot_product_attention import DotProductAttention
-
-    return DotProductAttention
-
-
-class ContextParallelAttention(_attention_base()):
-    """megatron's local ``DotProductAttention`` for a CP-split sequence: this rank's queries ``[s/cp, b, np, hn]``
-    against K/V all-gathered over the CP group ``[s, b, ng, hn]``, with the causal (and optional user) mask in
-    global positions. The all-gather's backward reduce-scatters the K/V gradient to the ranks that own them."""
-
-    def __init__(self, config, *args, **kwargs):
-        local = copy.copy(config)
-        local.context_parallel_size = 1  # megatron's class refuses CP; the split is handled here
-        super().__init__(local, *args, **kwargs)
-        self.config = config
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
-        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
-
-        ps = _ps()
-        group = ps.get_context_parallel_group()
-        cp, rank = group.size(), ps.get_context_parallel_rank()
-        s = query.shape[0] * cp
-        key = gather_from_sequence_parallel_region(key, tensor_parallel_output_grad=True, group=group)
-        value = gather_from_sequence_parallel_region(value, tensor_parallel_output_grad=True, group=group)
-        kpos = gathered_positions(s, cp, query.device)
-        qpos = local_positions(s, cp, rank, query.device)
-        mask = (kpos.unsqueeze(0) > qpos.unsqueeze(1)).view(1, 1, len(qpos), s)  # True = masked (future keys)
-        if attention_mask is not None:  # [b, 1, s/cp, s], keys in global order -> gathered order
-            mask = mask | attention_mask.index_select(3, kpos)
-        return super().forward(query, key, value, mask, attn_mask_type, attention_bias, packed_seq_params)

@@ -33,6 +33,19 @@ def schedule_inputs(models: list, microbatches: list, forward_only: bool) -> tup
     return microbatches, [iter(microbatches) for _ in models]
 
 
+def schedule_shape(models, batch: dict) -> tuple[int, int]:
+    """``(seq_length, micro_batch_size)`` to hand megatron's schedule (its pipeline p2p buffers are
+    ``[seq_length / cp, micro_batch_size, hidden]``) for a micro-batch ``batch`` of full rows ``input_ids [b, S]``:
+    packed rows run as one THD sequence of ``b * S`` tokens (``models.packed``); context parallelism pads ``S``
+    (``models.context_parallel``)."""
+    from megatron_tulu.models.context_parallel import schedule_seq_length
+
+    b, s = batch["input_ids"].shape
+    if "cu_seqlens" in batch:
+        return b * s, 1
+    return schedule_seq_length(models, s), b
+
+
 def forward_only_logits(model, input_ids: torch.Tensor, micro_batch_size: int | None = None) -> torch.Tensor | None:
     """Run ``input_ids [B, S]`` through the (possibly pipelined) model and return the last stage's
     vocab-parallel logits ``[B, S, V_local]`` (None on other pipeline stages). Collective over the model-
@@ -96,10 +109,9 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
 
         return out, loss_fn
 
-    from megatron_tulu.models.context_parallel import schedule_seq_length
-
     models = model if isinstance(model, list) else [model]
     n = len(microbatches)
+    seq_length, micro_batch_size = schedule_shape(models, microbatches[0])
     microbatches, data_iter = schedule_inputs(models, microbatches, forward_only=True)
     with torch.no_grad():
         get_forward_backward_func()(
@@ -107,8 +119,8 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
             data_iterator=data_iter,
             model=models,
             num_microbatches=len(microbatches),
-            seq_length=schedule_seq_length(models, microbatches[0]["input_ids"].shape[1]),
-            micro_batch_size=microbatches[0]["input_ids"].shape[0],
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
             forward_only=True,
         )
     return collected[:n]

@@ -15,8 +15,9 @@ class ModelConfig:
     vocab_size: Optional[int] = None
     """Override the preset's vocab (the tiny preset takes its tokenizer's size; None = from the tokenizer when smaller presets)."""
     impl: str = "auto"
-    """Layer spec: ``auto`` (Transformer Engine when installed on GPU, except for packed SFT rows: TE ignores their
-    document masks, so those use the local spec), ``te`` (refused with packing) or ``local`` (pure torch)."""
+    """Layer spec: ``auto`` (Transformer Engine when installed on GPU, except for packed SFT rows under context
+    parallelism, whose dense document masks TE ignores: those use the local spec), ``te`` (refused for that case)
+    or ``local`` (pure torch). Packed rows without CP run in THD format on both specs."""
     dtype: str = "auto"
     """Parameter dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
     fp8: Optional[str] = None

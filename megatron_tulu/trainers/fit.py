@@ -176,8 +176,7 @@ class Trainer:
         """Forward/backward over ``microbatches`` with megatron's schedule, then an optimizer step."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from megatron_tulu.models.context_parallel import schedule_seq_length
-        from megatron_tulu.models.forward import schedule_inputs
+        from megatron_tulu.models.forward import schedule_inputs, schedule_shape
 
         task = self.task
         scale = len(microbatches) * self.dims.dp / max(denom, 1e-12)  # undo schedule /M and DDP /dp
@@ -197,7 +196,7 @@ class Trainer:
         self.optimizer.zero_grad()
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        seq = schedule_seq_length(self.model, microbatches[0]["input_ids"].shape[1])
+        seq, micro_batch_size = schedule_shape(self.model, microbatches[0])
         microbatches, data_iter = schedule_inputs(self.model, microbatches, forward_only=False)
         outs = get_forward_backward_func()(
             forward_step_func=forward_step,
@@ -205,7 +204,7 @@ class Trainer:
             model=self.model,
             num_microbatches=len(microbatches),
             seq_length=seq,
-            micro_batch_size=microbatches[0]["input_ids"].shape[0],
+            micro_batch_size=micro_batch_size,
             forward_only=False,
         )
         ok, grad_norm, _ = self.optimizer.step()

@@ -54,7 +54,7 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel,
-                        document_masks=bool(getattr(trainer.task, "packed", False)))
+                        document_masks=bool(getattr(trainer.task, "packed", False)) and trainer.dims.cp > 1)
     split = trainer_pipeline_split(trainer)
     stages = list(range(split.vpp)) if split.vpp > 1 else [None]
     chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]

@@ -114,7 +114,13 @@ class SFTTask(DataStageMixin):
                        for e in exs]
             b = collate(exs, self.pad_id, pad_to_multiple_of=8)
             b["targets"] = shift_targets(b["labels"])
-            b["attn_mask"] = packed_attention_mask([e["cu_seqlens"] for e in exs], b["input_ids"].shape[1]) if self.packed else None
+            # packed rows: THD boundaries (what TE's attention honours), or under context parallelism a dense
+            # block-causal mask that the CP split cuts by query rows (local spec)
+            b["attn_mask"] = None
+            if self.packed and trainer.dims.cp > 1:
+                b["attn_mask"] = packed_attention_mask([e["cu_seqlens"] for e in exs], b["input_ids"].shape[1])
+            elif self.packed:
+                b["cu_seqlens"] = [list(e["cu_seqlens"]) for e in exs]
             out.append(b)
         return out
 
@@ -129,8 +135,13 @@ class SFTTask(DataStageMixin):
         from megatron_tulu import platform
 
         dev = platform.device()
+        ids, pos = batch["input_ids"].to(dev), batch["position_ids"].to(dev)
+        if "cu_seqlens" in batch:
+            from megatron_tulu.models.packed import packed_seq_params
+
+            return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))
         mask = batch["attn_mask"].to(dev) if batch["attn_mask"] is not None else None
-        return model(batch["input_ids"].to(dev), batch["position_ids"].to(dev), mask)
+        return model(ids, pos, mask)
 
     def loss_fn(self, batch: dict, logits: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         targets = batch["targets"].to(logits.device)

@@ -303,13 +303,16 @@ def rank_packed_vs_separate(hf_dir, docs, seq_len):
     """Per-rank body (1 process): logits of ``docs`` packed into one row (the SFT path: ``pack_sft`` + ``collate``
     + ``packed_attention_mask``) against each document run alone, and the same packed row with no mask.
 
-    Returns ``(packed_err, unmasked_err)``: the largest |logit difference| over every document token.
+    Returns ``(packed_err, unmasked_err, thd_err)``: the largest |logit difference| over every document token,
+    the last for the THD path (``models.packed``: the packed row twice in one micro-batch, run as one flattened
+    THD sequence with ``cu_seqlens``, both copies compared).
     """
     from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
     from megatron_tulu.checkpoint.model_io import load_hf_into_model
     from megatron_tulu.data.packing import pack_sft
     from megatron_tulu.data.sampler import collate
     from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.models.packed import packed_seq_params
     from megatron_tulu.parallel import ParallelDims, init_distributed
     from megatron_tulu.trainers.sft import packed_attention_mask
 
@@ -326,7 +329,10 @@ def rank_packed_vs_separate(hf_dir, docs, seq_len):
     with torch.no_grad():
         with_mask = model(b["input_ids"], b["position_ids"], mask)[0]
         no_mask = model(b["input_ids"], b["position_ids"], None)[0]
-        packed_err = unmasked_err = 0.0
+        two = b["input_ids"].repeat(2, 1)
+        thd = model(two, b["position_ids"].repeat(2, 1), None,
+                    packed_seq_params=packed_seq_params([row["cu_seqlens"]] * 2, two.shape[1]))
+        packed_err = unmasked_err = thd_err = 0.0
         for k, d in enumerate(docs):
             start = row["cu_seqlens"][k]
             ids = torch.tensor([d])
@@ -334,4 +340,5 @@ def rank_packed_vs_separate(hf_dir, docs, seq_len):
             sl = slice(start, start + len(d))
             packed_err = max(packed_err, float((with_mask[sl] - alone).abs().max()))
             unmasked_err = max(unmasked_err, float((no_mask[sl] - alone).abs().max()))
-    return packed_err, unmasked_err
+            thd_err = max(thd_err, float((thd[:, sl] - alone).abs().max()))
+    return packed_err, unmasked_err, thd_err

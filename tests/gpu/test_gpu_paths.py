@@ -80,3 +80,41 @@ def test_transformer_engine_spec_when_installed():
 
     mean_lp, grads = run_distributed(_bf16_step, 1, args=("te",), env={"MEGATRON_TULU_DEVICE": "cuda"})[0]
     assert -10 < mean_lp < 0 and grads
+
+
+def _packed_thd_vs_alone(impl):
+    """bf16 on CUDA: two documents packed in one row and run as THD (``models.packed``) against each run alone;
+    also the same row without boundaries (the control). Returns the two largest |logit differences|."""
+    from megatron_tulu.models.build import ModelOptions, build_model
+    from megatron_tulu.models.packed import packed_seq_params
+    from megatron_tulu.models.presets import get_preset
+    from megatron_tulu.parallel import ParallelDims, init_distributed
+
+    init_distributed(ParallelDims(world=1))
+    torch.manual_seed(0)
+    preset = get_preset("tiny").with_(vocab_size=1000)
+    model = build_model(preset, 1, 1, ModelOptions(impl=impl, dtype="bf16"))
+    model.eval()
+    docs = [torch.randint(0, 1000, (1, n), device="cuda") for n in (48, 80)]
+    row = torch.cat(docs, dim=1)
+    pos = torch.arange(128, device="cuda").unsqueeze(0)
+    with torch.no_grad():
+        thd = model(row, pos, None, packed_seq_params=packed_seq_params([[0, 48, 128]], 128, "cuda"))[0].float()
+        plain = model(row, pos, None)[0].float()
+        alone = [model(d, torch.arange(d.shape[1], device="cuda").unsqueeze(0), None)[0].float() for d in docs]
+    return (float((thd[48:] - alone[1]).abs().max()), float((thd[:48] - alone[0]).abs().max()),
+            float((plain[48:] - alone[1]).abs().max()))
+
+
+@pytest.mark.parametrize("impl", ["local", "te"])
+def test_packed_rows_as_thd_keep_documents_apart(impl):
+    """The THD path on CUDA for both specs (TE: its varlen attention with ``cu_seqlens``; container only): the
+    second document's logits equal it run alone, and without boundaries they do not."""
+    if impl == "te":
+        pytest.importorskip("transformer_engine", reason="Transformer Engine is only in the NGC container")
+    from megatron_tulu.testing import run_distributed
+
+    second, first, control = run_distributed(_packed_thd_vs_alone, 1, args=(impl,),
+                                             env={"MEGATRON_TULU_DEVICE": "cuda"})[0]
+    assert first < 0.1 and second < 0.1, (first, second)
+    assert control > 5 * max(second, 1e-3), (control, second)

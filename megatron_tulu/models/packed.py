@@ -1,0 +1,66 @@
+"""Packed rows as megatron's THD format (``PackedSeqParams``): documents separated by ``cu_seqlens`` instead of a
+dense ``[b, 1, S, S]`` mask.
+
+This is the format Transformer Engine's attention honours (TE ignores a dense mask under the ``causal`` mask type),
+and RoPE restarts its positions at each document. A micro-batch ``[b, S]`` of packed rows runs as one THD sequence
+of ``t = b * S`` tokens (megatron's THD path has batch 1): :func:`wrap_packed_forward` flattens the rows on the way
+in and restores ``[b, S, ...]`` on the last stage's output; the pipeline schedule sees ``(t, micro-batch 1)``
+(:func:`models.forward.schedule_shape`). The local spec reads the same parameters
+(``models.context_parallel.LocalAttention``), so the CPU tests run this exact data path; only TE's kernel is
+container-only. Context parallelism with packed rows keeps the dense mask (local spec only).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+def packed_seq_params(cu_seqlens_rows: list[list[int]], seq_len: int, device=None):
+    """``PackedSeqParams`` for ``b`` packed rows of ``seq_len`` tokens run as one THD sequence.
+
+    ``cu_seqlens_rows``: per row, document boundaries (first 0, last ``seq_len``; a trailing pad segment counts as a
+    document of its own, attending only to itself). Row ``r``'s boundaries are offset by ``r * seq_len``.
+    """
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    bounds = [0]
+    for r, cu in enumerate(cu_seqlens_rows):
+        if not cu or cu[0] != 0 or cu[-1] != seq_len or any(b <= a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"packed row {r}: cu_seqlens {list(cu)} must rise strictly from 0 to seq_len={seq_len}")
+        bounds += [r * seq_len + c for c in cu[1:]]
+    cu = torch.tensor(bounds, dtype=torch.int32, device=device)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                           max_seqlen_kv=longest)
+
+
+def block_causal_from_cu(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
+    """Megatron mask ``[1, 1, t, t]`` (True = masked) that is causal within each ``cu_seqlens`` segment."""
+    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device),
+                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long())
+    pos = torch.arange(t, device=cu_seqlens.device)
+    allowed = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])
+    return (~allowed).view(1, 1, t, t)
+
+
+def wrap_packed_forward(model) -> None:
+    """Let ``model(input_ids [b, S], position_ids, None, packed_seq_params=p)`` run the ``b`` rows as one THD
+    sequence: inputs flattened to ``[1, b * S]``, the last stage's output ``[1, b * S, ...]`` viewed back as
+    ``[b, S, ...]`` (other stages pass ``[b * S, 1, h]`` hidden states, which is what the schedule expects)."""
+    inner = model.forward
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None, **kwargs):
+        if packed_seq_params is None:
+            return inner(input_ids, position_ids, attention_mask, *args, **kwargs)
+        if attention_mask is not None:
+            raise ValueError("packed rows take packed_seq_params or a dense attention mask, not both")
+        b, s = input_ids.shape
+        flat = lambda x: None if x is None else x.reshape(1, b * s)  # noqa: E731
+        out = inner(flat(input_ids), flat(position_ids), None, *args, packed_seq_params=packed_seq_params, **kwargs)
+        if self.post_process and isinstance(out, torch.Tensor):
+            out = out.view(b, s, *out.shape[2:])
+        return out
+
+    model.forward = types.MethodType(forward, model)
