@@ -1,8 +1,8 @@
 """The local (pure torch) spec's core attention: megatron's ``DotProductAttention`` plus the two inputs it refuses.
 
 - Packed rows in THD format (``PackedSeqParams``, see ``models.packed``): queries/keys/values ``[t, np, hn]`` with
-  documents delimited by ``cu_seqlens``; attention runs as one ``[t, 1]`` sequence under the block-causal mask the
-  boundaries define (what TE's varlen kernels compute without the mask).
+  documents delimited by ``cu_seqlens``; each document runs its own causal attention (what TE's varlen kernels
+  compute).
 - Context parallelism (see ``models.context_parallel``): this rank's queries ``[s/cp, b, np, hn]`` against K/V
   all-gathered over the CP group ``[s, b, ng, hn]``, with the causal (and optional dense user) mask in global
   positions. The all-gather's backward reduce-scatters the K/V gradient to the ranks that own those tokens.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from megatron_tulu.models.context_parallel import gathered_positions, local_positions
-from megatron_tulu.models.packed import block_causal_from_cu
 
 
 class LocalAttention(DotProductAttention):
@@ -32,11 +32,12 @@ class LocalAttention(DotProductAttention):
         if packed_seq_params is not None:
             if packed_seq_params.qkv_format != "thd" or self.config.context_parallel_size > 1:
                 raise ValueError("the local spec takes packed rows in THD format and without context parallelism")
-            t = query.shape[0]
-            mask = block_causal_from_cu(packed_seq_params.cu_seqlens_q.to(query.device), t)
-            out = super().forward(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1), mask, attn_mask_type,
-                                  attention_bias)
-            return out.squeeze(1)  # [t, hp]; megatron restores the dummy batch dimension
+            # one causal attention per document: sum(len_i^2) work, never the [t, t] scores of the flattened rows
+            cu = packed_seq_params.cu_seqlens_q.tolist()
+            attend = super().forward  # (zero-argument super() does not work inside a comprehension before 3.12)
+            outs = [attend(query[a:b].unsqueeze(1), key[a:b].unsqueeze(1), value[a:b].unsqueeze(1), None,
+                           attn_mask_type, attention_bias) for a, b in zip(cu, cu[1:])]
+            return torch.cat(outs).squeeze(1)  # [t, hp]; megatron restores the dummy batch dimension
         if self.config.context_parallel_size == 1:
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias)
         return self._context_parallel(query, key, value, attention_mask, attn_mask_type, attention_bias)

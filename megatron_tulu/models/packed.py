@@ -6,8 +6,8 @@ and RoPE restarts its positions at each document. A micro-batch ``[b, S]`` of pa
 of ``t = b * S`` tokens (megatron's THD path has batch 1): :func:`wrap_packed_forward` flattens the rows on the way
 in and restores ``[b, S, ...]`` on the last stage's output; the pipeline schedule sees ``(t, micro-batch 1)``
 (:func:`models.forward.schedule_shape`). The local spec reads the same parameters
-(``models.context_parallel.LocalAttention``), so the CPU tests run this exact data path; only TE's kernel is
-container-only. Context parallelism with packed rows keeps the dense mask (local spec only).
+(``models.local_attention.LocalAttention``: one causal attention per document), so the CPU tests run this exact
+data path; only TE's kernel is container-only. Context parallelism with packed rows keeps the dense mask (local spec only).
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ def packed_seq_params(cu_seqlens_rows: list[list[int]], seq_len: int, device=Non
     longest = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
                            max_seqlen_kv=longest)
-
-
-def block_causal_from_cu(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
-    """Megatron mask ``[1, 1, t, t]`` (True = masked) that is causal within each ``cu_seqlens`` segment."""
-    seg = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device),
-                                  (cu_seqlens[1:] - cu_seqlens[:-1]).long())
-    pos = torch.arange(t, device=cu_seqlens.device)
-    allowed = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])
-    return (~allowed).view(1, 1, t, t)
 
 
 def wrap_packed_forward(model) -> None:

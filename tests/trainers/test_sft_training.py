@@ -21,6 +21,20 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
 
+def _assert_resumes_and_exports_like_tp2pp2(runs: dict, name: str, resumed_name: str) -> None:
+    """``resumed_name`` (resumed from ``name``'s step-3 checkpoint at another layout) repeats ``name``'s steps 4-6,
+    and ``name``'s HF export equals the TP=2 x PP=2 run's tensor for tensor."""
+    run, resumed = step_records(runs[name]), step_records(runs[resumed_name])
+    assert sorted(resumed) == [4, 5, 6]
+    for s in resumed:
+        assert _rel(resumed[s]["loss"], run[s]["loss"]) < 1e-4, (s, resumed[s]["loss"], run[s]["loss"])
+        assert _rel(resumed[s]["grad_norm"], run[s]["grad_norm"]) < 1e-3
+    a, b = _hf_tensors(runs[name]), _hf_tensors(runs["tp2pp2"])
+    assert a and sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].shape == b[k].shape and (a[k] - b[k]).abs().max() < 1e-4, k
+
+
 def _hf_tensors(run) -> dict:
     """Every tensor of a run's HF export (``run/hf/*.safetensors``)."""
     from safetensors.torch import load_file
@@ -137,16 +151,7 @@ def test_interleaved_pipeline_matches_tp1(one_rank_runs, four_rank_runs):
 def test_interleaved_checkpoint_and_export_reshard(four_rank_runs):
     """The interleaved run's step-3 checkpoint (two chunks per rank) resumes at TP=1 x DP=4 with its own steps 4-6;
     its HF export equals the plain TP=2 x PP=2 run's, tensor for tensor (same names, same layer order)."""
-    vpp, resumed = step_records(four_rank_runs["tp2pp2vpp2"]), step_records(four_rank_runs["vpp_reshard"])
-    assert sorted(resumed) == [4, 5, 6]
-    for s in resumed:
-        assert _rel(resumed[s]["loss"], vpp[s]["loss"]) < 1e-4, (s, resumed[s]["loss"], vpp[s]["loss"])
-        assert _rel(resumed[s]["grad_norm"], vpp[s]["grad_norm"]) < 1e-3
-
-    a, b = _hf_tensors(four_rank_runs["tp2pp2vpp2"]), _hf_tensors(four_rank_runs["tp2pp2"])
-    assert a and sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].shape == b[k].shape and (a[k] - b[k]).abs().max() < 1e-4, k
+    _assert_resumes_and_exports_like_tp2pp2(four_rank_runs, "tp2pp2vpp2", "vpp_reshard")
 
 
 def test_interleaved_needs_pp_microbatches(four_rank_runs):
@@ -158,10 +163,10 @@ def test_interleaved_needs_pp_microbatches(four_rank_runs):
 def test_context_parallel_matches_tp1(one_rank_runs, four_rank_runs):
     """Context parallelism (each sequence split over the CP ranks in two load-balanced chunks, keys/values
     all-gathered): CP=2 x TP=2 on packed rows (the block-causal mask split by query rows) for 6 steps; CP=2 x TP=2
-    with sequence parallelism, the fused log-prob head and selective recompute; CP=4 on unpacked rows. Each follows
-    the TP=1 run of the same data step by step."""
+    with sequence parallelism and selective recompute; CP=4 on unpacked rows. Each follows the TP=1 run of the same
+    data step by step."""
     ref = step_records(one_rank_runs["ref"])
-    cases = (("cp2tp2", ref, REF_STEPS), ("cp2tp2_sp_fused", ref, 2),
+    cases = (("cp2tp2", ref, REF_STEPS), ("cp2tp2_sp", ref, 2),
              ("cp4_unpacked", step_records(one_rank_runs["unpacked"]), 2))
     for name, base, steps in cases:
         par = step_records(four_rank_runs[name])
@@ -175,13 +180,4 @@ def test_context_parallel_matches_tp1(one_rank_runs, four_rank_runs):
 def test_context_parallel_checkpoint_and_export_reshard(four_rank_runs):
     """The CP=2 x TP=2 step-3 checkpoint (optimizer shards over DP x CP) resumes at PP=2 x CP=2 with the same steps
     4-6, and its HF export equals the TP=2 x PP=2 run's tensor for tensor (CP ranks hold replicas, written once)."""
-    cp, resumed = step_records(four_rank_runs["cp2tp2"]), step_records(four_rank_runs["cp_reshard"])
-    assert sorted(resumed) == [4, 5, 6]
-    for s in resumed:
-        assert _rel(resumed[s]["loss"], cp[s]["loss"]) < 1e-4, (s, resumed[s]["loss"], cp[s]["loss"])
-        assert _rel(resumed[s]["grad_norm"], cp[s]["grad_norm"]) < 1e-3
-
-    a, b = _hf_tensors(four_rank_runs["cp2tp2"]), _hf_tensors(four_rank_runs["tp2pp2"])
-    assert a and sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].shape == b[k].shape and (a[k] - b[k]).abs().max() < 1e-4, k
+    _assert_resumes_and_exports_like_tp2pp2(four_rank_runs, "cp2tp2", "cp_reshard")
