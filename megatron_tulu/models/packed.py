@@ -7,7 +7,8 @@ of ``t = b * S`` tokens (megatron's THD path has batch 1): :func:`wrap_packed_fo
 in and restores ``[b, S, ...]`` on the last stage's output; the pipeline schedule sees ``(t, micro-batch 1)``
 (:func:`models.forward.schedule_shape`). The local spec reads the same parameters
 (``models.local_attention.LocalAttention``: one causal attention per document), so the CPU tests run this exact
-data path; only TE's kernel is container-only. Context parallelism with packed rows keeps the dense mask (local spec only).
+data path; only TE's kernel is container-only. Context parallelism with packed rows keeps the dense mask (local
+spec only).
 """
 
 from __future__ import annotations
