@@ -85,8 +85,9 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
     from tp2pp2's step-3 checkpoint); ``tp2pp2_sp``/``tp2pp2_sp_fused`` (2 steps with sequence parallelism, the
     second with the fused log-prob head); the interleaved runs ``tp2pp2vpp2``, ``vpp_reshard``, ``pp2vpp3_emb``;
     ``sum_dp2``/``mean_dp2`` (PP=2 x DP=2, micro-batch 2); the context-parallel runs ``cp2tp2``, ``cp_reshard``,
-    ``cp2tp2_sp``, ``cp4_unpacked``; then three setups that must fail: ``bad_batch`` (global 6
-    over micro 2 x DP 4), ``fp8`` (fp8 on CPU) and ``vpp_few_mb`` (1 micro-batch for PP=2 x VPP=2). Returns run dirs
+    ``cp2tp2_sp``, ``cp4_unpacked``; then four setups that must fail: ``bad_batch`` (global 6
+    over micro 2 x DP 4), ``fp8`` (fp8 on CPU), ``vpp_few_mb`` (1 micro-batch for PP=2 x VPP=2) and
+    ``vpp_rank_files`` (the converter's PP=2 per-rank files into a PP=2 x VPP=2 run). Returns run dirs
     and errors."""
     from megatron_tulu.testing import run_distributed
 
@@ -143,7 +144,16 @@ def four_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict:
     jobs.append(("error", ov(sft_data, tiny_hf, root / "fp8", **{"model.fp8": "hybrid", "train.micro_batch_size": 2})))
     # PP=2 x VPP=2 x DP=2 with one micro-batch of 4 per rank: fewer than pp micro-batches for the interleaved schedule
     jobs.append(("error", ov(sft_data, tiny_hf, root / "vpp_few_mb", **{"parallel.pp": 2, "parallel.vpp": 2})))
+    # the converter's per-rank files (an even PP=2 split) into a PP=2 x VPP=2 run: refused, pointing at HF / training
+    # checkpoints, whose loaders reshard
+    from megatron_tulu.checkpoint.convert import main as convert
+
+    per_rank = root / "converted_pp2"
+    assert convert(["hf-to-mcore", "--hf", str(tiny_hf), "--out", str(per_rank), "--tp", "1", "--pp", "2"]) == 0
+    jobs.append(("error", ov(sft_data, tiny_hf, root / "vpp_rank_files", **{
+        "parallel.pp": 2, "parallel.vpp": 2, "train.micro_batch_size": 2, "model.init_hf": "null",
+        "model.init_mcore": str(per_rank)})))
     out = run_distributed(rank_jobs, 4, args=(jobs,), timeout_s=900)[0]
-    return {**{n: root / n for n in names}, "bad_batch_error": out[-3], "bad_batch_dir": root / "bad_batch",
-            "fp8_error": out[-2], "vpp_few_mb_error": out[-1]}
+    return {**{n: root / n for n in names}, "bad_batch_error": out[-4], "bad_batch_dir": root / "bad_batch",
+            "fp8_error": out[-3], "vpp_few_mb_error": out[-2], "vpp_rank_files_error": out[-1]}
 

@@ -181,3 +181,11 @@ def test_context_parallel_checkpoint_and_export_reshard(four_rank_runs):
     """The CP=2 x TP=2 step-3 checkpoint (optimizer shards over DP x CP) resumes at PP=2 x CP=2 with the same steps
     4-6, and its HF export equals the TP=2 x PP=2 run's tensor for tensor (CP ranks hold replicas, written once)."""
     _assert_resumes_and_exports_like_tp2pp2(four_rank_runs, "cp2tp2", "cp_reshard")
+
+
+def test_converter_rank_files_refused_for_interleaved_layout(four_rank_runs):
+    """The converter writes per-rank files for an even PP split; a PP=2 x VPP=2 run holds other layers per rank, so
+    loading them is refused with the way out (HF directory or training checkpoint) instead of loading wrong layers."""
+    err = four_rank_runs["vpp_rank_files_error"]
+    assert err is not None and "per-rank files of an even split over pp=2" in err, err
+    assert "model.init_hf" in err and "training checkpoint" in err, err
