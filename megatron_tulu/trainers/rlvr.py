@@ -193,11 +193,11 @@ class ValueTask(PolicyTask):
 
     def loss_fn(self, batch, values, trainer):
         from megatron_tulu.losses.ppo import value_loss
-
         from megatron_tulu.models.context_parallel import gather_tokens
 
         mask = batch["mask"].to(values.device)
-        loss, _ = value_loss(gather_tokens(values.squeeze(-1).float(), mask.shape[1]), batch["old_values"].to(values.device), batch["returns"].to(values.device),
+        full = gather_tokens(values.squeeze(-1).float(), mask.shape[1])  # full rows under context parallelism
+        loss, _ = value_loss(full, batch["old_values"].to(values.device), batch["returns"].to(values.device),
                              mask, clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token-sum")
         return loss, {"loss_sum": loss.detach(), "tokens": mask.sum()}
 
