@@ -121,16 +121,24 @@ def allocation(script: str | Path | None, environ: dict | None = None) -> Alloca
     return Allocation(nodes=nodes, gpus_per_node=gpn, tasks_per_node=tpn, hosts=hosts)
 
 
-def _config_value(stage: str, size: str, section: str, key: str, default):
-    """One value from ``configs/<stage>/<size>.yaml`` (``default`` when the file or key is absent)."""
+def _config_values(stage: str, size: str):
+    """``value(section, key, default)`` over ``configs/<stage>/<size>.yaml``, read once (``default`` when the file
+    or key is absent)."""
     import yaml
 
     path = Path(__file__).resolve().parent.parent / "configs" / stage / f"{size}.yaml"
-    if not path.is_file():
-        return default
-    doc = yaml.safe_load(path.read_text()) or {}
-    node = doc.get(section) if isinstance(doc, dict) else None
-    return node.get(key, default) if isinstance(node, dict) else default
+    doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def value(section: str, key: str, default):
+        node = doc.get(section) if isinstance(doc, dict) else None
+        return node.get(key, default) if isinstance(node, dict) else default
+
+    return value
+
+
+def _config_value(stage: str, size: str, section: str, key: str, default):
+    """One value from ``configs/<stage>/<size>.yaml`` (``default`` when the file or key is absent)."""
+    return _config_values(stage, size)(section, key, default)
 
 
 def config_workload(stage: str, size: str) -> dict:
@@ -138,7 +146,7 @@ def config_workload(stage: str, size: str) -> dict:
     run the config describes, not the planner's defaults): sequence length, global and micro batch, FP8; for RLVR
     the prompt/response lengths, sequences per step (prompts x samples) and the algorithm (PPO adds a value model
     of the policy's size)."""
-    val = lambda section, key, default: _config_value(stage, size, section, key, default)  # noqa: E731
+    val = _config_values(stage, size)
     out = {"seq": int(val("train", "seq_length", 4096)), "global_batch": int(val("train", "global_batch_size", 128)),
            "micro_batch": int(val("train", "micro_batch_size", 1)), "fp8": bool(val("model", "fp8", None))}
     if stage == "rlvr":
@@ -212,12 +220,13 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
     total = alloc.nodes * spn
     model = PRESET_OF_SIZE[size]
     idle = 0
+    workload = config_workload(stage, size)
     if stage == "rlvr":
         try:
             placed = plan_rlvr_layout(model, total, spn, lay["engine_tp"], lay["num_engines"], lay["tp"],
-                                      lay["pp"], lay["cp"], vpp=lay["vpp"], **config_workload(stage, size))
+                                      lay["pp"], lay["cp"], vpp=lay["vpp"], **workload)
         except ValueError as e:
-            placed, idle = _rlvr_with_idle(model, alloc, lay, e, config_workload(stage, size))
+            placed, idle = _rlvr_with_idle(model, alloc, lay, e, workload)
         nodes, engines, trainer = placed["nodes"], placed["engines"], placed["trainer"]
         memory, feasible = placed["memory"], placed["feasible"]
     else:
@@ -233,7 +242,7 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         # DPO's default cached reference log-probs keep no frozen model on the trainers
         resident_ref = stage == "dpo" and _config_value(stage, size, "dpo", "ref_mode", "cached") == "on_the_fly"
         lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn,
-                                        reference_model=resident_ref, vpp=lay["vpp"], **config_workload(stage, size)),
+                                        reference_model=resident_ref, vpp=lay["vpp"], **workload),
                             lay["tp"], lay["pp"], lay["cp"])
         memory, feasible = lay_eval.to_dict(), lay_eval.feasible
     for n in nodes:

@@ -106,13 +106,15 @@ def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     return ((vocab_size + step - 1) // step) * step
 
 
-def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions, cp: int = 1):
+def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions, cp: int = 1,
+                       impl: str | None = None):
     """megatron-core TransformerConfig for a Llama 3.1 preset (``pp``: a plain size or a :class:`PipelineSplit`;
-    ``cp``: context-parallel size, see ``models.context_parallel``)."""
+    ``cp``: context-parallel size, see ``models.context_parallel``; ``impl``: the spec :func:`resolve_impl` already
+    chose, else it is resolved from ``opts`` here)."""
     platform.quiet_megatron_import()
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    impl = resolve_impl(opts.impl, opts.document_masks)
+    impl = impl or resolve_impl(opts.impl, opts.document_masks)
     dtype = resolve_dtype(opts.dtype)
     if opts.fp8 and (impl != "te" or not platform.has_gpu()):
         raise ValueError(
@@ -227,8 +229,8 @@ def build_model(
     from megatron_tulu.models.context_parallel import cp_size, wrap_model_forward
     from megatron_tulu.models.packed import wrap_packed_forward
 
-    config = transformer_config(preset, tp, pp, opts, cp=cp_size())
-    impl = resolve_impl(opts.impl, opts.document_masks)
+    impl = resolve_impl(opts.impl, opts.document_masks)  # once: it may log why packed rows skip TE
+    config = transformer_config(preset, tp, pp, opts, cp=cp_size(), impl=impl)
     split = PipelineSplit.of(pp)
     if (vp_stage is not None) != (split.vpp > 1):
         raise ValueError(f"build_model: vp_stage={vp_stage} with vpp={split.vpp} (one chunk per virtual stage)")

@@ -179,7 +179,8 @@ class Trainer:
         from megatron_tulu.models.forward import schedule_inputs, schedule_shape
 
         task = self.task
-        scale = len(microbatches) * self.dims.dp / max(denom, 1e-12)  # undo schedule /M and DDP /dp
+        # undo the schedule's /M and DDP's /dp (under CP the schedule's x cp and DDP's / (dp x cp) also cancel)
+        scale = len(microbatches) * self.dims.dp / max(denom, 1e-12)
 
         def forward_step(data_iter, model):
             batch = next(data_iter)
