@@ -144,8 +144,8 @@ def _config_value(stage: str, size: str, section: str, key: str, default):
 def config_workload(stage: str, size: str) -> dict:
     """The planner's workload fields from ``configs/<stage>/<size>.yaml`` (so the plan's memory verdict is for the
     run the config describes, not the planner's defaults): sequence length, global and micro batch, FP8; for RLVR
-    the prompt/response lengths, sequences per step (prompts x samples) and the algorithm (PPO adds a value model
-    of the policy's size)."""
+    the prompt/response lengths, sequences per step (prompts x samples), the algorithm (PPO adds a value model) and
+    the value model's preset (empty: the policy's size)."""
     val = _config_values(stage, size)
     out = {"seq": int(val("train", "seq_length", 4096)), "global_batch": int(val("train", "global_batch_size", 128)),
            "micro_batch": int(val("train", "micro_batch_size", 1)), "fp8": bool(val("model", "fp8", None))}
@@ -153,7 +153,7 @@ def config_workload(stage: str, size: str) -> dict:
         prompt, response = out["seq"], int(val("rlvr", "max_new_tokens", 1024))
         out.update(seq=prompt + response, prompt_len=prompt, response_len=response,
                    global_batch=out["global_batch"] * int(val("rlvr", "samples_per_prompt", 1)),
-                   algorithm=str(val("rlvr", "algorithm", "ppo")))
+                   algorithm=str(val("rlvr", "algorithm", "ppo")), value_model=str(val("rlvr", "value_model", "") or ""))
     return out
 
 

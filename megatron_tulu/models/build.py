@@ -160,6 +160,8 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, op
         virtual_pipeline_model_parallel_size=split.vpp if split.vpp > 1 else None,
         account_for_embedding_in_pipeline_split=split.account_embedding_loss,
         account_for_loss_in_pipeline_split=split.account_embedding_loss,
+        num_layers_in_first_pipeline_stage=split.first_layers,
+        num_layers_in_last_pipeline_stage=split.last_layers,
         sequence_parallel=opts.sequence_parallel,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,

@@ -167,7 +167,13 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
     vpreset = None
     if req.stage == "rlvr" and req.algorithm == "ppo":
         vpreset = get_preset(req.value_model) if req.value_model else preset
-        mem.value_model = sum(M.model_state(vpreset, tp, pp, dp * cp, req.grad_dtype_bytes))
+        try:  # on the policy's pipeline ranks, as the trainer places it (uneven first/last stages if need be)
+            vsplit = split.fit(vpreset.num_layers)
+        except ValueError as e:
+            lay.reasons.append(f"value model {vpreset.name}: {e}")
+            return lay
+        mem.value_model = sum(M.model_state(vpreset, tp, pp, dp * cp, req.grad_dtype_bytes, split=vsplit,
+                                            value_head=True))
     cap = capacity_bytes(req)
     for mode in M.RECOMPUTE_MODES:  # lightest recompute that fits
         if mem.total(mode) <= cap:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from megatron_tulu.models.presets import LlamaPreset
+from megatron_tulu.models.pipeline_split import PipelineSplit
 
 GIB = 1024**3
 RECOMPUTE_MODES = ("none", "selective", "full")
@@ -111,17 +112,24 @@ def stage_layers(num_layers: int, pp: int, vpp: int = 1) -> int:
     return math.ceil(num_layers / (pp * vpp)) * vpp
 
 
-def params_per_gpu(preset: LlamaPreset, tp: int = 1, pp: int = 1) -> int:
+def params_per_gpu(preset: LlamaPreset, tp: int = 1, pp: int = 1, split: PipelineSplit | None = None,
+                   value_head: bool = False) -> int:
     """Parameters held by the fullest GPU of a TP x PP model-parallel group.
 
     TP splits every linear and the vocabulary (norm weights are replicated); PP puts the input embedding
     on the first stage and the output layer + final norm on the last. With pp == 1 both are on the GPU.
+    ``split``: the exact layers per rank (e.g. a value model's uneven split), else the ceil share of every rank;
+    ``value_head``: a scalar head (PPO value model) instead of the vocab-sized output layer.
     """
     d, v = preset.hidden_size, preset.vocab_size
     per_layer = (layer_params(preset) - 2 * d) / tp + 2 * d
-    layers = stage_layers(preset.num_layers, pp) * per_layer
     embed = v * d / tp
-    head = (0 if preset.tie_embeddings else v * d / tp) + d
+    head = (d if value_head or preset.tie_embeddings else v * d / tp) + d
+    if split is not None:
+        counts = split.rank_layer_counts(preset.num_layers)
+        return int(max(n * per_layer + (embed if r == 0 else 0) + (head if r == len(counts) - 1 else 0)
+                       for r, n in enumerate(counts)))
+    layers = stage_layers(preset.num_layers, pp) * per_layer
     if pp == 1:
         return int(layers + embed + head)
     return int(layers + max(embed, head))
@@ -158,9 +166,11 @@ class TrainerMemory:
         return self.weights + self.grads + self.optimizer
 
 
-def model_state(preset: LlamaPreset, tp: int, pp: int, dp_shard: int, grad_dtype_bytes: int = 4) -> tuple[float, float, float]:
-    """(weights, grads, optimizer) bytes per GPU under megatron's distributed optimizer."""
-    n = params_per_gpu(preset, tp, pp)
+def model_state(preset: LlamaPreset, tp: int, pp: int, dp_shard: int, grad_dtype_bytes: int = 4,
+                **placement) -> tuple[float, float, float]:
+    """(weights, grads, optimizer) bytes per GPU under megatron's distributed optimizer (``placement``: the
+    ``split`` / ``value_head`` of :func:`params_per_gpu`)."""
+    n = params_per_gpu(preset, tp, pp, **placement)
     return 2.0 * n, float(grad_dtype_bytes) * n, 12.0 * n / dp_shard
 
 

@@ -41,9 +41,10 @@ def trainer_pipeline_split(trainer) -> PipelineSplit:
                          account_embedding_loss=trainer.cfg.parallel.pp_account_embedding_loss)
 
 
-def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None):
+def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None,
+                       split: PipelineSplit | None = None):
     """This rank's model chunks (one per virtual pipeline stage, the list megatron's schedules take), with
-    initial weights.
+    initial weights. ``split``: the layer split (default: the trainer's, :func:`trainer_pipeline_split`).
 
     ``customize(chunk)`` runs on each chunk after the weights are loaded and before DDP wrapping (e.g. a value
     head on the chunk that has ``post_process``)."""
@@ -55,7 +56,7 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel,
                         document_masks=bool(getattr(trainer.task, "packed", False)) and trainer.dims.cp > 1)
-    split = trainer_pipeline_split(trainer)
+    split = split or trainer_pipeline_split(trainer)
     stages = list(range(split.vpp)) if split.vpp > 1 else [None]
     chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]
     if cfg.init_hf:

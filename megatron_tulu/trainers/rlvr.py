@@ -58,10 +58,16 @@ class RLVROptions:
     a common cap (open-instruct's ``truncated_importance_sampling_ratio_cap``)."""
     vf_clip_eps: float = 0.2
     """Value clip (reward units)."""
+    value_model: str = ""
+    """PPO value-model shape: a preset name (``llama3.1-8b`` beside a 70B or 405B policy, as Tülu 3 ran an 8B value
+    model from its 8B reward model), or empty: the shape of ``value_init_hf`` when set, else the policy's. It runs on
+    the policy's TP/CP/DP ranks and pipeline stages; layers that do not divide over the stages get megatron's uneven
+    first/last-stage split (``models.pipeline_split.PipelineSplit.fit``). Its vocab must be the policy's."""
     value_init_hf: str = ""
-    """PPO value model: an HF reward model (``LlamaForSequenceClassification``, num_labels=1, the policy's shape)
-    whose backbone and ``score.weight`` head initialise it, as Tülu 3 initialises the value model from its RM.
-    Empty: the policy's initial weights under a zero scalar head."""
+    """HF checkpoint the PPO value model starts from: a reward model (``LlamaForSequenceClassification``,
+    num_labels=1), whose backbone and ``score.weight`` head initialise it, as Tülu 3 initialises the value model
+    from its RM; or a causal LM (backbone, zero head). Empty: the policy's initial weights under a zero head when
+    the value model has the policy's shape, else a random init."""
     value_lr: float = 0.0
     """Value-model LR (0: same as optim.lr)."""
     ppo_epochs: int = 1

@@ -40,47 +40,66 @@ class RLVRDriver:
             raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {self.o.tis_cap}")
         if self.o.async_steps < 0:
             raise ValueError(f"rlvr.async_steps must be >= 0, got {self.o.async_steps}")
+        if self.o.algorithm == "ppo" and self.o.value_init_hf:  # before minutes of policy loading
+            _check_hf_dir(self.o.value_init_hf)
         self.policy = Trainer(cfg, PolicyTask(cfg))
         self.engine = None
         self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self) -> None:
-        from megatron_tulu.trainers.model_setup import build_model_chunks, build_optimizer, build_reference
+        from megatron_tulu.trainers.model_setup import build_reference
 
         tr = self.policy
         tr.setup()
         self.task: PolicyTask = tr.task
         self.ref = build_reference(tr, self.cfg.model, tr.preset)
-        self.value = None
-        if self.o.algorithm == "ppo":
-            v = Trainer(self.cfg, ValueTask(self.cfg), preset=tr.preset)
-            for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "reports_results", "num_microbatches"):
-                setattr(v, k, getattr(tr, k))
-            v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
-
-            rm = self.o.value_init_hf
-            rm_reader = _reward_model_reader(rm, tr.preset) if rm else None
-
-            def head(model):
-                if rm_reader is not None:  # the reward model's backbone (TP/PP-sharded like any HF load)
-                    from megatron_tulu.checkpoint.model_io import load_hf_into_model
-
-                    load_hf_into_model(model, rm_reader, tr.preset, backbone_only=True)
-                if model.post_process:
-                    model.output_layer = ValueHead(model.config)
-                    if rm_reader is not None:
-                        with torch.no_grad():
-                            model.output_layer.weight.copy_(rm_reader.get("score.weight").reshape(1, -1))
-
-            model_cfg = dataclasses.replace(self.cfg.model, init_hf=None, init_mcore=None) if rm else self.cfg.model
-            v.model = build_model_chunks(v, model_cfg, tr.preset, customize=head)
-            v.optimizer = build_optimizer(v, v.model)
-            if tr.step > 0:
-                checkpointing.load(v.ckpt_root / checkpointing.step_dir_name(tr.step), v.model, v.optimizer,
-                                   self.cfg.checkpoint.optimizer_sharding)
-            self.value = v
+        self.value = self._build_value_model() if self.o.algorithm == "ppo" else None
         self._start_engine()
+
+    def _build_value_model(self) -> Trainer:
+        """The PPO value model on the policy's ranks: its shape from ``rlvr.value_model`` / ``value_init_hf`` /
+        the policy (:func:`value_model_shape`), its layers over the policy's pipeline stages (uneven first/last
+        stages when they do not divide), its weights from ``value_init_hf``, else from the policy's initial weights
+        when it has the policy's shape, else random; a scalar head on the last stage."""
+        from megatron_tulu.trainers.model_setup import build_model_chunks, build_optimizer, trainer_pipeline_split
+
+        tr = self.policy
+        reader, preset = value_model_shape(self.o, self.cfg.model, tr.preset, getattr(self.task, "vocab_size", None))
+        split = trainer_pipeline_split(tr).fit(preset.num_layers)
+        v = Trainer(self.cfg, ValueTask(self.cfg), preset=preset)
+        for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "reports_results", "num_microbatches"):
+            setattr(v, k, getattr(tr, k))
+        v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
+        same_shape = preset.with_(name=tr.preset.name) == tr.preset
+        if dist.get_rank() == 0:
+            init = (f"from {self.o.value_init_hf}" if reader else "from the policy's initial weights" if same_shape
+                    else "RANDOM (no rlvr.value_init_hf; Tülu 3 starts it from a reward model)")
+            print(f"[megatron-tulu] value model: {preset.name} ({preset.param_count() / 1e9:.3g}B params, "
+                  f"{preset.num_layers} layers over pp={split.pp} x vpp={split.vpp}"
+                  f"{'' if split.is_even else f', {split.first_layers}/{split.last_layers} on the first/last rank'}), "
+                  f"initialised {init}", file=sys.stderr, flush=True)
+
+        def head(model):
+            if reader is not None:  # the checkpoint's backbone (TP/PP-sharded like any HF load)
+                from megatron_tulu.checkpoint.model_io import load_hf_into_model
+
+                load_hf_into_model(model, reader, preset, backbone_only=True)
+            if model.post_process:
+                model.output_layer = ValueHead(model.config)
+                if reader is not None and "score.weight" in reader.weight_map:
+                    with torch.no_grad():
+                        model.output_layer.weight.copy_(reader.get("score.weight").reshape(1, -1))
+
+        model_cfg = self.cfg.model
+        if reader is not None or not same_shape:
+            model_cfg = dataclasses.replace(model_cfg, init_hf=None, init_mcore=None)
+        v.model = build_model_chunks(v, model_cfg, preset, customize=head, split=split)
+        v.optimizer = build_optimizer(v, v.model)
+        if tr.step > 0:
+            checkpointing.load(v.ckpt_root / checkpointing.step_dir_name(tr.step), v.model, v.optimizer,
+                               self.cfg.checkpoint.optimizer_sharding)
+        return v
 
     def _start_engine(self) -> None:
         """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0."""
@@ -374,26 +393,48 @@ class RLVRDriver:
                                keep_last=self.cfg.checkpoint.keep_last)
 
 
-def _reward_model_reader(path: str, preset):
-    """Reader of ``rlvr.value_init_hf`` after checking it is a one-label reward model of the policy's shape."""
-    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
-
+def _check_hf_dir(path: str) -> str:
     if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"rlvr.value_init_hf={path}: no config.json (expected an HF reward-model dir)")
-    reader = HFReader(path)
-    rm = preset_from_hf_config(reader.config)
-    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
-    diff = {k: (getattr(rm, k), getattr(preset, k)) for k in shape if getattr(rm, k) != getattr(preset, k)}
-    if diff:
-        raise ValueError(f"rlvr.value_init_hf={path}: shape differs from the policy's {diff} (reward model, policy); "
-                         "the value model shares the policy's layout")
-    if "score.weight" not in reader.weight_map:
-        raise KeyError(f"rlvr.value_init_hf={path}: no score.weight (a LlamaForSequenceClassification checkpoint)")
-    score_shape = tuple(reader.get("score.weight").shape)
-    if score_shape != (1, preset.hidden_size):
-        raise ValueError(f"rlvr.value_init_hf={path}: score.weight has shape {score_shape}, "
-                         f"expected (1, {preset.hidden_size}) (num_labels=1)")
-    return reader
+        raise FileNotFoundError(f"rlvr.value_init_hf={path}: no config.json (expected an HF model dir: a reward "
+                                "model or a causal LM)")
+    return path
+
+
+def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
+    """``(reader of rlvr.value_init_hf or None, value-model preset)``.
+
+    The shape is ``rlvr.value_model`` (a preset name) when set, else that of ``value_init_hf`` when given, else
+    the policy's; when both are set they must agree. ``value_init_hf`` is a reward model
+    (``LlamaForSequenceClassification``, num_labels=1: backbone and ``score`` head) or a causal LM (backbone under
+    a zero head). The value model reads the policy's token ids, so its vocab must be the policy's."""
+    from megatron_tulu.checkpoint.hf_io import HFReader, preset_from_hf_config
+    from megatron_tulu.trainers.model_setup import resolve_preset
+
+    reader = preset = None
+    if o.value_model:
+        preset = resolve_preset(dataclasses.replace(model_cfg, preset=o.value_model, init_hf=None), tokenizer_vocab)
+    path = o.value_init_hf
+    if path:
+        reader = HFReader(_check_hf_dir(path))
+        ckpt = preset_from_hf_config(reader.config, name=Path(path).name)
+        shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
+        ref = preset or policy
+        diff = {k: (getattr(ckpt, k), getattr(ref, k)) for k in shape if getattr(ckpt, k) != getattr(ref, k)}
+        if preset is not None and diff:
+            raise ValueError(f"rlvr.value_init_hf={path}: shape differs from rlvr.value_model={o.value_model!r} "
+                             f"{diff} (checkpoint, preset)")
+        preset = preset or ckpt
+        if "score.weight" in reader.weight_map:
+            score_shape = tuple(reader.get("score.weight").shape)
+            if score_shape != (1, preset.hidden_size):
+                raise ValueError(f"rlvr.value_init_hf={path}: score.weight has shape {score_shape}, "
+                                 f"expected (1, {preset.hidden_size}) (num_labels=1)")
+    preset = preset or policy
+    if preset.vocab_size != policy.vocab_size:
+        what = f"rlvr.value_init_hf={path}" if path and not o.value_model else f"rlvr.value_model={o.value_model!r}"
+        raise ValueError(f"{what}: vocab_size {preset.vocab_size} != the policy's {policy.vocab_size} (the value "
+                         "model reads the policy's token ids: it needs the policy's tokenizer)")
+    return reader, preset
 
 
 def run_rlvr(cfg: RLVRConfig) -> dict:

@@ -21,11 +21,43 @@ CASES = [  # (preset, pp, vpp, account_embedding_loss)
 
 @pytest.mark.parametrize("name,pp,vpp,account", CASES)
 def test_layers_match_megatron(name, pp, vpp, account):
+    _check_against_megatron(get_preset(name), PipelineSplit(pp=pp, vpp=vpp, account_embedding_loss=account))
+
+
+# A model placed on another model's pipeline ranks (PPO value model): PipelineSplit.fit's uneven first/last sizes.
+UNEVEN = [  # (preset, num_layers or None, policy split, expected layers per pipeline rank)
+    ("llama3.1-8b", None, PipelineSplit(pp=14), [4] + [2] * 12 + [4]),  # 8B value model beside the 405B policy
+    ("llama3.1-8b", None, PipelineSplit(pp=5), [4, 7, 7, 7, 7]),  # ... beside the 70B policy (TP8 x PP5)
+    ("llama3.1-8b", None, PipelineSplit(pp=8, account_embedding_loss=True), [4] * 8),  # even: no accounting needed
+    ("tiny", 3, PipelineSplit(pp=2), [1, 2]),
+    ("tiny", 6, PipelineSplit(pp=2, vpp=2), [2, 4]),
+]
+
+
+@pytest.mark.parametrize("name,layers,policy,per_rank", UNEVEN)
+def test_fitted_uneven_splits_match_megatron(name, layers, policy, per_rank):
+    preset = get_preset(name) if layers is None else get_preset(name).with_(num_layers=layers)
+    split = policy.fit(preset.num_layers)
+    assert (split.pp, split.vpp) == (policy.pp, policy.vpp)
+    assert split.rank_layer_counts(preset.num_layers) == per_rank
+    _check_against_megatron(preset, split)
+
+
+def test_fit_keeps_a_split_that_divides_and_refuses_impossible_ones():
+    assert PipelineSplit(pp=4, vpp=2).fit(32) == PipelineSplit(pp=4, vpp=2)
+    with pytest.raises(ValueError, match="3 layers cannot be split over pp=4"):
+        PipelineSplit(pp=4).fit(3)
+    with pytest.raises(ValueError, match="first/last rank the rest does not split evenly"):
+        PipelineSplit(pp=4, first_layers=1, last_layers=1).validate(5)
+    with pytest.raises(ValueError, match="positive multiples of vpp=2"):
+        PipelineSplit(pp=2, vpp=2, first_layers=3).check_sizes()
+
+
+def _check_against_megatron(preset, split):
     from megatron.core.transformer.transformer_block import get_num_layers_to_build
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-    preset = get_preset(name)
-    split = PipelineSplit(pp=pp, vpp=vpp, account_embedding_loss=account)
+    pp, vpp = split.pp, split.vpp
     tp = 8 if preset.num_query_groups % 8 == 0 else 1
     config = transformer_config(preset, tp, split, ModelOptions(impl="local", dtype="fp32"))
     assert PipelineSplit.from_model_config(config) == split

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_tulu.models.presets import get_preset
 from megatron_tulu.plan import PlanRequest, enumerate_layouts, evaluate, plan_rlvr_layout
 from megatron_tulu.plan.__main__ import main as cli_main
 
@@ -81,10 +82,30 @@ def test_ppo_value_model_costs_memory():
     base = dict(model="llama3.1-8b", gpus=16, stage="rlvr", seq=2048, global_batch=64)
     grpo = evaluate(PlanRequest(**base), 4, 1, 1, engine_tp=2, num_engines=4)
     ppo = evaluate(PlanRequest(**base, algorithm="ppo"), 4, 1, 1, engine_tp=2, num_engines=4)
-    assert ppo.memory_gib["value_model"] == pytest.approx(
-        grpo.memory_gib["weights"] + grpo.memory_gib["grads"] + grpo.memory_gib["optimizer"])
+    policy_state = grpo.memory_gib["weights"] + grpo.memory_gib["grads"] + grpo.memory_gib["optimizer"]
+    # the value model is the policy's shape with a scalar head instead of the [V/tp, d] output layer
+    p8 = get_preset("llama3.1-8b")
+    head_gib = (p8.vocab_size * p8.hidden_size / 4 - p8.hidden_size) * (2 + 4 + 12 / 2) / 2**30  # TP4 x DP2
+    assert ppo.memory_gib["value_model"] == pytest.approx(policy_state - head_gib)
     assert grpo.feasible and ppo.feasible, (grpo.reasons, ppo.reasons)
     assert ppo.time_s["train_s"] > grpo.time_s["train_s"]
+
+
+def test_405b_ppo_fits_with_tulu3s_8b_value_model():
+    """A policy-sized value model does not fit the 405B layout (TP8 x PP14 x DP2); Tülu 3's 8B value model on the
+    same ranks does. Its 32 layers split 4 + 12 x 2 + 4: the fullest rank is the first (4 layers + embedding)."""
+    from megatron_tulu.models.pipeline_split import PipelineSplit
+    from megatron_tulu.plan import memory as M
+
+    base = dict(model="llama3.1-405b", gpus=256, stage="rlvr", seq=3072, global_batch=1856, algorithm="ppo")
+    big = evaluate(PlanRequest(**base), 8, 14, 1, engine_tp=16, num_engines=2)
+    small = evaluate(PlanRequest(**base, value_model="llama3.1-8b"), 8, 14, 1, engine_tp=16, num_engines=2)
+    assert not big.feasible and small.feasible, (big.reasons, small.reasons)
+    p8 = get_preset("llama3.1-8b")
+    layer = (M.layer_params(p8) - 2 * p8.hidden_size) / 8 + 2 * p8.hidden_size
+    first_rank = 4 * layer + p8.vocab_size * p8.hidden_size / 8
+    assert M.params_per_gpu(p8, 8, 14, split=PipelineSplit(pp=14).fit(32), value_head=True) == int(first_rank)
+    assert small.memory_gib["value_model"] == pytest.approx(first_rank * (2 + 4 + 12 / 2) / 2**30)
 
 
 def test_plan_rlvr_layout_mixed_node_and_count_errors():

@@ -72,8 +72,7 @@ def test_dry_run_prints_a_plan_that_adds_up(script):
     assert sum(len(e["gpus"]) for e in plan["engines"]) + plan["trainer"]["gpus"] + plan["idle"] == total
     if size != "tiny":
         assert "memory (planner): feasible=" in r.stdout
-        if stage != "rlvr":  # the RLVR configs document layouts the planner rejects (see the configs' comments)
-            assert plan["feasible"], (plan["memory"]["reasons"], script.name)
+        assert plan["feasible"], (plan["memory"]["reasons"], script.name)
 
 
 def test_rlvr_405b_is_the_tulu3_layout():

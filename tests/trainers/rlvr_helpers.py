@@ -145,9 +145,10 @@ def make_arith_data(src_root: str | Path, out_root: str | Path, n_prompts: int =
     return out_root
 
 
-def make_tiny_reward_model(out_dir: str | Path, like_hf: str | Path, seed: int = 1, hidden_size: int | None = None) -> Path:
+def make_tiny_reward_model(out_dir: str | Path, like_hf: str | Path, seed: int = 1, hidden_size: int | None = None,
+                           num_layers: int | None = None) -> Path:
     """A random ``LlamaForSequenceClassification`` (num_labels=1) with the config of ``like_hf`` (optionally
-    another hidden size), saved as an HF dir: the reward model a PPO value model starts from."""
+    another hidden size and depth), saved as an HF dir: the reward model a PPO value model starts from."""
     import json
 
     import torch
@@ -157,6 +158,8 @@ def make_tiny_reward_model(out_dir: str | Path, like_hf: str | Path, seed: int =
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype", "dtype")}
     if hidden_size:
         cfg.update(hidden_size=hidden_size, head_dim=hidden_size // cfg["num_attention_heads"])
+    if num_layers:
+        cfg.update(num_hidden_layers=num_layers)
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(LlamaConfig(**cfg, num_labels=1)).eval()
     with torch.no_grad():

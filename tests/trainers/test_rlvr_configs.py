@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_tulu.config import load_config
+from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import get_preset
 from megatron_tulu.trainers.rlvr import RLVRConfig
 
@@ -37,6 +38,10 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     # 8 GPUs per node: the engine and the trainer fit the node count the header states
     assert (gpus + etp * o.num_engines) <= {"8b": 16, "70b": 48, "405b": 256}[size]
     assert o.num_engines == 1 or o.engine_placement == "ray" or size in ("8b", "405b")  # their scripts set placement=ray
+    # Tülu 3's value model: policy-sized at 8B, an 8B one beside the 70B and 405B policies, on the policy's ranks
+    value = get_preset(o.value_model or cfg.model.preset)
+    assert value.name == "llama3.1-8b"
+    assert sum(PipelineSplit(pp=pp).fit(value.num_layers).rank_layer_counts(value.num_layers)) == value.num_layers
 
 
 def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):

@@ -51,13 +51,15 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
                                     "checkpoint.interval": 0})),
         ("broken_sync", ov("broken", **{"train.max_steps": 1})),
         ("value_init", ov("rm", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm", tiny_hf)})),
-        ("value_init", ov("rm_bad", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm_bad", tiny_hf,
-                                                                                     hidden_size=64)})),
+        ("value_init", ov("rm_small", **{"rlvr.value_init_hf": make_tiny_reward_model(
+            root / "rm_small", tiny_hf, hidden_size=64, num_layers=3)})),
+        ("value_init", ov("rm_bad", **{"rlvr.value_init_hf": root / "rm_small", "rlvr.value_model": "tiny"})),
+        ("value_init", ov("lm", **{"rlvr.value_init_hf": tiny_hf})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
     for (_, o), s in zip(jobs[:6], out):
         assert "error" not in s, f"run {o} failed:\n{s.get('traceback')}"
-    names = ["ppo", "part1", "part2", "grpo", "async", "async_tis", "broken", "rm", "rm_bad"]
+    names = ["ppo", "part1", "part2", "grpo", "async", "async_tis", "broken", "rm", "rm_small", "rm_bad", "lm"]
     return {"root": root, "summaries": dict(zip(names, out))}
 
 
@@ -150,20 +152,36 @@ def test_resume_reproduces_uninterrupted_run(rlvr_runs):
             assert got[step][k] == ref[step][k], f"step {step} {k}: resumed {got[step][k]!r} != reference {ref[step][k]!r}"
 
 
-def test_value_model_starts_from_a_reward_model(rlvr_runs):
-    """``rlvr.value_init_hf``: the value model is the reward model (backbone + ``score`` head), so its per-token
-    values equal transformers' ``score(hidden_states)`` of that checkpoint; a reward model of another shape is
-    refused naming the field."""
+def _hf_values(rm_dir, ids):
+    """Per-token values of an HF reward model: ``score`` over every position's last hidden state."""
     from transformers import LlamaForSequenceClassification
 
-    got = rlvr_runs["summaries"]["rm"]
-    assert "error" not in got, got
-    rm = LlamaForSequenceClassification.from_pretrained(str(rlvr_runs["root"] / "rm")).eval()
-    ids = got["input_ids"]
+    rm = LlamaForSequenceClassification.from_pretrained(str(rm_dir)).eval()
     with torch.no_grad():
-        want = rm.score(rm.model(input_ids=ids).last_hidden_state).squeeze(-1)
+        return rm.score(rm.model(input_ids=ids).last_hidden_state).squeeze(-1)
+
+
+@pytest.mark.parametrize("name", ["rm", "rm_small"])
+def test_value_model_starts_from_a_reward_model(rlvr_runs, name):
+    """``rlvr.value_init_hf``: the value model is the reward model (backbone + ``score`` head), so its per-token
+    values equal transformers' ``score(hidden_states)`` of that checkpoint: one of the policy's shape (``rm``) and
+    a smaller one (``rm_small``: 3 layers, hidden 64, beside the 4-layer, 128-wide policy), whose shape the value
+    model takes, as Tülu 3's 8B value model beside the 70B/405B policy."""
+    got = rlvr_runs["summaries"][name]
+    assert "error" not in got, got
+    want = _hf_values(rlvr_runs["root"] / name, got["input_ids"])
     assert got["values"].shape == want.shape
     assert torch.allclose(got["values"], want, atol=1e-4), (got["values"] - want).abs().max()
     assert want.abs().max() > 1e-2  # a real head: the zero-head default would give 0 everywhere
+
+
+def test_value_model_from_a_causal_lm_has_a_zero_head(rlvr_runs):
+    """A causal LM (no ``score.weight``) as ``value_init_hf``: its backbone under a zero value head."""
+    got = rlvr_runs["summaries"]["lm"]
+    assert "error" not in got, got
+    assert got["values"].shape == got["input_ids"].shape and torch.count_nonzero(got["values"]) == 0
+
+
+def test_value_model_shape_conflicts_are_refused(rlvr_runs):
     bad = rlvr_runs["summaries"]["rm_bad"]["error"]
-    assert "rlvr.value_init_hf" in bad and "hidden_size" in bad, bad
+    assert "rlvr.value_init_hf" in bad and "rlvr.value_model='tiny'" in bad and "hidden_size" in bad, bad

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
+from rlvr_helpers import make_tiny_reward_model, rlvr_overrides, rlvr_rank_jobs, step_records
 
 
 def _run(world, jobs):
@@ -46,6 +46,28 @@ def test_tp2_trainer_to_engine_sync_stays_exact(sft_data, tiny_hf, tmp_path):
         assert r["grad_norm"] > 0, step  # the weights really change between syncs
         assert r["mismatch/mean_abs_diff"] < 1e-4, (step, r["mismatch/mean_abs_diff"])
         assert r["mismatch/policy_lag"] == 0
+
+
+def test_smaller_value_model_on_uneven_pipeline_stages_resumes(sft_data, tiny_hf, tmp_path):
+    """A value model smaller than the policy (from a 3-layer, 64-wide reward model beside the 4-layer policy, as
+    Tülu 3's 8B value model beside the 405B policy) on the policy's PP=2 ranks: its 3 layers split 1 + 2 (megatron's
+    uneven last stage). Stopped after step 2 and resumed (value model and its optimizer from the checkpoint), it
+    reproduces the DP=2 run of the same model, where no split is involved, step by step."""
+    rm = make_tiny_reward_model(tmp_path / "rm", tiny_hf, hidden_size=64, num_layers=3)
+    pp2, dp2 = tmp_path / "pp2", tmp_path / "dp2"
+    common = {"rlvr.value_init_hf": rm, "checkpoint.interval": 2}
+    _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, pp2, **common, **{"parallel.pp": 2, "train.max_steps": 2})),
+             ("rlvr", rlvr_overrides(sft_data, tiny_hf, pp2, **common, **{"parallel.pp": 2, "train.max_steps": 3})),
+             ("rlvr", rlvr_overrides(sft_data, tiny_hf, dp2, **common, **{"train.max_steps": 3}))])
+    ref, got = step_records(dp2), step_records(pp2)
+    assert list(got) == list(ref) == [1, 2, 3]
+    lines = [ln for ln in (pp2 / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    assert len(lines) == 3, "the second run must continue from step 2, not start over"
+    assert (pp2 / "checkpoints_value").is_dir()
+    for step, r in got.items():
+        assert r["value_loss"] > 0 and r["grad_norm"] > 0, step
+        for key in ("loss", "value_loss", "grad_norm", "reward/score", "mismatch/mean_abs_diff"):
+            assert abs(r[key] - ref[step][key]) <= 1e-4 * max(1.0, abs(ref[step][key])), (step, key, r[key], ref[step][key])
 
 
 def _need_vllm():
