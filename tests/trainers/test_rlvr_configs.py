@@ -53,3 +53,20 @@ def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
         cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", *overrides])
         with pytest.raises(ValueError, match=match):
             RLVRDriver(cfg)
+
+
+def test_value_model_shape_errors_name_the_fields():
+    from megatron_tulu.trainers.rlvr import RLVROptions
+    from megatron_tulu.trainers.rlvr_driver import value_model_shape
+
+    cfg = load_config(RLVRConfig, "rlvr/8b", [])
+    policy = get_preset("llama3.1-8b")
+    reader, shape = value_model_shape(RLVROptions(value_model="llama3.1-8b"), cfg.model, policy)
+    assert reader is None and shape == policy
+    assert value_model_shape(RLVROptions(), cfg.model, policy)[1] == policy  # default: the policy's shape
+    with pytest.raises(ValueError, match="rlvr.value_model='tiny': vocab_size 512 != the policy's 128256"):
+        value_model_shape(RLVROptions(value_model="tiny"), cfg.model, policy)
+    with pytest.raises(ValueError, match="unknown model preset 'llama3.1-9b'"):
+        value_model_shape(RLVROptions(value_model="llama3.1-9b"), cfg.model, policy)
+    with pytest.raises(FileNotFoundError, match="rlvr.value_init_hf=/nonexistent: no config.json"):
+        value_model_shape(RLVROptions(value_init_hf="/nonexistent"), cfg.model, policy)
