@@ -66,7 +66,11 @@ class RLVRDriver:
 
         tr = self.policy
         reader, preset = value_model_shape(self.o, self.cfg.model, tr.preset, getattr(self.task, "vocab_size", None))
-        split = trainer_pipeline_split(tr).fit(preset.num_layers)
+        try:
+            split = trainer_pipeline_split(tr).fit(preset.num_layers)
+        except ValueError as e:
+            raise ValueError(f"value model {preset.name!r} (rlvr.value_model / rlvr.value_init_hf) on the policy's "
+                             f"pipeline stages (parallel.pp / parallel.vpp): {e}") from None
         v = Trainer(self.cfg, ValueTask(self.cfg), preset=preset)
         for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "reports_results", "num_microbatches"):
             setattr(v, k, getattr(tr, k))
