@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from megatron_tulu.models.presets import LlamaPreset
 from megatron_tulu.models.pipeline_split import PipelineSplit
+from megatron_tulu.models.presets import LlamaPreset
 
 GIB = 1024**3
 RECOMPUTE_MODES = ("none", "selective", "full")
@@ -124,7 +124,7 @@ def params_per_gpu(preset: LlamaPreset, tp: int = 1, pp: int = 1, split: Pipelin
     d, v = preset.hidden_size, preset.vocab_size
     per_layer = (layer_params(preset) - 2 * d) / tp + 2 * d
     embed = v * d / tp
-    head = (d if value_head or preset.tie_embeddings else v * d / tp) + d
+    head = (d if value_head else 0 if preset.tie_embeddings else v * d / tp) + d
     if split is not None:
         counts = split.rank_layer_counts(preset.num_layers)
         return int(max(n * per_layer + (embed if r == 0 else 0) + (head if r == len(counts) - 1 else 0)
