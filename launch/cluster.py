@@ -121,34 +121,25 @@ def allocation(script: str | Path | None, environ: dict | None = None) -> Alloca
     return Allocation(nodes=nodes, gpus_per_node=gpn, tasks_per_node=tpn, hosts=hosts)
 
 
-def _config_values(stage: str, size: str):
-    """``value(section, key, default)`` over ``configs/<stage>/<size>.yaml``, read once (``default`` when the file
-    or key is absent)."""
+def config_workload(stage: str, size: str) -> dict:
+    """The planner's workload fields from ``configs/<stage>/<size>.yaml``, read once (so the plan's memory verdict
+    is for the run the config describes, not the planner's defaults): sequence length, global and micro batch,
+    FP8; for DPO whether a frozen reference stays resident (``dpo.ref_mode: on_the_fly``; the default cached
+    reference log-probs keep none); for RLVR the prompt/response lengths, sequences per step (prompts x samples),
+    the algorithm (PPO adds a value model) and the value model's preset (empty: the policy's size)."""
     import yaml
 
     path = Path(__file__).resolve().parent.parent / "configs" / stage / f"{size}.yaml"
     doc = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
-    def value(section: str, key: str, default):
+    def val(section: str, key: str, default):
         node = doc.get(section) if isinstance(doc, dict) else None
         return node.get(key, default) if isinstance(node, dict) else default
 
-    return value
-
-
-def _config_value(stage: str, size: str, section: str, key: str, default):
-    """One value from ``configs/<stage>/<size>.yaml`` (``default`` when the file or key is absent)."""
-    return _config_values(stage, size)(section, key, default)
-
-
-def config_workload(stage: str, size: str) -> dict:
-    """The planner's workload fields from ``configs/<stage>/<size>.yaml`` (so the plan's memory verdict is for the
-    run the config describes, not the planner's defaults): sequence length, global and micro batch, FP8; for RLVR
-    the prompt/response lengths, sequences per step (prompts x samples), the algorithm (PPO adds a value model) and
-    the value model's preset (empty: the policy's size)."""
-    val = _config_values(stage, size)
     out = {"seq": int(val("train", "seq_length", 4096)), "global_batch": int(val("train", "global_batch_size", 128)),
            "micro_batch": int(val("train", "micro_batch_size", 1)), "fp8": bool(val("model", "fp8", None))}
+    if stage == "dpo":
+        out["reference_model"] = val("dpo", "ref_mode", "cached") == "on_the_fly"
     if stage == "rlvr":
         prompt, response = out["seq"], int(val("rlvr", "max_new_tokens", 1024))
         out.update(seq=prompt + response, prompt_len=prompt, response_len=response,
@@ -239,10 +230,8 @@ def build_plan(stage: str, size: str, alloc: Allocation, command: list[str] | No
         engines = []
         trainer = {"gpus": total, "tp": lay["tp"], "pp": lay["pp"], "cp": lay["cp"], "dp": total // mp,
                    "ranks": list(range(total))}
-        # DPO's default cached reference log-probs keep no frozen model on the trainers
-        resident_ref = stage == "dpo" and _config_value(stage, size, "dpo", "ref_mode", "cached") == "on_the_fly"
-        lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn,
-                                        reference_model=resident_ref, vpp=lay["vpp"], **workload),
+        lay_eval = evaluate(PlanRequest(model=model, gpus=total, stage=stage, gpus_per_node=spn, vpp=lay["vpp"],
+                                        **workload),
                             lay["tp"], lay["pp"], lay["cp"])
         memory, feasible = lay_eval.to_dict(), lay_eval.feasible
     for n in nodes:
