@@ -75,7 +75,7 @@ class RLVRDriver:
         for k in ("dims", "dp_rank", "is_last_stage", "tp_rank", "reports_results", "num_microbatches"):
             setattr(v, k, getattr(tr, k))
         v.ckpt_root = Path(self.cfg.run_dir) / "checkpoints_value"
-        same_shape = preset.with_(name=tr.preset.name) == tr.preset
+        same_shape = not _shape_diff(preset, tr.preset)  # the policy's tensors fit it
         if dist.get_rank() == 0:
             init = (f"from {self.o.value_init_hf}" if reader else "from the policy's initial weights" if same_shape
                     else "RANDOM (no rlvr.value_init_hf; Tülu 3 starts it from a reward model)")
@@ -404,6 +404,12 @@ def _check_hf_dir(path: str) -> str:
     return path
 
 
+def _shape_diff(a, b) -> dict:
+    """``{field: (a's, b's)}`` for the preset fields that decide tensor shapes (rope and norm settings do not)."""
+    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
+    return {k: (getattr(a, k), getattr(b, k)) for k in shape if getattr(a, k) != getattr(b, k)}
+
+
 def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
     """``(reader of rlvr.value_init_hf or None, value-model preset)``.
 
@@ -421,9 +427,7 @@ def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
     if path:
         reader = HFReader(_check_hf_dir(path))
         ckpt = preset_from_hf_config(reader.config, name=Path(path).name)
-        shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
-        ref = preset or policy
-        diff = {k: (getattr(ckpt, k), getattr(ref, k)) for k in shape if getattr(ckpt, k) != getattr(ref, k)}
+        diff = _shape_diff(ckpt, preset or policy)
         if preset is not None and diff:
             raise ValueError(f"rlvr.value_init_hf={path}: shape differs from rlvr.value_model={o.value_model!r} "
                              f"{diff} (checkpoint, preset)")
