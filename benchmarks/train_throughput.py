@@ -182,6 +182,8 @@ def main(argv=None) -> int:
                 for head in a.logprob:
                     r = run_config(preset, seq, prec, head, a.steps, a.warmup, a.micro_batch)
                     out["results"].append(r)
+                    if a.json_out:  # after every row: a run cut short by its GPU lease keeps what it measured
+                        Path(a.json_out).write_text(json.dumps(out, indent=1))
                     if "not_measured" in r:
                         print(f"seq {seq} {prec} {head}: NOT MEASURED ({r['not_measured']})")
                     else:
@@ -190,8 +192,6 @@ def main(argv=None) -> int:
                               f"step {r['step_s'] * 1e3:.1f} ms, loss {r['loss']:.3f}")
     finally:
         destroy_distributed()
-    if a.json_out:
-        Path(a.json_out).write_text(json.dumps(out, indent=1))
     return 0
 
 
