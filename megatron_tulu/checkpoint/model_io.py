@@ -19,22 +19,11 @@ from megatron_tulu.checkpoint import mapping
 from megatron_tulu.checkpoint.hf_io import (
     TOKENIZER_FILES, HFReader, atomic_dir, hf_config_from_preset, write_hf_dir,
 )
+from megatron_tulu.models.build import model_chunks
 from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset
 
 FORMAT_FILE = "megatron_tulu_ckpt.json"
-
-
-def unwrap(model):
-    """The GPTModel inside DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-def model_chunks(model) -> list:
-    """The unwrapped GPTModel chunks of ``model`` (one module, or the list of a rank's virtual-stage chunks)."""
-    return [unwrap(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
 
 
 def pipeline_split(model) -> PipelineSplit:

@@ -263,3 +263,15 @@ def build_model(
     if platform.has_gpu():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def unwrap(model):
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def model_chunks(model) -> list:
+    """The unwrapped GPTModel chunks of ``model`` (one module, or the list of a rank's virtual-stage chunks)."""
+    return [unwrap(m) for m in (model if isinstance(model, (list, tuple)) else [model])]

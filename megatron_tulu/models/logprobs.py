@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megatron_tulu.models.build import model_chunks
+
 
 def _tp_group():
     from megatron.core import parallel_state as ps
@@ -114,15 +116,6 @@ def gather_vocab(logits: torch.Tensor, true_vocab_size: int | None = None, group
     return logits
 
 
-def _unwrap(model):
-    """The GPTModel holding the output layer: inside DDP wrappers, the last of a rank's model chunks."""
-    if isinstance(model, (list, tuple)):
-        model = model[-1]
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 def enable_fused_logprob_head(model) -> None:
     """Make the last pipeline stage return final hidden states ``[b, s, d]`` instead of logits.
 
@@ -133,7 +126,7 @@ def enable_fused_logprob_head(model) -> None:
     """
     import types
 
-    m = _unwrap(model)
+    m = model_chunks(model)[-1]  # the chunk holding the output layer
     if not getattr(m, "post_process", False):
         return
 
@@ -168,7 +161,7 @@ def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_voca
     """
     from megatron_tulu.models.context_parallel import gather_tokens, local_targets
 
-    m = _unwrap(model)
+    m = model_chunks(model)[-1]  # the chunk holding the output layer
     s = targets.shape[1]
     targets = local_targets(targets, m.config)  # under context parallelism the output holds this rank's tokens
     if not getattr(m, "fused_logprob_head", False):
