@@ -6,10 +6,13 @@ logsumexp (running max ``m``, running sum of ``exp(z - m)``), the target logit, 
 sum of ``exp(z - m) * z``. The per-split partials ``[S, N]`` are merged in torch (the same algebra as the TP
 merge). Nothing of size ``[N, V]`` is ever written.
 
-Backward: the same tiles are recomputed chunk by chunk over tokens (``chunk_tokens`` rows at a time, sized so
-the chunk's logit-gradient fits a fixed memory budget); a second kernel writes ``dlogits`` for the chunk
-only, and two matmuls turn it into ``dh`` and ``dW`` (accumulated in fp32). The full-vocab gradient is never
-held for all tokens at once.
+Backward: the logits are recomputed chunk by chunk over the VOCAB (``cols`` rows of ``W`` at a time, sized so
+the chunk's logit gradient ``[N, cols]`` fits a fixed memory budget); a second kernel writes ``dlogits`` for
+the chunk only, then one matmul over all tokens writes that chunk's rows of ``dW`` directly (fp32 accumulation
+inside the GEMM, rounded once) and another adds its share of ``dh`` into an fp32 ``[N, d]`` accumulator. So
+beyond ``dW`` itself nothing of size ``[V, d]`` is allocated (no fp32 weight-gradient accumulator), and the
+full-vocab gradient is never held for all tokens at once. Tokens per micro-batch are far fewer than vocab rows,
+which is why the accumulator is on the ``dh`` side.
 
 With ``tp_group``, the per-rank partials (max, sum-exp, target logit, entropy numerator) are combined by two
 all-reduces (one MAX, one SUM of the stacked rescaled partials), the same algebra as megatron's
@@ -168,10 +171,10 @@ def _merge_partials(m, s, tz, ez, group):
     return gmax, parts[0], parts[1], (parts[2] if ez is not None else None)
 
 
-def _chunk_rows(n: int, v: int, elem_bytes: int, block_n: int, budget_bytes: int) -> int:
-    rows = max(block_n, budget_bytes // max(1, v * elem_bytes))
-    rows = (rows // block_n) * block_n
-    return max(block_n, min(rows, triton.cdiv(n, block_n) * block_n))
+def _chunk_cols(n: int, v: int, elem_bytes: int, block_v: int, budget_bytes: int) -> int:
+    """Vocab columns per backward chunk: ``[n, cols]`` logit gradients fit ``budget_bytes`` (at least one tile)."""
+    cols = (budget_bytes // max(1, n * elem_bytes)) // block_v * block_v
+    return max(block_v, min(cols, triton.cdiv(v, block_v) * block_v))
 
 
 class _FusedLinearLogprob(torch.autograd.Function):
@@ -220,35 +223,37 @@ class _FusedLinearLogprob(torch.autograd.Function):
         g_ent = (g_ent.float() * valid).contiguous() if (with_entropy and g_ent is not None) else None
         use_ent = g_ent is not None
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dh = torch.zeros_like(hidden) if need_dh else None
-        dw32 = torch.zeros(v, d, device=weight.device, dtype=torch.float32) if need_dw else None
+        # Vocab-outer: each chunk of vocab rows gets its logit gradient for ALL tokens, so its dW rows come from
+        # one matmul over every token (fp32 accumulation inside cuBLAS, one rounding) written straight into dW:
+        # no fp32 [V, d] accumulator and no [V, d] temporary. dh (small: tokens << vocab) sums over chunks in fp32.
+        skip = hidden.device.type == "cpu" and not bool((valid > 0).any())  # all ignored: exactly zero (free check)
+        # every dW row is written by exactly one chunk's matmul below, so it needs no zero-fill unless none runs
+        dw = (torch.zeros_like(weight) if (skip or n == 0) else torch.empty_like(weight)) if need_dw else None
+        dh32 = torch.zeros(n, d, device=hidden.device, dtype=torch.float32) if need_dh else None
         # dlogits in the input dtype (bf16 on GPU) halves the chunk's memory, as Liger does; fp32 stays fp32
-        dz_dtype = hidden.dtype if hidden.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        rows = _chunk_rows(n, v, torch.finfo(dz_dtype).bits // 8, bn, budget)
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            if not bool((valid[r0:r1] > 0).any()) and hidden.device.type == "cpu":
-                continue  # all-ignored chunk: its gradient is exactly zero (skip only where the check is free)
-            h_c = hidden[r0:r1]
-            dz = torch.empty(r1 - r0, v, device=hidden.device, dtype=dz_dtype)
-            grid = (triton.cdiv(r1 - r0, bn), triton.cdiv(v, bv))
+        dz_dtype = hidden.dtype
+        cols = _chunk_cols(n, v, hidden.element_size(), bv, budget)
+        for c0 in range(0, 0 if (skip or n == 0) else v, cols):
+            c1 = min(v, c0 + cols)
+            w_c = weight[c0:c1]
+            dz = torch.empty(n, c1 - c0, device=hidden.device, dtype=dz_dtype)
+            grid = (triton.cdiv(n, bn), triton.cdiv(c1 - c0, bv))
             _bwd_dlogits_kernel[grid](
-                h_c, weight, targets[r0:r1], lse[r0:r1], entropy[r0:r1], g_lp[r0:r1],
-                g_ent[r0:r1] if use_ent else g_lp[r0:r1], dz, r1 - r0, v, d,
-                h_c.stride(0), h_c.stride(1), weight.stride(0), weight.stride(1), dz.stride(0), dz.stride(1),
-                vocab_start, valid_v, inv_t,
+                hidden, w_c, targets, lse, entropy, g_lp, g_ent if use_ent else g_lp, dz, n, c1 - c0, d,
+                hidden.stride(0), hidden.stride(1), w_c.stride(0), w_c.stride(1), dz.stride(0), dz.stride(1),
+                vocab_start + c0, max(0, min(c1, valid_v) - c0), inv_t,
                 WITH_ENTROPY=use_ent, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, IEEE=ieee, UPCAST=_INTERPRET,
             )
-            if need_dh:
-                dh[r0:r1] = (dz @ weight.to(dz_dtype)).to(hidden.dtype)
             if need_dw:
+                torch.mm(dz.t(), hidden, out=dw[c0:c1])
+            if need_dh:
                 if dz_dtype == torch.float32:
-                    dw32.addmm_(dz.t(), h_c.float())
-                else:  # bf16 product added into the fp32 accumulator in place (no fp32 [V, d] temporary)
-                    dw32.add_(dz.t() @ h_c)
+                    dh32.addmm_(dz, w_c)
+                else:  # [n, d] bf16 product (small) added into the fp32 accumulator
+                    dh32.add_(dz @ w_c)
+        dh = dh32.to(hidden.dtype) if need_dh else None
         if need_dh and tp_group is not None:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=tp_group)
-        dw = dw32.to(weight.dtype) if need_dw else None
         return dh, dw, None, None, None, None, None, None, None, None
 
 
@@ -277,7 +282,8 @@ def fused_linear_logprob(
         tp_group: TP process group whose ranks hold consecutive vocab shards; None = whole vocab here.
         vocab_start: global id of ``weight``'s first row.
         true_vocab_size: global ids at or above it are vocab padding and get no probability mass.
-        bwd_chunk_bytes: memory budget for one backward chunk of logit gradients (rows are sized to fit).
+        bwd_chunk_bytes: memory budget for one backward chunk of logit gradients ``[N, cols]`` (vocab columns are
+            sized to fit; a chunk is at least one vocab tile).
     Returns:
         logprob ``[N]`` fp32 (0 at ignored rows), or ``(logprob, entropy)`` when ``with_entropy``.
     """

@@ -11,7 +11,8 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-def test_fused_logprob_compiles_and_matches_reference_in_bf16():
+@pytest.mark.parametrize("bwd_chunk_bytes", [256 * 2**20, 2**20])  # one vocab chunk; 63 chunks of 512 columns
+def test_fused_logprob_compiles_and_matches_reference_in_bf16(bwd_chunk_bytes):
     from kernels.fused_logprob import fused_linear_logprob, linear_logprob_reference
 
     torch.manual_seed(0)
@@ -20,7 +21,7 @@ def test_fused_logprob_compiles_and_matches_reference_in_bf16():
     w = (torch.randn(v, d, device="cuda") * 0.05).bfloat16().requires_grad_()
     t = torch.randint(0, v, (n,), device="cuda")
     t[::7] = -100
-    lp, ent = fused_linear_logprob(h, w, t, temperature=0.8, with_entropy=True)
+    lp, ent = fused_linear_logprob(h, w, t, temperature=0.8, with_entropy=True, bwd_chunk_bytes=bwd_chunk_bytes)
     (lp.sum() + ent.sum()).backward()
     dh, dw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
