@@ -9,8 +9,9 @@ against a plain device copy of the same bytes, plus the per-bucket overhead of t
   python benchmarks/weight_sync.py --smoke
 
 Pack part: for every megatron parameter of the (single-stage) model, its ``tp`` shards (already on the device,
-as after the TP all-gather) go through ``checkpoint.mapping.mcore_to_hf`` and are copied into byte buckets laid
-out by ``rollout.weight_sync.plan_buckets`` -- the same functions the trainer uses before broadcasting. The
+as after the TP all-gather) become ``checkpoint.mapping.mcore_to_hf_pieces`` and are written straight into the byte
+buckets of ``rollout.weight_sync.BucketSender.pack`` -- the code the trainer runs before broadcasting. Also timed:
+the older merge-then-copy path (``mcore_to_hf`` builds each HF tensor, then it is copied into its bucket). The
 baseline is one ``dst.copy_(src)`` of a flat buffer with the same byte count. The NCCL broadcast itself is not
 timed here (one GPU cannot hold a two-rank NCCL group); the planner estimates it from bus bandwidth.
 """
@@ -59,65 +60,56 @@ def make_shards(preset, tp: int, device, dtype=torch.bfloat16) -> list[tuple[str
     return out
 
 
-def pack(preset, params, metas, plan, device, ship=None) -> int:
-    """Gather + rename + pack into buckets. Returns bytes packed. ``ship(buf)`` is called per full bucket."""
-    from megatron_tulu.checkpoint.mapping import mcore_to_hf
-    from megatron_tulu.rollout.weight_sync import bucket_nbytes
+def pack(preset, params, metas, bucket_bytes, device, lazy: bool = True) -> int:
+    """Rename + pack into buckets with the trainer's own sender (``BucketSender.pack``, no broadcast); returns
+    the bytes packed. ``lazy``: shard pieces written straight into the buckets (``mcore_to_hf_pieces``, what
+    ``RLVRDriver.sync_weights`` does); else merged HF tensors first (``mcore_to_hf``, the old path)."""
+    from megatron_tulu.checkpoint.mapping import mcore_to_hf, mcore_to_hf_pieces
+    from megatron_tulu.rollout.weight_sync import BucketSender
 
-    where = {}  # tensor index -> (bucket, offset)
-    for b, bucket in enumerate(plan):
-        for i, off in bucket:
-            where[i] = (b, off)
-    left = [len(bucket) for bucket in plan]
-    bufs: dict[int, torch.Tensor] = {}
-    idx = total = 0
-    for name, shards in params:
-        for _hf_name, t in mcore_to_hf(name, shards, preset):
-            b, off = where[idx]
-            if b not in bufs:
-                bufs[b] = torch.empty(bucket_nbytes(metas, plan[b]), dtype=torch.uint8, device=device)
-            flat = t.contiguous().reshape(-1).view(torch.uint8)
-            bufs[b][off: off + flat.numel()].copy_(flat)
-            left[b] -= 1
-            if left[b] == 0:
-                buf = bufs.pop(b)
-                total += buf.numel()
-                if ship is not None:
-                    ship(buf)
-            idx += 1
-    return total
+    def items():
+        for name, shards in params:
+            if lazy:
+                yield from ((t.name, t) for t in mcore_to_hf_pieces(name, shards, preset))
+            else:
+                yield from mcore_to_hf(name, shards, preset)
+
+    sender = BucketSender(None, metas, bucket_bytes, device, timeout_s=0.0)
+    return sum(buf.numel() for _, buf in sender.pack(items()))
 
 
-def bench_pack(model: str, tp: int, bucket_mb: int, repeats: int, device) -> dict:
-    from megatron_tulu.checkpoint.mapping import mcore_to_hf
-    from megatron_tulu.rollout.weight_sync import metas_of, plan_buckets
+def bench_pack(model: str, tp: int, bucket_mb: int, repeats: int, device, layers: int | None = None) -> dict:
+    from megatron_tulu.checkpoint.mapping import mcore_to_hf_pieces
+    from megatron_tulu.rollout.weight_sync import TensorMeta, plan_buckets
 
     preset = get_preset(model)
+    if layers:
+        preset = preset.with_(num_layers=layers)
     params = make_shards(preset, tp, device)
-    items = []
-    for name, shards in params:  # metadata once (the real protocol sends it once per model)
-        items += [(n, torch.empty(t.shape, dtype=t.dtype, device="meta")) for n, t in mcore_to_hf(name, shards, preset)]
-    metas = metas_of(items)
-    plan = plan_buckets(metas, bucket_mb * 2**20)
+    dtype = str(params[0][1][0].dtype).removeprefix("torch.")
+    # metadata once (the real protocol sends it once per model)
+    metas = [TensorMeta(t.name, dtype, t.shape) for name, shards in params
+             for t in mcore_to_hf_pieces(name, shards, preset)]
     nbytes = sum(m.nbytes for m in metas)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ours, copy = [], []
+    times = {"ours": [], "merged_first": [], "copy": []}
     for _ in range(repeats + 1):  # first round warms up allocator and kernels
-        _sync()
-        t0 = time.perf_counter()
-        packed = pack(preset, params, metas, plan, device)
-        _sync()
-        ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        _sync()
-        copy.append(time.perf_counter() - t0)
-    ours, copy = statistics.median(ours[1:]), statistics.median(copy[1:])
-    return {"kind": "pack", "model": preset.name, "tp_shards": tp, "bucket_mb": bucket_mb, "buckets": len(plan),
-            "bytes": nbytes, "packed_bytes_incl_alignment": packed, "ours_s": ours, "plain_copy_s": copy,
+        for key in times:
+            _sync()
+            t0 = time.perf_counter()
+            if key == "copy":
+                dst.copy_(src)
+            else:
+                packed = pack(preset, params, metas, bucket_mb * 2**20, device, lazy=key == "ours")
+            _sync()
+            times[key].append(time.perf_counter() - t0)
+    ours, merged, copy = (statistics.median(times[k][1:]) for k in ("ours", "merged_first", "copy"))
+    return {"kind": "pack", "model": preset.name, "layers": preset.num_layers, "tp_shards": tp,
+            "bucket_mb": bucket_mb, "buckets": len(plan_buckets(metas, bucket_mb * 2**20)), "bytes": nbytes,
+            "packed_bytes_incl_alignment": packed, "ours_s": ours, "merged_first_s": merged, "plain_copy_s": copy,
             "ours_gbps": nbytes / ours / 1e9, "copy_gbps": nbytes / copy / 1e9, "ratio_copy_over_ours": copy / ours,
-            "repeats": repeats}
+            "ratio_copy_over_merged_first": copy / merged, "repeats": repeats}
 
 
 # ------------------------------------------------------------------------------------------ gloo protocol
@@ -204,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, both parts (proves the script runs)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu"], help="cpu forces the CPU for --pack")
     ap.add_argument("--model", default="llama3.1-8b")
+    ap.add_argument("--layers", type=int, help="keep only this many decoder layers (full width; CPU-sized runs)")
     ap.add_argument("--tp", type=int, nargs="+", default=[1, 2], help="TP shards to gather from")
     ap.add_argument("--bucket-mb", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
@@ -224,11 +217,12 @@ def main(argv=None) -> int:
         if not platform.has_gpu() and not a.smoke and a.model != "tiny":
             print("note: no GPU; timing the pack on CPU (not the number the report asks for)", file=sys.stderr)
         for tp in a.tp:
-            r = bench_pack(a.model, tp, a.bucket_mb, a.repeats, platform.device())
+            r = bench_pack(a.model, tp, a.bucket_mb, a.repeats, platform.device(), a.layers)
             r["device"] = "cuda" if platform.has_gpu() else "cpu"
             results["results"].append(r)
             print(f"pack {r['model']} tp={tp}: ours {r['ours_s'] * 1e3:.1f} ms ({r['ours_gbps']:.1f} GB/s), plain copy "
                   f"{r['plain_copy_s'] * 1e3:.1f} ms ({r['copy_gbps']:.1f} GB/s), ratio {r['ratio_copy_over_ours']:.2f} "
+                  f"(merge-then-copy path: {r['merged_first_s'] * 1e3:.1f} ms, ratio {r['ratio_copy_over_merged_first']:.2f}) "
                   f"on {r['device']}, {r['buckets']} buckets")
     if a.gloo:
         g = bench_gloo(a.gloo_mb, a.gloo_buckets_kb, a.tensor_kb, a.repeats)

@@ -23,6 +23,7 @@ Transformer Engine fuses the two norms into the following linear (``linear_qkv.l
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable, Iterator
 
@@ -171,30 +172,86 @@ def hf_to_mcore_shard(
     raise KeyError(f"no HF mapping for megatron parameter {mcore_name!r}")
 
 
-def mcore_to_hf(mcore_name: str, shards: list[torch.Tensor], preset: LlamaPreset) -> list[tuple[str, torch.Tensor]]:
-    """Merge the TP shards (in TP-rank order) of megatron parameter ``mcore_name`` (GLOBAL layer index)
-    back into HF tensors. Vocab padding is removed."""
+class HFTensor:
+    """One HF tensor described by the TP-shard pieces it is made of, not yet copied anywhere.
+
+    ``pieces`` are ``(view shape, index, source)`` triples: ``dst.view(view_shape)[index]`` receives ``source``,
+    and together they cover ``dst`` exactly once. :meth:`write_into` therefore copies every byte once, straight
+    from the shards into a destination such as a weight-sync bucket; :meth:`materialize` does the same into a
+    fresh tensor. A concatenate-then-copy path would copy the QKV weights three times and the rest twice.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "pieces")
+
+    def __init__(self, name: str, shape: tuple[int, ...], pieces: list[tuple[tuple[int, ...], tuple, torch.Tensor]]):
+        self.name, self.shape, self.pieces = name, tuple(shape), pieces
+        self.dtype = pieces[0][2].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.pieces[0][2].element_size()
+
+    def write_into(self, dst: torch.Tensor) -> torch.Tensor:
+        """Copy the pieces into ``dst`` (contiguous, this shape and dtype, any device); returns ``dst``."""
+        if tuple(dst.shape) != self.shape or dst.dtype != self.dtype or not dst.is_contiguous():
+            raise ValueError(f"{self.name}: destination {tuple(dst.shape)} {dst.dtype} (contiguous="
+                             f"{dst.is_contiguous()}) does not take {self.shape} {self.dtype}")
+        for view_shape, index, src in self.pieces:
+            dst.view(view_shape)[index].copy_(src)
+        return dst
+
+    def materialize(self) -> torch.Tensor:
+        src = self.pieces[0][2]
+        return self.write_into(torch.empty(self.shape, dtype=src.dtype, device=src.device))
+
+
+def mcore_to_hf_pieces(mcore_name: str, shards: list[torch.Tensor], preset: LlamaPreset) -> list[HFTensor]:
+    """The HF tensors of megatron parameter ``mcore_name`` (GLOBAL layer index) as pieces of its TP shards (in
+    TP-rank order), vocab padding left out; nothing is copied until :meth:`HFTensor.write_into`."""
     hf = hf_names_for(mcore_name, preset)
     tp = len(shards)
+    every = (slice(None),)
     if mcore_name in ("embedding.word_embeddings.weight", "output_layer.weight"):
         if mcore_name == "output_layer.weight" and preset.tie_embeddings:
             return []
-        return [(hf[0], torch.cat(shards, dim=0)[: preset.vocab_size])]
+        v, (rows, d) = preset.vocab_size, shards[0].shape
+        pieces = [((v, d), (slice(r * rows, min(v, (r + 1) * rows)),), s[: min(v, (r + 1) * rows) - r * rows])
+                  for r, s in enumerate(shards) if r * rows < v]
+        return [HFTensor(hf[0], (v, d), pieces)]
     if mcore_name == "decoder.final_layernorm.weight" or mcore_name.endswith("layernorm.weight"):
-        return [(hf[0], shards[0])]
+        return [HFTensor(hf[0], shards[0].shape, [(shards[0].shape, every, shards[0])])]
     rest = _LAYER_RE.match(mcore_name).group(2)
     if rest == "self_attention.linear_qkv.weight":
+        # megatron: per KV group [q heads of the group; k; v], groups split contiguously over TP ranks
         g, hd, d = preset.num_query_groups, preset.head_dim, preset.hidden_size
-        per = preset.num_attention_heads // g
-        qkv = torch.cat([s.view(g // tp, (per + 2) * hd, d) for s in shards], dim=0)
-        q, k, v = qkv.split([per * hd, hd, hd], dim=1)
-        return [(hf[0], q.reshape(-1, d).contiguous()), (hf[1], k.reshape(-1, d).contiguous()), (hf[2], v.reshape(-1, d).contiguous())]
+        per, gt = preset.num_attention_heads // g, preset.num_query_groups // tp
+        out = []
+        for name, lo, width in ((hf[0], 0, per * hd), (hf[1], per * hd, hd), (hf[2], (per + 1) * hd, hd)):
+            pieces = [((g, width, d), (slice(r * gt, (r + 1) * gt),), s.view(gt, (per + 2) * hd, d)[:, lo:lo + width])
+                      for r, s in enumerate(shards)]
+            out.append(HFTensor(name, (g * width, d), pieces))
+        return out
     if rest in ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight"):
-        return [(hf[0], torch.cat(shards, dim=1))]
+        rows, cols = shards[0].shape
+        return [HFTensor(hf[0], (rows, tp * cols), [((rows, tp * cols), (slice(None), slice(r * cols, (r + 1) * cols)), s)
+                                                    for r, s in enumerate(shards)])]
     if rest == "mlp.linear_fc1.weight":
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return [(hf[0], torch.cat([h[0] for h in halves], dim=0)), (hf[1], torch.cat([h[1] for h in halves], dim=0))]
+        f, d = shards[0].shape[0] // 2, shards[0].shape[1]  # each rank: [gate shard; up shard]
+        return [HFTensor(name, (tp * f, d), [((tp * f, d), (slice(r * f, (r + 1) * f),), s[half * f:(half + 1) * f])
+                                             for r, s in enumerate(shards)])
+                for half, name in enumerate(hf[:2])]
     raise KeyError(f"no HF mapping for megatron parameter {mcore_name!r}")
+
+
+def as_tensor(t):
+    """``t`` itself, or a fresh tensor when it is an :class:`HFTensor` (for consumers that need real tensors)."""
+    return t.materialize() if isinstance(t, HFTensor) else t
+
+
+def mcore_to_hf(mcore_name: str, shards: list[torch.Tensor], preset: LlamaPreset) -> list[tuple[str, torch.Tensor]]:
+    """Merge the TP shards (in TP-rank order) of megatron parameter ``mcore_name`` (GLOBAL layer index)
+    back into HF tensors (fresh, contiguous). Vocab padding is removed."""
+    return [(t.name, t.materialize()) for t in mcore_to_hf_pieces(mcore_name, shards, preset)]
 
 
 def stage_layers(preset: LlamaPreset, pp_rank: int, split: PipelineSplit | int, vp_stage: int = 0) -> range:

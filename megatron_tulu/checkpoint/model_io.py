@@ -97,11 +97,14 @@ def hf_tensor_metas(preset: LlamaPreset, split: PipelineSplit | int, dtype: torc
     return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, split) for n in names]
 
 
-def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Collective over all ranks: yields ``(hf_name, full tensor)`` on global rank 0, in HF order.
 
     Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv). Rank 0 holds
-    one parameter's full tensors at a time (plus what the consumer keeps).
+    one parameter's full tensors at a time (plus what the consumer keeps). ``lazy``: rank 0's own stage yields
+    :class:`~megatron_tulu.checkpoint.mapping.HFTensor` pieces of the gathered shards instead, which the
+    weight-sync sender writes straight into its buckets (one copy per byte; ``mapping.as_tensor`` turns one
+    into a tensor). Consume each before advancing: the shards behind it are the gather's buffers.
     """
     from megatron.core import parallel_state as ps
 
@@ -124,7 +127,9 @@ def iter_hf_tensors(model, preset: LlamaPreset) -> Iterator[tuple[str, torch.Ten
                 dist.all_gather(shards, p.contiguous(), group=tp_group)
             else:
                 shards = [p]
-            if tp_rank == 0:
+            if tp_rank == 0 and lazy and me == 0:
+                merged = [(t.name, t) for t in mapping.mcore_to_hf_pieces(glob, shards, preset)]
+            elif tp_rank == 0:
                 merged = mapping.mcore_to_hf(glob, shards, preset)
         if pp > 1 and stage > 0:
             if stage == pp_rank and tp_rank == 0 and dp_rank == 0:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_tulu.checkpoint.mapping import as_tensor
 from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig, check_prompts
 
 
@@ -100,7 +101,7 @@ class TorchEngine(RolloutEngine):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:  # noqa: ARG002
         params = dict(self.model.named_parameters())
         params.update({k: v for k, v in self.model.named_buffers() if k not in params})
-        items = list(named_tensors)
+        items = [(name, as_tensor(t)) for name, t in named_tensors]
         # check everything before touching anything, so a bad entry leaves the old weights intact
         for name, t in items:
             if name not in params:

@@ -28,6 +28,8 @@ from datetime import timedelta
 
 import torch
 
+from megatron_tulu.checkpoint.mapping import HFTensor
+
 log = logging.getLogger(__name__)
 
 ALIGN = 16  # byte alignment of each tensor inside a bucket, so a uint8 slice can be viewed as any dtype
@@ -194,23 +196,35 @@ class BucketSender:
         self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
         self.plan = plan_buckets(self.metas, bucket_bytes)
 
+    def pack(self, tensors: Iterable[torch.Tensor | tuple[str, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Fill the byte buckets in order from ``tensors`` (see :meth:`send`); yields ``(index, bucket)`` as each
+        is full. No communication: :meth:`send` broadcasts what this yields, and the weight-sync benchmark times
+        it alone."""
+        it = iter(tensors)
+        for b, bucket in enumerate(self.plan):
+            buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
+            for i, off in bucket:
+                meta = self.metas[i]
+                t = _checked(next(it, None), meta, i)
+                dst = buf[off : off + meta.nbytes]
+                if isinstance(t, HFTensor):  # TP-shard pieces: written straight into the bucket, one copy
+                    t.write_into(dst.view(dtype_from_name(meta.dtype)).view(meta.shape))
+                else:
+                    dst.copy_(t.detach().to(self.device).contiguous().reshape(-1).view(torch.uint8))
+            yield b, buf
+
     def send(self, tensors: Iterable[torch.Tensor | tuple[str, torch.Tensor]],
              on_bucket: Callable[[int, int], None] | None = None) -> int:
         """Broadcast ``tensors`` (matching the metadata, in order); returns the bytes sent.
 
-        ``tensors`` may be a lazy iterator (of tensors or ``(name, tensor)`` pairs): it is consumed one bucket
+        ``tensors`` may be a lazy iterator (of tensors or ``(name, tensor)`` pairs; a tensor may be an ``HFTensor``
+        of TP-shard pieces, see ``model_io.iter_hf_tensors(lazy=True)``): it is consumed one bucket
         at a time, so the sender holds at most one bucket plus the tensor being packed. Each tensor is checked
         against its metadata entry (name, shape, dtype) as it arrives. ``on_bucket(index, nbytes)`` is called
         after each bucket went out (progress logging; tests use it to kill a peer mid-sync).
         """
-        it = iter(tensors)
         total = 0
-        for b, bucket in enumerate(self.plan):
-            buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
-            for i, off in bucket:
-                t = _checked(next(it, None), self.metas[i], i)
-                t = t.detach().to(self.device).contiguous().reshape(-1).view(torch.uint8)
-                buf[off : off + t.numel()].copy_(t)
+        for b, buf in self.pack(tensors):
             broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
             total += buf.numel()
             if on_bucket is not None:

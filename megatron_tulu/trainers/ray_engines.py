@@ -175,7 +175,9 @@ class RayEngineGroup(RolloutEngine):
         import ray
 
         if self.kind != "vllm":
-            ref = ray.put([(k, v.detach().cpu()) for k, v in named_tensors])  # one copy in the object store
+            from megatron_tulu.checkpoint.mapping import as_tensor
+
+            ref = ray.put([(k, as_tensor(v).detach().cpu()) for k, v in named_tensors])  # one copy in the object store
             self._get([a.update_weights.remote(ref) for a in self.actors], "update_weights")
             return
         if self._sync is None:

@@ -262,7 +262,7 @@ class RLVRDriver:
 
         t0 = time.time()
         tr = self.policy
-        named = iter_hf_tensors(tr.model, tr.preset)
+        named = iter_hf_tensors(tr.model, tr.preset, lazy=True)  # shard pieces go straight into the buckets
         if dist.get_rank() == 0:
             dtype = next(tr.model[0].parameters()).dtype
             self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, pipeline_split(tr.model), dtype))
