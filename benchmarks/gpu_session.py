@@ -54,7 +54,8 @@ for name in ("triton", "megatron.core", "liger_kernel", "transformer_engine", "t
 
 
 def steps(out: Path, smoke: bool) -> list[dict]:
-    """The ordered steps: name, argv, timeout in seconds (``None``: what is left) and the files each writes.
+    """The ordered steps: name, argv, timeout in seconds (``None``: what is left), the files each writes, and for
+    an open-ended step the flag that hands it its time budget (``budget_flag``, ``budget_margin_s``).
     ``smoke`` swaps each benchmark's GPU arguments for its ``--smoke`` (CPU) form; the runner is the same."""
     py = sys.executable
     gpu = not smoke
@@ -73,8 +74,10 @@ def steps(out: Path, smoke: bool) -> list[dict]:
              argv=bench("train_throughput.py", ["--layers", "4", "--seq", "4096", "8192", "--precision", "bf16",
                                                 "fp8", "--logprob", "plain", "fused"],
                         "--json-out", "train_throughput_results.json")),
-        dict(name="kernels", timeout=None, files=["kernels_results.md"],
-             argv=bench("kernels.py", [], "--md", "kernels_results.md")),
+        # the grid is open-ended: it gets what is left (``timeout=None``) and, as its --budget-s, that less a
+        # margin to finish the shape in flight and write its report
+        dict(name="kernels", timeout=None, files=["kernels_results.md"], budget_flag="--budget-s",
+             budget_margin_s=60 if gpu else 0, argv=bench("kernels.py", [], "--md", "kernels_results.md")),
     ]
 
 
@@ -104,8 +107,8 @@ def run(out: Path, smoke: bool, total_s: float, wheel_dir: Path) -> dict:
             left = t_end - time.monotonic()
             timeout = left if step["timeout"] is None else min(step["timeout"], left)
             argv = list(step["argv"])
-            if step["name"] == "kernels":  # the grid is open-ended: give it what is left, less a margin to write
-                argv += ["--budget-s", f"{max(0.0, timeout - 60 if not smoke else timeout / 2):.0f}"]
+            if "budget_flag" in step:
+                argv += [step["budget_flag"], f"{max(0.0, timeout - step['budget_margin_s']):.0f}"]
             shown = [a if len(a) < 120 else a.strip().splitlines()[0] + " ..." for a in argv]  # the probe script
             rec = {"name": step["name"], "argv": shown, "timeout_s": round(timeout, 1)}
             if timeout < MIN_STEP_S:

@@ -226,17 +226,17 @@ class _FusedLinearLogprob(torch.autograd.Function):
         # Vocab-outer: each chunk of vocab rows gets its logit gradient for ALL tokens, so its dW rows come from
         # one matmul over every token (fp32 accumulation inside cuBLAS, one rounding) written straight into dW:
         # no fp32 [V, d] accumulator and no [V, d] temporary. dh (small: tokens << vocab) sums over chunks in fp32.
-        skip = hidden.device.type == "cpu" and not bool((valid > 0).any())  # all ignored: exactly zero (free check)
+        # no rows, or (on CPU, where the check is free) every row ignored: the gradients are exactly zero
+        skip = n == 0 or (hidden.device.type == "cpu" and not bool((valid > 0).any()))
         # every dW row is written by exactly one chunk's matmul below, so it needs no zero-fill unless none runs
-        dw = (torch.zeros_like(weight) if (skip or n == 0) else torch.empty_like(weight)) if need_dw else None
+        dw = (torch.zeros_like(weight) if skip else torch.empty_like(weight)) if need_dw else None
         dh32 = torch.zeros(n, d, device=hidden.device, dtype=torch.float32) if need_dh else None
         # dlogits in the input dtype (bf16 on GPU) halves the chunk's memory, as Liger does; fp32 stays fp32
-        dz_dtype = hidden.dtype
         cols = _chunk_cols(n, v, hidden.element_size(), bv, budget)
-        for c0 in range(0, 0 if (skip or n == 0) else v, cols):
+        for c0 in range(0, 0 if skip else v, cols):
             c1 = min(v, c0 + cols)
             w_c = weight[c0:c1]
-            dz = torch.empty(n, c1 - c0, device=hidden.device, dtype=dz_dtype)
+            dz = torch.empty(n, c1 - c0, device=hidden.device, dtype=hidden.dtype)
             grid = (triton.cdiv(n, bn), triton.cdiv(c1 - c0, bv))
             _bwd_dlogits_kernel[grid](
                 hidden, w_c, targets, lse, entropy, g_lp, g_ent if use_ent else g_lp, dz, n, c1 - c0, d,
@@ -247,7 +247,7 @@ class _FusedLinearLogprob(torch.autograd.Function):
             if need_dw:
                 torch.mm(dz.t(), hidden, out=dw[c0:c1])
             if need_dh:
-                if dz_dtype == torch.float32:
+                if hidden.dtype == torch.float32:
                     dh32.addmm_(dz, w_c)
                 else:  # [n, d] bf16 product (small) added into the fp32 accumulator
                     dh32.add_(dz @ w_c)

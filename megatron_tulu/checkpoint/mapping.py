@@ -210,16 +210,18 @@ def mcore_to_hf_pieces(mcore_name: str, shards: list[torch.Tensor], preset: Llam
     TP-rank order), vocab padding left out; nothing is copied until :meth:`HFTensor.write_into`."""
     hf = hf_names_for(mcore_name, preset)
     tp = len(shards)
-    every = (slice(None),)
     if mcore_name in ("embedding.word_embeddings.weight", "output_layer.weight"):
         if mcore_name == "output_layer.weight" and preset.tie_embeddings:
             return []
         v, (rows, d) = preset.vocab_size, shards[0].shape
-        pieces = [((v, d), (slice(r * rows, min(v, (r + 1) * rows)),), s[: min(v, (r + 1) * rows) - r * rows])
-                  for r, s in enumerate(shards) if r * rows < v]
+        pieces = []
+        for r, s in enumerate(shards):  # the last shards end in vocab padding, which HF does not have
+            lo, hi = r * rows, min(v, (r + 1) * rows)
+            if lo < hi:
+                pieces.append(((v, d), (slice(lo, hi),), s[: hi - lo]))
         return [HFTensor(hf[0], (v, d), pieces)]
     if mcore_name == "decoder.final_layernorm.weight" or mcore_name.endswith("layernorm.weight"):
-        return [HFTensor(hf[0], shards[0].shape, [(shards[0].shape, every, shards[0])])]
+        return [HFTensor(hf[0], shards[0].shape, [(shards[0].shape, (slice(None),), shards[0])])]
     rest = _LAYER_RE.match(mcore_name).group(2)
     if rest == "self_attention.linear_qkv.weight":
         # megatron: per KV group [q heads of the group; k; v], groups split contiguously over TP ranks

@@ -127,7 +127,7 @@ def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False) -> Iterator[
                 dist.all_gather(shards, p.contiguous(), group=tp_group)
             else:
                 shards = [p]
-            if tp_rank == 0 and lazy and me == 0:
+            if lazy and me == 0:  # global rank 0 (tp_rank 0) consumes the pieces itself
                 merged = [(t.name, t) for t in mapping.mcore_to_hf_pieces(glob, shards, preset)]
             elif tp_rank == 0:
                 merged = mapping.mcore_to_hf(glob, shards, preset)

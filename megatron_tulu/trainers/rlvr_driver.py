@@ -427,8 +427,7 @@ def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
     if path:
         reader = HFReader(_check_hf_dir(path))
         ckpt = preset_from_hf_config(reader.config, name=Path(path).name)
-        diff = _shape_diff(ckpt, preset or policy)
-        if preset is not None and diff:
+        if preset is not None and (diff := _shape_diff(ckpt, preset)):
             raise ValueError(f"rlvr.value_init_hf={path}: shape differs from rlvr.value_model={o.value_model!r} "
                              f"{diff} (checkpoint, preset)")
         preset = preset or ckpt
