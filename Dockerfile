@@ -30,6 +30,22 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/vllm \
  && /opt/vllm/bin/pip install "vllm==${VLLM_VERSION}" "ray==${RAY_VERSION}"
 
+# One libnccl for the trainers and the engines. The weight-sync group (trainer rank 0 + every engine worker)
+# is one NCCL communicator, and NCCL refuses to form one across versions; left alone, the NGC torch loads the
+# image's libnccl while /opt/vllm's torch loads the nvidia-nccl-cu* wheel pip put beside it. So the wheel's
+# libnccl.so.2 becomes a link to the very file the NGC torch maps (its torch finds it through its RPATH; vLLM's
+# own NCCL wrapper dlopens "libnccl.so.2", already loaded by then). NCCL keeps its ABI within 2.x, and the
+# image's is the one the trainers' TE/apex were built with. The build fails if a link is missing (no libnccl in
+# the NGC torch's maps, no wheel dir) or the two environments still report different versions; at run time
+# WeightSyncGroup.connect compares torch.cuda.nccl.version() of every member again and names both on a mismatch.
+RUN NCCL_LIB="$(python -c "import torch; print(next(l.split()[-1] for l in open('/proc/self/maps') if '/libnccl.so' in l))")" \
+ && WHEEL_DIRS="$(ls -d /opt/vllm/lib/python3*/site-packages/nvidia/nccl*/lib)" \
+ && for d in $WHEEL_DIRS; do ln -sf "$NCCL_LIB" "$d/libnccl.so.2"; done \
+ && TRAINER_NCCL="$(python -c 'import torch; print(torch.cuda.nccl.version())')" \
+ && ENGINE_NCCL="$(/opt/vllm/bin/python -c 'import torch; print(torch.cuda.nccl.version())')" \
+ && echo "NCCL: trainer ${TRAINER_NCCL} ($NCCL_LIB), /opt/vllm ${ENGINE_NCCL}" \
+ && test "$TRAINER_NCCL" = "$ENGINE_NCCL"
+
 WORKDIR /opt/megatron-tulu
 COPY pyproject.toml ./
 COPY requirements ./requirements

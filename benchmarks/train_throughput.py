@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import statistics
 import sys
@@ -25,8 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repository root goes first even when it is already on PYTHONPATH (gpu_session.py puts it there): the
+# script's own folder, benchmarks/, is sys.path[0], and our top-level packages must win over anything in it.
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -64,25 +66,26 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def row_key(preset, seq: int, precision: str, head: str, micro_batch: int) -> dict:
+    """The fields that name a configuration (every row has them, measured or not)."""
+    return {"model": preset.name, "layers": preset.num_layers, "seq": seq, "precision": precision, "head": head,
+            "micro_batch": micro_batch}
+
+
 def run_config(preset, seq: int, precision: str, head: str, steps: int, warmup: int, micro_batch: int) -> dict:
     from megatron_tulu.models.build import ModelOptions, build_model, have_transformer_engine
     from megatron_tulu.models.logprobs import vocab_parallel_logprobs
 
-    row = {"model": preset.name, "layers": preset.num_layers, "seq": seq, "precision": precision, "head": head,
-           "micro_batch": micro_batch}
+    row = row_key(preset, seq, precision, head, micro_batch)
     if precision == "fp8" and not (platform.has_gpu() and have_transformer_engine()):
         row["not_measured"] = "FP8 needs Transformer Engine on a GPU; `import transformer_engine` failed or no GPU"
         return row
     fused_impl = None
-    if head == "fused":
-        try:
-            if platform.has_gpu():
-                from kernels.fused_logprob import fused_linear_logprob as fused_impl
-            else:  # the Triton kernel needs a GPU; the smoke run exercises the same call through the reference
-                from kernels.fused_logprob import linear_logprob_reference as fused_impl
-        except ImportError as e:
-            row["not_measured"] = f"fused logprob kernel not importable: {e}"
-            return row
+    if head == "fused":  # our own kernel: an ImportError here is a bug to see, not a row to skip
+        if platform.has_gpu():
+            from kernels.fused_logprob import fused_linear_logprob as fused_impl
+        else:  # the Triton kernel needs a GPU; the smoke run exercises the same call through the reference
+            from kernels.fused_logprob import linear_logprob_reference as fused_impl
         row["head_impl"] = fused_impl.__name__
     opts = ModelOptions(impl="auto", dtype="auto", fp8="hybrid" if precision == "fp8" else None)
     model = build_model(preset, 1, 1, opts)
@@ -127,6 +130,22 @@ def run_config(preset, seq: int, precision: str, head: str, steps: int, warmup: 
         row["mfu"] = row["tflops"] / GPUS[key].bf16_tflops
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del model
+    if platform.has_gpu():
+        torch.cuda.empty_cache()
+    return row
+
+
+def measure_row(preset, seq: int, precision: str, head: str, steps: int, warmup: int, micro_batch: int) -> dict:
+    """``run_config``, except that running out of GPU memory makes a row ("OOM at <GiB>") instead of ending the
+    run: seq 8192 in BF16 on the local spec may not fit 80 GB, and the rows after it still can."""
+    try:
+        return run_config(preset, seq, precision, head, steps, warmup, micro_batch)
+    except torch.OutOfMemoryError as e:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if platform.has_gpu() else float("nan")
+        row = dict(row_key(preset, seq, precision, head, micro_batch), oom_gib=round(peak, 1),
+                   not_measured=f"OOM at {peak:.1f} GiB ({str(e).splitlines()[0][:160]})")
+    # out of the except block: the traceback (and the model its frames hold) is gone, so the memory can go too
+    gc.collect()
     if platform.has_gpu():
         torch.cuda.empty_cache()
     return row
@@ -180,11 +199,13 @@ def main(argv=None) -> int:
         for seq in a.seq:
             for prec in a.precision:
                 for head in a.logprob:
-                    r = run_config(preset, seq, prec, head, a.steps, a.warmup, a.micro_batch)
+                    r = measure_row(preset, seq, prec, head, a.steps, a.warmup, a.micro_batch)
                     out["results"].append(r)
                     if a.json_out:  # after every row: a run cut short by its GPU lease keeps what it measured
                         Path(a.json_out).write_text(json.dumps(out, indent=1))
-                    if "not_measured" in r:
+                    if "oom_gib" in r:
+                        print(f"seq {seq} {prec} {head}: OOM at {r['oom_gib']} GiB")
+                    elif "not_measured" in r:
                         print(f"seq {seq} {prec} {head}: NOT MEASURED ({r['not_measured']})")
                     else:
                         mfu = f", MFU {r['mfu']:.1%}" if "mfu" in r else ""

@@ -53,7 +53,7 @@ def _log_sigmoid(x):
 def _dpo_fwd_kernel(p_ptr, r_ptr, m_ptr, loss_ptr, rew_ptr, lp_ptr, coef_ptr, B, T, s_p, s_r, s_m,
                     beta, label_smoothing, gamma_beta_ratio,
                     LOSS: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_T: tl.constexpr):
-    i = tl.program_id(0)
+    i = tl.program_id(0).to(tl.int64)  # int64 row: row * stride (2B*T) must not wrap at 2**31
     spc, src, nc = _row_sums(p_ptr, r_ptr, m_ptr, i, T, s_p, s_r, s_m, HAS_REF, BLOCK_T)
     spr, srr, nr = _row_sums(p_ptr, r_ptr, m_ptr, i + B, T, s_p, s_r, s_m, HAS_REF, BLOCK_T)
     # a row without response tokens counts as one token (contributes 0, never NaN), as sequence_logps does
@@ -85,16 +85,16 @@ def _dpo_fwd_kernel(p_ptr, r_ptr, m_ptr, loss_ptr, rew_ptr, lp_ptr, coef_ptr, B,
         dlogits = beta * (-(1.0 - label_smoothing) * tl.sigmoid(-x) + label_smoothing * tl.sigmoid(x))
     tl.store(loss_ptr + i, loss)
     tl.store(rew_ptr + i, rew_c)
-    tl.store(rew_ptr + B + i, rew_r)
+    tl.store(rew_ptr + (B + i), rew_r)
     tl.store(lp_ptr + i, pc)
-    tl.store(lp_ptr + B + i, pr)
+    tl.store(lp_ptr + (B + i), pr)
     tl.store(coef_ptr + i, dlogits * inv_c)
-    tl.store(coef_ptr + B + i, -dlogits * inv_r)
+    tl.store(coef_ptr + (B + i), -dlogits * inv_r)
 
 
 @triton.jit
 def _dpo_bwd_kernel(coef_ptr, m_ptr, g_ptr, out_ptr, T, s_m, s_o, inv_b, BLOCK_T: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64: see _dpo_fwd_kernel
     tb = tl.program_id(1)
     ts = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     inb = ts < T

@@ -9,10 +9,10 @@ merge). Nothing of size ``[N, V]`` is ever written.
 Backward: the logits are recomputed chunk by chunk over the VOCAB (``cols`` rows of ``W`` at a time, sized so
 the chunk's logit gradient ``[N, cols]`` fits a fixed memory budget); a second kernel writes ``dlogits`` for
 the chunk only, then one matmul over all tokens writes that chunk's rows of ``dW`` directly (fp32 accumulation
-inside the GEMM, rounded once) and another adds its share of ``dh`` into an fp32 ``[N, d]`` accumulator. So
-beyond ``dW`` itself nothing of size ``[V, d]`` is allocated (no fp32 weight-gradient accumulator), and the
-full-vocab gradient is never held for all tokens at once. Tokens per micro-batch are far fewer than vocab rows,
-which is why the accumulator is on the ``dh`` side.
+inside the GEMM, rounded once) and another adds its share of ``dh``, taken in fp32 and never rounded to bf16,
+into an fp32 ``[N, d]`` accumulator. So beyond ``dW`` itself nothing of size ``[V, d]`` is allocated (no fp32
+weight-gradient accumulator), and the full-vocab gradient is never held for all tokens at once. Tokens per
+micro-batch are far fewer than vocab rows, which is why the accumulator is on the ``dh`` side.
 
 With ``tp_group``, the per-rank partials (max, sum-exp, target logit, entropy numerator) are combined by two
 all-reduces (one MAX, one SUM of the stacked rescaled partials), the same algebra as megatron's
@@ -37,9 +37,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, s_hn, s_hd, s_wv, s_wd,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
                  UPCAST: tl.constexpr):
+    # rows/cols arrive as int64 (see _fwd_kernel); ks is widened too, so index * stride never wraps at 2**31
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        ks = d0 + tl.arange(0, BLOCK_D)
+        ks = (d0 + tl.arange(0, BLOCK_D)).to(tl.int64)
         kmask = ks < D
         a = tl.load(h_ptr + rows[:, None] * s_hn + ks[None, :] * s_hd, mask=row_mask[:, None] & kmask[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * s_wv + ks[:, None] * s_wd, mask=col_mask[None, :] & kmask[:, None], other=0.0)
@@ -64,7 +65,9 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, tz_ptr, ez_ptr,
     split = tl.program_id(1)
     v_lo = split * v_per_split
     v_hi = tl.minimum(V, v_lo + v_per_split)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 indices: row * stride (N*d) and col * stride (V*d) pass 2**31 at long-context / big-vocab sizes, and
+    # an int32 product would wrap silently (tests/gpu_readiness/test_kernel_int64_offsets.py checks the TTIR)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     tgt = tl.load(tgt_ptr + rows, mask=row_mask, other=ignore_index)
     local_t = tgt - vocab_start
@@ -73,7 +76,7 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, tz_ptr, ez_ptr,
     tz = tl.zeros([BLOCK_N], dtype=tl.float32)
     ez = tl.zeros([BLOCK_N], dtype=tl.float32)
     for v0 in range(v_lo, v_hi, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         col_mask = cols < v_hi
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, s_hn, s_hd, s_wv, s_wd,
                          BLOCK_N, BLOCK_V, BLOCK_D, IEEE, UPCAST) * inv_temp
@@ -91,7 +94,7 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, tz_ptr, ez_ptr,
         hit = (cols[None, :] == local_t[:, None]) & live[None, :]
         tz += tl.sum(tl.where(hit, z, 0.0), 1)
         m = m_new
-    out = split * N + rows
+    out = split.to(tl.int64) * N + rows
     tl.store(m_ptr + out, m, mask=row_mask)
     tl.store(s_ptr + out, s, mask=row_mask)
     tl.store(tz_ptr + out, tz, mask=row_mask)
@@ -106,8 +109,8 @@ def _bwd_dlogits_kernel(h_ptr, w_ptr, tgt_ptr, lse_ptr, ent_ptr, glp_ptr, gent_p
                         BLOCK_D: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64: see _fwd_kernel
+    cols = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_mask = rows < N
     col_mask = cols < V
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_mask, col_mask, D, s_hn, s_hd, s_wv, s_wd,
@@ -171,6 +174,22 @@ def _merge_partials(m, s, tz, ez, group):
     return gmax, parts[0], parts[1], (parts[2] if ez is not None else None)
 
 
+def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` into the fp32 accumulator ``acc`` with the product itself never rounded to ``a``'s dtype:
+    a bf16 ``[N, d]`` chunk product rounded before the add loses ~3 digits per vocab chunk, and those errors add up
+    over the chunks instead of being made once at the end."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    elif a.is_cuda:
+        # bf16/fp16 GEMM with fp32 output (torch >= 2.8): fp32 accumulation inside cuBLAS, no rounding after. An
+        # fp32 [N, d] temporary (dh-sized, per chunk, reused by the allocator); addmm with out_dtype into ``acc``
+        # itself would avoid it, but some torch releases insist that ``self`` has the input dtype there.
+        acc.add_(torch.mm(a, b, out_dtype=torch.float32))
+    else:
+        # CPU (interpreter tests) has no mixed-precision GEMM: upcast; a bf16 x bf16 product is exact in fp32
+        acc.addmm_(a.float(), b.float())
+
+
 def _chunk_cols(n: int, v: int, elem_bytes: int, block_v: int, budget_bytes: int) -> int:
     """Vocab columns per backward chunk: ``[n, cols]`` logit gradients fit ``budget_bytes`` (at least one tile)."""
     cols = (budget_bytes // max(1, n * elem_bytes)) // block_v * block_v
@@ -231,8 +250,10 @@ class _FusedLinearLogprob(torch.autograd.Function):
         # every dW row is written by exactly one chunk's matmul below, so it needs no zero-fill unless none runs
         dw = (torch.zeros_like(weight) if skip else torch.empty_like(weight)) if need_dw else None
         dh32 = torch.zeros(n, d, device=hidden.device, dtype=torch.float32) if need_dh else None
-        # dlogits in the input dtype (bf16 on GPU) halves the chunk's memory, as Liger does; fp32 stays fp32
-        cols = _chunk_cols(n, v, hidden.element_size(), bv, budget)
+        # dlogits in the input dtype (bf16 on GPU) halves the chunk's memory, as Liger does; fp32 stays fp32. On CPU
+        # the dh product upcasts the chunk to fp32 (_addmm_fp32_), so the chunk is sized for that copy there
+        upcast = hidden.device.type == "cpu" and hidden.dtype != torch.float32
+        cols = _chunk_cols(n, v, 4 if upcast else hidden.element_size(), bv, budget)
         for c0 in range(0, 0 if skip else v, cols):
             c1 = min(v, c0 + cols)
             w_c = weight[c0:c1]
@@ -247,10 +268,7 @@ class _FusedLinearLogprob(torch.autograd.Function):
             if need_dw:
                 torch.mm(dz.t(), hidden, out=dw[c0:c1])
             if need_dh:
-                if hidden.dtype == torch.float32:
-                    dh32.addmm_(dz, w_c)
-                else:  # [n, d] bf16 product (small) added into the fp32 accumulator
-                    dh32.add_(dz @ w_c)
+                _addmm_fp32_(dh32, dz, w_c)
         dh = dh32.to(hidden.dtype) if need_dh else None
         if need_dh and tp_group is not None:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=tp_group)

@@ -30,7 +30,8 @@ class ModelOptions:
     dtype: str = "auto"
     """Parameter/compute dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp32``."""
     fp8: str | None = None
-    """FP8 recipe via TE (``hybrid`` or ``e4m3``); GPU + TE only, refused elsewhere with a clear message."""
+    """FP8 format via TE (``hybrid`` or ``e4m3``), with per-tensor current scaling (:func:`fp8_config_kwargs`);
+    GPU + TE only, refused elsewhere with a clear message."""
     recompute: str | None = None
     """Activation recompute: None, ``selective`` (attention core) or ``full`` (whole layers)."""
     sequence_parallel: bool = False
@@ -106,6 +107,30 @@ def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     return ((vocab_size + step - 1) // step) * step
 
 
+FP8_FORMATS = ("hybrid", "e4m3")
+
+
+def fp8_config_kwargs(fp8: str | None) -> dict:
+    """TransformerConfig fields for ``model.fp8`` (the format: ``hybrid`` = E4M3 forward / E5M2 gradients, or
+    ``e4m3``); empty without FP8.
+
+    The recipe is per-tensor current scaling (``fp8_recipe="tensorwise"``, TE's ``Float8CurrentScaling``): each
+    tensor is scaled by its own amax when it is cast, so no amax history has to warm up, which matters for
+    fine-tuning from a checkpoint and for RL, whose activations shift as the policy moves; Megatron-Bridge's
+    Llama 3 8B H100 FP8 config defaults to it. megatron-core 0.16.1's own defaults would be delayed scaling with an
+    amax history of 1 and ``most_recent`` (the previous step's amax alone); the established delayed setting, in
+    Megatron-LM's Llama 3 H100 FP8 example, is a history of 1024 with ``max``. megatron-core 0.16.1 builds the
+    tensorwise recipe only with TE >= 2.2 (``fp8_utils.get_fp8_recipe``; with an older TE it raises a ValueError
+    asking for a compatible TE rather than falling back); the NGC PyTorch images in the Dockerfile (25.12, or
+    26.01) are from well after TE 2.2 (spring 2025).
+    """
+    if fp8 is None:
+        return {}
+    if fp8 not in FP8_FORMATS:
+        raise ValueError(f"model.fp8 must be one of {'|'.join(FP8_FORMATS)} (or unset), got {fp8!r}")
+    return dict(fp8=fp8, fp8_recipe="tensorwise")
+
+
 def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, opts: ModelOptions, cp: int = 1,
                        impl: str | None = None):
     """megatron-core TransformerConfig for a Llama 3.1 preset (``pp``: a plain size or a :class:`PipelineSplit`;
@@ -166,7 +191,7 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, op
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         pipeline_dtype=dtype,
-        fp8=opts.fp8,
+        **fp8_config_kwargs(opts.fp8),
         cuda_graph_scope=[],
         attention_softmax_in_fp32=True,
         use_cpu_initialization=not platform.has_gpu(),

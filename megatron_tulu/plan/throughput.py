@@ -46,7 +46,9 @@ def forward_flops_per_token(preset: LlamaPreset, seq: int, causal: bool = True) 
 
 def load_calibration(path: str | Path, gpu: str | None = None, precision: str = "bf16") -> float:
     """Median measured MFU from a JSON results file: a list of records (or ``{"results": [...]}``) with an
-    ``mfu`` field, optionally ``gpu`` and ``precision`` to filter on. Raises naming the file if none match."""
+    ``mfu`` field, optionally ``gpu`` and ``precision`` to filter on. Records that say ``not_measured`` (FP8
+    without TE, a row that ran out of memory: ``benchmarks/train_throughput.py`` writes both) are skipped.
+    Raises naming the file if none match."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -55,6 +57,8 @@ def load_calibration(path: str | Path, gpu: str | None = None, precision: str = 
     records = data.get("results", []) if isinstance(data, dict) else data
     mfus = []
     for i, r in enumerate(records):
+        if isinstance(r, dict) and "not_measured" in r and "mfu" not in r:
+            continue
         if not isinstance(r, dict) or "mfu" not in r:
             raise ValueError(f"calibration file {path}: record {i} has no 'mfu' field")
         if gpu and r.get("gpu") not in (None, gpu):

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig, check_prompts
+from megatron_tulu.rollout.vllm_compat import check_vllm_version
+from megatron_tulu.rollout.weight_sync import refuse_if_stale
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class VLLMEngine(RolloutEngine):
         seed: int = 0,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
-        enable_sleep_mode: bool = False,
+        sleep_level: int = 0,
         enforce_eager: bool | None = None,
         distributed_executor_backend: str | None = None,
         sync_bucket_bytes: int = 64 * 2**20,
@@ -81,7 +83,10 @@ class VLLMEngine(RolloutEngine):
             raise ValueError(f"VLLMEngine dtype must be float32, bfloat16 or float16, got {dtype!r}")
         self.tensor_parallel_size = int(tensor_parallel_size)
         self.sync_bucket_bytes = int(sync_bucket_bytes)  # bucket size of update_weights' broadcast
-        self.enable_sleep_mode = enable_sleep_mode
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"VLLMEngine sleep_level must be 0 (off), 1 or 2, got {sleep_level!r}")
+        # vLLM's sleep mode exists on CUDA only: on CPU sleep/wake stay no-ops (the caller's order is the same)
+        self.sleep_level = int(sleep_level) if platform.has_gpu() else 0
         kw = dict(llm_kwargs)
         if enforce_eager is None:  # CUDA graphs pay off on GPU; on CPU compilation only slows start-up
             enforce_eager = not platform.has_gpu()
@@ -101,6 +106,7 @@ class VLLMEngine(RolloutEngine):
         if _REPO_ROOT not in sys.path:
             sys.path.insert(0, _REPO_ROOT)
 
+        check_vllm_version()  # the supported range is pinned in rollout/vllm_compat.py
         from vllm import LLM
 
         self.llm = LLM(
@@ -113,7 +119,7 @@ class VLLMEngine(RolloutEngine):
             skip_tokenizer_init=True,  # prompts and outputs are token ids; the dir need not hold a tokenizer
             logprobs_mode="processed_logprobs",
             worker_extension_cls=WORKER_EXTENSION,
-            enable_sleep_mode=enable_sleep_mode,
+            enable_sleep_mode=self.sleep_level > 0,
             enforce_eager=enforce_eager,
             distributed_executor_backend=distributed_executor_backend,
             **kw,
@@ -127,6 +133,7 @@ class VLLMEngine(RolloutEngine):
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         from vllm import SamplingParams
 
+        refuse_if_stale(self)  # a weight sync that failed midway left half-updated weights: resync first
         sampling.validate()
         check_prompts(prompt_token_ids, self.vocab_size)
         params = []
@@ -177,7 +184,9 @@ class VLLMEngine(RolloutEngine):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
         """In-process update: sync through a private gloo group with this process as rank 0, in buckets of
-        ``sync_bucket_bytes`` (streamed when ``metas`` is given, see ``WeightSyncGroup.sync``).
+        ``sync_bucket_bytes``, loaded bucket by bucket (the tensors are consumed lazily too when ``metas`` is given,
+        see ``WeightSyncGroup.sync``). If it fails midway the engine is stale: ``generate`` raises
+        ``WeightSyncStale`` until an ``update_weights`` with the full set succeeded.
 
         Raises :class:`~megatron_tulu.rollout.weight_sync.WeightSyncValidationError` (a ``ValueError``)
         before loading anything when names/shapes/dtypes do not fit; vLLM needs the full set of tensors.
@@ -194,12 +203,14 @@ class VLLMEngine(RolloutEngine):
     # ------------------------------------------------------------------ lifecycle
 
     def sleep(self) -> None:
-        """Offload weights and drop the KV cache (GPU only, and only with ``enable_sleep_mode=True``)."""
-        if self.enable_sleep_mode:
-            self.llm.sleep(level=1)
+        """Free the engine's GPU memory while the trainer steps (GPU, ``sleep_level`` > 0): level 1 moves the weights
+        to CPU memory and drops the KV cache, level 2 drops both (the next weight sync refills them)."""
+        if self.sleep_level:
+            self.llm.sleep(level=self.sleep_level)
 
     def wake(self) -> None:
-        if self.enable_sleep_mode:
+        """Undo :meth:`sleep` (re-allocate weights and KV cache); after level 2 the weights must be re-synced."""
+        if self.sleep_level:
             self.llm.wake_up()
 
     def shutdown(self) -> None:

@@ -9,6 +9,11 @@ Why validation happens here and up front: a failed ``reload_weights`` leaves the
 the next generate kills the engine, so names, shapes and dtypes are checked against the checkpoint this
 engine was started from (its safetensors headers: the HF names and full, unsharded shapes) before any byte
 is received.
+
+Weights are loaded through vLLM's worker-level ``Worker.reload_weights`` (``self.reload_weights``: it enters
+the vLLM config context, then calls the model runner's layerwise ``reload_weights(weights_iterator=...,
+is_checkpoint_format=True)``), never the model runner's directly; the vLLM versions that have it are pinned
+in :mod:`megatron_tulu.rollout.vllm_compat` and checked when the engine starts.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.rollout.weight_sync import BucketReceiver, TensorMeta, init_stateless_group
+from megatron_tulu.rollout.weight_sync import BucketReceiver, TensorMeta, init_stateless_group, local_nccl_version
 
 # HF names vLLM's loaders skip on purpose; harmless to send
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -93,6 +98,12 @@ class WeightSyncWorkerExtension:
             raise RuntimeError(f"weight-sync group {key!r} unknown on worker rank {self.rank} (call weight_sync_init)")
         return groups[key]
 
+    def weight_sync_versions(self, backend: str) -> dict:
+        """This worker's rank, NCCL version (None unless ``backend`` is nccl with CUDA) and torch version, for
+        the trainer's handshake before the group forms (``WeightSyncGroup.check_nccl_versions``)."""
+        # plain str: vLLM's msgpack refuses torch's TorchVersion (and the engine core's output thread dies of it)
+        return {"rank": int(self.rank), "nccl": local_nccl_version(backend), "torch": str(torch.__version__)}
+
     def weight_sync_init(self, key: str, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float):
         """Join the trainer's stateless group as rank ``rank_offset + self.rank``; returns the rank or an error."""
         rank = int(rank_offset) + int(self.rank)
@@ -122,12 +133,15 @@ class WeightSyncWorkerExtension:
         st["bucket_bytes"] = int(bucket_bytes)
         return [f"rank {self.rank}: {p}" for p in problems]
 
-    def weight_sync_receive(self, key: str, stream: bool = False) -> int:
-        """Receive all buckets and reload the weights; returns the number of tensors loaded.
+    def weight_sync_receive(self, key: str) -> int | str:
+        """Receive the buckets and reload the weights as they arrive; returns the number of tensors loaded.
 
-        ``stream=False`` (default) receives everything before loading, so a transfer that fails midway
-        leaves the old weights intact; ``stream=True`` loads bucket by bucket (memory of one bucket, needed
-        when a full copy does not fit beside the model), at the price of a dead engine if the transfer breaks.
+        Always streamed: vLLM's layerwise reload consumes the receiver's iterator bucket by bucket, so this
+        worker holds a few buckets, not a copy of the model, in a GPU that vLLM has already filled to
+        ``gpu_memory_utilization``. The price: a transfer that breaks
+        midway leaves the weights half-updated (unfinished layers on meta tensors). Then this returns an
+        error, forgets the metadata (the trainer must resend it with the full set) and the trainer marks
+        the engine stale so it does not generate until a full sync succeeded.
         """
         try:
             st = self._ws_state(key)
@@ -135,11 +149,16 @@ class WeightSyncWorkerExtension:
                 raise RuntimeError("weight_sync_receive before accepted metadata (weight_sync_set_metadata)")
             device = self.device if st["backend"] == "nccl" else torch.device("cpu")
             receiver = BucketReceiver(st["group"], st["metas"], st["bucket_bytes"], device, st["timeout_s"])
-            weights = receiver.receive() if stream else list(receiver.receive())
-        except Exception as e:  # nothing loaded yet (unless streaming): the old weights stay in place
+        except Exception as e:  # nothing loaded: the old weights stay in place
             return f"error: {type(e).__name__}: {e}"
-        self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-        return len(st["metas"])
+        n = len(st["metas"])
+        try:
+            # worker-level API (vllm Worker.reload_weights): sets the vLLM config context around the runner's
+            self.reload_weights(weights_iterator=receiver.receive(), is_checkpoint_format=True)
+        except Exception as e:  # an exception escaping a collective_rpc would kill the engine core
+            st["metas"] = None
+            return f"error: {type(e).__name__}: {e} (weights half-updated: resync fully before generating)"
+        return n
 
     def weight_sync_close(self, key: str) -> None:
         st = getattr(self, "_ws_groups", {}).pop(key, None)

@@ -5,15 +5,27 @@ global state, so it coexists with the trainer's megatron groups); engine worker 
 rank ``1 + offset_e + i``. Backend: NCCL on GPU, gloo on CPU, one code path (:func:`init_stateless_group`).
 
 Protocol (both sides derive the bucket plan from the same metadata, so only bytes cross the wire):
-  1. ``connect()``: every engine worker joins via an RPC run in a thread while the trainer joins as rank 0.
+  1. ``connect()``: every engine worker reports its NCCL version (RPC ``weight_sync_versions``) and the trainer
+     compares them with its own before anyone joins: NCCL refuses a communicator across versions, and it
+     would only say so at the first broadcast (NCCL creates communicators lazily). Then every engine worker
+     joins via an RPC run in a thread while the trainer joins as rank 0.
   2. metadata ``[(hf_name, dtype, shape), ...]`` and the bucket size go to the workers once (and again only
      if they change); workers validate them against their model and refuse before anything is loaded.
   3. per sync: workers start receiving (RPC in a thread); the trainer packs tensors into byte buckets of at
-     most ``bucket_bytes`` (a bigger tensor travels alone) and broadcasts them; workers unpack into views and
-     call vLLM's ``reload_weights`` with HF names; then the engine resets its prefix cache.
+     most ``bucket_bytes`` (a bigger tensor travels alone) and broadcasts them; workers hand each bucket's
+     tensors to vLLM's layerwise ``reload_weights`` (HF names) as it arrives -- always streamed, so a worker
+     holds a bounded number of buckets whatever the model size (:meth:`BucketReceiver.receive`); then the
+     engine resets its prefix cache.
   4. optional probe check: engine logprobs on a fixed probe batch vs a reference callable.
 
+Streaming has no all-or-nothing: a sync that fails once the workers started loading leaves them
+half-updated (vLLM even leaves the unfinished layers on meta tensors). The group then marks itself and its
+engines *stale*: engines refuse to generate (:func:`refuse_if_stale`, :class:`WeightSyncStale`) until the
+next sync, which forms a fresh group, resends the metadata and the full set of tensors.
+
 Every collective and RPC has a timeout; expiry, or a peer that vanished, raises :class:`WeightSyncTimeout`.
+On NCCL the process group's own timeout is longer than that wait (:func:`group_timeout_s`) and the group is
+aborted when the wait expires, so the error is ours and not the NCCL watchdog taking the process down.
 """
 
 from __future__ import annotations
@@ -24,23 +36,26 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 
 from megatron_tulu.checkpoint.mapping import HFTensor
+from megatron_tulu.rollout.sync_group import (  # noqa: F401 - the group half of the sync, re-exported
+    NCCL_TIMEOUT_MARGIN_S,
+    StatelessGroup,
+    WeightSyncError,
+    WeightSyncTimeout,
+    broadcast_with_timeout,
+    check_nccl_versions,
+    format_nccl_version,
+    group_timeout_s,
+    init_stateless_group,
+    local_nccl_version,
+)
 
 log = logging.getLogger(__name__)
 
 ALIGN = 16  # byte alignment of each tensor inside a bucket, so a uint8 slice can be viewed as any dtype
-
-
-class WeightSyncError(RuntimeError):
-    """Base class of weight-sync failures."""
-
-
-class WeightSyncTimeout(WeightSyncError):
-    """A collective or RPC of the sync did not complete in time (a peer never joined, died or stalled)."""
 
 
 class WeightSyncMismatch(WeightSyncError):
@@ -49,6 +64,20 @@ class WeightSyncMismatch(WeightSyncError):
 
 class WeightSyncValidationError(WeightSyncError, ValueError):
     """The tensors offered do not fit the engine's model (unknown name, wrong shape/dtype); nothing was loaded."""
+
+
+class WeightSyncStale(WeightSyncError):
+    """An engine's weights are half-updated (a streamed sync failed midway): it must not generate until a full
+    sync succeeded."""
+
+
+def refuse_if_stale(engine) -> None:
+    """Raise :class:`WeightSyncStale` if a :class:`WeightSyncGroup` marked ``engine`` stale (``engine.weights_stale``,
+    set when a sync failed after the engine began loading, cleared by the next successful sync)."""
+    reason = getattr(engine, "weights_stale", None)
+    if reason:
+        raise WeightSyncStale(f"{reason}; refusing to generate with them: a full weight sync (update_weights) "
+                              "must succeed first")
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -119,76 +148,6 @@ def bucket_nbytes(metas: Sequence[TensorMeta], bucket: list[tuple[int, int]]) ->
     return _aligned(off + metas[i].nbytes)
 
 
-# ---------------------------------------------------------------------------------------------- group
-
-
-def init_stateless_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
-    """A process group outside torch.distributed's global state (rank 0 hosts the TCPStore).
-
-    Raises :class:`WeightSyncTimeout` if not all ``world_size`` ranks join within ``timeout_s``.
-    Same construction as vLLM's ``stateless_init_torch_distributed_process_group``, without importing vLLM.
-    """
-    from torch.distributed import PrefixStore, TCPStore
-    from torch.distributed.distributed_c10d import ProcessGroup
-
-    timeout = timedelta(seconds=timeout_s)
-    try:
-        store = TCPStore(host, port, world_size, is_master=(rank == 0), timeout=timeout, wait_for_workers=False)
-        prefix = PrefixStore(f"weight_sync/{host}:{port}", store)
-        pg = ProcessGroup(prefix, rank, world_size)
-        if backend == "gloo":
-            from torch.distributed.distributed_c10d import ProcessGroupGloo
-
-            impl = ProcessGroupGloo(prefix, rank, world_size, timeout=timeout)
-            btype, dev = ProcessGroup.BackendType.GLOO, torch.device("cpu")
-        elif backend == "nccl":
-            from torch.distributed.distributed_c10d import ProcessGroupNCCL
-
-            opts = ProcessGroupNCCL.Options()
-            opts._timeout = timeout
-            impl = ProcessGroupNCCL(prefix, rank, world_size, opts)
-            btype, dev = ProcessGroup.BackendType.NCCL, torch.device("cuda")
-        else:
-            raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-        pg._set_default_backend(btype)
-        impl._set_sequence_number_for_group()
-        pg._register_backend(dev, btype, impl)
-    except ValueError:
-        raise
-    except Exception as e:  # store/gloo rendezvous errors are RuntimeError/DistStoreError subclasses
-        raise WeightSyncTimeout(
-            f"weight-sync group {host}:{port}: rank {rank} of {world_size} could not form the group within "
-            f"{timeout_s:g}s ({type(e).__name__}: {e})"
-        ) from e
-    return StatelessGroup(pg, store)
-
-
-class StatelessGroup:
-    """A process group plus its TCPStore (kept alive as long as the group: rank 0 owns the server socket)."""
-
-    def __init__(self, pg, store):
-        self.pg, self.store = pg, store
-
-    def broadcast(self, buf: torch.Tensor, root: int):
-        return self.pg.broadcast(buf, root)
-
-    def shutdown(self) -> None:
-        try:
-            self.pg.shutdown()
-        except Exception as e:  # a peer may be gone already; nothing left to release on our side
-            log.debug("process group shutdown: %s", e)
-
-
-def broadcast_with_timeout(pg, buf: torch.Tensor, timeout_s: float, what: str) -> None:
-    """``pg.broadcast(buf, root=0)`` that raises :class:`WeightSyncTimeout` instead of hanging or crashing."""
-    try:
-        work = pg.broadcast(buf, 0)
-        if work.wait(timedelta(seconds=timeout_s)) is False:
-            raise RuntimeError("wait returned False")
-    except Exception as e:
-        raise WeightSyncTimeout(f"{what}: broadcast did not complete within {timeout_s:g}s ({type(e).__name__}: {e})") from e
-
-
 class BucketSender:
     """Trainer side (rank 0): packs tensors into byte buckets and broadcasts them."""
 
@@ -247,20 +206,41 @@ def _checked(item, meta: TensorMeta, i: int) -> torch.Tensor:
 
 
 class BucketReceiver:
-    """Engine-worker side: receives the buckets and yields ``(hf_name, tensor)`` views into them."""
+    """Engine-worker side: receives the buckets and yields ``(hf_name, tensor)`` as each bucket arrives."""
 
     def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float):
         self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
         self.plan = plan_buckets(self.metas, bucket_bytes)
 
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Lazily receive bucket by bucket (so a consumer can load while later buckets are in flight)."""
+        """Lazily receive bucket by bucket, in memory bounded by the bucket size, not the model size.
+
+        Meant for a consumer that loads as it goes (``WeightSyncWorkerExtension.weight_sync_receive`` always
+        streams), which may keep what it is given for a while: vLLM's layerwise reload holds a fused module's
+        parts (q/k/v of ``qkv_proj``, gate/up of ``gate_up_proj``) until the module's last part arrived,
+        possibly a bucket later. A view would pin its whole bucket for that long (measured with vLLM 0.32: 3
+        buckets alive at once), so the tensors of a multi-tensor bucket are yielded as copies and one buffer
+        serves all those buckets (then: one bucket plus the parts vLLM holds, 1.7 buckets in the same
+        measurement); a tensor bigger than a bucket travels alone, in a fresh buffer yielded as is.
+        ``tests/gpu_readiness/test_weight_sync_streaming.py`` measures the peak.
+        """
+        sizes = [bucket_nbytes(self.metas, bucket) for bucket in self.plan]
+        shared_size = max((s for s, bucket in zip(sizes, self.plan) if len(bucket) > 1), default=0)
+        shared = None
         for b, bucket in enumerate(self.plan):
-            buf = torch.empty(bucket_nbytes(self.metas, bucket), dtype=torch.uint8, device=self.device)
+            alone = len(bucket) == 1
+            if alone:
+                buf = torch.empty(sizes[b], dtype=torch.uint8, device=self.device)
+            else:
+                if shared is None:
+                    shared = torch.empty(shared_size, dtype=torch.uint8, device=self.device)
+                buf = shared[: sizes[b]]
             broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
             for i, off in bucket:
                 m = self.metas[i]
-                yield m.name, buf[off : off + m.nbytes].view(dtype_from_name(m.dtype)).view(m.shape)
+                t = buf[off : off + m.nbytes].view(dtype_from_name(m.dtype)).view(m.shape)
+                yield m.name, (t if alone else t.clone())
+            del buf, t  # a lone tensor's buffer: the consumer's reference, if it kept one, is the only one left
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
@@ -312,6 +292,12 @@ class WeightSyncGroup:
     ``engines`` are objects with ``num_workers`` and ``rpc_async(method, *args, timeout=...) -> Future``
     (:class:`~megatron_tulu.rollout.vllm_engine.VLLMEngine`). Call :meth:`connect` once, then :meth:`sync`
     after every optimizer step, and :meth:`close` at the end.
+
+    Stale engines: when a sync fails after the workers began loading (always streamed: their weights are then
+    half-updated), the group sets ``stale`` and each engine's ``weights_stale`` attribute to the reason; an
+    engine's ``generate`` refuses while it is set (:func:`refuse_if_stale`; ``RayEngineGroup`` checks
+    :meth:`check_fresh`). The next :meth:`sync` tears the broken group down, forms a new one (with the version
+    handshake), resends the metadata and the full set of tensors, and clears both marks once it succeeded.
     """
 
     def __init__(
@@ -333,6 +319,7 @@ class WeightSyncGroup:
         self.timeout_s = float(timeout_s)
         self.load_timeout_s = float(load_timeout_s)  # after the last byte: the workers' reload_weights
         self.host = host
+        self._fixed_port = port  # None: a fresh free port for every group formed (a resync forms a new one)
         self.port = port or free_port()
         self.backend = backend or platform.backend()
         self.device = device or (platform.device() if self.backend == "nccl" else torch.device("cpu"))
@@ -340,14 +327,32 @@ class WeightSyncGroup:
         self.key = f"{self.host}:{self.port}"  # names this group's state in the workers (several may coexist)
         self.pg = None
         self._metas: list[TensorMeta] | None = None
+        self.stale: str | None = None
+        """Why the engines' weights are half-updated (a sync failed midway), or None."""
 
     def _rpc_all(self, method: str, *args) -> list[cf.Future]:
         # no vLLM-side RPC timeout: its expiry is fatal to the engine core. The workers bound their own
         # waits (every collective has timeout_s) and this side bounds its wait on the futures (_wait).
         return [e.rpc_async(method, *args, timeout=None) for e in self.engines]
 
+    def check_nccl_versions(self) -> dict[str, str | None]:
+        """The handshake: every engine worker's NCCL version against this process's, before anyone joins;
+        raises :class:`WeightSyncError` naming the versions on a mismatch. Returns ``{member: version}``."""
+        futures = self._rpc_all("weight_sync_versions", self.backend)
+        per_engine = _wait(futures, self.timeout_s + 5, "version handshake")
+        versions = {"trainer (rank 0)": local_nccl_version(self.backend)}
+        offset = 1
+        for k, (e, workers) in enumerate(zip(self.engines, per_engine)):
+            for w in workers:
+                member = f"engine {k} worker {w['rank']} (rank {offset + int(w['rank'])}, torch {w['torch']})"
+                versions[member] = w["nccl"]
+            offset += e.num_workers
+        check_nccl_versions(versions)
+        return versions
+
     def connect(self) -> None:
-        """Form the group: every engine worker joins while this process joins as rank 0."""
+        """Form the group: version handshake, then every engine worker joins while this process joins as rank 0."""
+        self.check_nccl_versions()
         futures, offset = [], 1
         for e in self.engines:
             futures.append(
@@ -365,10 +370,41 @@ class WeightSyncGroup:
             raise
         _wait(futures, self.timeout_s + 5, "connect")
 
+    def check_fresh(self) -> None:
+        """Raise :class:`WeightSyncStale` while the engines hold half-updated weights."""
+        if self.stale:
+            raise WeightSyncStale(f"{self.stale}; refusing to generate with them: a full weight sync "
+                                  "(update_weights) must succeed first")
+
+    def _mark_stale(self, err: BaseException, futures: list[cf.Future]) -> None:
+        self.stale = (f"a weight sync failed after the engines began loading ({type(err).__name__}: {err}); "
+                      "their weights are half-updated")
+        self._metas = None  # the next sync resends the metadata with the full set of tensors
+        for e in self.engines:
+            e.weights_stale = self.stale
+        if self.pg is not None:
+            self.pg.abort()  # the workers' pending receives fail now rather than at their timeout
+        cf.wait(futures, timeout=self.timeout_s + 5)  # let their receive RPCs end before the next sync
+        log.error("weight sync: %s; the next sync forms a new group and resends everything", self.stale)
+
+    def _reform(self) -> None:
+        """After a failed sync: drop the broken group on both sides and form a new one."""
+        from megatron_tulu.parallel import free_port
+
+        try:
+            _wait(self._rpc_all("weight_sync_close", self.key), self.timeout_s + 5, "close (before a full resync)")
+        except WeightSyncError as e:
+            log.warning("weight-sync close before the resync: %s", e)
+        if self.pg is not None:
+            self.pg.shutdown()
+            self.pg = None
+        self.port = self._fixed_port or free_port()
+        self.key = f"{self.host}:{self.port}"
+        self.connect()
+
     def sync(
         self,
         named_tensors: Iterable[tuple[str, torch.Tensor]],
-        stream: bool = False,
         on_bucket: Callable[[int, int], None] | None = None,
         metas: Sequence[TensorMeta] | None = None,
     ) -> SyncStats:
@@ -377,9 +413,12 @@ class WeightSyncGroup:
         ``metas``: the metadata of ``named_tensors`` in order, known up front (``model_io.hf_tensor_metas``);
         then ``named_tensors`` is consumed lazily, bucket by bucket, and this process never holds more than a
         bucket of it (the trainer's gather streams straight into the broadcast). Without ``metas`` the pairs are
-        collected first to read it. ``stream``: workers load bucket by bucket instead of after the last one (see
-        ``WeightSyncWorkerExtension.weight_sync_receive``). ``on_bucket(index, nbytes)``: progress callback.
+        collected first to read it. The workers always load bucket by bucket, so their memory does not grow
+        with the model; if this sync fails once they started, the engines are marked stale (see the class doc)
+        and the next call resyncs everything. ``on_bucket(index, nbytes)``: progress callback.
         """
+        if self.stale:
+            self._reform()
         if self.pg is None:
             raise WeightSyncError("WeightSyncGroup.sync called before connect()")
         t0 = time.perf_counter()
@@ -401,15 +440,18 @@ class WeightSyncGroup:
                 raise WeightSyncValidationError("sync refused before loading: " + "; ".join(sorted(set(problems))[:10]))
             self._metas = metas
         sender = BucketSender(self.pg, metas, self.bucket_bytes, self.device, self.timeout_s)
-        futures = self._rpc_all("weight_sync_receive", self.key, stream)
+        futures = self._rpc_all("weight_sync_receive", self.key)
         try:
             nbytes = sender.send(items, on_bucket)
-        except WeightSyncError:
-            self._metas = None  # the peers' state is unknown now (a bad tensor mid-stream: they time out)
+            _wait(futures, self.timeout_s + self.load_timeout_s, "receive/load")
+        except BaseException as e:  # the workers began loading: whatever failed, their weights are half-updated
+            self._mark_stale(e, futures)
             raise
-        _wait(futures, self.timeout_s + self.load_timeout_s, "receive/load")
         for e in self.engines:
             e.reset_prefix_cache()
+        self.stale = None
+        for e in self.engines:
+            e.weights_stale = None
         return SyncStats(nbytes, len(sender.plan), len(metas), time.perf_counter() - t0, sent_meta)
 
     def close(self) -> None:

@@ -21,7 +21,8 @@ class ModelConfig:
     dtype: str = "auto"
     """Parameter dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
     fp8: Optional[str] = None
-    """FP8 recipe through TE (``hybrid``/``e4m3``); GPU + TE only, refused on CPU."""
+    """FP8 format through TE (``hybrid``/``e4m3``) with per-tensor current scaling (``models.build.fp8_config_kwargs``);
+    GPU + TE >= 2.2 only, refused on CPU."""
     recompute: Optional[str] = None
     """Activation recompute: null, ``selective`` or ``full``."""
     sequence_parallel: bool = False

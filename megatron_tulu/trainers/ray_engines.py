@@ -16,7 +16,10 @@ engine, and offsets each chunk's seed by its first prompt index, so the samples 
 (both engines seed prompt ``i`` with ``seed + i``). Every Ray call waits at most ``timeout_s`` and raises
 :class:`EngineRPCTimeout` naming the call. ``update_weights``: vLLM engines receive the weights over the
 bucketed broadcast of :class:`~megatron_tulu.rollout.weight_sync.WeightSyncGroup` (this process is rank 0,
-every vLLM worker of every engine a peer; NCCL on GPU, gloo on CPU), streamed when the metadata is given;
+every vLLM worker of every engine a peer; NCCL on GPU, gloo on CPU). The workers always load bucket by bucket,
+so an engine holds a few buckets beside its model, not a second copy of it (the trainer side streams too when
+the metadata is given). A sync that fails midway leaves the engines half-updated: the group is then stale and
+``generate`` raises ``WeightSyncStale`` until the next ``update_weights`` (a new group, the full set) succeeded.
 TorchEngine actors (tests, machines without vLLM) get the tensors through Ray's object store.
 
 ``python_executable`` (default: ``$MT_VLLM_PYTHON`` for vLLM engines): the interpreter of the engine actors. The
@@ -156,6 +159,8 @@ class RayEngineGroup(RolloutEngine):
             raise EngineRPCTimeout(f"rollout engine {what}: no answer within {self.timeout_s:.0f}s") from e
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+        if self._sync is not None:
+            self._sync.check_fresh()  # no rollouts from half-updated weights (a sync that failed midway)
         n = len(self.actors)
         per = -(-len(prompt_token_ids) // n)
         refs, starts = [], []
@@ -182,7 +187,7 @@ class RayEngineGroup(RolloutEngine):
             return
         if self._sync is None:
             self._sync = self._connect_sync()
-        self._sync.sync(named_tensors, metas=metas)
+        self._sync.sync(named_tensors, metas=metas)  # streamed to the workers; a failure marks the group stale
 
     def _connect_sync(self):
         """The broadcast group: this process (trainer rank 0) as rank 0 on its node's cluster address."""

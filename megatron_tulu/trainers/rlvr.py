@@ -91,6 +91,16 @@ class RLVROptions:
     """Where engines run: ``local`` (one engine inside trainer rank 0's process; laptop, CI, one node) or
     ``ray`` (Ray actors in a placement group, on the cluster at ``$RAY_ADDRESS`` as the slurm/ scripts start
     it, else on a Ray started locally; engines may run another Python, ``$MT_VLLM_PYTHON``)."""
+    engine_memory_fraction: float = 0.9
+    """Fraction of an engine GPU's memory vLLM takes for weights, activations and KV cache (its
+    ``gpu_memory_utilization``). With ``engine_placement=local`` on a GPU the engine shares trainer rank 0's GPU, so
+    this must leave room for the trainer's weights, gradients, optimizer state, reference and value models: the run
+    refuses to start, naming what does not fit, when the planner says it cannot (``plan.colocation``)."""
+    engine_sleep_level: int = 0
+    """vLLM sleep mode while the trainer steps (GPU only; vLLM has none on CPU, where it is a no-op): 0 off; 1 moves
+    the engine's weights to CPU memory and drops its KV cache; 2 drops both (the weights are re-synced after every
+    step anyway, so 2 costs least). The engine sleeps once a batch is generated and wakes right before the weight
+    sync. Needs ``async_steps=0``: an engine asleep cannot generate ahead."""
     engine_timeout_s: float = 1800.0
     """Bound on every call to a Ray-hosted engine and on each weight-sync collective (start-up included)."""
     engine_dtype: str = "float32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ class RLVRDriver:
             raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {self.o.tis_cap}")
         if self.o.async_steps < 0:
             raise ValueError(f"rlvr.async_steps must be >= 0, got {self.o.async_steps}")
+        check_engine_memory_options(cfg)
         if self.o.algorithm == "ppo" and self.o.value_init_hf:  # before minutes of policy loading
             _check_hf_dir(self.o.value_init_hf)
         self.policy = Trainer(cfg, PolicyTask(cfg))
@@ -116,7 +118,8 @@ class RLVRDriver:
         kwargs = {}
         if o.engine == "vllm":
             kwargs = dict(tensor_parallel_size=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
-                          sync_bucket_bytes=bucket_bytes)
+                          sync_bucket_bytes=bucket_bytes, gpu_memory_utilization=o.engine_memory_fraction,
+                          sleep_level=o.engine_sleep_level)
         if o.engine_placement == "ray":
             from megatron_tulu.trainers.ray_engines import start_ray_engines
 
@@ -334,19 +337,9 @@ class RLVRDriver:
                 idle = time.time() - t0
                 while len(ahead) < self.o.async_steps and tr.step + 1 + len(ahead) < tr.total_steps:
                     draw(tr.step + 1 + len(ahead))  # generated in the background while this batch trains
-                metrics = self.step(ro, lr_at(tr.step, tr.total_steps, cfg.optim))
-                # The engine may not change weights mid-batch: wait for the batch generated during this step.
-                # It then came from exactly the weights of this step (version t), so a batch trains at a fixed
-                # lag of async_steps (after the queue filled) and a run is reproducible, not timing-dependent.
-                t_wait = time.time()
-                for _, f in ahead:
-                    if f is not None:
-                        f.result()
-                idle += time.time() - t_wait
-                metrics["time/sync_s"] = self.sync_weights()
-                metrics["sync/probe_max_abs_diff"] = self.post_sync_check()
+                metrics = self.train_and_sync(ro, lr_at(tr.step, tr.total_steps, cfg.optim), ahead)
                 self.engine_version = tr.step + 1
-                metrics["time/idle_s"] = idle
+                metrics["time/idle_s"] = idle + metrics.pop("time/wait_ahead_s")
                 metrics["rollout/queue_depth"] = len(ahead)
                 # Steps the rollout's weights lag the trainer's (<= async_steps). Only an on-policy batch measures
                 # the weight sync; a lagged one measures the policy's drift, reported but not fatal.
@@ -386,6 +379,29 @@ class RLVRDriver:
         tr.metrics.close()
         return summary
 
+    def train_and_sync(self, ro: dict, lr: float, ahead) -> dict:
+        """One optimizer step on the rollout batch ``ro``, then the weight sync and its probe check.
+
+        With ``rlvr.engine_sleep_level`` the engine sleeps while the trainer steps (its GPU memory is the trainer's
+        then) and wakes right before the sync refills its weights. The engine may not change weights mid-batch:
+        batches generated ahead (``ahead``: (sampler state, future) pairs) are waited for before the sync, so each
+        came from exactly this step's weights, a batch trains at a fixed lag of ``async_steps`` and a run is
+        reproducible, not timing-dependent."""
+        asleep = bool(self.o.engine_sleep_level) and self.engine is not None  # rank 0 holds the engine
+        if asleep:
+            self.engine.sleep()
+        metrics = self.step(ro, lr)
+        t_wait = time.time()
+        for _, f in ahead:
+            if f is not None:
+                f.result()
+        metrics["time/wait_ahead_s"] = time.time() - t_wait
+        if asleep:
+            self.engine.wake()
+        metrics["time/sync_s"] = self.sync_weights()
+        metrics["sync/probe_max_abs_diff"] = self.post_sync_check()
+        return metrics
+
     def cfg_tol(self) -> float:
         return 0.05 if not platform.has_gpu() or self.o.engine_dtype == "float32" else 0.2
 
@@ -395,6 +411,32 @@ class RLVRDriver:
             checkpointing.save(self.value.ckpt_root, self.policy.step, self.value.model, self.value.optimizer,
                                {"sampler": {}}, sharding=self.cfg.checkpoint.optimizer_sharding,
                                keep_last=self.cfg.checkpoint.keep_last)
+
+
+def check_engine_memory_options(cfg: RLVRConfig) -> None:
+    """``rlvr.engine_memory_fraction`` / ``engine_sleep_level`` are valid and, for a local vLLM engine on a GPU, the
+    engine fits beside trainer rank 0 by the planner's numbers (``plan.colocation``); before any model loads."""
+    o = cfg.rlvr
+    if not 0 < o.engine_memory_fraction <= 1:
+        raise ValueError(f"rlvr.engine_memory_fraction must be in (0, 1], got {o.engine_memory_fraction}")
+    if o.engine_sleep_level not in (0, 1, 2):
+        raise ValueError(f"rlvr.engine_sleep_level must be 0 (off), 1 or 2, got {o.engine_sleep_level}")
+    if o.engine_sleep_level and o.async_steps:
+        raise ValueError(f"rlvr.engine_sleep_level={o.engine_sleep_level} needs rlvr.async_steps=0 (got "
+                         f"{o.async_steps}): an engine asleep while the trainer steps cannot generate ahead")
+    if o.engine_placement != "local" or o.engine != "vllm" or not platform.has_gpu():
+        return
+    from megatron_tulu.plan.colocation import local_engine_problems
+    from megatron_tulu.plan.hardware import gpu_from_device_name
+
+    spec = gpu_from_device_name(torch.cuda.get_device_name())
+    if spec is None:  # a GPU the planner has no numbers for: vLLM's own start-up check is all there is
+        return
+    spec = dataclasses.replace(spec, memory_bytes=float(torch.cuda.get_device_properties(0).total_memory))
+    problems = local_engine_problems(cfg, spec, int(os.environ.get("WORLD_SIZE", "1")))
+    if problems:
+        raise ValueError("rlvr.engine_placement=local: the vLLM engine does not fit on trainer rank 0's GPU: "
+                         + "; ".join(problems))
 
 
 def _check_hf_dir(path: str) -> str:

@@ -57,7 +57,7 @@ def test_runner_times_out_a_step_keeps_going_and_stops_at_the_total_budget(tmp_p
     ]
     monkeypatch.setattr(gs, "steps", lambda out, smoke: fake)
     monkeypatch.setattr(gs, "MIN_STEP_S", 0.5)
-    summary = gs.run(tmp_path, smoke=True, total_s=4.0, wheel_dir=tmp_path)
+    summary = gs.run(tmp_path, smoke=True, total_s=4.0, wheel_dir=None)
     by = {s["name"]: s for s in summary["steps"]}
     assert by["fails"]["status"] == "failed (rc 3)"
     assert by["writes"]["status"] == "ok" and by["writes"]["files"] == ["x.txt"]
@@ -76,7 +76,7 @@ def test_missing_wheels_are_reported_not_fatal(tmp_path):
 
 
 def test_kernel_grid_runs_the_target_shape_first_and_honours_the_budget():
-    kb = _load("kernels")
+    kb = _load("kernel_bench")
     order = kb.shape_order(kb.GPU_SHAPES)
     assert order[0] == kb.TARGET_SHAPE == (8192, 4096, 128256)
     assert len(order) == len(set(order)) == 16

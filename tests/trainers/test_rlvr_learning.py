@@ -61,5 +61,8 @@ def test_verifier_reward_rises(learning_runs, name):
     first = _acc(recs, range(1, WINDOW + 1))
     last = _acc(recs, range(STEPS - WINDOW + 1, STEPS + 1))
     assert last >= first + 0.08, f"{name}: accuracy first {WINDOW} steps {first:.3f}, last {WINDOW} {last:.3f}"
-    # the gain is not bought by dropping EOS (which the -10 penalty would punish anyway)
-    assert recs[STEPS]["reward/eos_frac"] >= 0.9
+    # the gain is not bought by dropping EOS (which the -10 penalty would punish anyway). Judged over the same last
+    # window (256 responses), not the last step alone (32): on 2026-12-06's machine PPO's step 40 had 27/32 with EOS,
+    # before and after that day's changes alike, while its last 8 steps averaged 0.96
+    eos = sum(recs[s]["reward/eos_frac"] for s in range(STEPS - WINDOW + 1, STEPS + 1)) / WINDOW
+    assert eos >= 0.9, f"{name}: EOS fraction over the last {WINDOW} steps {eos:.3f}"

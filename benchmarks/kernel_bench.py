@@ -2,11 +2,11 @@
 
 GPU (the real measurement; writes the markdown table with device, date, versions and command)::
 
-    .venv/bin/python benchmarks/kernels.py --md benchmarks/kernels_results.md
+    .venv/bin/python benchmarks/kernel_bench.py --md benchmarks/kernels_results.md
 
 CPU smoke (Triton interpreter, tiny shapes; checks that every path runs end to end, timings meaningless)::
 
-    .venv/bin/python benchmarks/kernels.py --smoke
+    .venv/bin/python benchmarks/kernel_bench.py --smoke
 
 Fused linear + logprob, bf16 forward+backward of ``sum(logprob)`` w.r.t. hidden and weight:
 eager torch (``F.linear`` + ``log_softmax`` + gather), ``torch.compile`` of it, a chunked torch version
@@ -38,6 +38,7 @@ from kernels.dpo_loss import dpo_loss_reference, fused_dpo_loss  # noqa: E402
 from kernels.fused_logprob import fused_linear_logprob  # noqa: E402
 
 GPU_SHAPES = dict(d=(4096, 8192), v=(128256, 32064), n=(1024, 8192, 8191, 32768), dpo_b=(8, 64), dpo_t=(512, 2048))
+OWN_PACKAGES = ("kernels", "megatron_tulu", "launch")  # this repository's top-level packages
 TARGET_SHAPE = (8192, 4096, 128256)  # (N, d, V) the issue's speed/memory targets are stated at
 SMOKE_SHAPES = dict(d=(32,), v=(200, 96), n=(64, 63), dpo_b=(2,), dpo_t=(64,))
 
@@ -195,9 +196,11 @@ def bench_logprob(shapes, cuda, only, deadline=None, on_row=None):
                 ms = _bench(lambda: _run_method(fn, h, w, t), cuda)
                 res[name] = dict(ms=ms, peak=peak, **err)
             except ImportError as e:
+                if is_own_module(e.name):  # our own code failing to import is a bug, never a "not installed" row
+                    raise
                 res[name] = dict(err=f"not installed ({e.name})")
             except torch.OutOfMemoryError:
-                res[name] = dict(err="OOM")
+                res[name] = dict(err=f"OOM at {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "OOM")
             except Exception as e:  # noqa: BLE001 - a failing baseline is a row, not a crash
                 res[name] = dict(err=f"{type(e).__name__}: {str(e).splitlines()[0][:80]}")
         rows.append(((n, d, v), res))
@@ -205,6 +208,11 @@ def bench_logprob(shapes, cuda, only, deadline=None, on_row=None):
         if on_row is not None:
             on_row(rows)
     return rows
+
+
+def is_own_module(name: str | None) -> bool:
+    """Whether an ImportError's module is this repository's (those must fail loudly, see ``bench_logprob``)."""
+    return (name or "").split(".")[0] in OWN_PACKAGES
 
 
 def bench_dpo(shapes, cuda):
@@ -293,7 +301,7 @@ def main(argv=None) -> int:
         ap.error("no CUDA GPU here: run on an H100/H200, or pass --smoke for the CPU interpreter check")
     shapes = SMOKE_SHAPES if args.smoke else GPU_SHAPES
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
-    cmd = sys.argv if argv is None else ["benchmarks/kernels.py"] + argv
+    cmd = sys.argv if argv is None else ["benchmarks/kernel_bench.py"] + argv
     # DPO first (milliseconds per row), then the logprob grid; the markdown is rewritten after every logprob
     # row so a run killed by its lease still leaves every finished row on disk.
     dpo_rows = [] if args.skip_dpo else bench_dpo(shapes, cuda)
