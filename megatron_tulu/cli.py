@@ -1,9 +1,11 @@
 """Shared command line of the stage entry points (``launch/*.py``).
 
-    python -m launch.sft --config sft/tiny [--nproc N] [key=value ...]
+    python -m launch.sft --config sft/tiny [--nproc N] [--validate-only] [key=value ...]
 
 ``--nproc N`` re-runs the same command under ``torchrun --nproc-per-node N`` (CPU/gloo or one GPU node);
-under SLURM, ``srun`` starts one process per task and ranks come from SLURM's variables.
+under SLURM, ``srun`` starts one process per task and ranks come from SLURM's variables. ``--validate-only`` loads
+and validates the config (types, choices, cross-field rules; with ``--nproc``, the layout against that many ranks)
+and exits 0 without starting anything: it needs no data, tokenizer or checkpoint on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def parse(argv, default_config: str, prog: str):
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=default_config, help="config name under configs/, e.g. sft/tiny")
     ap.add_argument("--nproc", type=int, default=0, help="spawn this many local processes with torchrun")
+    ap.add_argument("--validate-only", action="store_true",
+                    help="load and validate the config (and, with --nproc, its layout), then exit; starts nothing")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.lr=1e-5 parallel.tp=2")
     return ap.parse_args(argv)
 
@@ -39,6 +43,8 @@ def stage_main(module: str, schema, make_task: Callable | None, default_config: 
     Returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv, default_config, f"python -m {module}")
+    if args.validate_only:
+        return validate_only(schema, args)
     if args.nproc and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         return relaunch_with_torchrun(module, argv, args.nproc)
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"), stream=sys.stderr)
@@ -54,4 +60,35 @@ def stage_main(module: str, schema, make_task: Callable | None, default_config: 
         run(cfg)
     else:
         run_stage(cfg, make_task(cfg))
+    return 0
+
+
+def layout_problems(cfg, world_size: int) -> list[str]:
+    """What keeps ``cfg``'s parallel layout from running on ``world_size`` ranks (empty: it fits)."""
+    p, t = cfg.parallel, cfg.train
+    model_parallel = p.tp * p.pp * p.cp
+    if world_size % model_parallel:
+        return [f"{world_size} ranks do not split into parallel.tp x pp x cp = {p.tp} x {p.pp} x {p.cp}"]
+    dp = world_size // model_parallel
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        return [f"train.global_batch_size={t.global_batch_size} is not a multiple of train.micro_batch_size x DP = "
+                f"{t.micro_batch_size} x {dp}"]
+    return []
+
+
+def validate_only(schema, args) -> int:
+    """``--validate-only``: the config loads and validates (``load_config`` runs its ``validate()``); with
+    ``--nproc`` its layout fits that many ranks. Prints one line and returns the exit code."""
+    from megatron_tulu.config import load_config
+
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    problems = layout_problems(cfg, args.nproc) if args.nproc else []
+    if problems:
+        print(f"error: config {args.config!r}: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    print(f"config {args.config}: valid ({schema.__name__}{f', {args.nproc} ranks' if args.nproc else ''})")
     return 0

@@ -2,7 +2,9 @@
 
 Each stage defines its own top-level dataclass (e.g. ``SFTConfig`` in ``megatron_tulu.trainers``) built from the
 shared pieces below; :func:`load_config` composes the YAML, applies ``key=value`` overrides and validates the
-result against the dataclass (unknown keys and wrong types fail with the field named).
+result against the dataclass (unknown keys and wrong types fail with the field named), then calls the config's
+``validate()`` (choices and cross-field rules, e.g. engine count vs placement), so a bad value fails when the config
+loads, before any process, model or data exists (``python -m launch.<stage> ... --validate-only`` does only that).
 """
 
 from __future__ import annotations
@@ -56,9 +58,28 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
             if key.lstrip("+") == "model" and value and "{" not in value:  # `model=llama3.1-8b`: choose the preset
                 key = "model.preset"
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key.lstrip('+')}={value}"]))
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except (OmegaConfBaseException, HydraException) as e:
         raise ValueError(f"config {name!r} ({cdir / (name + '.yaml')}): {e}") from e
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:  # choices and cross-field rules, before any process, model or data exists
+        try:
+            validate()
+        except ValueError as e:
+            raise ValueError(f"config {name!r}: {e}") from e
+    return cfg
+
+
+def check_choice(field: str, value: Any, choices: Sequence) -> None:
+    """Raise ``ValueError`` naming ``field``, its value and the choices unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {'|'.join(str(c) for c in choices)}, got {value!r}")
+
+
+def check_at_least(field: str, value: int | float, lowest: int | float) -> None:
+    """Raise ``ValueError`` naming ``field`` and its value unless ``value >= lowest``."""
+    if value < lowest:
+        raise ValueError(f"{field} must be >= {lowest}, got {value}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -24,7 +24,7 @@ source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common
 source "$MT_ROOT/slurm/_ray.sh"
 
 CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto
-     rlvr.engine_placement=ray ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
+     ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
 mt_dry_run "${CMD[@]}"
 
 # Roles from the plan; Ray over the allocation (engine slots only); the trainer ranks as one srun step, whose

@@ -60,6 +60,23 @@ class DPOConfig(StageConfig):
     data: DataConfig = field(default_factory=DataConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
 
+    def validate(self) -> None:
+        from megatron_tulu.config import check_choice
+
+        super().validate()
+        o = self.dpo
+        get_dpo_loss(o.loss_type)  # names the choices
+        check_choice("dpo.ref_mode", o.ref_mode, ("cached", "on_the_fly"))
+        check_choice("dpo.forward_mode", o.forward_mode, ("separate", "concatenated"))
+        if self.parallel.pp > 1 and (o.forward_mode == "separate" or o.ref_mode == "on_the_fly"):
+            raise ValueError("with parallel.pp > 1 use dpo.forward_mode=concatenated and dpo.ref_mode=cached")
+        if o.use_fused_loss:
+            from kernels.dpo_loss import LOSS_IDS
+
+            if o.loss_type not in LOSS_IDS:
+                raise ValueError(f"dpo.use_fused_loss=true supports dpo.loss_type in {sorted(LOSS_IDS)}, "
+                                 f"got {o.loss_type!r}; set dpo.use_fused_loss=false")
+
 
 FINGERPRINT_SAMPLES_PER_FILE = 1024
 """Besides its first and last MiB, a file is sampled at this many evenly spaced 64 KiB windows: files up to
@@ -107,22 +124,10 @@ class DPOTask(DataStageMixin):
     metric_names = ["loss_sum", "pairs"] + METRICS
 
     def __init__(self, cfg: DPOConfig):
+        cfg.validate()  # load_config did already; a config built in code is checked here
         self.cfg = cfg
-        o = cfg.dpo
-        self.loss = get_dpo_loss(o.loss_type)
-        self.needs_ref = NEEDS_REFERENCE[o.loss_type]
-        if o.ref_mode not in ("cached", "on_the_fly"):
-            raise ValueError(f"dpo.ref_mode must be cached|on_the_fly, got {o.ref_mode!r}")
-        if o.forward_mode not in ("separate", "concatenated"):
-            raise ValueError(f"dpo.forward_mode must be separate|concatenated, got {o.forward_mode!r}")
-        if cfg.parallel.pp > 1 and (o.forward_mode == "separate" or o.ref_mode == "on_the_fly"):
-            raise ValueError("with parallel.pp > 1 use dpo.forward_mode=concatenated and dpo.ref_mode=cached")
-        if o.use_fused_loss:
-            from kernels.dpo_loss import LOSS_IDS
-
-            if o.loss_type not in LOSS_IDS:
-                raise ValueError(f"dpo.use_fused_loss=true supports dpo.loss_type in {sorted(LOSS_IDS)}, "
-                                 f"got {o.loss_type!r}; set dpo.use_fused_loss=false")
+        self.loss = get_dpo_loss(cfg.dpo.loss_type)
+        self.needs_ref = NEEDS_REFERENCE[cfg.dpo.loss_type]
 
     # ---- data ----------------------------------------------------------------------------------
     def setup(self, trainer) -> int:

@@ -73,6 +73,26 @@ class StageConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+    def validate(self) -> None:
+        """Choices and ranges of the shared fields (``load_config`` calls it; stages extend it); raises
+        ``ValueError`` naming the field."""
+        from megatron_tulu.config import check_at_least, check_choice
+        from megatron_tulu.models.build import FP8_FORMATS
+
+        m, p, t = self.model, self.parallel, self.train
+        check_choice("device", self.device, ("auto", "cuda", "cpu"))
+        check_choice("model.impl", m.impl, ("auto", "te", "local"))
+        check_choice("model.dtype", m.dtype, ("auto", "bf16", "fp32"))
+        check_choice("model.recompute", m.recompute, (None, "selective", "full"))
+        check_choice("model.fp8", m.fp8, (None, *FP8_FORMATS))
+        for name in ("tp", "pp", "cp", "vpp"):
+            check_at_least(f"parallel.{name}", getattr(p, name), 1)
+        for name in ("global_batch_size", "micro_batch_size", "seq_length"):
+            check_at_least(f"train.{name}", getattr(t, name), 1)
+        check_choice("train.loss_reduction", t.loss_reduction, ("sum", "mean"))
+        check_choice("checkpoint.optimizer_sharding", self.checkpoint.optimizer_sharding,
+                     ("fully_reshardable", "dp_reshardable"))
+
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
     """Linear warm-up over ``warmup_ratio * total`` steps, then linear decay to ``min_lr_ratio * lr``.

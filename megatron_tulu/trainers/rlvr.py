@@ -127,6 +127,36 @@ class RLVRConfig(StageConfig):
     data: DataConfig = field(default_factory=DataConfig)
     rlvr: RLVROptions = field(default_factory=RLVROptions)
 
+    def validate(self) -> None:
+        """Choices and cross-field rules of the RLVR options (``load_config`` calls it), naming the field."""
+        from megatron_tulu.config import check_at_least, check_choice
+        from megatron_tulu.losses.kl import KL_ESTIMATORS
+
+        super().validate()
+        o = self.rlvr
+        check_choice("rlvr.algorithm", o.algorithm, ("ppo", "grpo"))
+        if o.algorithm == "grpo" and o.samples_per_prompt < 2:
+            raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
+        check_choice("rlvr.kl_kind", o.kl_kind, tuple(KL_ESTIMATORS))
+        check_choice("rlvr.engine", o.engine, ("vllm", "torch"))
+        check_choice("rlvr.engine_placement", o.engine_placement, ("local", "ray"))
+        check_at_least("rlvr.num_engines", o.num_engines, 1)
+        check_at_least("rlvr.engine_tp", o.engine_tp, 1)
+        if o.num_engines > 1 and o.engine_placement != "ray":
+            raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
+                             "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
+        if o.tis_cap < 0:
+            raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {o.tis_cap}")
+        check_at_least("rlvr.async_steps", o.async_steps, 0)
+        check_at_least("rlvr.samples_per_prompt", o.samples_per_prompt, 1)
+        check_at_least("rlvr.max_new_tokens", o.max_new_tokens, 1)
+        if not 0 < o.engine_memory_fraction <= 1:
+            raise ValueError(f"rlvr.engine_memory_fraction must be in (0, 1], got {o.engine_memory_fraction}")
+        check_choice("rlvr.engine_sleep_level", o.engine_sleep_level, (0, 1, 2))
+        if o.engine_sleep_level and o.async_steps:
+            raise ValueError(f"rlvr.engine_sleep_level={o.engine_sleep_level} needs rlvr.async_steps=0 (got "
+                             f"{o.async_steps}): an engine asleep while the trainer steps cannot generate ahead")
+
 
 def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, seq: int | None = None):
     """Concatenate prompt+response rows. Returns input_ids [B,S], targets [B,S] (next token, IGNORE elsewhere)

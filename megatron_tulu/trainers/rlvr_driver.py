@@ -26,22 +26,8 @@ class RLVRDriver:
     def __init__(self, cfg: RLVRConfig):
         self.cfg = cfg
         self.o = cfg.rlvr
-        if self.o.algorithm not in ("ppo", "grpo"):
-            raise ValueError(f"rlvr.algorithm must be ppo|grpo, got {self.o.algorithm!r}")
-        if self.o.algorithm == "grpo" and self.o.samples_per_prompt < 2:
-            raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
-        if self.o.engine not in ("vllm", "torch"):
-            raise ValueError(f"rlvr.engine must be vllm|torch, got {self.o.engine!r}")
-        if self.o.engine_placement not in ("local", "ray"):
-            raise ValueError(f"rlvr.engine_placement must be local|ray, got {self.o.engine_placement!r}")
-        if self.o.num_engines < 1 or (self.o.num_engines > 1 and self.o.engine_placement != "ray"):
-            raise ValueError(f"rlvr.num_engines={self.o.num_engines}: more than one engine needs "
-                             "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
-        if self.o.tis_cap < 0:
-            raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {self.o.tis_cap}")
-        if self.o.async_steps < 0:
-            raise ValueError(f"rlvr.async_steps must be >= 0, got {self.o.async_steps}")
-        check_engine_memory_options(cfg)
+        cfg.validate()  # load_config did already; a config built in code is checked here
+        check_local_engine_fits(cfg)
         if self.o.algorithm == "ppo" and self.o.value_init_hf:  # before minutes of policy loading
             _check_hf_dir(self.o.value_init_hf)
         self.policy = Trainer(cfg, PolicyTask(cfg))
@@ -413,17 +399,10 @@ class RLVRDriver:
                                keep_last=self.cfg.checkpoint.keep_last)
 
 
-def check_engine_memory_options(cfg: RLVRConfig) -> None:
-    """``rlvr.engine_memory_fraction`` / ``engine_sleep_level`` are valid and, for a local vLLM engine on a GPU, the
-    engine fits beside trainer rank 0 by the planner's numbers (``plan.colocation``); before any model loads."""
+def check_local_engine_fits(cfg: RLVRConfig) -> None:
+    """For a local vLLM engine on a GPU: the engine fits beside trainer rank 0 by the planner's numbers
+    (``plan.colocation``), else a ``ValueError`` naming the fields; before any model loads."""
     o = cfg.rlvr
-    if not 0 < o.engine_memory_fraction <= 1:
-        raise ValueError(f"rlvr.engine_memory_fraction must be in (0, 1], got {o.engine_memory_fraction}")
-    if o.engine_sleep_level not in (0, 1, 2):
-        raise ValueError(f"rlvr.engine_sleep_level must be 0 (off), 1 or 2, got {o.engine_sleep_level}")
-    if o.engine_sleep_level and o.async_steps:
-        raise ValueError(f"rlvr.engine_sleep_level={o.engine_sleep_level} needs rlvr.async_steps=0 (got "
-                         f"{o.async_steps}): an engine asleep while the trainer steps cannot generate ahead")
     if o.engine_placement != "local" or o.engine != "vllm" or not platform.has_gpu():
         return
     from megatron_tulu.plan.colocation import local_engine_problems

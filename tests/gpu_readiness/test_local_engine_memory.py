@@ -46,19 +46,17 @@ def test_a_local_engine_that_cannot_fit_is_refused_before_any_model_loads(monkey
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=85 * 10**9))
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(ValueError, match=r"does not fit on trainer rank 0's GPU.*rlvr\.engine_memory_fraction=0\.9"):
-        rlvr_driver.check_engine_memory_options(_cfg(*LOCAL_8B_TP8))
-    rlvr_driver.check_engine_memory_options(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5",
-                                                 "rlvr.engine_sleep_level=2"))
+        rlvr_driver.check_local_engine_fits(_cfg(*LOCAL_8B_TP8))
+    rlvr_driver.check_local_engine_fits(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5",
+                                             "rlvr.engine_sleep_level=2"))
 
 
 @pytest.mark.parametrize("override,field", [("rlvr.engine_sleep_level=3", "rlvr.engine_sleep_level"),
                                             ("rlvr.engine_memory_fraction=0", "rlvr.engine_memory_fraction"),
                                             ("rlvr.async_steps=1", "rlvr.async_steps")])
 def test_bad_engine_memory_options_name_the_field(override, field):
-    from megatron_tulu.trainers.rlvr_driver import check_engine_memory_options
-
-    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        check_engine_memory_options(_cfg(*LOCAL_8B_TP8, "rlvr.engine_sleep_level=2", override))
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):  # when the config loads
+        _cfg(*LOCAL_8B_TP8, "rlvr.engine_sleep_level=2", override)
 
 
 class _Recorder:

@@ -37,7 +37,7 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     assert preset.num_layers % pp == 0 and preset.num_attention_heads % tp == 0
     # 8 GPUs per node: the engine and the trainer fit the node count the header states
     assert (gpus + etp * o.num_engines) <= {"8b": 16, "70b": 48, "405b": 256}[size]
-    assert o.num_engines == 1 or o.engine_placement == "ray" or size in ("8b", "405b")  # their scripts set placement=ray
+    assert o.engine_placement == "ray"  # engines on GPUs of their own (one in rank 0's process would not fit)
     # Tülu 3's value model: policy-sized at 8B, an 8B one beside the 70B and 405B policies, on the policy's ranks
     value = get_preset(o.value_model or cfg.model.preset)
     assert value.name == "llama3.1-8b"
@@ -48,10 +48,15 @@ def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
     from megatron_tulu.trainers.rlvr_driver import RLVRDriver
 
     for overrides, match in ((["rlvr.num_engines=2"], "more than one engine needs rlvr.engine_placement=ray"),
-                             (["rlvr.engine_placement=slurm"], "engine_placement must be local|ray"),
+                             (["rlvr.engine_placement=slurm"], "engine_placement must be one of local|ray"),
                              (["rlvr.async_steps=-1"], "async_steps must be >= 0")):
-        cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", *overrides])
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match=match):  # when the config loads ...
+            load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}", *overrides])
+        cfg = load_config(RLVRConfig, "rlvr/tiny", [f"run_dir={tmp_path}"])
+        key, value = overrides[0].split("=")
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, type(getattr(getattr(cfg, section), name))(value))
+        with pytest.raises(ValueError, match=match):  # ... and when a config built in code reaches the driver
             RLVRDriver(cfg)
 
 
