@@ -57,12 +57,14 @@ def test_runner_times_out_a_step_keeps_going_and_stops_at_the_total_budget(tmp_p
     ]
     monkeypatch.setattr(gs, "steps", lambda out, smoke: fake)
     monkeypatch.setattr(gs, "MIN_STEP_S", 0.5)
-    summary = gs.run(tmp_path, smoke=True, total_s=4.0, wheel_dir=None)
+    # 12 s in all: room for three interpreter start-ups on a busy 2-core machine before the open-ended step, which
+    # then gets what is left (less than the total, more than nothing) and is timed out at the budget's end
+    summary = gs.run(tmp_path, smoke=True, total_s=12.0, wheel_dir=None)
     by = {s["name"]: s for s in summary["steps"]}
     assert by["fails"]["status"] == "failed (rc 3)"
     assert by["writes"]["status"] == "ok" and by["writes"]["files"] == ["x.txt"]
     assert by["hangs"]["status"] == "timed out after 1 s" and by["hangs"]["rc"] is None
-    assert by["takes_the_rest"]["status"].startswith("timed out") and by["takes_the_rest"]["timeout_s"] < 3.5
+    assert by["takes_the_rest"]["status"].startswith("timed out") and 0.5 <= by["takes_the_rest"]["timeout_s"] < 11
     assert by["left_over"]["status"] == "not run: --total-s spent"
     assert summary["ok"] is False
     assert [s["name"] for s in json.loads((tmp_path / "summary.json").read_text())["steps"]] == list(by)

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import foundation_helpers as fh
 from megatron_tulu import platform
 from megatron_tulu.testing import run_distributed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
@@ -28,11 +34,17 @@ def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
     assert out["switch_error"] and "cuda" in out["switch_error"]
 
 
-def test_platform_host_answers_without_setup(monkeypatch):
-    monkeypatch.setenv("MEGATRON_TULU_DEVICE", "cpu")
-    if platform._STATE["device"] is None:
-        assert not platform.has_gpu()
-        assert platform.backend() == "gloo" and platform.device().type == "cpu"
+def test_platform_host_answers_without_setup():
+    """In a fresh interpreter, where nothing has called ``platform.setup`` (in this one, earlier tests may have)."""
+    code = ("from megatron_tulu import platform; assert platform._STATE['device'] is None; "
+            "print(platform.has_gpu(), platform.backend(), platform.device().type)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, MEGATRON_TULU_DEVICE="cpu"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "gloo", "cpu"]
+
+
+def test_platform_refuses_an_unknown_device():
     with pytest.raises(ValueError, match="device must be"):
         platform.setup("tpu")
 

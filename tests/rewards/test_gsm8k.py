@@ -68,4 +68,6 @@ def test_adversarial_long_inputs_fast():
     assert verify("gsm8k", "1" * 100_000, "1") is False  # a 100k-digit literal is not an answer
     assert verify("gsm8k", "1," * 50_000 + "5", "5") is True
     assert verify("gsm8k", "-" * 100_000 + "7", "-7") is True
-    assert time.monotonic() - start < 2.0
+    # linear scanning takes milliseconds; a backtracking regex on 100k characters takes minutes: the bound tells the
+    # two apart with room for a busy 2-core machine
+    assert time.monotonic() - start < 30.0
