@@ -29,7 +29,8 @@ def local_engine_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
     trainer runs on ``world_size`` such GPUs at ``cfg.parallel``'s layout. Empty when it fits."""
     o, p, t = cfg.rlvr, cfg.parallel, cfg.train
     preset = get_preset(cfg.model.preset)
-    req = PlanRequest(model=preset.name, gpus=world_size, stage="rlvr", gpu=gpu.name, seq=t.seq_length + o.max_new_tokens,
+    seq = t.seq_length + o.max_new_tokens  # prompt + response
+    req = PlanRequest(model=preset.name, gpus=world_size, stage="rlvr", gpu=gpu.name, seq=seq,
                       global_batch=t.global_batch_size * o.samples_per_prompt, micro_batch=t.micro_batch_size,
                       algorithm=o.algorithm, value_model=o.value_model, vpp=p.vpp, fused_logprob=cfg.model.use_fused_logprob,
                       gpu_memory_utilization=o.engine_memory_fraction)
@@ -55,9 +56,8 @@ def local_engine_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
                         "(the engine frees its memory while the trainer steps) or lower rlvr.engine_memory_fraction")
     elif peak > cap:
         problems.append(f"the trainer alone peaks at {peak:.1f} GiB > {cap:.1f} GiB usable (model.recompute, parallel.*)")
-    engine_tokens = M.engine_memory(preset, o.engine_tp, gpu.memory_bytes, t.seq_length + o.max_new_tokens,
-                                    o.engine_memory_fraction)
+    engine_tokens = M.engine_memory(preset, o.engine_tp, gpu.memory_bytes, seq, o.engine_memory_fraction)
     if engine_tokens.max_concurrent_seqs < 1:
-        problems.append(f"{fields} leaves vLLM no KV cache for one {t.seq_length + o.max_new_tokens}-token sequence "
+        problems.append(f"{fields} leaves vLLM no KV cache for one {seq}-token sequence "
                         f"after its {engine_tokens.weights / M.GIB:.1f} GiB of weights (engine TP {o.engine_tp})")
     return problems

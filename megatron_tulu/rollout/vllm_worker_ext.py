@@ -138,10 +138,10 @@ class WeightSyncWorkerExtension:
 
         Always streamed: vLLM's layerwise reload consumes the receiver's iterator bucket by bucket, so this
         worker holds a few buckets, not a copy of the model, in a GPU that vLLM has already filled to
-        ``gpu_memory_utilization``. The price: a transfer that breaks
-        midway leaves the weights half-updated (unfinished layers on meta tensors). Then this returns an
-        error, forgets the metadata (the trainer must resend it with the full set) and the trainer marks
-        the engine stale so it does not generate until a full sync succeeded.
+        ``gpu_memory_utilization``. The price: a transfer that breaks midway leaves the weights half-updated
+        (unfinished layers on meta tensors). Then this returns an error, forgets the metadata (the trainer must
+        resend it with the full set) and the trainer marks the engine stale so it does not generate until a full
+        sync succeeded.
         """
         try:
             st = self._ws_state(key)

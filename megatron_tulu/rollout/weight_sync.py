@@ -74,7 +74,10 @@ class WeightSyncStale(WeightSyncError):
 def refuse_if_stale(engine) -> None:
     """Raise :class:`WeightSyncStale` if a :class:`WeightSyncGroup` marked ``engine`` stale (``engine.weights_stale``,
     set when a sync failed after the engine began loading, cleared by the next successful sync)."""
-    reason = getattr(engine, "weights_stale", None)
+    _refuse_stale(getattr(engine, "weights_stale", None))
+
+
+def _refuse_stale(reason: str | None) -> None:
     if reason:
         raise WeightSyncStale(f"{reason}; refusing to generate with them: a full weight sync (update_weights) "
                               "must succeed first")
@@ -372,9 +375,7 @@ class WeightSyncGroup:
 
     def check_fresh(self) -> None:
         """Raise :class:`WeightSyncStale` while the engines hold half-updated weights."""
-        if self.stale:
-            raise WeightSyncStale(f"{self.stale}; refusing to generate with them: a full weight sync "
-                                  "(update_weights) must succeed first")
+        _refuse_stale(self.stale)
 
     def _mark_stale(self, err: BaseException, futures: list[cf.Future]) -> None:
         self.stale = (f"a weight sync failed after the engines began loading ({type(err).__name__}: {err}); "
