@@ -31,23 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from megatron_tulu import platform  # noqa: E402
 from megatron_tulu.models.presets import get_preset  # noqa: E402
 from megatron_tulu.plan.hardware import GPUS  # noqa: E402
 from megatron_tulu.plan.throughput import flops_per_token  # noqa: E402
-
-
-class _HiddenOut(nn.Module):
-    """Stands in for GPTModel.output_layer so the model returns final hidden states; keeps the weight."""
-
-    def __init__(self, weight: nn.Parameter):
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, x, weight=None, runtime_gather_output=None):
-        return x, None
 
 
 def gpu_key() -> str | None:
@@ -87,10 +75,9 @@ def run_config(preset, seq: int, precision: str, head: str, steps: int, warmup: 
         else:  # the Triton kernel needs a GPU; the smoke run exercises the same call through the reference
             from kernels.fused_logprob import linear_logprob_reference as fused_impl
         row["head_impl"] = fused_impl.__name__
-    opts = ModelOptions(impl="auto", dtype="auto", fp8="hybrid" if precision == "fp8" else None)
+    opts = ModelOptions(impl="auto", dtype="auto", fp8="hybrid" if precision == "fp8" else None,
+                        head="hidden" if head == "fused" else "lm")
     model = build_model(preset, 1, 1, opts)
-    if head == "fused":
-        model.output_layer = _HiddenOut(model.output_layer.weight)
     row["params_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # CPU smoke runs fp32
     dev = platform.device()
     ids = torch.randint(0, preset.vocab_size, (micro_batch, seq + 1), device=dev)

@@ -4,8 +4,10 @@
 
 ``--nproc N`` re-runs the same command under ``torchrun --nproc-per-node N`` (CPU/gloo or one GPU node);
 under SLURM, ``srun`` starts one process per task and ranks come from SLURM's variables. ``--validate-only`` loads
-and validates the config (types, choices, cross-field rules; with ``--nproc``, the layout against that many ranks)
-and exits 0 without starting anything: it needs no data, tokenizer or checkpoint on disk.
+and validates the config (types, choices, cross-field rules) and its layout against the ranks it would run on: with
+``--nproc``, that many local processes, else the job plan of the config's ``cluster`` allocation (node roles,
+trainer ranks, RLVR engine slots: ``megatron_tulu.plan.jobs``); it exits 0 without starting anything and needs no
+data, tokenizer or checkpoint on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def parse(argv, default_config: str, prog: str):
     ap.add_argument("--config", default=default_config, help="config name under configs/, e.g. sft/tiny")
     ap.add_argument("--nproc", type=int, default=0, help="spawn this many local processes with torchrun")
     ap.add_argument("--validate-only", action="store_true",
-                    help="load and validate the config (and, with --nproc, its layout), then exit; starts nothing")
+                    help="load and validate the config and its layout (against --nproc ranks, else the job plan of "
+                         "its cluster.* allocation), then exit; starts nothing")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.lr=1e-5 parallel.tp=2")
     return ap.parse_args(argv)
 
@@ -44,7 +47,7 @@ def stage_main(module: str, schema, make_task: Callable | None, default_config: 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv, default_config, f"python -m {module}")
     if args.validate_only:
-        return validate_only(schema, args)
+        return validate_only(schema, args, module.rsplit(".", 1)[-1])
     if args.nproc and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         return relaunch_with_torchrun(module, argv, args.nproc)
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"), stream=sys.stderr)
@@ -76,19 +79,29 @@ def layout_problems(cfg, world_size: int) -> list[str]:
     return []
 
 
-def validate_only(schema, args) -> int:
-    """``--validate-only``: the config loads and validates (``load_config`` runs its ``validate()``); with
-    ``--nproc`` its layout fits that many ranks. Prints one line and returns the exit code."""
+def validate_only(schema, args, stage: str) -> int:
+    """``--validate-only``: the config loads and validates (``load_config`` runs its ``validate()``), and its layout
+    fits the ranks it would run on: ``--nproc`` local processes, else the job plan of its ``cluster`` allocation
+    (which raises when the layout does not tile it). Prints one line and returns the exit code."""
     from megatron_tulu.config import load_config
+    from megatron_tulu.plan import jobs
 
     try:
         cfg = load_config(schema, args.config, args.overrides)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    problems = layout_problems(cfg, args.nproc) if args.nproc else []
+    try:
+        if args.nproc:
+            ranks, where = args.nproc, f", {args.nproc} ranks"
+        else:
+            plan = jobs.build_plan(cfg, stage, args.config)
+            ranks, where = plan["trainer"]["gpus"], f"; plan: {jobs.summary(plan)}"
+        problems = layout_problems(cfg, ranks)
+    except ValueError as e:
+        problems = [str(e)]
     if problems:
         print(f"error: config {args.config!r}: " + "; ".join(problems), file=sys.stderr)
         return 2
-    print(f"config {args.config}: valid ({schema.__name__}{f', {args.nproc} ranks' if args.nproc else ''})")
+    print(f"config {args.config}: valid ({schema.__name__}{where})")
     return 0

@@ -85,7 +85,3 @@ def check_at_least(field: str, value: int | float, lowest: int | float) -> None:
 def to_dict(cfg: Any) -> dict:
     """Plain dict of a config dataclass (for logging and checkpoint metadata)."""
     return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -8,6 +8,7 @@ that a missing peer raises instead of hanging.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -25,7 +26,8 @@ DEFAULT_TIMEOUT_S = int(os.environ.get("MEGATRON_TULU_DIST_TIMEOUT_S", "600"))
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """Sizes of the trainer's parallel dimensions. ``dp`` is derived: world / (tp * pp * cp)."""
+    """Sizes of the trainer's parallel dimensions, and, once ``init_distributed`` has filled them, this process's
+    ranks and process groups (passed explicitly to whoever needs them). ``dp`` is derived: world / (tp * pp * cp)."""
 
     tp: int = 1
     """Tensor-parallel size (splits heads, MLP and vocab)."""
@@ -37,10 +39,34 @@ class ParallelDims:
     """Virtual pipeline stages (model chunks) per pipeline rank; > 1 selects the interleaved 1F1B schedule."""
     world: int = 1
     """Total trainer processes."""
+    rank: int = 0
+    """This process's global rank (filled by ``init_distributed``, like every field below)."""
+    dp_rank: int = 0
+    """Data-parallel rank (which share of a global batch this process trains on)."""
+    tp_rank: int = 0
+    """Tensor-parallel rank."""
+    cp_rank: int = 0
+    """Context-parallel rank."""
+    is_last_stage: bool = True
+    """This process holds the last pipeline stage (where the losses are computed)."""
+    dp_group: object = dataclasses.field(default=None, compare=False, repr=False)
+    """Process group over the data-parallel replicas of this rank (None before ``init_distributed``)."""
 
     @property
     def dp(self) -> int:
         return self.world // (self.tp * self.pp * self.cp)
+
+    @property
+    def reports_results(self) -> bool:
+        """The one rank per model replica that reports the last stage's per-micro-batch results (TP and CP peers
+        hold the same, replicated, losses and metrics)."""
+        return self.is_last_stage and self.tp_rank == 0 and self.cp_rank == 0
+
+    def all_reduce_dp(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` in place over the data-parallel replicas (bounded by the group's timeout) and return it."""
+        if self.dp > 1:
+            dist.all_reduce(t, group=self.dp_group)
+        return t
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the sizes do not tile the world."""
@@ -130,6 +156,9 @@ def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_
         )
     from megatron.core import parallel_state as ps
 
+    from megatron_tulu.models.mcore_compat import check_version
+
+    check_version()  # the workarounds in mcore_compat were written for the pinned release
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(
@@ -140,7 +169,11 @@ def init_distributed(dims: ParallelDims | None = None, timeout_s: int = DEFAULT_
         distributed_timeout_minutes=max(1, timeout_s // 60),
     )
     seed_model_parallel_rng()
-    return dims
+    return dataclasses.replace(
+        dims, rank=dist.get_rank(), dp_rank=ps.get_data_parallel_rank(), tp_rank=ps.get_tensor_model_parallel_rank(),
+        cp_rank=ps.get_context_parallel_rank(), is_last_stage=ps.is_pipeline_last_stage(),
+        dp_group=ps.get_data_parallel_group(),
+    )
 
 
 def seed_model_parallel_rng(seed: int = 1234) -> None:
@@ -167,23 +200,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def is_rank0() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable object from ``src`` to all ranks (no-op on one process)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -191,10 +207,3 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
-    """Sum ``t`` in place over ``group`` (default: world) and return it."""
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t

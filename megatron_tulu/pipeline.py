@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_tulu.rollout.factory import resolve_engine_kind
+
 TASKS = ["gsm8k", "math", "ifeval"]
 
 # (stage, config, init from, nproc, overrides) -- the CI profile shrinks steps, not the code path.
@@ -58,13 +60,7 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     logs.mkdir(exist_ok=True)
     data = out / "data"
     timings = {}
-    if engine == "auto":
-        try:
-            import vllm  # noqa: F401
-
-            engine = "vllm"
-        except ImportError:
-            engine = "torch"
+    engine = resolve_engine_kind(engine)
     # the evaluation engine lives in this process: keep vLLM's start-up chatter out of the demo's console
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     t0 = time.time()
@@ -95,9 +91,9 @@ def _eval_engine(current, hf_dir: str, engine: str):
     """One rollout engine serves every stage's evaluation: started once, then loaded with each stage's HF export
     through the engine's weight update (the RLVR weight-sync path), instead of a new engine per stage."""
     if current is None:
-        from megatron_tulu.eval.evaluate import make_engine
+        from megatron_tulu.rollout.factory import make_engine
 
-        return make_engine(hf_dir, engine)
+        return make_engine(engine, hf_dir)
     from megatron_tulu.checkpoint.hf_io import HFReader
 
     current.update_weights(HFReader(hf_dir).items())

@@ -1,6 +1,8 @@
 # Sourced by every slurm/<stage>_<size>.sh after it sets STAGE and SIZE: site settings, the srun wrapper
-# (container or host), the DRY_RUN plan and the requeue-on-75 rule. Environment and srun only: every decision
-# (layout, node roles, plan checks) lives in launch/cluster.py.
+# (container or host), the job plan and the requeue-on-75 rule. Environment and srun only: every decision
+# (node roles, plan checks) lives in megatron_tulu/plan/jobs.py (command line: launch/cluster.py). The layout
+# and the allocation are the config's (configs/<stage>/<size>.yaml: parallel.*, rlvr.engine_*, cluster.*); the
+# plan fails, naming both numbers, when the #SBATCH header (or SLURM, inside a job) disagrees with cluster.*.
 #
 # Site settings -- all overridable from the environment of `sbatch` (defaults in brackets):
 #   SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, SBATCH_QOS
@@ -16,9 +18,10 @@
 #   MT_RUN_DIR            this run's directory [$MT_RUNS_DIR/<stage>_<size>]
 #   MT_HF_HOME            Hugging Face cache with the base checkpoints (read-only use) [$MT_RUNS_DIR/hf_home]
 #   MT_PYTHON             interpreter [container: python; host: $MT_ROOT/.venv/bin/python, else python3]
-#   MT_TP, MT_PP, MT_CP, MT_ENGINE_TP, MT_NUM_ENGINES   layout overrides (see launch/cluster.py)
 #   DRY_RUN=1             print the resolved plan and the commands, run nothing (works outside SLURM)
-# Extra arguments to the script (`sbatch slurm/sft_8b.sh train.lr=1e-5`) are Hydra overrides.
+# Extra arguments to the script (`sbatch slurm/sft_8b.sh train.lr=1e-5`) are Hydra overrides, for the plan and
+# the trainer alike: `parallel.tp=2 parallel.pp=2` changes the layout; another node count needs both
+# `sbatch --nodes=4 slurm/sft_8b.sh cluster.nodes=4`.
 
 set -euo pipefail
 
@@ -56,14 +59,9 @@ else
   MT_SRUN_ARGS=(--chdir="$MT_ROOT")
 fi
 
-# Settings that are also config fields reach the trainer as Hydra overrides, so the plan and the run agree.
-MT_LAYOUT_ARGS=()
-[ -n "$MT_DATA_DIR" ] && MT_LAYOUT_ARGS+=("data.root=$MT_DATA_DIR")
-[ -n "${MT_TP:-}" ] && MT_LAYOUT_ARGS+=("parallel.tp=$MT_TP")
-[ -n "${MT_PP:-}" ] && MT_LAYOUT_ARGS+=("parallel.pp=$MT_PP")
-[ -n "${MT_CP:-}" ] && MT_LAYOUT_ARGS+=("parallel.cp=$MT_CP")
-[ -n "${MT_ENGINE_TP:-}" ] && MT_LAYOUT_ARGS+=("rlvr.engine_tp=$MT_ENGINE_TP")
-[ -n "${MT_NUM_ENGINES:-}" ] && MT_LAYOUT_ARGS+=("rlvr.num_engines=$MT_NUM_ENGINES")
+# Settings that are also config fields reach the trainer (and the plan) as Hydra overrides, so the two agree.
+MT_CONFIG_ARGS=()
+[ -n "$MT_DATA_DIR" ] && MT_CONFIG_ARGS+=("data.root=$MT_DATA_DIR")
 
 # Threads per rank = CPUs SLURM gave the task (torch would otherwise start one thread per core per rank).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
@@ -94,23 +92,27 @@ mt_host_python() {
   else echo "$MT_PYTHON"; fi
 }
 
-# DRY_RUN=1: print where things run and the resolved plan (from the #SBATCH header of $0), then exit.
-mt_dry_run() {
-  [ "${DRY_RUN:-0}" = "1" ] || return 0
-  echo "DRY_RUN: $0 (stage=$STAGE size=$SIZE)"
-  echo "  root: $MT_ROOT"
-  echo "  run dir: $MT_RUN_DIR   data: ${MT_DATA_DIR:-<config data.root>}   HF_HOME: $HF_HOME"
-  if [ -n "$MT_CONTAINER_IMAGE" ]; then echo "  container: $MT_CONTAINER_IMAGE (srun ${MT_SRUN_ARGS[*]})"
-  else echo "  container: none (host environment, python: $MT_PYTHON)"; fi
-  echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
-  echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
-  if [ "$STAGE" = rlvr ]; then
-    echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
-    echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR and places the engines as Ray actors"
+# The job plan of the stage command "$@" (its config and overrides): printed, and checked against the allocation
+# (this script's #SBATCH header on a dry run, SLURM's variables inside a job), so a mismatch stops the job here,
+# before anything starts. DRY_RUN=1: also print where things run, then exit without running anything.
+mt_plan() {
+  if [ "${DRY_RUN:-0}" = "1" ]; then
+    echo "DRY_RUN: $0 (stage=$STAGE size=$SIZE)"
+    echo "  root: $MT_ROOT"
+    echo "  run dir: $MT_RUN_DIR   data: ${MT_DATA_DIR:-<config data.root>}   HF_HOME: $HF_HOME"
+    if [ -n "$MT_CONTAINER_IMAGE" ]; then echo "  container: $MT_CONTAINER_IMAGE (srun ${MT_SRUN_ARGS[*]})"
+    else echo "  container: none (host environment, python: $MT_PYTHON)"; fi
+    echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
+    echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
+    if [ "$STAGE" = rlvr ]; then
+      echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
+      echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR and places the engines as Ray actors"
+    fi
   fi
   # The plan is computed on the host, from this checkout, even when jobs would run in a container.
-  (cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster plan --script "$MT_SCRIPT" --stage "$STAGE" --size "$SIZE" -- "$@")
-  exit $?
+  (cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster plan --script "$MT_SCRIPT" --stage "$STAGE" --size "$SIZE" \
+    -- "$@") || exit $?
+  [ "${DRY_RUN:-0}" != "1" ] || exit 0
 }
 
 # A trainer that checkpointed after SIGUSR1/SIGTERM exits 75: put the job back in the queue; resume=auto

@@ -1,5 +1,6 @@
 # Sourced after _common.sh by the RLVR scripts: the job's roles and a Ray cluster over the SLURM allocation.
-#   mt_rlvr_layout: the plan (launch.cluster layout) written to $MT_PLAN for every srun step, and
+#   mt_rlvr_layout CMD...: the plan of the stage command CMD (launch.cluster layout) written to $MT_PLAN for
+#          every srun step, and
 #          MT_TRAINER_SRUN, the srun options of the trainer step (the trainer nodes, one task per trainer rank)
 #   head   on the first node of the allocation (srun step, background)
 #   workers on every other node, one raylet per node (one srun step, background); with $MT_PLAN each raylet
@@ -34,8 +35,10 @@ MT_RAY_PIDS=()
 mt_rlvr_layout() {
   MT_PLAN=$MT_RUN_DIR/.mt_plan_${SLURM_JOB_ID:-0}.json
   export MT_PLAN
-  eval "$(cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster layout --script "$MT_SCRIPT" --stage "$STAGE" \
-    --size "$SIZE" --out "$MT_PLAN")"
+  local line  # assigned apart from `eval`, so a failing plan stops the job (eval "$(false)" returns 0)
+  line=$(cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster layout --script "$MT_SCRIPT" --stage "$STAGE" \
+    --size "$SIZE" --out "$MT_PLAN" -- "$@") || exit $?
+  eval "$line"
   echo "[mt] trainer step: srun ${MT_TRAINER_SRUN[*]}; plan in $MT_PLAN" >&2
 }
 

@@ -3,7 +3,8 @@
 #   mkdir -p logs && sbatch slurm/dpo_405b.sh [hydra overrides...]
 #   DRY_RUN=1 bash slurm/dpo_405b.sh      # prints node roles, ranks, TP/PP/DP and commands
 # Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
-# Layout: launch/cluster.py DEFAULT_LAYOUTS[("dpo", "405b")]. SIGUSR1 1200s before the time limit ->
+# Layout and allocation: configs/dpo/405b.yaml (cluster.* there must match the #SBATCH lines below;
+# DRY_RUN and the job check it). SIGUSR1 1200s before the time limit ->
 # trainers checkpoint and exit 75 -> the job requeues itself -> resume=auto continues.
 #SBATCH --job-name=mt-dpo-405b
 #SBATCH --nodes=32
@@ -22,8 +23,8 @@ STAGE=dpo SIZE=405b
 _mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' || true)
 source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
 
-CMD=("$MT_PYTHON" -m launch.dpo --config "dpo/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
-mt_dry_run "${CMD[@]}"
+CMD=("$MT_PYTHON" -m launch.dpo --config "dpo/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
+mt_plan "${CMD[@]}"
 
 # One task per GPU (CPU: per process); each derives RANK/WORLD_SIZE/MASTER_ADDR from SLURM.
 mt_srun "${CMD[@]}" && rc=0 || rc=$?

@@ -1,9 +1,10 @@
 #!/bin/bash
-# RLVR (megatron trainers under srun + vLLM engines as Ray actors) of Llama 3.1 8B: 1 node x 8 H100 = 8 GPUs, one task per GPU.
+# RLVR (megatron trainers under srun + vLLM engines as Ray actors) of Llama 3.1 8B: 2 nodes x 8 H100 = 16 GPUs, one task per GPU.
 #   mkdir -p logs && sbatch slurm/rlvr_8b.sh [hydra overrides...]
 #   DRY_RUN=1 bash slurm/rlvr_8b.sh      # prints node roles, ranks, TP/PP/DP, engine placement and commands
 # Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
-# Layout: launch/cluster.py DEFAULT_LAYOUTS[("rlvr", "8b")]. SIGUSR1 600s before the time limit ->
+# Layout and allocation: configs/rlvr/8b.yaml (cluster.* there must match the #SBATCH lines below;
+# DRY_RUN and the job check it). SIGUSR1 600s before the time limit ->
 # trainers checkpoint and exit 75 -> the job requeues itself -> resume=auto continues.
 #SBATCH --job-name=mt-rlvr-8b
 #SBATCH --nodes=2
@@ -24,12 +25,12 @@ source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common
 source "$MT_ROOT/slurm/_ray.sh"
 
 CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto
-     ${MT_LAYOUT_ARGS[@]+"${MT_LAYOUT_ARGS[@]}"} "$@")
-mt_dry_run "${CMD[@]}"
+     ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
+mt_plan "${CMD[@]}"
 
 # Roles from the plan; Ray over the allocation (engine slots only); the trainer ranks as one srun step, whose
 # rank 0 drives RLVR and places the vLLM engines as Ray actors on the engine slots.
-mt_rlvr_layout
+mt_rlvr_layout "${CMD[@]}"
 mt_ray_up
 mt_srun --overlap "${MT_TRAINER_SRUN[@]}" "$MT_PYTHON" -m launch.cluster exec-trainer --plan "$MT_PLAN" -- "${CMD[@]}" \
   && rc=0 || rc=$?

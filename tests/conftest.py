@@ -21,7 +21,20 @@ except ImportError:
 import pytest  # noqa: E402
 
 
+# Multi-process modules marked `slow` here, not in the file: the files were being rewritten by another change when
+# the marks were added (issue 20); move a mark into its file (`pytestmark = pytest.mark.slow`) when next editing it.
+SLOW = (
+    "tests/trainers/test_rlvr_driver.py",  # one launch running 11 RLVR trainings (minutes)
+    "tests/trainers/test_rlvr_engines.py",  # 2-rank launches with TorchEngine / real vLLM engines
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("::")[0] in SLOW or item.nodeid in SLOW:
+            item.add_marker(pytest.mark.slow)
+
     import torch
 
     if torch.cuda.is_available():

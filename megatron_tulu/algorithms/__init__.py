@@ -1,31 +1,36 @@
 """RL algorithm pieces as pure functions (tensors in, tensors out; no globals, no process groups).
 
-Registry (name -> function):
+Shapes: flat response tokens (``megatron_tulu.losses.flat``): ``[N]`` per token, ``seq_idx [N]``, S responses.
 
-ADVANTAGE_ESTIMATORS  (advantages.py)
-  "gae"   gae(token_rewards [B,T], values [B,T], mask [B,T], gamma=1.0, lam=0.95) -> (adv [B,T], returns [B,T])
-  "grpo"  grpo_advantages(scores [B], group_size, eps=1e-6, std_normalize=True) -> adv [B]
-  plus    whiten(x, mask, shift_mean=True, all_reduce=None) for global (DP-wide) advantage whitening
+ADVANTAGE_ESTIMATORS  (advantages.py), one signature: ``estimator(AdvantageInputs) -> (adv [N], returns [N] | None)``
+  "gae"   GAE over per-token rewards and values (PPO)           -> (adv, returns)
+  "grpo"  group-normalised scores, broadcast over each response -> (adv, None)
+  plus    whiten(x, mask=None, shift_mean=True, all_reduce=None) for global (DP-wide) advantage whitening
 
 Reward shaping (reward_shaping.py)
-  shape_rewards(verifier_scores [B], logp, ref_logp, mask, kl_coef, kl_kind, eos_found [B], non_eos_penalty=-10)
-      -> (token_rewards [B,T], metrics)   Tülu 3 PPO reward: score at the last token, -β·KL on every token
+  penalise_non_eos(scores [S], eos_found [S], penalty) -> [S]    shared by PPO and GRPO
+  shape_rewards(verifier_scores [S], logp [N], ref_logp [N], seq_idx [N], kl_coef, kl_kind, eos_found [S],
+                non_eos_penalty=-10) -> (token_rewards [N], metrics)   Tülu 3 PPO: score at the last token, -β·KL
 
 Losses live in ``megatron_tulu.losses``: ``ppo.POLICY_LOSSES`` ("ppo", "grpo"), ``ppo.value_loss``,
 ``kl.KL_ESTIMATORS`` ("k1", "k2", "k3"), ``kl.logprob_mismatch`` (rollout vs trainer logprobs).
 
-PPO step (Tülu 3):  shape_rewards -> gae -> whiten(advantages) -> ppo_policy_loss + vf_coef * value_loss
-GRPO step:          grpo_advantages(α·verifier scores) -> grpo_policy_loss (KL to the reference in the loss)
+PPO step (Tülu 3):  shape_rewards -> "gae" -> whiten(advantages) -> ppo_policy_loss + value_loss
+GRPO step:          penalise_non_eos -> "grpo" -> grpo_policy_loss (KL to the reference in the loss)
 """
 
-from megatron_tulu.algorithms.advantages import ADVANTAGE_ESTIMATORS, gae, grpo_advantages, whiten
-from megatron_tulu.algorithms.reward_shaping import last_token_index, shape_rewards
+from megatron_tulu.algorithms.advantages import (
+    ADVANTAGE_ESTIMATORS, AdvantageInputs, gae, grpo_advantages, register_advantage, whiten,
+)
+from megatron_tulu.algorithms.reward_shaping import penalise_non_eos, shape_rewards
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "AdvantageInputs",
     "gae",
     "grpo_advantages",
-    "last_token_index",
+    "penalise_non_eos",
+    "register_advantage",
     "shape_rewards",
     "whiten",
 ]

@@ -1,75 +1,117 @@
 """Advantage estimators: GAE for PPO (with a value model), group-normalised scores for GRPO, whitening.
 
-Shapes: B responses, T response tokens (right-padded), ``mask [B, T]`` 1 for real response tokens.
-Registered by name in ``ADVANTAGE_ESTIMATORS``; the two take different inputs (GAE needs per-token rewards
-and values, GRPO only one score per response), so the RLVR trainer picks the call by algorithm.
+Shapes: flat response tokens (``losses.flat``): per-token tensors ``[N]``, ``seq_idx [N]`` the response of each
+token, S responses. Estimators are registered by name in ``ADVANTAGE_ESTIMATORS`` with one signature,
+``estimator(inputs: AdvantageInputs) -> (advantages [N], returns [N] or None)``, and looked up by the RLVR loop
+through ``rlvr.algorithm``'s preset; each reads the fields of ``AdvantageInputs`` it needs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from megatron_tulu.losses.flat import check_seq_idx, flatten, to_grid
 from megatron_tulu.losses.masked import AllReduce, check_same_shape, masked_mean_var
 
 WHITEN_EPS = 1e-8
 
 
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator may read (one rollout batch, or this DP rank's share of it)."""
+
+    seq_idx: Tensor
+    """[N] int64 response of each token (non-decreasing)."""
+    num_seqs: int
+    """S: responses in the batch."""
+    scores: Tensor
+    """[S] float32 final score per response (α·verifier, the non-EOS penalty already applied)."""
+    token_rewards: Tensor | None = None
+    """[N] per-token rewards (PPO: ``shape_rewards``: score on the last token, -β·KL on every token)."""
+    values: Tensor | None = None
+    """[N] value-model predictions V(s_t) (PPO)."""
+    group_size: int = 1
+    """K: consecutive responses that share a prompt (GRPO groups)."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE λ."""
+
+
+Estimator = Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
+    """Decorator: make ``fn`` the advantage estimator called ``name`` (a name is registered once)."""
+
+    def add(fn: Estimator) -> Estimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is registered twice")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return add
+
+
 @torch.no_grad()
 def gae(
-    token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+    token_rewards: Tensor, values: Tensor, seq_idx: Tensor, num_seqs: int | None = None, gamma: float = 1.0,
+    lam: float = 0.95,
 ) -> tuple[Tensor, Tensor]:
-    """Generalised Advantage Estimation over response tokens.
+    """Generalised Advantage Estimation along each response.
 
-    δ_t = r_t + γ V_{t+1} - V_t,  A_t = δ_t + γλ A_{t+1}, with V and A zero after the last real token.
-    Masked-out positions are skipped (the recursion carries over them), which is exact for right padding
-    and also correct for masks with holes (e.g. tool output inside a multi-turn response).
+    δ_t = r_t + γ V_{t+1} - V_t,  A_t = δ_t + γλ A_{t+1}, with V and A zero after a response's last token.
 
     Args:
-        token_rewards: [B, T] per-token rewards (e.g. from ``shape_rewards``); padding ignored.
-        values: [B, T] value-model predictions V(s_t) for each response token; padding ignored.
-        mask: [B, T] 1 for real response tokens.
+        token_rewards: [N] per-token rewards (e.g. from ``shape_rewards``).
+        values: [N] value-model predictions V(s_t) for each response token.
+        seq_idx: [N] response of each token.
+        num_seqs: S (default: ``seq_idx.max() + 1``).
         gamma: discount (Tülu 3: 1.0).
         lam: GAE λ (Tülu 3: 0.95).
 
     Returns:
-        (advantages [B, T], returns [B, T]) in float32, zero at masked positions; returns = A + V are the
-        value-model targets. Advantages are NOT whitened here (see ``whiten``).
+        (advantages [N], returns [N]) in float32; returns = A + V are the value-model targets. Advantages are NOT
+        whitened here (see ``whiten``).
     """
-    check_same_shape(token_rewards=token_rewards, values=values, mask=mask)
-    m = mask.float()
-    r = token_rewards.float() * m
-    v = values.float() * m
+    check_same_shape(token_rewards=token_rewards, values=values)
+    s = check_seq_idx(seq_idx, values.numel(), num_seqs)
+    r, m = to_grid(token_rewards.float(), seq_idx, s)
+    v, _ = to_grid(values.float(), seq_idx, s)
+    mf = m.float()
     next_value = torch.zeros_like(v[:, 0])
     last_gae = torch.zeros_like(v[:, 0])
     adv = torch.zeros_like(v)
-    # T is a few thousand at most and each step is a [B] vector op; a scan kernel is not worth it here.
+    # T is a few thousand at most and each step is an [S] vector op; a scan kernel is not worth it here.
     for t in reversed(range(v.shape[1])):
         delta = r[:, t] + gamma * next_value - v[:, t]
         new_gae = delta + gamma * lam * last_gae
-        mt = m[:, t]
-        last_gae = mt * new_gae + (1 - mt) * last_gae
+        mt = mf[:, t]
+        last_gae = mt * new_gae + (1 - mt) * last_gae  # past a response's end (right padding) nothing carries
         next_value = mt * v[:, t] + (1 - mt) * next_value
         adv[:, t] = last_gae
-    adv = adv * m
-    return adv, (adv + v) * m
+    adv_flat = flatten(adv, m)[0]
+    return adv_flat, adv_flat + values.float()
 
 
 @torch.no_grad()
 def whiten(
     x: Tensor,
-    mask: Tensor,
+    mask: Tensor | None = None,
     shift_mean: bool = True,
     all_reduce: AllReduce | None = None,
     unbiased: bool = True,
 ) -> Tensor:
-    """Normalise ``x`` to unit variance (and zero mean if ``shift_mean``) over its masked entries.
+    """Normalise ``x`` to unit variance (and zero mean if ``shift_mean``) over its (masked) entries.
 
     Args:
-        x: [B, T] (or any shape) values, e.g. GAE advantages.
-        mask: same shape as ``x``; only set entries enter the statistics.
+        x: [N] (or any shape) values, e.g. GAE advantages.
+        mask: same shape as ``x``; only set entries enter the statistics. None: every entry (flat tokens).
         shift_mean: subtract the mean (True for advantages; False keeps the mean, used for reward whitening).
         all_reduce: sums a tensor over the ranks whose entries share the statistics (e.g. all DP ranks of
             one rollout batch). None = statistics of this tensor only.
@@ -78,6 +120,8 @@ def whiten(
     Returns:
         float32 tensor shaped like ``x``, zero at masked-out positions.
     """
+    if mask is None:
+        mask = torch.ones_like(x, dtype=torch.bool)
     check_same_shape(x=x, mask=mask)
     mean, var = masked_mean_var(x, mask, unbiased=unbiased, all_reduce=all_reduce)
     out = (x.float() - mean) * torch.rsqrt(var + WHITEN_EPS)
@@ -91,17 +135,17 @@ def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, std_norm
     """Group-relative advantages (GRPO): each score minus its group's mean, divided by the group's std.
 
     Args:
-        scores: [B] one scalar reward per response, B = prompts * group_size, the ``group_size`` samples
+        scores: [S] one scalar reward per response, S = prompts * group_size, the ``group_size`` samples
             of a prompt contiguous (as produced by ``repeat_interleave`` of the prompts).
         group_size: K samples per prompt (>= 2: one sample has no group to be relative to).
         eps: added to the std so a group whose scores are all equal gets advantage 0, not NaN.
         std_normalize: divide by the (unbiased) group std; False gives Dr. GRPO's mean-centred scores.
 
     Returns:
-        [B] float32 advantages, one per response; broadcast over its tokens by the loss.
+        [S] float32 advantages, one per response (``adv[seq_idx]`` broadcasts them over the tokens).
     """
     if scores.dim() != 1:
-        raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
+        raise ValueError(f"scores must be [S], got shape {tuple(scores.shape)}")
     if group_size < 2:
         raise ValueError(f"group_size={group_size}: GRPO needs at least 2 samples per prompt")
     if scores.numel() % group_size:
@@ -113,4 +157,16 @@ def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, std_norm
     return adv.view(-1)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., object]] = {"gae": gae, "grpo": grpo_advantages}
+@register_advantage("gae")
+def gae_estimator(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    """PPO (Tülu 3): GAE over ``token_rewards`` and ``values``; returns are the value targets."""
+    if inputs.token_rewards is None or inputs.values is None:
+        raise ValueError("advantage estimator 'gae' needs token_rewards and values (a value model)")
+    return gae(inputs.token_rewards, inputs.values, inputs.seq_idx, inputs.num_seqs, inputs.gamma, inputs.lam)
+
+
+@register_advantage("grpo")
+def grpo_estimator(inputs: AdvantageInputs) -> tuple[Tensor, None]:
+    """GRPO: group-normalised ``scores`` (``grpo_advantages``), the same advantage on every token of a response."""
+    check_seq_idx(inputs.seq_idx, inputs.seq_idx.numel(), inputs.num_seqs)
+    return grpo_advantages(inputs.scores, inputs.group_size)[inputs.seq_idx], None

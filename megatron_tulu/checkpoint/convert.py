@@ -33,7 +33,7 @@ def training_checkpoint_to_hf(ckpt, out, dtype=None):
     from megatron_tulu.models.build import ModelOptions, build_model
     from megatron_tulu.models.presets import LlamaPreset
     from megatron_tulu.parallel import ParallelDims, init_distributed
-    from megatron_tulu.trainers import checkpointing
+    from megatron_tulu.checkpoint import distributed as checkpointing
 
     path, state = checkpointing.resolve(ckpt)
     if "preset" not in state:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             preset = preset_from_hf_config(reader.config, name=str(args.hf))
             out = save_rank_files(reader, preset, args.out, args.tp, args.pp, dtype=DTYPES[args.dtype])
         else:
-            from megatron_tulu.trainers.checkpointing import is_training_checkpoint
+            from megatron_tulu.checkpoint.distributed import is_training_checkpoint
 
             if is_training_checkpoint(args.ckpt):
                 out = training_checkpoint_to_hf(args.ckpt, args.out, dtype=DTYPES[args.dtype])

@@ -203,8 +203,9 @@ def read_rank_meta(ckpt: str | Path) -> dict:
     return json.loads(f.read_text())
 
 
-def load_rank_file(model, ckpt: str | Path) -> None:
-    """Load the converter's per-rank file for this rank; the TP/PP layout must match the checkpoint's."""
+def load_rank_file(model, ckpt: str | Path, backbone_only: bool = False) -> None:
+    """Load the converter's per-rank file for this rank; the TP/PP layout must match the checkpoint's.
+    ``backbone_only``: the model's head is not the LM head (a scalar head keeps its own init)."""
     from safetensors.torch import load_file
 
     meta = read_rank_meta(ckpt)
@@ -224,7 +225,10 @@ def load_rank_file(model, ckpt: str | Path) -> None:
     state = load_file(str(f))
     with torch.no_grad():
         seen = set()
-        for local, _, p in named_local_params(model):
+        for local, glob, p in named_local_params(model):
+            if backbone_only and glob == "output_layer.weight":
+                seen.update(k for k in state if k.endswith("output_layer.weight"))
+                continue
             if local not in state:
                 raise KeyError(f"{f}: missing tensor {local!r}")
             if state[local].shape != p.shape:

@@ -121,3 +121,10 @@ def block_causal_mask(cu_seqlens: Sequence[int], seq_len: int):
     same = seg[:, None] == seg[None, :]
     causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
     return same & causal
+
+
+def packed_attention_mask(cu_seqlens_rows: list[list[int]], seq_len: int):
+    """Megatron attention mask ``[B, 1, S, S]`` (True = masked) that is causal within each packed document."""
+    import torch
+
+    return torch.stack([~block_causal_mask(cu, seq_len) for cu in cu_seqlens_rows]).unsqueeze(1)

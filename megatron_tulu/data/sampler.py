@@ -90,6 +90,22 @@ def shard_batch(batch: Sequence[int], dp_rank: int, dp_size: int) -> list[int]:
     return list(batch[dp_rank * per: (dp_rank + 1) * per])
 
 
+def split_microbatches(items: list, size: int) -> list[list]:
+    """``items`` cut into consecutive micro-batches of ``size`` (raises when they do not divide)."""
+    if len(items) % size:
+        raise ValueError(f"{len(items)} examples do not split into micro-batches of {size}")
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def shift_targets(labels):
+    """Next-token targets ``[B, T]``: position t predicts labels[t+1]; the last position is ignored."""
+    import torch
+
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
 def collate(examples: Sequence[dict], pad_id: int, pad_to_multiple_of: int = 1, max_len: int | None = None) -> dict:
     """Right-pad tokenized examples into tensors.
 

@@ -13,20 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def make_engine(ckpt: str, engine: str = "auto", tp: int = 1):
-    """vLLM when installed (or asked), else TorchEngine. fp32 on CPU."""
-    if engine in ("auto", "vllm"):
-        try:
-            from megatron_tulu.rollout.vllm_engine import VLLMEngine
-
-            return VLLMEngine(ckpt, tensor_parallel_size=tp, dtype="float32")
-        except ImportError:
-            if engine == "vllm":
-                raise
-    from megatron_tulu.rollout.torch_engine import TorchEngine
-
-    return TorchEngine(ckpt)
+from megatron_tulu.rollout.factory import make_engine
 
 
 def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = None, engine=None,
@@ -40,7 +27,7 @@ def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = Non
 
     tok = load_tokenizer(tokenizer or ckpt)
     own = engine is None
-    engine = engine or make_engine(ckpt)
+    engine = engine or make_engine("auto", ckpt)
     results = {}
     try:
         for task in tasks:
@@ -72,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the results JSON here too")
     args = ap.parse_args(argv)
-    engine = make_engine(args.ckpt, args.engine)
+    engine = make_engine(args.engine, args.ckpt)
     res = evaluate(args.ckpt, args.tasks.split(","), args.data, args.tokenizer, engine=engine,
                    max_new_tokens=args.max_new_tokens, limit=args.limit)
     engine.shutdown()

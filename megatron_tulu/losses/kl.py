@@ -44,12 +44,12 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:
     """Per-token KL(π || π_ref) estimate.
 
     Args:
-        logp: [B, T] log π of the sampled tokens (the policy that generated them, or the one being trained).
-        ref_logp: [B, T] log π_ref of the same tokens.
+        logp: log π of the sampled tokens, any shape ([N] flat tokens in the RL loop).
+        ref_logp: log π_ref of the same tokens, same shape.
         kind: "k1", "k2" or "k3" (see the module docstring).
 
     Returns:
-        [B, T] estimates, float32 or wider. Padding is NOT masked here: callers mask.
+        estimates shaped like ``logp``, float32 or wider (elementwise: nothing is masked here).
     """
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"kl kind={kind!r} unknown; choose one of {sorted(KL_ESTIMATORS)}")
@@ -58,21 +58,23 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:
 
 
 @torch.no_grad()
-def logprob_mismatch(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def logprob_mismatch(rollout_logp: Tensor, trainer_logp: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
     """How far the rollout engine's logprobs are from the trainer's for the same sampled tokens.
 
     The early warning for broken weight sync or kernels: with correct sync both see the same weights and the
     numbers are ~1e-3 (bf16 noise); a broken sync shows up as O(1).
 
     Args:
-        rollout_logp: [B, T] logprobs returned by the engine (vLLM/TorchEngine) while sampling.
-        trainer_logp: [B, T] logprobs of the same tokens from the trainer's forward pass (same weights).
-        mask: [B, T] 1 for real response tokens.
+        rollout_logp: [N] (or [B, T]) logprobs returned by the engine (vLLM/TorchEngine) while sampling.
+        trainer_logp: logprobs of the same tokens from the trainer's forward pass (same weights), same shape.
+        mask: 1 for real response tokens, same shape; None: every entry is a real token (flat tokens).
 
     Returns:
         dict of 0-dim float32 tensors: ``mean_abs_diff`` (mean |Δ logprob| per token), ``max_abs_diff``, and
         ``kl`` = k3 estimate of KL(rollout || trainer) averaged per token (tokens were sampled by the rollout).
     """
+    if mask is None:
+        mask = torch.ones_like(rollout_logp, dtype=torch.bool)
     check_same_shape(rollout_logp=rollout_logp, trainer_logp=trainer_logp, mask=mask)
     diff = (rollout_logp.float() - trainer_logp.float()).abs()
     return {

@@ -43,6 +43,9 @@ class ModelOptions:
     document_masks: bool = False
     """The model is fed dense block-causal masks (packed SFT rows under context parallelism); rules out the TE spec,
     see :func:`resolve_impl`."""
+    head: str = "lm"
+    """Output head of the last stage (``models.llama.HEADS``): ``lm`` logits, ``hidden`` states for the fused
+    logprob kernel (``model.use_fused_logprob``), or ``scalar`` (value / reward model)."""
 
 
 def have_transformer_engine() -> bool:
@@ -247,14 +250,13 @@ def build_model(
     Needs ``megatron_tulu.parallel.init_distributed`` first (megatron reads TP/PP/CP ranks from its global
     state; the context-parallel size is its CP group's). ``pre_process``/``post_process`` default to "this chunk
     holds the embedding / the head". Under context parallelism the chunk still takes full-length inputs
-    (``models.context_parallel.wrap_model_forward``).
+    (``models.llama.LlamaGPTModel``, whose head is ``opts.head``).
     """
     opts = opts or ModelOptions()
     from megatron.core import parallel_state as ps
-    from megatron.core.models.gpt import GPTModel
 
-    from megatron_tulu.models.context_parallel import cp_size, wrap_model_forward
-    from megatron_tulu.models.packed import wrap_packed_forward
+    from megatron_tulu.models.context_parallel import cp_size
+    from megatron_tulu.models.llama import LlamaGPTModel
 
     impl = resolve_impl(opts.impl, opts.document_masks)  # once: it may log why packed rows skip TE
     config = transformer_config(preset, tp, pp, opts, cp=cp_size(), impl=impl)
@@ -267,7 +269,9 @@ def build_model(
         post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     log.info("building %s with the %s layer spec (tp=%d %s cp=%d vp_stage=%s dtype=%s)", preset.name, impl, tp, split,
              config.context_parallel_size, vp_stage, config.params_dtype)
-    model = GPTModel(
+    model = LlamaGPTModel(
+        head=opts.head,
+        true_vocab_size=preset.vocab_size,  # padded rows are masked by models.logprobs
         config=config,
         transformer_layer_spec=layer_spec(impl, config, vp_stage),
         vocab_size=padded_vocab_size(preset.vocab_size, tp),
@@ -282,9 +286,6 @@ def build_model(
         parallel_output=True,
         vp_stage=vp_stage,
     )
-    model.true_vocab_size = preset.vocab_size  # padded rows are masked by models.logprobs
-    wrap_packed_forward(model)  # packed rows as one THD sequence
-    wrap_model_forward(model)  # context parallelism (outermost: it splits the full inputs)
     if platform.has_gpu():
         model.cuda(torch.cuda.current_device())
     return model

@@ -6,9 +6,9 @@ under a causal mask every rank does the same attention work.
 
 Data flow, all inside the model seam so the stages' loss functions never see it:
 
-- :func:`wrap_model_forward` makes a model chunk take the FULL ``input_ids [b, S]`` (and the optional
-  ``[b, 1, S, S]`` mask) and feed megatron only this rank's ``S / cp`` tokens (right-padding ``S`` to a
-  multiple of ``2 * cp`` first; padding sits after every real token, so causality hides it).
+- A model chunk (``models.llama.LlamaGPTModel``) takes the FULL ``input_ids [b, S]`` (and the optional
+  ``[b, 1, S, S]`` mask) and feeds megatron only this rank's ``S / cp`` tokens (:func:`local_inputs`: right-padding
+  ``S`` to a multiple of ``2 * cp`` first; padding sits after every real token, so causality hides it).
 - Attention: the local spec's core attention (``models.local_attention.LocalAttention``) all-gathers K and V
   over the CP group and attends this rank's queries to the whole sequence (Llama 3's all-gather CP). Any mask
   works, including packed SFT's block-causal one; the K/V gradient is reduce-scattered back. The TE spec uses
@@ -20,8 +20,6 @@ Data flow, all inside the model seam so the stages' loss functions never see it:
 """
 
 from __future__ import annotations
-
-import types
 
 import torch
 
@@ -66,7 +64,7 @@ def _seq_multiple(config) -> int:
 
 def schedule_seq_length(models, s: int) -> int:
     """The sequence length to hand megatron's schedule for full inputs of length ``s`` (its p2p buffers are
-    ``seq_length / cp`` long, so under CP it must be the padded length :func:`wrap_model_forward` runs)."""
+    ``seq_length / cp`` long, so under CP it must be the padded length :func:`local_inputs` cuts)."""
     config = (models[0] if isinstance(models, (list, tuple)) else models).config
     if config.context_parallel_size == 1:
         return s
@@ -83,30 +81,22 @@ def split_tokens(x: torch.Tensor, dim: int, s_pad: int, cp: int, rank: int, fill
     return x.index_select(dim, local_positions(s_pad, cp, rank, x.device))
 
 
-def wrap_model_forward(model) -> None:
-    """Make ``model(input_ids [b, S], position_ids, attention_mask [b, 1, S, S] | None)`` run this CP rank's
-    tokens (a no-op without CP). Only the inputs change; outputs are this rank's tokens, in its order."""
-    config = model.config
+def local_inputs(input_ids, position_ids, attention_mask, config):
+    """This CP rank's part of full inputs ``input_ids``/``position_ids`` ``[b, S]`` and ``attention_mask``
+    ``[b, 1, S, S]`` | None, after right-padding ``S`` to a multiple of ``2 * cp`` (padding sits after every real
+    token, so causality hides it). The mask keeps this rank's query rows and every key column, in global order."""
     cp = config.context_parallel_size
-    if cp == 1:
-        return
-    inner = model.forward
-
-    def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
-        ps = _ps()
-        rank = ps.get_context_parallel_rank()
-        s = input_ids.shape[1]
-        s_pad = padded_length(s, cp, _seq_multiple(config))
-        input_ids = split_tokens(input_ids, 1, s_pad, cp, rank)
-        if position_ids is not None:
-            position_ids = split_tokens(position_ids, 1, s_pad, cp, rank)
-        if attention_mask is not None:  # rows: this rank's queries; columns: every key, in global order
-            if s_pad > s:
-                attention_mask = torch.nn.functional.pad(attention_mask, (0, s_pad - s, 0, s_pad - s), value=True)
-            attention_mask = attention_mask.index_select(2, local_positions(s_pad, cp, rank, attention_mask.device))
-        return inner(input_ids, position_ids, attention_mask, *args, **kwargs)
-
-    model.forward = types.MethodType(forward, model)
+    rank = _ps().get_context_parallel_rank()
+    s = input_ids.shape[1]
+    s_pad = padded_length(s, cp, _seq_multiple(config))
+    input_ids = split_tokens(input_ids, 1, s_pad, cp, rank)
+    if position_ids is not None:
+        position_ids = split_tokens(position_ids, 1, s_pad, cp, rank)
+    if attention_mask is not None:
+        if s_pad > s:
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, s_pad - s, 0, s_pad - s), value=True)
+        attention_mask = attention_mask.index_select(2, local_positions(s_pad, cp, rank, attention_mask.device))
+    return input_ids, position_ids, attention_mask
 
 
 def gather_tokens(x: torch.Tensor, s: int) -> torch.Tensor:

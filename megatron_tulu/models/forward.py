@@ -95,7 +95,7 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
     ``forward(model, batch) -> output`` runs on every stage; ``reduce(batch, output) -> tensor`` runs on the
     last stage and its results are returned there (an empty list on other stages).
     """
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron_tulu.models.training import run_schedule
 
     collected: list[torch.Tensor] = []
 
@@ -114,13 +114,5 @@ def forward_only_map(model, microbatches: list[dict], forward, reduce) -> list[t
     seq_length, micro_batch_size = schedule_shape(models, microbatches[0])
     microbatches, data_iter = schedule_inputs(models, microbatches, forward_only=True)
     with torch.no_grad():
-        get_forward_backward_func()(
-            forward_step_func=step,
-            data_iterator=data_iter,
-            model=models,
-            num_microbatches=len(microbatches),
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-        )
+        run_schedule(models, step, data_iter, len(microbatches), seq_length, micro_batch_size, forward_only=True)
     return collected[:n]

@@ -116,27 +116,6 @@ def gather_vocab(logits: torch.Tensor, true_vocab_size: int | None = None, group
     return logits
 
 
-def enable_fused_logprob_head(model) -> None:
-    """Make the last pipeline stage return final hidden states ``[b, s, d]`` instead of logits.
-
-    The output layer keeps its weight (same parameter name, so checkpoints, export and weight sync are
-    unchanged); :func:`token_logprobs` then computes log-probs with the fused Triton linear+logprob kernel,
-    which never materialises the fp32 ``[tokens, vocab]`` logits. The kernel all-reduces the hidden-state
-    gradient over TP itself, so the layer's usual copy-to-TP-region is skipped here on purpose.
-    """
-    import types
-
-    m = model_chunks(model)[-1]  # the chunk holding the output layer
-    if not getattr(m, "post_process", False):
-        return
-
-    def hidden_forward(self, input_, weight=None, runtime_gather_output=None):  # noqa: ARG001
-        return full_sequence(input_, m.config), None
-
-    m.output_layer.forward = types.MethodType(hidden_forward, m.output_layer)
-    m.fused_logprob_head = True
-
-
 def full_sequence(hidden: torch.Tensor, config) -> torch.Tensor:
     """Final hidden states ``[s, b, d]`` over the whole sequence. Under sequence parallelism each TP rank holds
     ``s / tp`` of them: all-gather; the backward takes this rank's slice of the incoming gradient (not a
@@ -156,8 +135,8 @@ def token_logprobs(output: torch.Tensor, targets: torch.Tensor, model, true_voca
     (``model``: the chunk that produced it, or the rank's chunk list). Under context parallelism the output holds
     this rank's ``s / cp`` tokens; the log-probs come back as full rows (``models.context_parallel``).
 
-    ``output`` is vocab-parallel logits, or hidden states when :func:`enable_fused_logprob_head` was applied
-    to ``model`` (then the fused kernel runs against the output-layer weight shard).
+    ``output`` is vocab-parallel logits, or hidden states when ``model`` was built with ``head="hidden"``
+    (``models.llama``; then the fused kernel runs against the output-layer weight shard).
     """
     from megatron_tulu.models.context_parallel import gather_tokens, local_targets
 

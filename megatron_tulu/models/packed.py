@@ -3,8 +3,8 @@ dense ``[b, 1, S, S]`` mask.
 
 This is the format Transformer Engine's attention honours (TE ignores a dense mask under the ``causal`` mask type),
 and RoPE restarts its positions at each document. A micro-batch ``[b, S]`` of packed rows runs as one THD sequence
-of ``t = b * S`` tokens (megatron's THD path has batch 1): :func:`wrap_packed_forward` flattens the rows on the way
-in and restores ``[b, S, ...]`` on the last stage's output; the pipeline schedule sees ``(t, micro-batch 1)``
+of ``t = b * S`` tokens (megatron's THD path has batch 1): ``models.llama.LlamaGPTModel.forward`` flattens the rows on
+the way in and restores ``[b, S, ...]`` on the last stage's output; the pipeline schedule sees ``(t, micro-batch 1)``
 (:func:`models.forward.schedule_shape`). The local spec reads the same parameters
 (``models.local_attention.LocalAttention``: one causal attention per document), so the CPU tests run this exact
 data path; only TE's kernel is container-only. Context parallelism with packed rows keeps the dense mask (local
@@ -12,8 +12,6 @@ spec only).
 """
 
 from __future__ import annotations
-
-import types
 
 import torch
 
@@ -35,24 +33,3 @@ def packed_seq_params(cu_seqlens_rows: list[list[int]], seq_len: int, device=Non
     longest = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
                            max_seqlen_kv=longest)
-
-
-def wrap_packed_forward(model) -> None:
-    """Let ``model(input_ids [b, S], position_ids, None, packed_seq_params=p)`` run the ``b`` rows as one THD
-    sequence: inputs flattened to ``[1, b * S]``, the last stage's output ``[1, b * S, ...]`` viewed back as
-    ``[b, S, ...]`` (other stages pass ``[b * S, 1, h]`` hidden states, which is what the schedule expects)."""
-    inner = model.forward
-
-    def forward(self, input_ids, position_ids, attention_mask, *args, packed_seq_params=None, **kwargs):
-        if packed_seq_params is None:
-            return inner(input_ids, position_ids, attention_mask, *args, **kwargs)
-        if attention_mask is not None:
-            raise ValueError("packed rows take packed_seq_params or a dense attention mask, not both")
-        b, s = input_ids.shape
-        flat = lambda x: None if x is None else x.reshape(1, b * s)  # noqa: E731
-        out = inner(flat(input_ids), flat(position_ids), None, *args, packed_seq_params=packed_seq_params, **kwargs)
-        if self.post_process and isinstance(out, torch.Tensor):
-            out = out.view(b, s, *out.shape[2:])
-        return out
-
-    model.forward = types.MethodType(forward, model)

@@ -39,11 +39,6 @@ def model_flops_utilization(preset: LlamaPreset, seq: int, tokens_per_s_per_gpu:
     return flops_per_token(preset, seq) * tokens_per_s_per_gpu / (peak_tflops * 1e12)
 
 
-def forward_flops_per_token(preset: LlamaPreset, seq: int, causal: bool = True) -> float:
-    """Forward-only FLOPs per token (reference model, old log-probs, value forward): a third of training."""
-    return flops_per_token(preset, seq, causal) / 3.0
-
-
 def load_calibration(path: str | Path, gpu: str | None = None, precision: str = "bf16") -> float:
     """Median measured MFU from a JSON results file: a list of records (or ``{"results": [...]}``) with an
     ``mfu`` field, optionally ``gpu`` and ``precision`` to filter on. Records that say ``not_measured`` (FP8

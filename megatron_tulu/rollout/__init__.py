@@ -1,6 +1,8 @@
 """Rollout engines (the one seam to vLLM) and trainer -> engine weight sync.
 
 - :mod:`.base`: ``SamplingConfig``, ``Generation``, ``RolloutEngine`` (the interface the RLVR driver uses)
+- :mod:`.factory`: ``make_engine(kind, model_dir, ...)``, the one factory every caller starts engines with
+- :mod:`.ray_engines`: ``RayEngineGroup`` (engines as Ray actors in a placement group)
 - :mod:`.torch_engine`: ``TorchEngine`` (transformers + KV cache; no vLLM needed)
 - :mod:`.vllm_engine`: ``VLLMEngine`` (imports vLLM lazily, inside the class)
 - :mod:`.vllm_worker_ext`: the vLLM worker extension that receives broadcast weights
@@ -10,5 +12,6 @@ Importing this package never imports vLLM.
 """
 
 from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
+from megatron_tulu.rollout.factory import make_engine
 
-__all__ = ["Generation", "RolloutEngine", "SamplingConfig"]
+__all__ = ["Generation", "RolloutEngine", "SamplingConfig", "make_engine"]

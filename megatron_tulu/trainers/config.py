@@ -159,3 +159,36 @@ class DataConfig:
     """Tokenized-dataset cache (default: run_dir/../data_cache)."""
     eval_mixture: dict[str, Any] = field(default_factory=dict)
     """Held-out data for the stage's eval metric (optional)."""
+
+
+@dataclass
+class ClusterConfig:
+    """The SLURM allocation a job of this config runs on. The config owns it (with the layout), so the job planner
+    (``megatron_tulu.plan.jobs``) derives node roles, trainer ranks and engine slots from here; the stage's
+    ``slurm/<stage>_<size>.sh`` states the same numbers in its ``#SBATCH`` header, and ``DRY_RUN=1`` (and the job
+    itself, before anything starts) fails naming both numbers when they disagree."""
+
+    nodes: int = 1
+    """Nodes in the job (``#SBATCH --nodes``)."""
+    gpus_per_node: int = 8
+    """GPUs per node (``#SBATCH --gpus-per-node``), one SLURM task each; 0 = a CPU-only job (CI, laptop)."""
+    tasks_per_node: int = 0
+    """SLURM tasks (processes) per node (``#SBATCH --ntasks-per-node``): 0 = one per GPU, which is the only
+    choice on GPU jobs; a CPU-only job must set it (one trainer process, or RLVR engine slot, per task)."""
+    gpu: str = "h100-80gb"
+    """Accelerator the planner's memory verdict is for (a key of ``megatron_tulu.plan.hardware.GPUS``)."""
+
+    def validate(self) -> None:
+        """Ranges and the one-task-per-GPU rule; raises ``ValueError`` naming the field."""
+        from megatron_tulu.config import check_at_least, check_choice
+        from megatron_tulu.plan.hardware import GPUS
+
+        check_at_least("cluster.nodes", self.nodes, 1)
+        check_at_least("cluster.gpus_per_node", self.gpus_per_node, 0)
+        check_at_least("cluster.tasks_per_node", self.tasks_per_node, 0)
+        check_choice("cluster.gpu", self.gpu, tuple(GPUS))
+        if self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node):
+            raise ValueError(f"cluster.tasks_per_node={self.tasks_per_node} must be 0 or cluster.gpus_per_node="
+                             f"{self.gpus_per_node} (one task per GPU)")
+        if not self.gpus_per_node and not self.tasks_per_node:
+            raise ValueError("cluster.gpus_per_node=0 (a CPU-only job) needs cluster.tasks_per_node >= 1")

@@ -21,12 +21,12 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu import platform
-from megatron_tulu.data.sampler import IGNORE_INDEX, collate_preference
+from megatron_tulu.data.sampler import IGNORE_INDEX, collate_preference, shift_targets, split_microbatches
 from megatron_tulu.losses.dpo import NEEDS_REFERENCE, get_dpo_loss
 from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
-from megatron_tulu.trainers.sft import DataStageMixin, shift_targets, split_microbatches
+from megatron_tulu.trainers.task import DataStageMixin, Task
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected"]
 
@@ -120,7 +120,7 @@ def sequence_logps(output: torch.Tensor, targets: torch.Tensor, vocab: int, mode
     return (lp * valid).sum(-1), valid.sum(-1)
 
 
-class DPOTask(DataStageMixin):
+class DPOTask(DataStageMixin, Task):
     metric_names = ["loss_sum", "pairs"] + METRICS
 
     def __init__(self, cfg: DPOConfig):

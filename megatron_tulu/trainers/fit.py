@@ -1,9 +1,11 @@
-"""The one training loop (``fit``) shared by pretraining, SFT and DPO; RLVR calls ``train_step`` directly.
+"""The one training loop shared by every stage: ``Trainer.run_steps`` (preemption, checkpoint cadence, evaluation,
+export, summary) around a step function; ``fit`` runs it with ``data_step`` (pretraining, SFT, DPO), RLVR with its
+rollout step (``trainers.rlvr.loop``), which calls ``train_step`` for the policy and the value model.
 
-A stage differs by its :class:`Task`: how it builds its dataset, cuts a global batch into micro-batches, and
-computes the loss on the last pipeline stage. The loop itself: resume -> for each step (sample global batch
--> this DP rank's micro-batches -> megatron forward/backward schedule -> optimizer step -> LR schedule ->
-metrics -> checkpoint / preemption) -> final checkpoint -> HF export.
+A stage differs by its :class:`~megatron_tulu.trainers.task.Task`: how it builds its dataset, cuts a global batch
+into micro-batches, and computes the loss on the last pipeline stage. The loop itself: resume -> for each step
+(sample global batch -> this DP rank's micro-batches -> megatron forward/backward schedule -> optimizer step -> LR
+schedule -> metrics -> checkpoint / preemption) -> final checkpoint -> evaluation -> HF export.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,38 +26,14 @@ from megatron_tulu.config import to_dict
 from megatron_tulu.parallel import ParallelDims, init_distributed
 from megatron_tulu.plan.throughput import model_flops_utilization
 from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionWatcher
-from megatron_tulu.trainers import checkpointing
+from megatron_tulu.checkpoint import distributed as checkpointing
 from megatron_tulu.trainers.config import (
-    CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig,
+    CheckpointConfig, ClusterConfig, LoggingConfig, ModelConfig, OptimConfig, ParallelConfig, TrainConfig,
 )
 from megatron_tulu.trainers.metrics import MetricsLogger
+from megatron_tulu.trainers.task import Task
 
 log = logging.getLogger(__name__)
-
-
-class Task(Protocol):
-    """What a stage plugs into the loop."""
-
-    metric_names: list[str]
-    """Names of the per-micro-batch SUM metrics ``loss_fn`` returns (reduced over micro-batches and DP)."""
-
-    def setup(self, trainer: "Trainer") -> int:
-        """Build/load data; return the number of training examples (rows)."""
-
-    def microbatches(self, indices: list[int], trainer: "Trainer") -> list[dict]:
-        """This DP rank's examples ``indices`` as micro-batches of tensors (each with ``input_ids`` [b, S])."""
-
-    def denominator(self, microbatches: list[dict]) -> float:
-        """This rank's contribution to the loss normaliser (summed over DP)."""
-
-    def forward(self, model, batch: dict) -> torch.Tensor:
-        """Run the model on one micro-batch; returns the output tensor (logits on the last stage)."""
-
-    def loss_fn(self, batch: dict, output: torch.Tensor, trainer: "Trainer") -> tuple[torch.Tensor, dict]:
-        """On the last stage: (summed loss of the micro-batch, {metric_name: summed value})."""
-
-    def finalize(self, sums: dict[str, float], denom: float) -> dict[str, float]:
-        """Turn reduced sums into the step's logged metrics (must include ``loss``)."""
 
 
 @dataclass
@@ -72,6 +50,7 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> None:
         """Choices and ranges of the shared fields (``load_config`` calls it; stages extend it); raises
@@ -92,6 +71,7 @@ class StageConfig:
         check_choice("train.loss_reduction", t.loss_reduction, ("sum", "mean"))
         check_choice("checkpoint.optimizer_sharding", self.checkpoint.optimizer_sharding,
                      ("fully_reshardable", "dp_reshardable"))
+        self.cluster.validate()
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -116,6 +96,7 @@ class Trainer:
         self.preset = preset
         self.model = None
         self.optimizer = None
+        self.sampler = None
         self.peak_tflops = 0.0  # dense BF16 peak of a known GPU: metrics then carry an MFU estimate
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -126,14 +107,6 @@ class Trainer:
             ParallelDims(tp=cfg.parallel.tp, pp=cfg.parallel.pp, cp=cfg.parallel.cp, vpp=cfg.parallel.vpp),
             timeout_s=cfg.parallel.timeout_s,
         )
-        from megatron.core import parallel_state as ps
-
-        self.dp_rank = ps.get_data_parallel_rank()
-        self.is_last_stage = ps.is_pipeline_last_stage()
-        self.tp_rank = ps.get_tensor_model_parallel_rank()
-        # the one rank per model replica that reports the last stage's per-micro-batch results: TP and CP peers
-        # hold the same (replicated) losses and metrics
-        self.reports_results = self.is_last_stage and self.tp_rank == 0 and ps.get_context_parallel_rank() == 0
         if platform.has_gpu():
             from megatron_tulu.plan.hardware import gpu_from_device_name
 
@@ -145,8 +118,7 @@ class Trainer:
         from megatron_tulu.trainers.model_setup import build_trainable
 
         self.model, self.optimizer = build_trainable(self)
-        if hasattr(self.task, "after_model"):  # e.g. DPO's reference pre-pass, with the initial weights
-            self.task.after_model(self)
+        self.task.after_model(self)  # e.g. DPO's reference pre-pass, with the initial weights
         from megatron_tulu.data.sampler import EpochSampler
 
         self.sampler = EpochSampler(self.num_examples, cfg.train.global_batch_size, seed=cfg.train.seed)
@@ -181,22 +153,35 @@ class Trainer:
             path = checkpointing.find_resume(self.ckpt_root)
         elif mode not in ("none", "", None):
             path = Path(mode)
-        if path is None:
-            return
+        if path is not None:
+            self.resume_from(path)
+
+    def resume_from(self, path: Path) -> None:
+        """Load model, optimizer, step, data position and task state from the checkpoint at ``path``."""
         state = checkpointing.load(path, self.model, self.optimizer, self.cfg.checkpoint.optimizer_sharding)
         self.step = int(state["step"])
-        self.sampler.load_state_dict(state["sampler"])
-        if hasattr(self.task, "load_state_dict") and "task" in state:
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        if "task" in state:
             self.task.load_state_dict(state["task"])
         if dist.get_rank() == 0:
             print(f"[megatron-tulu] resumed from {path} at step {self.step}", file=sys.stderr, flush=True)
 
+    def setup_beside(self, other: "Trainer", build: Callable[["Trainer"], tuple[list, object]]) -> None:
+        """Set up a second model on ``other``'s ranks (the PPO value model): the same ``ParallelDims``, batch layout
+        and step count; its own model and optimizer from ``build(self)``, checkpointed under its own ``ckpt_root``
+        by ``save`` and resumed at ``other``'s step by ``resume_from``, as any trainer."""
+        self.dims, self.num_microbatches, self.total_steps = other.dims, other.num_microbatches, other.total_steps
+        self.peak_tflops, self.sampler = other.peak_tflops, None
+        self.model, self.optimizer = build(self)
+        if other.step > 0:
+            self.resume_from(self.ckpt_root / checkpointing.step_dir_name(other.step))
+
     # ---- one optimizer step -----------------------------------------------------------------------
     def train_step(self, microbatches: list[dict], denom: float, lr: float) -> dict[str, float]:
         """Forward/backward over ``microbatches`` with megatron's schedule, then an optimizer step."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         from megatron_tulu.models.forward import schedule_inputs, schedule_shape
+        from megatron_tulu.models.training import run_schedule
 
         task = self.task
         # undo the schedule's /M and DDP's /dp (under CP the schedule's x cp and DDP's / (dp x cp) also cancel)
@@ -219,15 +204,8 @@ class Trainer:
             g["lr"] = lr
         seq, micro_batch_size = schedule_shape(self.model, microbatches[0])
         microbatches, data_iter = schedule_inputs(self.model, microbatches, forward_only=False)
-        outs = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=data_iter,
-            model=self.model,
-            num_microbatches=len(microbatches),
-            seq_length=seq,
-            micro_batch_size=micro_batch_size,
-            forward_only=False,
-        )
+        outs = run_schedule(self.model, forward_step, data_iter, len(microbatches), seq, micro_batch_size,
+                            forward_only=False)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise FloatingPointError(f"optimizer step {self.step} was skipped (non-finite gradients)")
@@ -251,47 +229,67 @@ class Trainer:
         return dict(zip(names, vec.tolist()))
 
     def all_reduce_dp(self, value: float) -> float:
-        from megatron.core import parallel_state as ps
-
+        """``value`` summed over the data-parallel replicas."""
         t = torch.tensor([value], dtype=torch.float64, device=platform.device())
-        if self.dims.dp > 1:
-            dist.all_reduce(t, group=ps.get_data_parallel_group())
-        return float(t.item())
+        return float(self.dims.all_reduce_dp(t).item())
+
+    # this process's place in the layout (``ParallelDims``, filled once by ``init_distributed``)
+    dp_rank = property(lambda self: self.dims.dp_rank)
+    tp_rank = property(lambda self: self.dims.tp_rank)
+    is_last_stage = property(lambda self: self.dims.is_last_stage)
+    reports_results = property(lambda self: self.dims.reports_results)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Set up (unless done), then train on the task's batches until ``total_steps`` (``run_steps``)."""
         # Installed before setup: a SIGTERM/SIGUSR1 while data and weights load (minutes at scale) must not kill
         # the job with the default action (no checkpoint, no requeue code); it stops at the first step boundary.
         watcher = PreemptionWatcher()
         if self.model is None:
             self.setup()
-        cfg = self.cfg
-        last = {}
-        t_start = time.time()
-        if hasattr(self.task, "evaluate") and self.step == 0:
-            self.metrics.log_eval(0, self.task.evaluate(self))
-        try:
-            while self.step < self.total_steps:
-                indices = self.sampler.next_batch()
-                from megatron_tulu.data.sampler import shard_batch
+        return self.run_steps(self.data_step, watcher=watcher)
 
-                local = shard_batch(indices, self.dp_rank, self.dims.dp)
-                mbs = self.task.microbatches(local, self)
-                denom = self.all_reduce_dp(self.task.denominator(mbs))
-                t0 = time.time()
-                last = self.train_step(mbs, denom, lr_at(self.step, self.total_steps, cfg.optim))
-                self.step += 1
-                tokens = sum(int(mb["input_ids"].numel()) for mb in mbs) * self.dims.dp
-                last.update(step=self.step, step_time_s=time.time() - t0, tokens_per_s=tokens / max(time.time() - t0, 1e-9))
-                if self.peak_tflops:
-                    seq = int(mbs[0]["input_ids"].shape[1])
-                    last["mfu"] = model_flops_utilization(self.preset, seq, last["tokens_per_s"] / self.dims.world,
-                                                          self.peak_tflops)
+    def data_step(self) -> dict[str, float]:
+        """One optimizer step on the sampler's next global batch (this DP rank's share, the task's micro-batches)."""
+        from megatron_tulu.data.sampler import shard_batch
+
+        local = shard_batch(self.sampler.next_batch(), self.dp_rank, self.dims.dp)
+        mbs = self.task.microbatches(local, self)
+        denom = self.all_reduce_dp(self.task.denominator(mbs))
+        t0 = time.time()
+        out = self.train_step(mbs, denom, lr_at(self.step, self.total_steps, self.cfg.optim))
+        self.step += 1
+        elapsed = max(time.time() - t0, 1e-9)
+        tokens = sum(int(mb["input_ids"].numel()) for mb in mbs) * self.dims.dp
+        out.update(step=self.step, step_time_s=elapsed, tokens_per_s=tokens / elapsed)
+        if self.peak_tflops:
+            seq = int(mbs[0]["input_ids"].shape[1])
+            out["mfu"] = model_flops_utilization(self.preset, seq, out["tokens_per_s"] / self.dims.world, self.peak_tflops)
+        return out
+
+    def run_steps(self, step_fn: Callable[[], dict], save: Callable[[], object] | None = None,
+                  watcher: PreemptionWatcher | None = None) -> dict:
+        """The loop skeleton every stage shares (``fit`` and RLVR): call ``step_fn`` (one optimizer step; it
+        advances ``self.step`` and returns the step's metrics) until ``total_steps``; log each step; checkpoint
+        every ``checkpoint.interval`` steps, at the end, and on SIGTERM/SIGUSR1 (then exit with the requeue code);
+        evaluate before the first and after the last step; export to HF; write the run summary.
+
+        ``save`` replaces ``self.save`` (RLVR also checkpoints its value model and rewinds the sampler over
+        batches generated ahead)."""
+        save = save or self.save
+        watcher = watcher or PreemptionWatcher()
+        interval = self.cfg.checkpoint.interval
+        last: dict = {}
+        t_start = time.time()
+        try:
+            if self.step == 0 and (evals := self.task.evaluate(self)):
+                self.metrics.log_eval(0, evals)
+            while self.step < self.total_steps:
+                last = step_fn()
                 self.metrics.log(self.step, last)
                 stop = watcher.requested()
-                interval = cfg.checkpoint.interval
-                if stop or (interval and self.step % interval == 0 and self.step < self.total_steps):
-                    self.save()
+                if stop or (interval and self.step % interval == 0):
+                    save()
                 if stop:
                     if dist.get_rank() == 0:
                         print(f"[megatron-tulu] {watcher.signal_name}: checkpointed step {self.step}; exiting "
@@ -299,11 +297,11 @@ class Trainer:
                     self.metrics.close()
                     raise SystemExit(REQUEUE_EXIT_CODE)
             if not (self.ckpt_root / checkpointing.step_dir_name(self.step)).exists():
-                self.save()
-            if hasattr(self.task, "evaluate"):
-                last.update(self.task.evaluate(self))
+                save()
+            if evals := self.task.evaluate(self):
+                last.update(evals)
                 self.metrics.log_eval(self.step, last)
-            if cfg.checkpoint.export_hf:
+            if self.cfg.checkpoint.export_hf:
                 self.export_hf(self.run_dir / "hf")
         finally:
             watcher.restore()
@@ -315,10 +313,10 @@ class Trainer:
     def save(self) -> Path:
         # the model's shape, tokenizer and HF extras travel with the weights, so `convert mcore-to-hf` needs no config
         tokenizer_dir, extra = self._hf_meta()
-        state = {"sampler": self.sampler.state_dict(), "total_steps": self.total_steps, "preset": self.preset.to_dict(),
+        state = {"sampler": self.sampler.state_dict() if self.sampler is not None else {},
+                 "total_steps": self.total_steps, "preset": self.preset.to_dict(),
                  "tokenizer_dir": tokenizer_dir, "hf_extra_config": extra}
-        if hasattr(self.task, "state_dict"):
-            state["task"] = self.task.state_dict()
+        state["task"] = self.task.state_dict()
         return checkpointing.save(
             self.ckpt_root, self.step, self.model, self.optimizer, state,
             sharding=self.cfg.checkpoint.optimizer_sharding, keep_last=self.cfg.checkpoint.keep_last,
@@ -326,7 +324,7 @@ class Trainer:
 
     def _hf_meta(self) -> tuple[str | None, dict]:
         """The task's tokenizer dir and extra HF config entries (what an HF export of this model carries)."""
-        return getattr(self.task, "tokenizer_dir", None), getattr(self.task, "hf_extra_config", lambda: {})()
+        return self.task.tokenizer_dir, self.task.hf_extra_config()
 
     def export_hf(self, out: Path) -> None:
         from megatron_tulu.checkpoint.model_io import export_hf

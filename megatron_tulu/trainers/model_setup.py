@@ -42,57 +42,42 @@ def trainer_pipeline_split(trainer) -> PipelineSplit:
 
 
 def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp: bool = True, customize=None,
-                       split: PipelineSplit | None = None):
+                       split: PipelineSplit | None = None, head: str | None = None):
     """This rank's model chunks (one per virtual pipeline stage, the list megatron's schedules take), with
     initial weights. ``split``: the layer split (default: the trainer's, :func:`trainer_pipeline_split`).
+    ``head``: the last stage's head (``models.llama.HEADS``; default ``hidden`` with ``model.use_fused_logprob``,
+    else ``lm``); a ``scalar`` head loads the checkpoint's backbone only.
 
-    ``customize(chunk)`` runs on each chunk after the weights are loaded and before DDP wrapping (e.g. a value
-    head on the chunk that has ``post_process``)."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-
+    ``customize(chunk)`` runs on each chunk after the weights are loaded and before DDP wrapping (e.g. loading a
+    reward model's score head)."""
     from megatron_tulu.checkpoint.model_io import load_hf_into_model, load_rank_file
     from megatron_tulu.models.build import ModelOptions, build_model
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
                         sequence_parallel=cfg.sequence_parallel,
-                        document_masks=bool(getattr(trainer.task, "packed", False)) and trainer.dims.cp > 1)
+                        document_masks=trainer.task.packed and trainer.dims.cp > 1,
+                        head=head or ("hidden" if cfg.use_fused_logprob else "lm"))
     split = split or trainer_pipeline_split(trainer)
     stages = list(range(split.vpp)) if split.vpp > 1 else [None]
     chunks = [build_model(preset, trainer.dims.tp, split, opts, vp_stage=v) for v in stages]
+    backbone_only = opts.head == "scalar"
     if cfg.init_hf:
-        load_hf_into_model(chunks, cfg.init_hf, preset)
+        load_hf_into_model(chunks, cfg.init_hf, preset, backbone_only=backbone_only)
     elif cfg.init_mcore:
-        from megatron_tulu.trainers import checkpointing
+        from megatron_tulu.checkpoint import distributed as checkpointing
 
         if checkpointing.is_training_checkpoint(cfg.init_mcore):  # dist_checkpointing: any TP/PP it was saved at
-            checkpointing.load_model_weights(cfg.init_mcore, chunks)
+            checkpointing.load_model_weights(cfg.init_mcore, chunks, backbone_only=backbone_only)
         else:  # the converter's per-rank files (same TP/PP)
-            load_rank_file(chunks, cfg.init_mcore)
+            load_rank_file(chunks, cfg.init_mcore, backbone_only=backbone_only)
     for model in chunks:
-        if cfg.use_fused_logprob:
-            from megatron_tulu.models.logprobs import enable_fused_logprob_head
-
-            enable_fused_logprob_head(model)
         if customize is not None:
             customize(model)
     if not wrap_ddp:
         return chunks
-    from megatron.core.distributed import finalize_model_grads
+    from megatron_tulu.models.training import wrap_ddp
 
-    ddp_cfg = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=trainer.cfg.parallel.use_distributed_optimizer,
-    )
-    # as megatron's training loop: only the first chunk's buffer is bucketed (the others reduce in one piece)
-    wrapped = [DistributedDataParallel(config=m.config, ddp_config=ddp_cfg, module=m, disable_bucketing=i > 0)
-               for i, m in enumerate(chunks)]
-    no_sync = wrapped[0].no_sync if len(wrapped) == 1 else [d.no_sync for d in wrapped]
-    for m, ddp in zip(chunks, wrapped):
-        m.config.finalize_model_grads_func = finalize_model_grads
-        m.config.no_sync_func = no_sync
-        ddp.true_vocab_size = preset.vocab_size
-    return wrapped
+    return wrap_ddp(chunks, trainer.cfg.parallel.use_distributed_optimizer, preset.vocab_size)
 
 
 def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
@@ -102,48 +87,27 @@ def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
     policy was built with (``train.seed`` and the model-parallel tracker's), in a forked RNG: a resume restores
     the RNG of the checkpoint, so a plain second build would give a different "initial" model after a resume
     than in the uninterrupted run."""
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
     from megatron_tulu import platform
+    from megatron_tulu.models.training import freeze, model_parallel_rng_restored
     from megatron_tulu.parallel import seed_model_parallel_rng
 
     if cfg.init_hf or cfg.init_mcore:
-        chunks = build_model_chunks(trainer, cfg, preset, wrap_ddp=False)
-    else:
-        tracker = get_cuda_rng_tracker()
-        saved = tracker.get_states()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if platform.has_gpu() else []):
-            platform.seed_everything(trainer.cfg.train.seed)
-            seed_model_parallel_rng()
-            chunks = build_model_chunks(trainer, cfg, preset, wrap_ddp=False)
-        tracker.set_states(saved)
-    for chunk in chunks:
-        for p in chunk.parameters():
-            p.requires_grad_(False)
-    return chunks
+        return freeze(build_model_chunks(trainer, cfg, preset, wrap_ddp=False))
+    with model_parallel_rng_restored(), \
+            torch.random.fork_rng(devices=[torch.cuda.current_device()] if platform.has_gpu() else []):
+        platform.seed_everything(trainer.cfg.train.seed)
+        seed_model_parallel_rng()
+        return freeze(build_model_chunks(trainer, cfg, preset, wrap_ddp=False))
 
 
 def build_optimizer(trainer, chunks):
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron_tulu.models.training import megatron_optimizer
 
-    o = trainer.cfg.optim
-    cfg = OptimizerConfig(
-        optimizer="adam",
-        lr=o.lr,
-        min_lr=o.lr * o.min_lr_ratio,
-        weight_decay=o.weight_decay,
-        adam_beta1=o.beta1,
-        adam_beta2=o.beta2,
-        adam_eps=o.eps,
-        clip_grad=o.clip_grad,
-        bf16=chunks[0].module.config.bf16 if hasattr(chunks[0], "module") else False,
-        use_distributed_optimizer=trainer.cfg.parallel.use_distributed_optimizer,
-    )
-    return get_megatron_optimizer(cfg, chunks)
+    return megatron_optimizer(chunks, trainer.cfg.optim, trainer.cfg.parallel.use_distributed_optimizer)
 
 
 def build_trainable(trainer):
-    preset = resolve_preset(trainer.cfg.model, getattr(trainer.task, "vocab_size", None))
+    preset = resolve_preset(trainer.cfg.model, trainer.task.vocab_size)
     trainer.preset = preset
     chunks = build_model_chunks(trainer, trainer.cfg.model, preset)
     return chunks, build_optimizer(trainer, chunks)

@@ -8,15 +8,15 @@ batch is cut into micro-batches or spread over DP ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from megatron_tulu.data.sampler import IGNORE_INDEX, collate
+from megatron_tulu.data.packing import packed_attention_mask
+from megatron_tulu.data.sampler import IGNORE_INDEX, collate, shift_targets, split_microbatches
 from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
+from megatron_tulu.trainers.task import DataStageMixin, Task
 
 
 @dataclass
@@ -28,59 +28,7 @@ class SFTConfig(StageConfig):
     """``sft`` (chat messages, loss on assistant tokens) or ``text`` (pretraining, loss on every token)."""
 
 
-def shift_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Next-token targets ``[B, T]``: position t predicts labels[t+1]; the last position is ignored."""
-    out = torch.full_like(labels, IGNORE_INDEX)
-    out[:, :-1] = labels[:, 1:]
-    return out
-
-
-def packed_attention_mask(cu_seqlens_rows: list[list[int]], seq_len: int) -> torch.Tensor:
-    """Megatron attention mask ``[B, 1, S, S]`` (True = masked) that is causal within each packed document."""
-    from megatron_tulu.data.packing import block_causal_mask
-
-    return torch.stack([~block_causal_mask(cu, seq_len) for cu in cu_seqlens_rows]).unsqueeze(1)
-
-
-def split_microbatches(items: list, size: int) -> list[list]:
-    if len(items) % size:
-        raise ValueError(f"{len(items)} examples do not split into micro-batches of {size}")
-    return [items[i: i + size] for i in range(0, len(items), size)]
-
-
-class DataStageMixin:
-    """Tokenizer + tokenized dataset shared by the SFT and DPO tasks (rank 0 builds the cache first)."""
-
-    def load_tokenizer(self, data: DataConfig):
-        from megatron_tulu.data.tokenizer import load_tokenizer
-
-        if not data.tokenizer:
-            raise ValueError("data.tokenizer is empty: give the HF tokenizer directory")
-        self.tokenizer = load_tokenizer(data.tokenizer)
-        self.tokenizer_dir = data.tokenizer
-        self.vocab_size = len(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-
-    def build(self, trainer, kind: str, mixture: dict, max_len: int | None):
-        from megatron_tulu.data.loaders import build_dataset, mixture_from_dict
-
-        data = self.cfg.data
-        if not mixture:
-            raise ValueError(f"data.mixture is empty for the {kind} stage")
-        cache = Path(data.cache_dir or Path(trainer.run_dir) / "data_cache")
-        mix = mixture_from_dict(dict(mixture))
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        if rank == 0:
-            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
-        if dist.is_initialized():
-            dist.barrier()
-        if rank != 0:
-            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
-        self.data_report = report
-        return ds
-
-
-class SFTTask(DataStageMixin):
+class SFTTask(DataStageMixin, Task):
     metric_names = ["loss_sum", "tokens", "sequences"]
 
     def __init__(self, cfg: SFTConfig):
@@ -97,7 +45,6 @@ class SFTTask(DataStageMixin):
             rows = [{"input_ids": r["input_ids"], "labels": r.get("labels", r["input_ids"])} for r in ds]
             packed = pack_sft(rows, cfg.train.seq_length, self.pad_id)
             self.rows = packed.rows
-            self.packing_stats = packed.stats
         else:
             self.rows = ds
         return len(self.rows)

@@ -1,11 +1,17 @@
-"""GAE, whitening and GRPO advantages against hand-computed values."""
+"""GAE, whitening and GRPO advantages against hand-computed values.
+
+The estimators take flat response tokens (``losses.flat``); the GAE cases are written as padded grids (garbage in
+the padding) and flattened with their mask, and the results are put back on the grid (zero at padding)."""
 
 import threading
 
 import pytest
 import torch
 
-from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS, gae, grpo_advantages, whiten
+from megatron_tulu.algorithms import (
+    ADVANTAGE_ESTIMATORS, AdvantageInputs, gae, grpo_advantages, register_advantage, whiten,
+)
+from megatron_tulu.losses.flat import flatten
 
 GARBAGE = 123.0  # written into padded positions: it must never reach a result
 
@@ -18,8 +24,17 @@ def _two_rows():
     return rewards, values, mask
 
 
+def gae_grid(rewards, values, mask, **kw):
+    """``gae`` on the flattened grids, results back on the grid (zero where ``mask`` is not set)."""
+    r, seq_idx = flatten(rewards, mask)
+    adv, ret = gae(r, flatten(values, mask)[0], seq_idx, mask.shape[0], **kw)
+    out = [torch.zeros(mask.shape), torch.zeros(mask.shape)]
+    out[0][mask.bool()], out[1][mask.bool()] = adv, ret
+    return tuple(out)
+
+
 def test_gae_hand_computed_gamma1_lam095():
-    adv, ret = gae(*_two_rows(), gamma=1.0, lam=0.95)
+    adv, ret = gae_grid(*_two_rows(), gamma=1.0, lam=0.95)
     # row 0: δ2 = 1 - .7 = .3 ; δ1 = 0 + .7 - .6 = .1 ; δ0 = 0 + .6 - .5 = .1
     a2 = 0.3
     a1 = 0.1 + 0.95 * a2
@@ -33,7 +48,7 @@ def test_gae_hand_computed_gamma1_lam095():
 
 def test_gae_hand_computed_discounted():
     g, lam = 0.9, 0.5
-    adv, _ = gae(*_two_rows(), gamma=g, lam=lam)
+    adv, _ = gae_grid(*_two_rows(), gamma=g, lam=lam)
     a2 = 1.0 - 0.7
     a1 = (0.0 + g * 0.7 - 0.6) + g * lam * a2
     a0 = (0.0 + g * 0.6 - 0.5) + g * lam * a1
@@ -47,7 +62,7 @@ def test_gae_lam1_returns_are_reward_to_go():
     torch.manual_seed(0)
     rewards, values = torch.randn(4, 6), torch.randn(4, 6)
     mask = (torch.arange(6) < torch.tensor([[6], [4], [1], [3]])).int()
-    _, ret = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    _, ret = gae_grid(rewards, values, mask, gamma=1.0, lam=1.0)
     r = rewards * mask
     to_go = r.flip(1).cumsum(1).flip(1) * mask
     torch.testing.assert_close(ret, to_go)
@@ -58,8 +73,8 @@ def test_gae_mask_hole_is_skipped():
     rewards = torch.tensor([[0.0, GARBAGE, 0.0, 1.0]])
     values = torch.tensor([[0.5, GARBAGE, 0.6, 0.7]])
     mask = torch.tensor([[1, 0, 1, 1]])
-    adv, _ = gae(rewards, values, mask)
-    ref, _ = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3))
+    adv, _ = gae_grid(rewards, values, mask)
+    ref, _ = gae_grid(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.7]]), torch.ones(1, 3))
     torch.testing.assert_close(adv[:, [0, 2, 3]], ref)
     assert adv[0, 1] == 0
 
@@ -137,7 +152,27 @@ def test_grpo_advantages_hand_values():
     torch.testing.assert_close(
         grpo_advantages(scores, 4, std_normalize=False), torch.tensor([5.0, -5, -5, 5, 0, 0, 0, 0])
     )
-    assert ADVANTAGE_ESTIMATORS["grpo"] is grpo_advantages and ADVANTAGE_ESTIMATORS["gae"] is gae
+    # through the registry: the same advantage on every token of a response
+    seq_idx = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 7])
+    adv_tok, returns = ADVANTAGE_ESTIMATORS["grpo"](AdvantageInputs(seq_idx=seq_idx, num_seqs=8, scores=scores,
+                                                                    group_size=4))
+    torch.testing.assert_close(adv_tok, adv[seq_idx])
+    assert returns is None
+    with pytest.raises(ValueError, match="registered twice"):
+        register_advantage("gae")(lambda inputs: (inputs.scores, None))
+
+
+def test_gae_estimator_reads_rewards_and_values():
+    rewards, values, mask = _two_rows()
+    (r, seq_idx), v = flatten(rewards, mask), flatten(values, mask)[0]
+    inputs = AdvantageInputs(seq_idx=seq_idx, num_seqs=2, scores=torch.zeros(2), token_rewards=r, values=v,
+                             gamma=0.9, lam=0.5)
+    adv, ret = ADVANTAGE_ESTIMATORS["gae"](inputs)
+    expected = gae(r, v, seq_idx, 2, gamma=0.9, lam=0.5)
+    torch.testing.assert_close(adv, expected[0])
+    torch.testing.assert_close(ret, expected[1])
+    with pytest.raises(ValueError, match="value model"):
+        ADVANTAGE_ESTIMATORS["gae"](AdvantageInputs(seq_idx=seq_idx, num_seqs=2, scores=torch.zeros(2)))
 
 
 def test_grpo_advantages_bad_input():
@@ -145,5 +180,5 @@ def test_grpo_advantages_bad_input():
         grpo_advantages(torch.zeros(5), group_size=2)
     with pytest.raises(ValueError, match="at least 2"):
         grpo_advantages(torch.zeros(4), group_size=1)
-    with pytest.raises(ValueError, match=r"\[B\]"):
+    with pytest.raises(ValueError, match=r"\[S\]"):
         grpo_advantages(torch.zeros(2, 2), group_size=2)

@@ -44,6 +44,7 @@ def test_smoke_session_runs_every_step_and_leaves_at_most_8_files(tmp_path):
     assert "torch" in log and "===== kernels" in log
 
 
+@pytest.mark.slow
 def test_runner_times_out_a_step_keeps_going_and_stops_at_the_total_budget(tmp_path, monkeypatch):
     gs = _load("gpu_session")
     py = sys.executable

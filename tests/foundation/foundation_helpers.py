@@ -314,7 +314,7 @@ def rank_packed_vs_separate(hf_dir, docs, seq_len):
     from megatron_tulu.models.build import ModelOptions, build_model
     from megatron_tulu.models.packed import packed_seq_params
     from megatron_tulu.parallel import ParallelDims, init_distributed
-    from megatron_tulu.trainers.sft import packed_attention_mask
+    from megatron_tulu.data.packing import packed_attention_mask
 
     init_distributed(ParallelDims(world=1))
     preset = preset_from_hf_config(HFReader(hf_dir).config)

@@ -83,6 +83,7 @@ def dist_results(hf_dirs, tmp_path_factory):
             "mismatch_error": out["mismatch_error"]}
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_loading_from_hf(dist_results):
     rows = [(k, d) for k, d in dist_results["diffs"] if k[3] == "hf"]
     assert {(k[1], k[2]) for k, _ in rows} == set(LAYOUTS)
@@ -92,6 +93,7 @@ def test_logits_match_transformers_loading_from_hf(dist_results):
     assert not bad, f"logits differ from transformers by more than {TOL}: {bad}"
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_from_offline_rank_files(dist_results):
     rows = [(k, d) for k, d in dist_results["diffs"] if k[3] == "rank_files"]
     assert len(rows) == len(LAYOUTS) + len(CONFIGS) - 1
@@ -100,6 +102,7 @@ def test_logits_match_transformers_from_offline_rank_files(dist_results):
     assert not bad, f"logits differ from transformers by more than {TOL}: {bad}"
 
 
+@pytest.mark.slow
 def test_iter_hf_tensors_from_live_tp_pp_models_is_bit_exact(dist_results, hf_dirs):
     for (_, _, tp, pp), got, metas in zip(dist_results["export_jobs"], dist_results["iter"], dist_results["metas"]):
         # the weight sync's up-front metadata (preset only) is exactly the stream, in order, at this layout
@@ -113,6 +116,7 @@ def test_iter_hf_tensors_from_live_tp_pp_models_is_bit_exact(dist_results, hf_di
             assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), f"{hf_dir}: {k} differs"
 
 
+@pytest.mark.slow
 def test_export_hf_from_live_model_is_bit_exact_and_loads_in_transformers(dist_results):
     from megatron_tulu.checkpoint.hf_io import preset_from_hf_config
 
@@ -130,6 +134,7 @@ def test_export_hf_from_live_model_is_bit_exact_and_loads_in_transformers(dist_r
         assert not list(Path(export_dir).parent.glob(f".{Path(export_dir).name}.tmp-*"))
 
 
+@pytest.mark.slow
 def test_load_rank_file_with_other_layout_names_both_layouts(dist_results):
     msg = dist_results["mismatch_error"]
     assert msg is not None, "loading tp=1 pp=1 rank files into a tp=2 pp=2 model did not raise ValueError"

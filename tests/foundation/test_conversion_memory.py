@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import foundation_helpers as fh
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # measures converters in fresh processes
 
 MEASURE = r"""
 import json, re, sys, threading, time

@@ -24,6 +24,7 @@ def _info(name: str) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_info_params_equal_transformers_published_counts(name):
     out = _info(name)
@@ -36,6 +37,7 @@ def test_info_params_equal_transformers_published_counts(name):
     assert out["head_dim"] == 128
 
 
+@pytest.mark.slow
 def test_info_tiny_and_formula_agree_for_tied_and_gqa_variants():
     out = _info("tiny")
     tiny = get_preset("tiny")

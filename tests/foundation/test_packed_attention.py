@@ -6,11 +6,13 @@ context-parallel path) and as THD ``cu_seqlens`` (the default path, the one TE h
 document there). The unmasked run of the same row is the control that shows the check can fail.
 """
 
+import pytest
 import torch
 
 import foundation_helpers as fh
 
 
+@pytest.mark.slow
 def test_packed_row_logits_equal_each_document_alone(tmp_path):
     from megatron_tulu.models.presets import get_preset
     from megatron_tulu.testing import run_distributed

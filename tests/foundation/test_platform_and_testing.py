@@ -19,6 +19,7 @@ from megatron_tulu.testing import run_distributed
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_cpu_shim_makes_cuda_calls_work_in_a_worker():
     out = run_distributed(fh.rank_platform_checks, world_size=1, timeout_s=300)[0]
     assert out["setup_again"] == "cpu"  # idempotent
@@ -49,6 +50,7 @@ def test_platform_refuses_an_unknown_device():
         platform.setup("tpu")
 
 
+@pytest.mark.slow
 def test_run_distributed_propagates_a_rank_exception_with_its_traceback():
     with pytest.raises(RuntimeError) as info:
         run_distributed(fh.rank_raise_on_one, world_size=2, timeout_s=300)
@@ -58,6 +60,7 @@ def test_run_distributed_propagates_a_rank_exception_with_its_traceback():
     assert not mp.active_children()
 
 
+@pytest.mark.slow
 def test_run_distributed_raises_timeout_for_a_hanging_rank():
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within 12"):

@@ -92,6 +92,7 @@ def _compare(grads, ref, tol):
     return errs[worst]
 
 
+@pytest.mark.slow
 def test_tiny_preset_layouts_give_the_same_loss(results, hf_reference):
     losses = [lay["loss"] for lay in results["layouts"]]
     print("summed token loss per layout", dict(zip(LAYOUTS, losses)), "transformers", hf_reference["loss"])
@@ -101,6 +102,7 @@ def test_tiny_preset_layouts_give_the_same_loss(results, hf_reference):
     assert abs(losses[0] - hf_reference["loss"]) <= 1e-5 * abs(hf_reference["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("idx", range(1, len(LAYOUTS)), ids=LAYOUT_IDS)
 def test_tiny_preset_grads_match_tp1(results, idx):
     base = results["layouts"][0]["grads"]
@@ -109,12 +111,14 @@ def test_tiny_preset_grads_match_tp1(results, idx):
     print(f"{LAYOUTS[idx]}: worst relative grad error vs TP=1: {worst:.2e}")
 
 
+@pytest.mark.slow
 def test_tiny_preset_tp1_grads_match_transformers(results, hf_reference):
     worst = _compare(results["layouts"][0]["grads"], hf_reference["grads"], 1e-4)
     print(f"TP=1 vs transformers: worst relative grad error {worst:.2e}")
     assert any(float(g.abs().max()) > 0 for g in hf_reference["grads"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp", [2, 4])
 def test_vocab_parallel_logprobs_with_padding_and_temperature(results, tp):
     full, targets = results["case"]

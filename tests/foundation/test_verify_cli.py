@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import foundation_helpers as fh
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # three CLI processes (convert, verify twice), ~16 s on 2 cores
 
 
 def _run(*args):

@@ -22,6 +22,7 @@ def test_no_benchmark_module_shadows_a_top_level_package():
     assert not shadowing, f"benchmarks/ modules named like top-level packages: {shadowing}"
 
 
+@pytest.mark.slow
 def test_fused_head_rows_run_with_the_repository_on_pythonpath(tmp_path):
     """The way gpu_session.py runs train_throughput.py: PYTHONPATH holds the repository root."""
     out = tmp_path / "tt.json"

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from bench_loader import ROOT
 
 # Runs train_throughput's main in a child (it sets up a process group) with run_config made to run out of
@@ -24,6 +25,7 @@ sys.exit(tt.main(["--smoke", "--precision", "bf16", "--logprob", "plain", "fused
 """
 
 
+@pytest.mark.slow
 def test_an_oom_row_is_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "tt.json"
     code = DRIVER.format(tests=str(ROOT / "tests" / "gpu_readiness"), out=str(out))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from bench_loader import load_benchmark
 
+pytestmark = pytest.mark.slow  # process trees started and killed
+
 # The step starts a grandchild that would sleep a minute, records its pid, then waits or exits.
 STEP = r"""
 import subprocess, sys, time

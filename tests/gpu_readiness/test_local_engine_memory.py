@@ -39,7 +39,7 @@ def test_the_planner_names_what_does_not_fit_beside_the_trainer():
 
 def test_a_local_engine_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch):
     from megatron_tulu import platform
-    from megatron_tulu.trainers import rlvr_driver
+    from megatron_tulu.trainers.rlvr import loop as rlvr_driver
 
     monkeypatch.setattr(platform, "has_gpu", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
@@ -77,7 +77,7 @@ class _Recorder:
     (0, ["step", "sync", "probe_check"]),
 ])
 def test_the_engine_sleeps_while_the_trainer_steps_and_wakes_for_the_sync(level, expected):
-    from megatron_tulu.trainers.rlvr_driver import RLVRDriver
+    from megatron_tulu.trainers.rlvr.loop import RLVRDriver
 
     log = []
     driver = object.__new__(RLVRDriver)  # the loop's step sequence alone: no model, no engine process

@@ -46,9 +46,9 @@ def peer(tmp_path):
 
 
 def _ray_group_over(sync_group):
-    """The RLVR path (trainers.ray_engines.RayEngineGroup.update_weights) without Ray: its sync group is the
+    """The RLVR path (rollout.ray_engines.RayEngineGroup.update_weights) without Ray: its sync group is the
     real one over the fake engine."""
-    from megatron_tulu.trainers.ray_engines import RayEngineGroup
+    from megatron_tulu.rollout.ray_engines import RayEngineGroup
 
     g = RayEngineGroup.__new__(RayEngineGroup)
     g.kind, g._sync, g.actors, g.timeout_s = "vllm", sync_group, [], 10.0

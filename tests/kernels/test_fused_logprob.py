@@ -220,6 +220,7 @@ def _tp2_check(group, n, d, v, temperature):
     return dict(lp=lp_err, dh=dh_err, dw=dw_err, ent=ent_err, lp_full=lp_full_err, ent_grad=ent_grad_err)
 
 
+@pytest.mark.slow
 def test_tp2_vocab_parallel_matches_megatron():
     results = run_distributed(_tp2_vs_megatron, world_size=2, args=(24, 16, 100, (1.0, 0.6)), timeout_s=240)
     for rank, by_temp in enumerate(results):

@@ -1,16 +1,31 @@
-"""KL estimators, PPO/GRPO policy loss clipping, clipped value loss, rollout/trainer mismatch."""
+"""KL estimators, PPO/GRPO policy loss clipping, clipped value loss, rollout/trainer mismatch.
+
+The losses take flat response tokens (``losses.flat``); the cases are written as padded grids and flattened with
+their mask, so a gradient that reached a padded position would show in the grid's ``.grad``."""
 
 import math
 
 import pytest
 import torch
 
+from megatron_tulu.losses.flat import flatten
 from megatron_tulu.losses.kl import KL_ESTIMATORS, kl_estimate, logprob_mismatch
 from megatron_tulu.losses.ppo import (
-    POLICY_LOSSES, aggregate, grpo_policy_loss, ppo_policy_loss, truncated_is_weights, value_loss,
+    POLICY_LOSSES, aggregate, grpo_policy_loss, ppo_policy_loss, register_policy_loss, truncated_is_weights, value_loss,
 )
 
 EPS = 0.2
+
+
+def flat(mask, *grids):
+    """The grids' entries at ``mask`` as [N] tensors (None stays None), then ``seq_idx`` and ``num_seqs``."""
+    return (*[None if g is None else flatten(g, mask)[0] for g in grids], flatten(mask, mask)[1], mask.shape[0])
+
+
+def policy(name, logp, old, adv, mask, ref_logp=None, is_weights=None, **kw):
+    """POLICY_LOSSES[name] on the flattened grids."""
+    lp, o, a, ref, w, seq_idx, s = flat(mask, logp, old, adv, ref_logp, is_weights)
+    return POLICY_LOSSES[name](lp, o, a, seq_idx, num_seqs=s, ref_logp=ref, is_weights=w, **kw)
 
 
 # ---- KL estimators -------------------------------------------------------------------------------------
@@ -76,7 +91,7 @@ def _policy_case():
 
 def test_ppo_clip_zero_gradient_where_clipped():
     logp, old, adv, mask = _policy_case()
-    loss, metrics = ppo_policy_loss(logp, old, adv, mask, clip_eps=EPS)
+    loss, metrics = policy("ppo", logp, old, adv, mask, clip_eps=EPS)
     loss.backward()
     g = logp.grad[0]
     # A>0, ρ>1+ε: clipped (no incentive to push further) ; A>0, ρ<1-ε: not clipped, pushed up
@@ -98,7 +113,7 @@ def test_ppo_on_policy_is_plain_policy_gradient():
     logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
     adv = torch.tensor([[2.0, -1.0, 100.0]])
     mask = torch.tensor([[1, 1, 0]])
-    loss, m = ppo_policy_loss(logp, logp.detach(), adv, mask)
+    loss, m = policy("ppo", logp, logp.detach(), adv, mask)
     loss.backward()
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, 0.5, 0.0]]))
     assert m["clipfrac"] == 0 and m["approx_kl"] == 0
@@ -106,19 +121,24 @@ def test_ppo_on_policy_is_plain_policy_gradient():
 
 def test_clip_higher():
     logp, old, adv, mask = _policy_case()
-    _, m = ppo_policy_loss(logp, old, adv, mask, clip_eps=EPS, clip_eps_high=0.6)
+    _, m = policy("ppo", logp, old, adv, mask, clip_eps=EPS, clip_eps_high=0.6)
     assert m["clipfrac"] == 0.25  # token 0 (ρ = 1.5 < 1.6) is no longer clipped; token 2 still is
 
 
 def test_reductions():
     loss_mat = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    assert aggregate(loss_mat, mask, "token-mean") == 10.0 / 4
-    assert aggregate(loss_mat, mask, "token-sum") == 10.0
-    assert aggregate(loss_mat, mask, "seq-mean-token-mean") == (2.0 + 4.0) / 2
-    assert aggregate(loss_mat, mask, "seq-mean-token-sum") == (6.0 + 4.0) / 2
+    loss_tok, seq_idx, s = flat(mask, loss_mat)
+    assert aggregate(loss_tok, seq_idx, "token-mean", s) == 10.0 / 4
+    assert aggregate(loss_tok, seq_idx, "token-sum", s) == 10.0
+    assert aggregate(loss_tok, seq_idx, "seq-mean-token-mean", s) == (2.0 + 4.0) / 2
+    assert aggregate(loss_tok, seq_idx, "seq-mean-token-sum", s) == (6.0 + 4.0) / 2
+    # a response without tokens still counts in the per-response means when num_seqs says so
+    assert aggregate(loss_tok, seq_idx, "seq-mean-token-sum", 3) == (6.0 + 4.0) / 3
     with pytest.raises(ValueError, match="reduction"):
-        aggregate(loss_mat, mask, "mean")
+        aggregate(loss_tok, seq_idx, "mean", s)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        aggregate(loss_tok, seq_idx.flip(0), "token-sum", s)
 
 
 def test_grpo_loss_adds_kl_term_and_takes_sequence_advantages():
@@ -129,9 +149,10 @@ def test_grpo_loss_adds_kl_term_and_takes_sequence_advantages():
     mask = (torch.arange(5) < torch.tensor([[5], [3], [4], [1]])).int()
     adv = torch.tensor([1.0, -1.0, 0.5, 0.0])
     beta = 0.04
-    loss, m = grpo_policy_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=beta)
+    seq_adv = adv[:, None].expand(4, 5)  # a response's advantage on each of its tokens
+    loss, m = policy("grpo", logp, old, seq_adv, mask, ref_logp=ref, kl_coef=beta)
     # same as PPO with per-token broadcast advantages, plus β·mean k3
-    pg, _ = ppo_policy_loss(logp, old, adv[:, None].expand(4, 5), mask)
+    pg, _ = policy("ppo", logp, old, seq_adv, mask)
     k3 = kl_estimate(logp, ref, "k3")
     torch.testing.assert_close(loss, pg + beta * (k3 * mask).sum() / mask.sum())
     torch.testing.assert_close(m["pg_loss"], pg.detach())
@@ -139,8 +160,10 @@ def test_grpo_loss_adds_kl_term_and_takes_sequence_advantages():
     loss.backward()
     assert logp.grad[mask == 0].abs().sum() == 0
     assert POLICY_LOSSES["grpo"] is grpo_policy_loss and POLICY_LOSSES["ppo"] is ppo_policy_loss
+    with pytest.raises(ValueError, match="registered twice"):
+        register_policy_loss("ppo")(ppo_policy_loss)
     with pytest.raises(ValueError, match="ref_logp"):
-        grpo_policy_loss(logp, old, adv, mask)
+        policy("grpo", logp, old, seq_adv, mask)
 
 
 # ---- value loss ----------------------------------------------------------------------------------------
@@ -155,7 +178,8 @@ def test_value_loss_clipping():
     # token 3: inside the clip range -> plain squared error
     values = torch.tensor([[0.5, -0.5, 0.5, 0.1]], requires_grad=True)
     mask = torch.ones(1, 4)
-    loss, m = value_loss(values, old, ret, mask, clip_eps=0.2)
+    v, o, r, seq_idx, s = flat(mask, values, old, ret)
+    loss, m = value_loss(v, o, r, seq_idx, num_seqs=s, clip_eps=0.2)
     per_tok = [(0.2 - 1.0) ** 2, (-0.5 - 1.0) ** 2, (0.5 + 1.0) ** 2, (0.1 - 0.05) ** 2]
     torch.testing.assert_close(loss, torch.tensor(0.5 * sum(per_tok) / 4))
     loss.backward()
@@ -168,7 +192,7 @@ def test_value_loss_clipping():
 
 def test_value_loss_ignores_padding():
     values = torch.tensor([[0.3, 9.0]], requires_grad=True)
-    loss, _ = value_loss(values, torch.tensor([[0.3, 0.0]]), torch.tensor([[0.5, -9.0]]), torch.tensor([[1, 0]]))
+    loss, _ = value_loss(*flat(torch.tensor([[1, 0]]), values, torch.tensor([[0.3, 0.0]]), torch.tensor([[0.5, -9.0]]))[:4])
     torch.testing.assert_close(loss, torch.tensor(0.5 * 0.2**2))
     loss.backward()
     assert values.grad[0, 1] == 0
@@ -178,11 +202,12 @@ def test_truncated_is_weights_cap_and_mask():
     old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
     rollout = torch.tensor([[-1.5, -1.0, -3.0, -3.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    w = truncated_is_weights(old, rollout, mask, cap=2.0)
-    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), 2.0, 1.0]])  # exp(2.5) capped; masked -> 1
+    o, r, _, _ = flat(mask, old, rollout)
+    w = truncated_is_weights(o, r, cap=2.0)
+    expected = torch.tensor([math.exp(0.5), math.exp(-1.0), 2.0])  # exp(2.5) capped
     assert torch.allclose(w, expected, atol=1e-6)
     with pytest.raises(ValueError, match="cap must be > 0"):
-        truncated_is_weights(old, rollout, mask, cap=0.0)
+        truncated_is_weights(o, r, cap=0.0)
 
 
 @pytest.mark.parametrize("name", ["ppo", "grpo"])
@@ -198,7 +223,7 @@ def test_is_weights_scale_each_tokens_policy_gradient(name):
 
     def grad(weights):
         logp = old.clone().requires_grad_(True)  # ratio 1: the unclipped term is active everywhere
-        loss, _ = POLICY_LOSSES[name](logp, old, adv, mask, is_weights=weights, **kw)
+        loss, _ = policy(name, logp, old, adv, mask, is_weights=weights, **kw)
         loss.backward()
         return loss.detach(), logp.grad
 

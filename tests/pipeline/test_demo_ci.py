@@ -30,10 +30,11 @@ def test_demo_ci_profile_produces_every_artifact(tmp_path):
     assert (out / "results.png").stat().st_size > 10_000
     # the demo evaluates every stage with ONE engine, loaded with each stage's weights through update_weights;
     # a fresh engine on the last stage's export must give the same answers
-    from megatron_tulu.eval.evaluate import evaluate, make_engine
+    from megatron_tulu.eval.evaluate import evaluate
+    from megatron_tulu.rollout import make_engine
 
     fresh = evaluate(str(out / "rlvr" / "hf"), TASKS, str(out / "data"), tokenizer=str(out / "data" / "tokenizer"),
-                     engine=make_engine(str(out / "rlvr" / "hf"), "torch"), limit=4)
+                     engine=make_engine("torch", str(out / "rlvr" / "hf")), limit=4)
     for t in TASKS:
         assert fresh[t]["accuracy"] == summary["results"]["rlvr"][t]["accuracy"], t
         assert fresh[t]["example"] == summary["results"]["rlvr"][t]["example"], t

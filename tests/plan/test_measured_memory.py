@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # measures training in fresh processes
 
 # Measured peak may exceed the estimate by optimizer temporaries, activations of a 32-token batch and
 # allocator slack, a roughly fixed ~40-60 MB here (measured ratio 1.07-1.10 for this 31M-parameter model; 1.10-1.15

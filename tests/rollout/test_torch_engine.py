@@ -106,3 +106,21 @@ def test_bad_inputs_name_the_field(model_dir):
         eng.generate([[5], []], SamplingConfig())
     with pytest.raises(ValueError, match=r"prompt_token_ids\[0\] has ids outside"):
         eng.generate([[5, 999]], SamplingConfig())
+
+
+def test_make_engine_is_the_one_factory(model_dir):
+    """``rollout.make_engine`` starts every engine: kind checked, ``auto`` resolved once, local vs Ray placement."""
+    from megatron_tulu.rollout import make_engine
+    from megatron_tulu.rollout.factory import resolve_engine_kind, vllm_available
+    from megatron_tulu.rollout.torch_engine import TorchEngine
+
+    engine = make_engine("torch", model_dir)
+    assert isinstance(engine, TorchEngine)
+    engine.shutdown()
+    assert resolve_engine_kind("auto") == ("vllm" if vllm_available() else "torch")
+    with pytest.raises(ValueError, match="engine kind must be auto\\|vllm\\|torch, got 'sglang'"):
+        make_engine("sglang", model_dir)
+    with pytest.raises(ValueError, match="num_engines=2: more than one engine needs placement=ray"):
+        make_engine("torch", model_dir, num_engines=2)
+    with pytest.raises(ValueError, match="placement must be local\\|ray"):
+        make_engine("torch", model_dir, placement="slurm")

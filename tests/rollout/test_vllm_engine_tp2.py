@@ -18,7 +18,7 @@ except Exception as e:  # only a missing/broken vLLM install skips; everything e
 from tiny_llama import load_reference, make_tiny_llama, perturbed_state
 from vllm_cases import *  # noqa: F401,F403  (the shared test bodies)
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(600)]  # slow: vLLM with 2 worker processes
 
 
 @pytest.fixture(scope="module")

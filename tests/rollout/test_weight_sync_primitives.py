@@ -61,6 +61,7 @@ def _spawn_receiver(port, world, rank, items, bucket_bytes, timeout_s, die_after
     return p, q
 
 
+@pytest.mark.slow
 def test_bucketed_broadcast_roundtrip_mixed_dtypes():
     items = _items()
     port = free_port()
@@ -79,6 +80,7 @@ def test_bucketed_broadcast_roundtrip_mixed_dtypes():
         assert sums[name] == pytest.approx(t.sum().item(), rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_streamed_send_pulls_one_bucket_at_a_time_and_checks_each_tensor():
     """With the metadata known up front the sender consumes a lazy stream: when a bucket goes out, it has
     pulled exactly that bucket's tensors (rank 0 never holds the model); a tensor that does not match its
@@ -116,6 +118,7 @@ def test_peer_that_never_joins_times_out():
     assert time.perf_counter() - t0 < 20
 
 
+@pytest.mark.slow
 def test_peer_dying_mid_sync_times_out_not_hangs():
     items = [(f"w{i}", torch.randn(64, 64)) for i in range(8)]  # 16 KiB each
     port = free_port()

@@ -1,9 +1,9 @@
-"""DRY_RUN plans of every slurm/ script: they print, and the GPU (or CPU-process) counts add up to the allocation."""
+"""DRY_RUN plans of every slurm/ script: they print, the GPU (or CPU-process) counts add up to the allocation, and
+the allocation is the config's (a script header, or SLURM inside a job, that disagrees fails naming both numbers)."""
 
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 import subprocess
@@ -12,20 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from launch import cluster
+from megatron_tulu.plan import jobs, ray_cluster
 from megatron_tulu.preemption import REQUEUE_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "slurm").glob("*_*.sh"))
 SCRIPTS = [s for s in SCRIPTS if not s.name.startswith("_")]
-STAGE_SIZES = [(s, z) for s in cluster.STAGES for z in cluster.SIZES]
+STAGE_SIZES = [(s, z) for s in jobs.STAGES for z in jobs.SIZES]
 
 
-def _dry_run(script: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def _dry_run(script: Path, extra_env: dict | None = None, args: tuple = ()) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MT_"))}
     env.update(DRY_RUN="1", **(extra_env or {}))
-    return subprocess.run(["bash", str(script.relative_to(ROOT))], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    path = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)
+    return subprocess.run(["bash", path, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _plan(stage: str, size: str, alloc: jobs.Allocation | None = None, overrides: tuple = ()) -> dict:
+    """The plan of ``configs/<stage>/<size>.yaml`` (with ``overrides``) on ``alloc`` (default: its own)."""
+    cfg = jobs.load_stage_config(stage, f"{stage}/{size}", overrides)
+    return jobs.build_plan(cfg, stage, f"{stage}/{size}", alloc)
 
 
 def test_every_stage_and_size_has_a_script():
@@ -35,16 +41,23 @@ def test_every_stage_and_size_has_a_script():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_header_has_signal_requeue_time_and_logs(script):
-    head = cluster.read_sbatch_header(script)
+    head = jobs.read_sbatch_header(script)
     assert re.fullmatch(r"USR1@\d+", head["signal"]), head
     assert "requeue" in head and head["open-mode"] == "append"  # a requeued run appends to its log
     assert re.fullmatch(r"\d+:\d\d:\d\d", head["time"])
     assert head["output"].startswith("logs/")
-    alloc = cluster.allocation(script, environ={})
+    alloc = jobs.slurm_allocation(script, environ={})
     if script.stem.endswith("tiny"):
         assert alloc.gpus_per_node == 0 and alloc.nodes == 1
     else:
         assert alloc.gpus_per_node == 8 and alloc.tasks_per_node == 8
+    text = script.read_text()
+    # The description line states the header's node count (rlvr_8b.sh once said "1 node" above --nodes=2), and
+    # the layout is referred to its config, its one owner.
+    described = re.search(r"(\d+) nodes?\b", text.splitlines()[1])
+    assert described and int(described.group(1)) == alloc.nodes, text.splitlines()[1]
+    stage, size = script.stem.split("_")
+    assert f"configs/{stage}/{size}.yaml" in text
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -52,7 +65,7 @@ def test_dry_run_prints_a_plan_that_adds_up(script):
     stage, size = script.stem.split("_")
     r = _dry_run(script)
     assert r.returncode == 0, r.stderr + r.stdout
-    alloc = cluster.allocation(script, environ={})
+    alloc = jobs.slurm_allocation(script, environ={})
     total = alloc.nodes * alloc.slots_per_node
     m = re.search(r"total: engines (\d+) \+ trainers (\d+)(?: \+ idle (\d+))? = (\d+) \(allocation (\d+)\) OK",
                   r.stdout)
@@ -66,10 +79,13 @@ def test_dry_run_prints_a_plan_that_adds_up(script):
     assert f"-m launch.{stage} --config {stage}/{size}" in r.stdout
     assert "checkpoint.resume=auto" in r.stdout and "run_dir=" in r.stdout
     # The structured plan: every node's slots are used once, ranks cover 0..N-1, engines + trainers = allocation.
-    plan = cluster.build_plan(stage, size, alloc)
+    plan = _plan(stage, size, alloc)
     per_node = [sum(len(nd["local_gpus"].get(k, [])) for k in ("engine", "trainer", "idle")) for nd in plan["nodes"]]
     assert per_node == [alloc.slots_per_node] * alloc.nodes
     assert sum(len(e["gpus"]) for e in plan["engines"]) + plan["trainer"]["gpus"] + plan["idle"] == total
+    # The layout printed is the config's (no other source of TP/PP/engines exists).
+    cfg = jobs.load_stage_config(stage, f"{stage}/{size}")
+    assert (tp, pp, cp) == (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.cp)
     if size != "tiny":
         assert "memory (planner): feasible=" in r.stdout
         assert plan["feasible"], (plan["memory"]["reasons"], script.name)
@@ -79,7 +95,7 @@ def test_rlvr_405b_is_the_tulu3_layout():
     r = _dry_run(ROOT / "slurm/rlvr_405b.sh")
     assert r.returncode == 0, r.stderr
     assert "on 32 nodes x 8 GPUs = 256 GPUs" in r.stdout
-    plan = cluster.build_plan("rlvr", "405b", cluster.allocation(ROOT / "slurm/rlvr_405b.sh", environ={}))
+    plan = _plan("rlvr", "405b")
     assert plan["engines"], "no vLLM engines placed"
     for e in plan["engines"]:
         assert e["tp"] == 16
@@ -90,20 +106,74 @@ def test_rlvr_405b_is_the_tulu3_layout():
     assert "vLLM TP=16" in r.stdout and "Ray head" in r.stdout
 
 
-def test_layout_env_override_and_bad_layout_error():
-    r = _dry_run(ROOT / "slurm/rlvr_405b.sh", {"MT_NUM_ENGINES": "1", "MT_PP": "15", "MT_CP": "2"})
+@pytest.mark.slow
+def test_layout_overrides_reach_the_plan_and_the_trainer_and_bad_layouts_fail():
+    """Extra script arguments are config overrides: the plan and the trainer's command get the same layout."""
+    r = _dry_run(ROOT / "slurm/rlvr_405b.sh", args=("rlvr.num_engines=1", "parallel.pp=15", "parallel.cp=2"))
     assert r.returncode == 0, r.stderr
-    assert "engines 16 + trainers 240 = 256" in r.stdout and "PP=15" in r.stdout
-    r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "2", "MT_PP": "2"})
+    assert "engines 16 + trainers 240 = 256" in r.stdout and "TP=8 PP=15 CP=2 DP=1" in r.stdout
+    r = _dry_run(ROOT / "slurm/sft_8b.sh", args=("parallel.tp=2", "parallel.pp=2"))
+    assert r.returncode == 0, r.stderr
     assert "TP=2 PP=2 CP=1 DP=4" in r.stdout
     assert r.stdout.rstrip().endswith("parallel.tp=2 parallel.pp=2"), "the trainer gets the same layout"
-    r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "2", "MT_CP": "2"})
-    assert "TP=2 PP=1 CP=2 DP=4" in r.stdout
-    assert r.stdout.rstrip().endswith("parallel.tp=2 parallel.cp=2"), "the trainer gets the same layout"
-    r = _dry_run(ROOT / "slurm/sft_70b.sh", {"MT_TP": "3"})
-    assert r.returncode != 0 and "not divisible by TP*PP*CP" in r.stderr
-    r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "two"})
-    assert r.returncode != 0 and "MT_TP='two' is not an integer" in r.stderr
+    r = _dry_run(ROOT / "slurm/sft_70b.sh", args=("parallel.tp=3",))
+    assert r.returncode == 2 and "not divisible by TP*PP*CP = 3" in r.stderr
+    r = _dry_run(ROOT / "slurm/sft_8b.sh", args=("parallel.tp=two",))
+    assert r.returncode == 2 and "parallel.tp" in r.stderr
+    # The retired layout variables fail instead of being silently ignored.
+    r = _dry_run(ROOT / "slurm/sft_8b.sh", {"MT_TP": "2"})
+    assert r.returncode == 2 and "MT_TP: not read any more" in r.stderr
+
+
+def test_the_planner_honours_config_overrides():
+    """The same overrides the trainer gets change the plan (here through the Python API, as the job runs it)."""
+    base = jobs.plan_for_job(ROOT / "slurm/sft_8b.sh", "sft", "8b", environ={})
+    assert (base["trainer"]["tp"], base["trainer"]["dp"]) == (1, 16)
+    cmd = ["python", "-m", "launch.sft", "--config", "sft/8b", "parallel.tp=4", "parallel.cp=2"]
+    plan = jobs.plan_for_job(ROOT / "slurm/sft_8b.sh", "sft", "8b", cmd, environ={})
+    assert {k: plan["trainer"][k] for k in ("tp", "pp", "cp", "dp")} == {"tp": 4, "pp": 1, "cp": 2, "dp": 2}
+    rl = jobs.plan_for_job(ROOT / "slurm/rlvr_8b.sh", "rlvr", "8b",
+                           ["python", "-m", "launch.rlvr", "--config", "rlvr/8b", "rlvr.num_engines=4"], environ={})
+    assert len(rl["engines"]) == 4 and rl["trainer"]["gpus"] == 12
+
+
+def test_rlvr_with_a_local_engine_plans_every_slot_as_a_trainer():
+    plan = _plan("rlvr", "tiny", overrides=("rlvr.engine_placement=local",))
+    assert plan["engines"] == [] and plan["local_engine"] and plan["trainer"]["gpus"] == 2
+    plan = _plan("rlvr", "tiny", overrides=("rlvr.engine_placement=ray",))
+    assert len(plan["engines"]) == 1 and plan["trainer"]["gpus"] == 1 and not plan["local_engine"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key,value", [("nodes", "3"), ("ntasks-per-node", "4")])
+def test_a_header_that_disagrees_with_the_config_fails_naming_both_numbers(tmp_path, key, value):
+    """A copy of sft_8b.sh whose #SBATCH line says otherwise than configs/sft/8b.yaml's cluster section."""
+    text = (ROOT / "slurm/sft_8b.sh").read_text()
+    old = re.search(rf"^#SBATCH --{key}=(\d+)$", text, re.M)
+    copy = tmp_path / "slurm" / "sft_8b.sh"
+    copy.parent.mkdir()
+    copy.write_text(text.replace(old.group(0), f"#SBATCH --{key}={value}"))
+    r = _dry_run(copy, {"MT_ROOT": str(ROOT)})
+    assert r.returncode == 2, r.stdout
+    config_says = {"nodes": f"has cluster.nodes={old.group(1)}",
+                   "ntasks-per-node": f"plans {old.group(1)} tasks per node (cluster.tasks_per_node"}[key]
+    assert f"#SBATCH --{key}={value} but config sft/8b {config_says}" in r.stderr, r.stderr
+    assert "plan:" not in r.stdout  # nothing printed as if it were fine
+    if key == "nodes":  # overriding the config to the header's number makes them agree again
+        r = _dry_run(copy, {"MT_ROOT": str(ROOT)}, args=(f"cluster.nodes={value}",))
+        assert r.returncode == 0 and f"on {value} nodes x 8 GPUs" in r.stdout, r.stderr
+
+
+def test_inside_a_job_slurm_allocation_must_match_the_config():
+    """SLURM's variables decide what a job got (`sbatch --nodes=3` overrides the header): a job whose allocation
+    is not its config's fails before anything starts; with the config overridden to match, hosts are SLURM's."""
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_PER_NODE": "h100:8",
+           "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_NODELIST": "gpu[01-03]"}
+    cmd = ["python", "-m", "launch.sft", "--config", "sft/8b", "run_dir=/x"]
+    with pytest.raises(ValueError, match=r"this job: .*SLURM_JOB_NUM_NODES=3 but config sft/8b has cluster.nodes=2"):
+        jobs.plan_for_job(ROOT / "slurm/sft_8b.sh", "sft", "8b", cmd, environ=env)
+    plan = jobs.plan_for_job(ROOT / "slurm/sft_8b.sh", "sft", "8b", cmd + ["cluster.nodes=3"], environ=env)
+    assert [n["host"] for n in plan["nodes"]] == ["gpu01", "gpu02", "gpu03"] and plan["trainer"]["dp"] == 24
 
 
 def test_container_dry_run_shows_pyxis_args():
@@ -119,13 +189,13 @@ def test_sbatch_header_parse_error_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.sh"
     bad.write_text("#!/bin/bash\n#SBATCH --nodes=2\n#SBATCH -N 2\n")
     with pytest.raises(ValueError, match=r"bad.sh:3"):
-        cluster.read_sbatch_header(bad)
+        jobs.read_sbatch_header(bad)
 
 
 def test_allocation_from_slurm_env_wins_over_header():
     env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_PER_NODE": "h100:8",
            "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_NODELIST": "gpu[01-03]"}
-    a = cluster.allocation(ROOT / "slurm/sft_8b.sh", environ=env)
+    a = jobs.slurm_allocation(ROOT / "slurm/sft_8b.sh", environ=env)
     assert (a.nodes, a.gpus_per_node, a.hosts) == (3, 8, ["gpu01", "gpu02", "gpu03"])
 
 
@@ -135,6 +205,7 @@ def test_requeue_code_matches_preemption_module():
     assert m and int(m.group(1)) == REQUEUE_EXIT_CODE
 
 
+@pytest.mark.slow
 def test_ray_start_wrapper_retries_a_failed_start(tmp_path):
     counter = tmp_path / "n"
     # Fails on the first call, succeeds on the second: the wrapper retries and returns 0.
@@ -154,23 +225,26 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     nodes), and on a node shared with an engine the trainers see their own GPUs first."""
     import shlex
 
-    plan = cluster.build_plan("rlvr", "405b", cluster.allocation(ROOT / "slurm/rlvr_405b.sh", environ={}))
-    line = cluster.write_layout(plan, tmp_path / "plan.json")
-    assert cluster.read_layout(tmp_path / "plan.json")["trainer"] == plan["trainer"]
+    plan = _plan("rlvr", "405b")
+    line = ray_cluster.write_layout(plan, tmp_path / "plan.json")
+    assert ray_cluster.read_layout(tmp_path / "plan.json")["trainer"] == plan["trainer"]
     args = shlex.split(line[len("MT_TRAINER_SRUN=("):-1])
     assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"]
     assert args[3] == "--nodelist=" + ",".join(f"node{i}" for i in range(4, 32))  # engines on nodes 0-3
     engine_node, trainer_node = plan["nodes"][0], plan["nodes"][4]
-    assert cluster.ray_node_resources(plan, engine_node) == (["--num-gpus=8"], {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
-    assert cluster.ray_node_resources(plan, trainer_node) == (["--num-gpus=0", "--num-cpus=0"], {"CUDA_VISIBLE_DEVICES": ""})
-    assert cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "node4"}) is trainer_node
+    assert ray_cluster.ray_node_resources(plan, engine_node) == (["--num-gpus=8"],
+                                                                 {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+    assert ray_cluster.ray_node_resources(plan, trainer_node) == (["--num-gpus=0", "--num-cpus=0"],
+                                                                  {"CUDA_VISIBLE_DEVICES": ""})
+    assert ray_cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "node4"}) is trainer_node
     with pytest.raises(ValueError, match="not in the plan"):
-        cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "elsewhere"})
+        ray_cluster.node_of_this_host(plan, {"SLURMD_NODENAME": "elsewhere"})
 
-    one_node = dataclasses.replace(cluster.allocation(ROOT / "slurm/rlvr_8b.sh", environ={}), nodes=1, hosts=["node0"])
-    mixed = cluster.build_plan("rlvr", "8b", one_node, environ={"MT_TP": "1", "MT_NUM_ENGINES": "1"})
+    one_node = dataclasses.replace(jobs.slurm_allocation(ROOT / "slurm/rlvr_8b.sh", environ={}), nodes=1,
+                                   hosts=["node0"])
+    mixed = _plan("rlvr", "8b", one_node, overrides=("parallel.tp=1", "rlvr.num_engines=1"))
     node = mixed["nodes"][0]  # one engine GPU + 7 trainer GPUs on one node
-    res, env = cluster.ray_node_resources(mixed, node)
+    res, env = ray_cluster.ray_node_resources(mixed, node)
     assert res == [f"--num-gpus={len(node['local_gpus']['engine'])}"]
-    trainer_gpus = cluster.trainer_env(mixed, node)["CUDA_VISIBLE_DEVICES"].split(",")
+    trainer_gpus = ray_cluster.trainer_env(mixed, node)["CUDA_VISIBLE_DEVICES"].split(",")
     assert len(trainer_gpus) == 7 and not set(trainer_gpus) & set(env["CUDA_VISIBLE_DEVICES"].split(","))

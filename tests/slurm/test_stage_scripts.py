@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_rlvr_tiny_usr1_requeue_resume_same_steps(slurm, rlvr_uninterrupted, dat
     assert r.returncode == 0 and job, r.stderr
     log = _usr1_and_requeue(job, lambda: (run / "metrics.jsonl").exists() and len(_per_step(run, "loss")) >= 2,
                             tmp_path)
-    assert "checkpointed RLVR step" in log
+    assert re.search(r"SIGUSR1: checkpointed step \d+; exiting with 75", log), log[-2000:]  # run_steps' message
     for key in ("loss", "value_loss", "reward/score", "response_len"):
         got, want = _per_step(run, key), _per_step(ref_run, key)
         assert sorted(got) == list(range(1, RLVR_STEPS + 1)), key

@@ -50,7 +50,7 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.rlvr import RLVRConfig
-    from megatron_tulu.trainers.rlvr_driver import RLVRDriver
+    from megatron_tulu.trainers.rlvr.loop import RLVRDriver
     from megatron_tulu.trainers.sft import SFTConfig, SFTTask
 
     out = []
@@ -83,7 +83,7 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
                     driver.engine.shutdown()
             out.append(res)
         elif kind == "value_init":  # the value model's per-token values on a few prompt rows, right after setup
-            from megatron_tulu.trainers.rlvr import response_rows
+            from megatron_tulu.trainers.rlvr.experience import response_rows
 
             try:
                 driver = RLVRDriver(load_config(RLVRConfig, "rlvr/tiny", overrides))

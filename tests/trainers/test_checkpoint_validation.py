@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_tulu.trainers.checkpointing import CheckpointError, find_resume, validate
+from megatron_tulu.checkpoint.distributed import CheckpointError, find_resume, validate
 
 pytestmark = pytest.mark.slow
 

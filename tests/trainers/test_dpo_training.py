@@ -107,6 +107,7 @@ def two_rank(setup_dirs):
     return run, run_distributed(dpo_jobs, 2, args=(jobs,), timeout_s=900)
 
 
+@pytest.mark.slow
 def test_step1_is_ln2_and_cached_equals_on_the_fly(one_rank):
     d = one_rank["_dirs"]
     cached, otf, otf_c = step_records(d["cached"]), step_records(d["otf"]), step_records(d["otf_concat"])
@@ -131,6 +132,7 @@ def test_step1_is_ln2_and_cached_equals_on_the_fly(one_rank):
     assert one_rank["otf"]["ref_train"] is None and one_rank["cached"]["ref_train"] is not None
 
 
+@pytest.mark.slow
 def test_separate_equals_concatenated(one_rank):
     sep, cat = step_records(one_rank["_dirs"]["cached"]), step_records(one_rank["_dirs"]["concat"])
     assert sorted(sep) == sorted(cat) == list(range(1, STEPS + 1))
@@ -139,6 +141,7 @@ def test_separate_equals_concatenated(one_rank):
             assert abs(sep[s][key] - cat[s][key]) <= 1e-5 * max(1.0, abs(sep[s][key])), (s, key, sep[s][key], cat[s][key])
 
 
+@pytest.mark.slow
 def test_fused_dpo_kernel_gives_the_reference_curve(one_rank):
     d = one_rank["_dirs"]
     for ref_name, fused_name in (("cached", "fused"), ("concat", "fused_concat"), ("dpo", "fused_dpo")):
@@ -163,6 +166,7 @@ def test_fused_dpo_loss_refuses_wpo():
         load_config(DPOConfig, "dpo/tiny", ["dpo.loss_type=wpo", "dpo.use_fused_loss=true"])
 
 
+@pytest.mark.slow
 def test_every_reference_loss_at_policy_equals_reference(one_rank):
     d = one_rank["_dirs"]
     # sigmoid DPO (with label smoothing: -(1-e) log s(0) - e log s(0) is still ln 2)
@@ -184,6 +188,7 @@ def test_every_reference_loss_at_policy_equals_reference(one_rank):
     assert ref_cache_files(d["simpo"] / "cache") == []
 
 
+@pytest.mark.slow
 def test_reference_cache_written_once_and_reused(one_rank):
     root = one_rank["_root"]
     shared = ref_cache_files(root / "cache_shared")
@@ -208,6 +213,7 @@ def test_reference_cache_written_once_and_reused(one_rank):
     assert all(m <= first_done for m in mtimes.values()), (mtimes, first_done)
 
 
+@pytest.mark.slow
 def test_sigusr1_resume_reproduces_uninterrupted_run(one_rank):
     full, inter, res = one_rank["full"], one_rank["interrupted"], one_rank["resumed"]
     assert inter["exit"] == REQUEUE_EXIT_CODE, inter["exit"]
@@ -228,6 +234,7 @@ def test_sigusr1_resume_reproduces_uninterrupted_run(one_rank):
             assert resumed[s][key] == ref[s][key], (s, key, resumed[s][key], ref[s][key])
 
 
+@pytest.mark.slow
 def test_dp2_matches_dp1(one_rank, two_rank):
     run, out = two_rank
     assert len(out) == 2 and all(r[0]["exit"] is None for r in out)
@@ -248,6 +255,7 @@ def test_dp2_matches_dp1(one_rank, two_rank):
             assert abs(dp1[s][key] - dp2[s][key]) <= 1e-5 * max(1.0, abs(dp1[s][key])), (s, key, dp1[s][key], dp2[s][key])
 
 
+@pytest.mark.slow
 def test_interleaved_pipeline_matches_one_rank(one_rank, setup_dirs, two_rank):
     """PP=2 x VPP=2: the reference pre-pass (forward-only through the interleaved schedule, 3 micro-batches of eval
     pairs in one group) gives the 1-rank reference logps, and training follows the 1-rank concatenated run."""
@@ -268,6 +276,7 @@ def test_interleaved_pipeline_matches_one_rank(one_rank, setup_dirs, two_rank):
         assert abs(ev_vpp[s]["eval/loss"] - ev_ref[s]["eval/loss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_context_parallel_matches_one_rank(one_rank, setup_dirs, two_rank):
     """CP=2 (both ranks hold the same pairs, half of every row each): the cached reference pre-pass equals the
     1-rank one, and training (on-the-fly reference; concatenated forward with the Triton loss) and the eval follow

@@ -45,7 +45,7 @@ def test_rlvr_config_hyperparameters_and_layout(size):
 
 
 def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
-    from megatron_tulu.trainers.rlvr_driver import RLVRDriver
+    from megatron_tulu.trainers.rlvr.loop import RLVRDriver
 
     for overrides, match in ((["rlvr.num_engines=2"], "more than one engine needs rlvr.engine_placement=ray"),
                              (["rlvr.engine_placement=slurm"], "engine_placement must be one of local|ray"),
@@ -62,7 +62,7 @@ def test_rlvr_driver_rejects_bad_engine_layouts(tmp_path):
 
 def test_value_model_shape_errors_name_the_fields():
     from megatron_tulu.trainers.rlvr import RLVROptions
-    from megatron_tulu.trainers.rlvr_driver import value_model_shape
+    from megatron_tulu.trainers.rlvr.value import value_model_shape
 
     cfg = load_config(RLVRConfig, "rlvr/8b", [])
     policy = get_preset("llama3.1-8b")

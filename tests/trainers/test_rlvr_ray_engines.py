@@ -1,4 +1,4 @@
-"""Rollout engines as Ray actors in a placement group (``trainers.ray_engines.RayEngineGroup``), on CPU with
+"""Rollout engines as Ray actors in a placement group (``rollout.ray_engines.RayEngineGroup``), on CPU with
 TorchEngine: two engine actors give exactly the samples of one in-process engine, before and after a weight
 update pushed through the group."""
 
@@ -27,7 +27,7 @@ def ray_local():
 def test_ray_engine_group_matches_local_engine(ray_local, tiny_hf):
     from megatron_tulu.rollout.base import SamplingConfig
     from megatron_tulu.rollout.torch_engine import TorchEngine
-    from megatron_tulu.trainers.ray_engines import RayEngineGroup
+    from megatron_tulu.rollout.ray_engines import RayEngineGroup
 
     prompts = [[1, 5, 9, 13], [2, 4], [7, 7, 7], [3, 30, 300, 100, 10]]
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=6, n=2, seed=11)
@@ -62,7 +62,7 @@ def test_engine_actors_run_under_the_given_python(ray_local, tiny_hf, tmp_path):
     import sys
 
     from megatron_tulu.rollout.base import SamplingConfig
-    from megatron_tulu.trainers.ray_engines import RayEngineGroup
+    from megatron_tulu.rollout.ray_engines import RayEngineGroup
 
     wrapper = tmp_path / "engine-python"
     wrapper.write_text(f"#!/bin/sh\nexport MT_ENGINE_PYTHON_MARK=engine-env\nexec {sys.executable} \"$@\"\n")

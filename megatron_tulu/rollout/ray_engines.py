@@ -51,16 +51,9 @@ class _EngineHost:
     """Body of the Ray actor: builds one engine in the actor process and forwards calls to it."""
 
     def __init__(self, kind: str, model_dir: str, engine_kwargs: dict):
-        if kind == "torch":
-            from megatron_tulu.rollout.torch_engine import TorchEngine
+        from megatron_tulu.rollout.factory import build_local_engine
 
-            self.engine = TorchEngine(model_dir, **engine_kwargs)
-        elif kind == "vllm":
-            from megatron_tulu.rollout.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model_dir, **engine_kwargs)
-        else:
-            raise ValueError(f"engine kind must be torch|vllm, got {kind!r}")
+        self.engine = build_local_engine(kind, model_dir, engine_kwargs)
 
     def generate(self, prompts, sampling):
         return self.engine.generate(prompts, sampling)
@@ -235,7 +228,8 @@ class RayEngineGroup(RolloutEngine):
 def start_ray_engines(kind: str, model_dir, num_engines: int, engine_tp: int, engine_kwargs: dict,
                       timeout_s: float, sync_bucket_bytes: int) -> RayEngineGroup:
     """Join the Ray cluster at ``$RAY_ADDRESS`` (the slurm/ scripts start it; else start a local one) and place
-    ``num_engines`` engines of ``engine_tp`` GPUs (CPU: one CPU each) as actors. Called by trainer rank 0."""
+    ``num_engines`` engines of ``engine_tp`` GPUs (CPU: one CPU each) as actors. Called through
+    ``rollout.make_engine(placement="ray")`` by trainer rank 0."""
     import ray
 
     from megatron_tulu import platform

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tulu.models import mcore_compat
+
 log = logging.getLogger(__name__)
 
 STEP_PREFIX = "step_"
@@ -89,49 +91,6 @@ def find_resume(ckpt_root: Path) -> Path | None:
         except CheckpointError as e:
             log.warning("refusing checkpoint: %s", e)
     return None
-
-
-def _patch_torch_adam_loading() -> None:
-    """Fixes for megatron-core 0.16's DistributedOptimizer with plain torch Adam (no TE/apex FusedAdam).
-
-    torch Adam keeps ``step`` per parameter in the state; megatron's loader neither provides it nor expects
-    it (KeyError 'step'), copies into leaf views outside no_grad, and leaves ONE step tensor shared by every
-    parameter (so it advances once per parameter per step). See shared/notes/megatron-core-on-cpu.md.
-    """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    if getattr(DistributedOptimizer, "_mt_patched", False):
-        return
-    orig = DistributedOptimizer._set_main_param_and_optimizer_states
-
-    def _set(self, model_param, tensors):
-        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            return orig(self, model_param, tensors)
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-        dst = {"param": main_param, **self.optimizer.state[main_param]}
-        with torch.no_grad():
-            for key, t in dst.items():
-                if key in tensors:
-                    t.copy_(tensors[key])
-
-    DistributedOptimizer._set_main_param_and_optimizer_states = _set
-    DistributedOptimizer._mt_patched = True
-
-
-def _sub_optimizers(optimizer) -> list:
-    """The DistributedOptimizers inside megatron's ChainedOptimizer (or the optimizer itself)."""
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
-def _unshare_adam_steps(optimizer) -> None:
-    for sub in _sub_optimizers(optimizer):
-        inner = getattr(sub, "optimizer", None)
-        if inner is None:
-            continue
-        for state in inner.state.values():
-            if "step" in state and torch.is_tensor(state["step"]):
-                state["step"] = state["step"].clone()
 
 
 def _rng_state() -> dict:
@@ -247,15 +206,23 @@ def is_training_checkpoint(path: str | Path) -> bool:
     return (path / "trainer_state.json").exists() or _step_root(path) is not None
 
 
-def load_model_weights(path: str | Path, model_chunks) -> dict:
+def load_model_weights(path: str | Path, model_chunks, backbone_only: bool = False) -> dict:
     """Collective: only the model weights of a training checkpoint (any TP/PP it was saved at), no optimizer and
-    no RNG; for starting a new stage from it or exporting it. Returns the checkpoint's trainer state."""
+    no RNG; for starting a new stage from it or exporting it. Returns the checkpoint's trainer state.
+    ``backbone_only``: everything but the output layer (a scalar head keeps its own init)."""
     from megatron.core import dist_checkpointing
 
     path, state = resolve(path)
-    loaded = dist_checkpointing.load(_sharded_state(model_chunks, None, "fully_reshardable", is_loading=True), str(path))
+    sharded = _sharded_state(model_chunks, None, "fully_reshardable", is_loading=True)
+    if backbone_only:
+        sharded = {k: {n: t for n, t in sd.items() if not n.startswith("output_layer.")} for k, sd in sharded.items()}
+    loaded = dist_checkpointing.load(sharded, str(path))
     for i, chunk in enumerate(model_chunks):
-        getattr(chunk, "module", chunk).load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"], strict=True)
+        module = getattr(chunk, "module", chunk)
+        missing, unexpected = module.load_state_dict(loaded["model" if len(model_chunks) == 1 else f"model{i}"],
+                                                     strict=not backbone_only)
+        if [k for k in missing if not k.startswith("output_layer.")] or unexpected:
+            raise KeyError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]} (model weights)")
     return state
 
 
@@ -270,9 +237,7 @@ def load(path: Path, model_chunks, optimizer, sharding: str = "fully_reshardable
     path = Path(path)
     state = validate(path)
     if optimizer is not None and load_optimizer:
-        _patch_torch_adam_loading()
-        for sub in _sub_optimizers(optimizer):
-            sub._init_optimizer_states_with_dummy_values()
+        mcore_compat.prepare_optimizer_for_load(optimizer)
     sd = _sharded_state(model_chunks, optimizer if load_optimizer else None, sharding, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(path))
     for i, chunk in enumerate(model_chunks):
@@ -280,7 +245,7 @@ def load(path: Path, model_chunks, optimizer, sharding: str = "fully_reshardable
         chunk.load_state_dict(loaded[key], strict=True)
     if optimizer is not None and load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
-        _unshare_adam_steps(optimizer)
+        mcore_compat.after_optimizer_load(optimizer)
     rng_file = path / f"rng_rank{_rank()}.pt"
     world = dist.get_world_size() if dist.is_initialized() else 1
     if rng_file.exists() and state.get("world_size") == world:

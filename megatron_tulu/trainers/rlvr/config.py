@@ -1,33 +1,38 @@
-"""RLVR (Tülu 3): PPO with a value model, or GRPO, on verifiable rewards, with a rollout engine in the loop.
-
-One step (``RLVRDriver.step``), readable top to bottom:
-
-    prompts (deterministic sampler, same on every rank)
-    -> engine.generate on rank 0 (vLLM, or TorchEngine)          -> broadcast to all ranks
-    -> rewards.verify_batch (alpha * correct)                     -> broadcast
-    -> old / reference logprobs and values (forward-only, megatron schedules)
-    -> shape_rewards (KL penalty, EOS penalty) -> GAE + whitening  |  GRPO group advantages
-    -> ppo_epochs x minibatches: policy step (clipped loss) [+ value step]
-    -> weight sync: megatron shards -> HF names (checkpoint.mapping) -> engine.update_weights
-
-Engines: one in the rank-0 process (``rlvr.engine_placement=local``), or ``rlvr.num_engines`` Ray actors in a
-placement group (``ray``: ``trainers.ray_engines``), fed by trainer rank 0. With ``rlvr.async_steps=k`` > 0 a
-background thread generates up to k batches ahead while the trainer trains (at most k steps off-policy, a
-bounded queue), so generation and training overlap; weight syncs happen between generations.
-"""
+"""The RLVR stage's config: algorithm presets, rollout and engine settings (Tülu 3 defaults)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from megatron_tulu import platform
-from megatron_tulu.data.sampler import IGNORE_INDEX
-from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
-from megatron_tulu.trainers.sft import DataStageMixin
+
+
+@dataclass(frozen=True)
+class AlgorithmPreset:
+    """What ``rlvr.algorithm`` names: registered parts, looked up by name by the loop."""
+
+    advantage_estimator: str
+    """Key of ``algorithms.ADVANTAGE_ESTIMATORS``."""
+    policy_loss: str
+    """Key of ``losses.ppo.POLICY_LOSSES``."""
+    kl_in: str
+    """Where the β·KL to the reference goes: ``reward`` (per-token reward, PPO) or ``loss`` (GRPO)."""
+    kl_kind: str
+    """KL estimator used unless ``rlvr.kl_kind`` says otherwise."""
+    uses_value_model: bool
+    """Trains a value model (its predictions feed the estimator)."""
+    whitens: bool
+    """Its advantages are whitened over the DP-wide batch when ``rlvr.whiten_advantages`` is set (GAE's are;
+    group-normalised ones are normalised per group already)."""
+
+
+ALGORITHMS: dict[str, AlgorithmPreset] = {
+    "ppo": AlgorithmPreset(advantage_estimator="gae", policy_loss="ppo", kl_in="reward", kl_kind="k1",
+                           uses_value_model=True, whitens=True),
+    "grpo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="grpo", kl_in="loss", kl_kind="k3",
+                            uses_value_model=False, whitens=False),
+}
 
 
 @dataclass
@@ -35,13 +40,15 @@ class RLVROptions:
     """Algorithm and rollout settings (Tülu 3 defaults)."""
 
     algorithm: str = "ppo"
-    """``ppo`` (value model + GAE) or ``grpo`` (group-normalised advantages, no value model)."""
+    """A preset of ``ALGORITHMS``: ``ppo`` (value model + GAE, KL in the reward) or ``grpo`` (group-normalised
+    advantages, no value model, KL in the loss)."""
     alpha: float = 10.0
     """Verifier reward for a correct response."""
     kl_coef: float = 0.05
     """β of the per-token KL penalty to the reference (Tülu 3 8B: 0.05)."""
-    kl_kind: str = "k1"
-    """KL estimator: ``k1``, ``k2`` or ``k3``."""
+    kl_kind: str | None = None
+    """KL estimator ``k1``, ``k2`` or ``k3`` (``losses.kl``), wherever the algorithm puts the KL; None: the
+    algorithm's own (PPO: k1 in the reward, as open-instruct; GRPO: k3 in the loss, as DeepSeekMath)."""
     non_eos_penalty: float = -10.0
     """Reward for a response that does not end in EOS (replaces the verifier score)."""
     gamma: float = 1.0
@@ -49,7 +56,8 @@ class RLVROptions:
     lam: float = 0.95
     """GAE lambda."""
     whiten_advantages: bool = True
-    """Whiten PPO advantages over the whole (DP-wide) batch."""
+    """Whiten the advantages over the whole (DP-wide) batch where the algorithm allows it (``AlgorithmPreset.whitens``:
+    PPO's GAE advantages; GRPO's are normalised per group instead)."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
     tis_cap: float = 0.0
@@ -119,6 +127,16 @@ class RLVROptions:
     must match the trainer's (max |diff| within the mismatch tolerance), else the run stops with
     ``WeightSyncMismatch``. 0 disables it."""
 
+    @property
+    def preset(self) -> AlgorithmPreset:
+        """The registered parts ``algorithm`` names."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def kl_estimator(self) -> str:
+        """``kl_kind``, else the algorithm's."""
+        return self.kl_kind or self.preset.kl_kind
+
 
 @dataclass
 class RLVRConfig(StageConfig):
@@ -134,10 +152,11 @@ class RLVRConfig(StageConfig):
 
         super().validate()
         o = self.rlvr
-        check_choice("rlvr.algorithm", o.algorithm, ("ppo", "grpo"))
-        if o.algorithm == "grpo" and o.samples_per_prompt < 2:
-            raise ValueError("rlvr.algorithm=grpo needs rlvr.samples_per_prompt >= 2 (the group size)")
-        check_choice("rlvr.kl_kind", o.kl_kind, tuple(KL_ESTIMATORS))
+        check_choice("rlvr.algorithm", o.algorithm, tuple(ALGORITHMS))
+        if o.preset.advantage_estimator == "grpo" and o.samples_per_prompt < 2:
+            raise ValueError(f"rlvr.algorithm={o.algorithm} needs rlvr.samples_per_prompt >= 2 (the group size)")
+        if o.kl_kind is not None:
+            check_choice("rlvr.kl_kind", o.kl_kind, tuple(KL_ESTIMATORS))
         check_choice("rlvr.engine", o.engine, ("vllm", "torch"))
         check_choice("rlvr.engine_placement", o.engine_placement, ("local", "ray"))
         check_at_least("rlvr.num_engines", o.num_engines, 1)
@@ -156,96 +175,3 @@ class RLVRConfig(StageConfig):
         if o.engine_sleep_level and o.async_steps:
             raise ValueError(f"rlvr.engine_sleep_level={o.engine_sleep_level} needs rlvr.async_steps=0 (got "
                              f"{o.async_steps}): an engine asleep while the trainer steps cannot generate ahead")
-
-
-def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, seq: int | None = None):
-    """Concatenate prompt+response rows. Returns input_ids [B,S], targets [B,S] (next token, IGNORE elsewhere)
-    and mask [B,S] (1 where the target is a response token)."""
-    lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    s = seq or max(lens)
-    s = -(-s // 8) * 8
-    b = len(prompts)
-    ids = torch.full((b, s), pad_id, dtype=torch.long)
-    targets = torch.full((b, s), IGNORE_INDEX, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        row = list(p) + list(r)
-        ids[i, : len(row)] = torch.tensor(row)
-        if r:
-            targets[i, len(p) - 1: len(row) - 1] = torch.tensor(r)
-    return ids, targets, (targets != IGNORE_INDEX).float()
-
-
-class ValueHead(torch.nn.Module):
-    """Scalar head replacing the LM output layer (replicated across TP: its input is not vocab-sharded; under
-    sequence parallelism it runs on the gathered sequence, see ``models.logprobs.full_sequence``)."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.weight = torch.nn.Parameter(torch.zeros(1, config.hidden_size, dtype=config.params_dtype,
-                                                     device=platform.device()))
-
-    def forward(self, hidden, weight=None, runtime_gather_output=None):  # megatron's output_layer signature
-        from megatron_tulu.models.logprobs import full_sequence
-
-        return torch.nn.functional.linear(full_sequence(hidden, self.config), self.weight), None
-
-
-class PolicyTask(DataStageMixin):
-    """Clipped policy loss over response tokens; the loop's Task interface (train_step only)."""
-
-    metric_names = ["loss_sum", "tokens", "clipfrac", "approx_kl"]
-
-    def __init__(self, cfg: RLVRConfig):
-        self.cfg = cfg
-
-    def setup(self, trainer) -> int:
-        self.load_tokenizer(self.cfg.data)
-        self.prompts = self.build(trainer, "rlvr", self.cfg.data.mixture, self.cfg.train.seq_length)
-        return len(self.prompts)
-
-    def forward(self, model, batch):
-        dev = platform.device()
-        pos = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
-        return model(batch["input_ids"].to(dev), pos.to(dev), None)
-
-    def denominator(self, mbs):
-        return float(sum(mb["mask"].sum() for mb in mbs))
-
-    def loss_fn(self, batch, logits, trainer):
-        from megatron_tulu.losses.ppo import POLICY_LOSSES
-
-        o = self.cfg.rlvr
-        t = batch["targets"].to(logits.device)
-        logp = token_logprobs(logits, t.clamp(min=0), trainer.model, trainer.preset.vocab_size, temperature=o.temperature)
-        mask = batch["mask"].to(logits.device)
-        kw = {}
-        if o.algorithm == "grpo":
-            kw = dict(ref_logp=batch["ref_logp"].to(logits.device), kl_coef=o.kl_coef, kl_kind="k3")
-        if "is_w" in batch:
-            kw["is_weights"] = batch["is_w"].to(logits.device)
-        loss, m = POLICY_LOSSES[o.algorithm](logp, batch["old_logp"].to(logits.device), batch["adv"].to(logits.device),
-                                             mask, clip_eps=o.clip_eps, reduction="token-sum", **kw)
-        n = mask.sum()
-        return loss, {"loss_sum": loss.detach(), "tokens": n, "clipfrac": m["clipfrac"] * n, "approx_kl": m["approx_kl"] * n}
-
-    def finalize(self, sums, denom):
-        n = max(sums["tokens"], 1.0)
-        return {"loss": sums["loss_sum"] / max(denom, 1e-12), "clipfrac": sums["clipfrac"] / n, "approx_kl": sums["approx_kl"] / n}
-
-
-class ValueTask(PolicyTask):
-    metric_names = ["loss_sum", "tokens"]
-
-    def loss_fn(self, batch, values, trainer):
-        from megatron_tulu.losses.ppo import value_loss
-        from megatron_tulu.models.context_parallel import gather_tokens
-
-        mask = batch["mask"].to(values.device)
-        full = gather_tokens(values.squeeze(-1).float(), mask.shape[1])  # full rows under context parallelism
-        loss, _ = value_loss(full, batch["old_values"].to(values.device), batch["returns"].to(values.device),
-                             mask, clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token-sum")
-        return loss, {"loss_sum": loss.detach(), "tokens": mask.sum()}
-
-    def finalize(self, sums, denom):
-        return {"value_loss": sums["loss_sum"] / max(denom, 1e-12)}

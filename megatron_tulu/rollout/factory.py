@@ -1,0 +1,84 @@
+"""``make_engine``: the one place that turns an engine choice into a running rollout engine.
+
+Every caller (the RLVR loop, the Ray engine actors, evaluation, the demo pipeline) starts its engine here, so the
+vLLM-vs-torch choice, the ``auto`` fallback and the Ray placement are decided once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_tulu.rollout.base import RolloutEngine
+
+ENGINE_KINDS = ("vllm", "torch")
+"""``vllm``: real vLLM (``VLLMEngine``); ``torch``: transformers with a KV cache (``TorchEngine``)."""
+
+
+def vllm_available() -> bool:
+    """vLLM can be imported in this interpreter (the CPU build here, the CUDA one in the container)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine_kind(kind: str) -> str:
+    """``auto`` -> ``vllm`` when it can be imported, else ``torch``; other kinds are checked and returned."""
+    if kind == "auto":
+        return "vllm" if vllm_available() else "torch"
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"engine kind must be auto|{'|'.join(ENGINE_KINDS)}, got {kind!r}")
+    return kind
+
+
+def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "float32", seed: int = 0,
+                memory_fraction: float = 0.9, sleep_level: int = 0, sync_bucket_bytes: int = 64 * 2**20,
+                placement: str = "local", num_engines: int = 1, timeout_s: float = 1800.0,
+                **vllm_kwargs) -> RolloutEngine:
+    """Start the rollout engine(s) serving the HF checkpoint in ``model_dir``.
+
+    Args:
+        kind: ``vllm``, ``torch`` or ``auto`` (``resolve_engine_kind``).
+        model_dir: HF-format directory (config.json, weights, tokenizer).
+        tp: tensor-parallel size of one vLLM engine.
+        dtype: vLLM weight dtype (``float32`` on CPU for exact agreement with the trainer; ``bfloat16`` on GPU).
+            TorchEngine always runs float32.
+        seed: vLLM's seed.
+        memory_fraction: vLLM's ``gpu_memory_utilization``.
+        sleep_level: vLLM sleep mode used by ``sleep()`` (0 off, 1, 2).
+        sync_bucket_bytes: weight-sync bucket size.
+        placement: ``local`` (in this process) or ``ray`` (``num_engines`` Ray actors in a placement group on
+            the cluster at ``$RAY_ADDRESS``, else on a local Ray).
+        num_engines: engines behind one ``RolloutEngine`` (``ray`` only).
+        timeout_s: bound on every Ray call and weight-sync collective (``ray`` only).
+        vllm_kwargs: further ``VLLMEngine`` arguments (e.g. ``max_model_len``, ``kv_cache_memory_bytes``).
+    """
+    kind = resolve_engine_kind(kind)
+    kwargs = {}
+    if kind == "vllm":
+        kwargs = dict(tensor_parallel_size=tp, dtype=dtype, seed=seed, sync_bucket_bytes=sync_bucket_bytes,
+                      gpu_memory_utilization=memory_fraction, sleep_level=sleep_level, **vllm_kwargs)
+    if placement == "ray":
+        from megatron_tulu.rollout.ray_engines import start_ray_engines
+
+        return start_ray_engines(kind, model_dir, num_engines, tp, kwargs, timeout_s=timeout_s,
+                                 sync_bucket_bytes=sync_bucket_bytes)
+    if placement != "local":
+        raise ValueError(f"engine placement must be local|ray, got {placement!r}")
+    if num_engines != 1:
+        raise ValueError(f"num_engines={num_engines}: more than one engine needs placement=ray")
+    return build_local_engine(kind, model_dir, kwargs)
+
+
+def build_local_engine(kind: str, model_dir: str | Path, engine_kwargs: dict) -> RolloutEngine:
+    """One engine in this process from constructor arguments (what a Ray engine actor runs, too)."""
+    if kind == "vllm":
+        from megatron_tulu.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, **engine_kwargs)
+    if kind == "torch":
+        from megatron_tulu.rollout.torch_engine import TorchEngine
+
+        return TorchEngine(model_dir, **engine_kwargs)
+    raise ValueError(f"engine kind must be {'|'.join(ENGINE_KINDS)}, got {kind!r}")

@@ -1,0 +1,13 @@
+"""RLVR (Tülu 3): PPO with a value model, or GRPO, on verifiable rewards, with a rollout engine in the loop.
+
+- :mod:`.config`: ``RLVRConfig`` / ``RLVROptions`` and the algorithm presets (``ALGORITHMS``: registered advantage
+  estimator, policy loss, where the KL goes)
+- :mod:`.experience`: rollout -> rows -> rewards -> advantages, as one ``Experience`` on flat response tokens
+- :mod:`.loop`: ``RLVRDriver``: generation, the PPO/GRPO step (``RLVRDriver.step``), weight sync, inside the shared
+  ``Trainer.run_steps``
+- :mod:`.tasks`: the policy and value losses as trainer tasks; :mod:`.value`: the value model's shape and trainer
+"""
+
+from megatron_tulu.trainers.rlvr.config import ALGORITHMS, RLVRConfig, RLVROptions
+
+__all__ = ["ALGORITHMS", "RLVRConfig", "RLVROptions"]

@@ -1,0 +1,146 @@
+"""Rollout -> tensors -> rewards -> advantages: one rollout batch becomes an ``Experience``.
+
+The rows the model reads are padded ``[B, S]`` (prompt + response); everything the losses read is on flat response
+tokens (``losses.flat``): ``[N]`` per real response token with ``seq_idx [N]``, so packed rows and new objectives
+slot in without touching the losses. ``make_experience`` is pure: tensors in, ``Experience`` and metrics out (the
+loop runs the forward passes that give it the old/reference logprobs and values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from megatron_tulu.data.sampler import IGNORE_INDEX
+from megatron_tulu.losses.flat import flatten
+from megatron_tulu.losses.masked import AllReduce
+
+TOKEN_FIELDS = ("old_logp", "ref_logp", "rollout_logp", "advantages", "returns", "old_values", "is_weights")
+
+
+def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, seq: int | None = None):
+    """Concatenate prompt+response rows. Returns input_ids [B,S], targets [B,S] (next token, IGNORE elsewhere)
+    and mask [B,S] (1 where the target is a response token)."""
+    lens = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    s = seq or max(lens)
+    s = -(-s // 8) * 8
+    b = len(prompts)
+    ids = torch.full((b, s), pad_id, dtype=torch.long)
+    targets = torch.full((b, s), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        row = list(p) + list(r)
+        ids[i, : len(row)] = torch.tensor(row)
+        if r:
+            targets[i, len(p) - 1: len(row) - 1] = torch.tensor(r)
+    return ids, targets, (targets != IGNORE_INDEX).float()
+
+
+def rollout_logp_grid(prompts: list[list[int]], logps: list[list[float]], shape: tuple[int, int]) -> Tensor:
+    """The engine's per-token logprobs at the positions of ``response_rows``' targets."""
+    grid = torch.zeros(shape)
+    for i, (p, lp) in enumerate(zip(prompts, logps)):
+        if lp:
+            grid[i, len(p) - 1: len(p) - 1 + len(lp)] = torch.tensor(lp)
+    return grid
+
+
+@dataclass
+class Experience:
+    """This DP rank's share of one rollout batch, ready for the policy and value steps.
+
+    ``input_ids``/``targets``/``mask`` are the ``[B, S]`` rows; the other tensors are ``[N]``, one entry per response
+    token (the set entries of ``mask``, row-major), and exist on the last pipeline stage only (None elsewhere)."""
+
+    input_ids: Tensor
+    """[B, S] prompt + response tokens."""
+    targets: Tensor
+    """[B, S] next-token targets, ``IGNORE_INDEX`` outside responses."""
+    mask: Tensor
+    """[B, S] 1 where the target is a response token."""
+    seq_idx: Tensor
+    """[N] row (response) of each response token."""
+    old_logp: Tensor | None = None
+    """[N] the trainer's logprobs before this batch's first update (temperature-scaled)."""
+    ref_logp: Tensor | None = None
+    """[N] the reference policy's logprobs."""
+    rollout_logp: Tensor | None = None
+    """[N] the engine's sampling logprobs."""
+    advantages: Tensor | None = None
+    """[N] advantages (the estimator's, whitened where the algorithm does)."""
+    returns: Tensor | None = None
+    """[N] value targets (value-model algorithms)."""
+    old_values: Tensor | None = None
+    """[N] the value model's predictions at rollout time (value-model algorithms)."""
+    is_weights: Tensor | None = None
+    """[N] importance weights against the engine's sampling (``rlvr.tis_cap``)."""
+
+    @classmethod
+    def rows(cls, input_ids: Tensor, targets: Tensor, mask: Tensor) -> "Experience":
+        """Rows alone (what every pipeline stage feeds the model)."""
+        return cls(input_ids, targets, mask, flatten(mask, mask)[1])
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def microbatches(self, start: int, stop: int, size: int) -> list[dict]:
+        """Rows ``[start, stop)`` in micro-batches of ``size`` rows: each a dict of the row slices and the matching
+        contiguous slices of the token tensors (``seq_idx`` relative to the micro-batch's first row)."""
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.mask.bool().sum(1).cumsum(0)]).tolist()
+        out = []
+        for i in range(start, stop, size):
+            j = min(i + size, stop)
+            mb = {"input_ids": self.input_ids[i:j], "targets": self.targets[i:j], "mask": self.mask[i:j],
+                  "seq_idx": self.seq_idx[offsets[i]:offsets[j]] - i}
+            for name in TOKEN_FIELDS:
+                if (t := getattr(self, name)) is not None:
+                    mb[name] = t[offsets[i]:offsets[j]]
+            out.append(mb)
+        return out
+
+
+def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: Tensor, ref_logp: Tensor,
+                    rollout_logp: Tensor, old_values: Tensor | None = None,
+                    dp_sum: AllReduce | None = None) -> tuple[Experience, dict[str, float]]:
+    """Rewards, advantages and importance weights of this rank's rows, by ``o.algorithm``'s registered parts.
+
+    Args:
+        rows: this rank's rows (``Experience.rows``); the result carries them.
+        o: the ``RLVROptions``.
+        scores: [B] α·verifier score of each row's response; eos: [B] bool, it ended with EOS.
+        old_logp, ref_logp, rollout_logp: [B, S] trainer / reference / engine logprobs at the target positions.
+        old_values: [B, S] value-model predictions (value-model algorithms).
+        dp_sum: sums a tensor over the DP ranks (advantage whitening over the whole batch).
+    Returns:
+        (experience, metrics): ``reward/*`` (PPO's shaped reward), ``mismatch/*`` (engine vs trainer), ``tis/*``.
+    """
+    from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS, AdvantageInputs, penalise_non_eos, shape_rewards, whiten
+    from megatron_tulu.losses.kl import logprob_mismatch
+
+    preset, m, seq_idx = o.preset, rows.mask.bool(), rows.seq_idx
+    flat = lambda grid: None if grid is None else grid[m]  # noqa: E731 - [B, S] -> [N]
+    exp = Experience(rows.input_ids, rows.targets, rows.mask, seq_idx, old_logp=flat(old_logp), ref_logp=flat(ref_logp),
+                     rollout_logp=flat(rollout_logp), old_values=flat(old_values))
+    metrics: dict[str, float] = {}
+    token_rewards = None
+    if preset.kl_in == "reward":
+        token_rewards, shaped = shape_rewards(scores, exp.old_logp, exp.ref_logp, seq_idx, kl_coef=o.kl_coef,
+                                              kl_kind=o.kl_estimator, eos_found=eos, non_eos_penalty=o.non_eos_penalty)
+        metrics.update({f"reward/{k}": float(v) for k, v in shaped.items()})
+    inputs = AdvantageInputs(seq_idx=seq_idx, num_seqs=rows.num_seqs, scores=penalise_non_eos(scores, eos, o.non_eos_penalty),
+                             token_rewards=token_rewards, values=exp.old_values, group_size=o.samples_per_prompt,
+                             gamma=o.gamma, lam=o.lam)
+    exp.advantages, exp.returns = ADVANTAGE_ESTIMATORS[preset.advantage_estimator](inputs)
+    if preset.whitens and o.whiten_advantages:
+        exp.advantages = whiten(exp.advantages, all_reduce=dp_sum)
+    metrics.update({f"mismatch/{k}": float(v) for k, v in logprob_mismatch(exp.rollout_logp, exp.old_logp).items()})
+    if o.tis_cap > 0:
+        from megatron_tulu.losses.ppo import truncated_is_weights
+
+        exp.is_weights = w = truncated_is_weights(exp.old_logp, exp.rollout_logp, o.tis_cap)
+        metrics.update({"tis/weight_mean": float(w.mean()) if w.numel() else 1.0,
+                        "tis/capped_frac": float((w >= o.tis_cap).float().mean()) if w.numel() else 0.0})
+    return exp, metrics
+

@@ -1,0 +1,345 @@
+"""The RLVR loop: one PPO/GRPO step (``RLVRDriver.step``) inside the shared ``Trainer.run_steps`` skeleton.
+
+One step, readable top to bottom:
+
+    prompts (deterministic sampler, same on every rank)
+    -> engine.generate on rank 0 (``rollout.make_engine``: vLLM or TorchEngine, local or Ray) -> broadcast
+    -> rewards.verify_batch (alpha * correct)                                                  -> broadcast
+    -> old / reference logprobs and values (forward-only, megatron schedules)
+    -> make_experience: rewards, registered advantage estimator, IS weights (flat response tokens)
+    -> ppo_epochs x minibatches: policy step (registered policy loss) [+ value step]
+    -> weight sync: megatron shards -> HF names (checkpoint.mapping) -> engine.update_weights -> probe check
+
+With ``rlvr.async_steps=k`` > 0 a background thread generates up to k batches ahead while the trainer trains (at
+most k steps off-policy, a bounded queue), so generation and training overlap; weight syncs happen between
+generations.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_tulu import platform
+from megatron_tulu.data.sampler import split_microbatches
+from megatron_tulu.parallel import broadcast_object
+from megatron_tulu.preemption import PreemptionWatcher
+from megatron_tulu.trainers.fit import Trainer, lr_at
+from megatron_tulu.trainers.rlvr.config import RLVRConfig
+from megatron_tulu.trainers.rlvr.experience import Experience, make_experience, response_rows, rollout_logp_grid
+from megatron_tulu.trainers.rlvr.tasks import PolicyTask
+from megatron_tulu.trainers.rlvr.value import _check_hf_dir, build_value_trainer
+
+
+class RLVRDriver:
+    def __init__(self, cfg: RLVRConfig):
+        self.cfg = cfg
+        self.o = cfg.rlvr
+        cfg.validate()  # load_config did already; a config built in code is checked here
+        check_local_engine_fits(cfg)
+        if self.o.preset.uses_value_model and self.o.value_init_hf:  # before minutes of policy loading
+            _check_hf_dir(self.o.value_init_hf)
+        self.policy = Trainer(cfg, PolicyTask(cfg))
+        self.engine = None
+        self.value = None
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+        # Batches drawn but not trained yet, oldest first: (sampler state before the batch, generation future on
+        # rank 0). At most async_steps of them wait while a step trains: the bounded queue.
+        self.ahead: collections.deque = collections.deque()
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from megatron_tulu.trainers.model_setup import build_reference
+
+        tr = self.policy
+        tr.setup()
+        self.task: PolicyTask = tr.task
+        self.ref = build_reference(tr, self.cfg.model, tr.preset)
+        self.value = build_value_trainer(tr, self.cfg) if self.o.preset.uses_value_model else None
+        self._start_engine()
+
+    def _start_engine(self) -> None:
+        """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0."""
+        from megatron_tulu.rollout.factory import make_engine
+
+        init_dir = Path(self.cfg.run_dir) / "engine_init"
+        self.policy.export_hf(init_dir)
+        if dist.get_rank() != 0:
+            return
+        o = self.o
+        self.engine = make_engine(o.engine, init_dir, tp=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
+                                  memory_fraction=o.engine_memory_fraction, sleep_level=o.engine_sleep_level,
+                                  sync_bucket_bytes=int(o.sync_bucket_mb * 2**20), placement=o.engine_placement,
+                                  num_engines=o.num_engines, timeout_s=o.engine_timeout_s)
+        if o.engine_placement == "ray":
+            print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
+                  f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
+
+    # ---- rollouts ----------------------------------------------------------------------------------
+    def _generate(self, indices: list[int], step: int) -> dict:
+        """Rank 0: sample, decode and verify. Returns plain Python data (broadcast to all ranks)."""
+        from megatron_tulu.rewards.batch import verify_batch
+        from megatron_tulu.rollout.base import SamplingConfig
+
+        t0 = time.time()
+        rows = [self.task.prompts[i] for i in indices]
+        k = self.o.samples_per_prompt
+        sampling = SamplingConfig(temperature=self.o.temperature, max_new_tokens=self.o.max_new_tokens, n=k,
+                                  seed=self.cfg.train.seed + step, stop_token_ids=[self.task.tokenizer.eos_token_id])
+        version = self.engine_version  # the weights these samples come from (no sync runs during a generation)
+        gens = self.engine.generate([list(r["prompt_ids"]) for r in rows], sampling)
+        prompts, responses, logps, eos, records = [], [], [], [], []
+        for r, g in zip(rows, gens):
+            for s in range(k):
+                prompts.append(list(r["prompt_ids"]))
+                responses.append(g.token_ids[s])
+                logps.append(g.logprobs[s])
+                eos.append(g.finish_reasons[s] == "stop")
+                records.append({"dataset": r["dataset"], "ground_truth": r["ground_truth"],
+                                "response": self.task.tokenizer.decode(g.token_ids[s], skip_special_tokens=True)})
+        verdicts, vm = verify_batch(records, workers=self.o.verifier_workers)
+        return {"prompts": prompts, "responses": responses, "rollout_logp": logps, "eos": eos,
+                "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
+                "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
+
+    def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None) -> torch.Tensor | None:
+        from megatron_tulu.models.context_parallel import gather_tokens
+        from megatron_tulu.models.forward import forward_only_map
+        from megatron_tulu.models.logprobs import token_logprobs
+
+        vocab, temp = self.policy.preset.vocab_size, self.o.temperature if temperature is None else temperature
+        if values:
+            red = lambda b, out: gather_tokens(out.squeeze(-1).float(), b["targets"].shape[1])  # noqa: E731
+        else:
+            red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks, vocab, temperature=temp)  # noqa: E731
+        res = forward_only_map(chunks, mbs, self.task.forward, red)
+        return torch.cat([r.cpu() for r in res]) if res else None
+
+    # ---- one RL step -------------------------------------------------------------------------------
+    def step(self, ro: dict, lr: float) -> dict:
+        """One RL step on the rollout batch ``ro``: experience (forward passes, rewards, advantages), then
+        ``ppo_epochs`` x ``num_minibatches`` policy (and value) optimizer steps."""
+        tr, o = self.policy, self.o
+        ids, targets, mask = response_rows(ro["prompts"], ro["responses"], self.task.pad_id)
+        n = ids.shape[0]
+        scores = torch.tensor(ro["correct"], dtype=torch.float32) * o.alpha
+        eos = torch.tensor(ro["eos"])
+        per = n // tr.dims.dp
+        sl = slice(tr.dp_rank * per, (tr.dp_rank + 1) * per)
+        mb = self.cfg.train.micro_batch_size
+        exp = Experience.rows(ids[sl], targets[sl], mask[sl])
+        mbs = exp.microbatches(0, per, mb)
+        old_logp = self._forward_logps(tr.model, mbs)
+        ref_logp = self._forward_logps(self.ref, mbs)
+        old_values = self._forward_logps(self.value.model, mbs, values=True) if self.value else None
+        metrics = {}
+        if tr.is_last_stage:  # the forward results exist on the last pipeline stage only
+            rollout_logp = rollout_logp_grid(ro["prompts"], ro["rollout_logp"], tuple(ids.shape))[sl]
+            dp_sum = lambda t: tr.dims.all_reduce_dp(t)  # noqa: E731 - whitening over the whole batch
+            exp, metrics = make_experience(exp, o, scores[sl], eos[sl], old_logp, ref_logp, rollout_logp,
+                                           old_values, dp_sum=dp_sum)
+        # PPO epochs x minibatches; every rank walks the same schedule
+        t_train = time.time()
+        stats = {}
+        for _ in range(o.ppo_epochs):
+            for chunk in split_microbatches(list(range(per)), per // o.num_minibatches):
+                mbs = exp.microbatches(chunk[0], chunk[-1] + 1, mb)
+                denom = tr.all_reduce_dp(float(sum(b["mask"].sum() for b in mbs)))
+                stats = tr.train_step(mbs, denom, lr)
+                if self.value is not None:
+                    stats.update(self.value.train_step(mbs, denom, o.value_lr or lr))
+        metrics.update(stats)
+        metrics["time/train_s"] = time.time() - t_train
+        metrics.update({"reward/accuracy": float(torch.tensor(ro["correct"], dtype=torch.float32).mean()),
+                        "reward/score": float(scores.mean()), "reward/eos_frac": float(eos.float().mean()),
+                        "reward/verifier_timeouts": ro["timeouts"], "response_len": float(mask.sum(1).mean()),
+                        "time/generate_s": ro["gen_s"]})
+        metrics.update({f"accuracy/{d}": v for d, v in ro["by_dataset"].items()})
+        return self._mean_over_dp(metrics)
+
+    def _mean_over_dp(self, metrics: dict) -> dict:
+        """Per-DP-rank metrics from the last stage -> mean on every rank (keys are rank-independent)."""
+        keys = sorted(metrics)
+        keys = broadcast_object(keys, src=dist.get_world_size() - 1)
+        vec = torch.tensor([float(metrics.get(k, 0.0)) if self.policy.reports_results else 0.0
+                            for k in keys], dtype=torch.float64, device=platform.device())
+        if dist.get_world_size() > 1:
+            dist.all_reduce(vec)
+        return {k: v / self.policy.dims.dp for k, v in zip(keys, vec.tolist())}
+
+    def sync_weights(self) -> float:
+        """Collective: trainer -> engine(s). Every rank walks the TP/PP gather (``iter_hf_tensors``); rank 0
+        streams the HF-named full tensors into the engines' bucketed broadcast as they arrive, with the
+        metadata computed from the preset, so it never holds the whole model."""
+        from megatron_tulu.checkpoint.model_io import hf_tensor_metas, iter_hf_tensors, pipeline_split
+
+        t0 = time.time()
+        tr = self.policy
+        named = iter_hf_tensors(tr.model, tr.preset, lazy=True)  # shard pieces go straight into the buckets
+        if dist.get_rank() == 0:
+            dtype = next(tr.model[0].parameters()).dtype
+            self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, pipeline_split(tr.model), dtype))
+        left = sum(1 for _ in named)  # other ranks: run their collectives; rank 0: the stream must be used up
+        if dist.get_rank() == 0 and left:
+            from megatron_tulu.rollout.weight_sync import WeightSyncValidationError
+
+            raise WeightSyncValidationError(f"weight sync: {left} gathered tensors were not in the metadata")
+        return time.time() - t0
+
+    def post_sync_check(self) -> float:
+        """Collective: the engine's greedy logprobs on fixed probe prompts against the trainer's (the issue's
+        post-sync check). Returns the max |difference|; every rank raises ``WeightSyncMismatch`` above the
+        tolerance, so a broken sync stops the run instead of training on rollouts from other weights."""
+        from megatron_tulu.rollout.weight_sync import WeightSyncMismatch, check_probe_logprobs
+
+        n = min(self.o.probe_prompts, len(self.task.prompts))
+        if n <= 0:
+            return 0.0
+        probe = [list(self.task.prompts[i]["prompt_ids"]) for i in range(n)]
+
+        def trainer_logps(prompts, responses):  # every rank runs this forward (TP/PP collectives)
+            responses = broadcast_object(responses)
+            ids, targets, mask = response_rows(prompts, responses, self.task.pad_id)
+            lp = self._forward_logps(self.policy.model, [{"input_ids": ids, "targets": targets, "mask": mask}],
+                                     temperature=1.0)  # greedy convention: plain log_softmax
+            lp = broadcast_object(lp if self.policy.is_last_stage else None,
+                                  src=dist.get_world_size() - 1)
+            return [lp[i, len(p) - 1: len(p) - 1 + len(r)].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
+
+        verdict = (0.0, None)
+        if dist.get_rank() == 0:
+            try:
+                verdict = (check_probe_logprobs(self.engine, trainer_logps, probe, atol=self.cfg_tol()), None)
+            except WeightSyncMismatch as e:
+                verdict = (float("nan"), str(e))
+        else:
+            trainer_logps(probe, None)
+        worst, error = broadcast_object(verdict)
+        if error is not None:
+            raise WeightSyncMismatch(f"post-sync check: {error}")
+        return worst
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Set up, then ``run_steps`` with the rollout step; the engines are shut down however it ends."""
+        watcher = PreemptionWatcher()  # before set-up, as ``Trainer.fit``
+        self.setup()
+        tr = self.policy
+        self.engine_version = tr.step  # optimizer steps in the engine's weights (the engine starts from tr.step)
+        try:
+            return tr.run_steps(self.rollout_step, save=self.save, watcher=watcher)
+        finally:
+            for _, f in self.ahead:  # never shut an engine down under a running generation
+                if f is not None:
+                    f.cancel() or f.exception()
+            if self.engine is not None:
+                self.engine.shutdown()
+
+    def _draw(self, step: int) -> None:
+        """Queue the next batch: its sampler state and, on rank 0, its generation (``step`` seeds the sampling)."""
+        tr = self.policy
+        state = tr.sampler.state_dict()
+        indices = tr.sampler.next_batch()
+        self.ahead.append((state, self.pool.submit(self._generate, indices, step) if dist.get_rank() == 0 else None))
+
+    def rollout_step(self) -> dict:
+        """One optimizer step of the policy (and value model) on the oldest queued batch; keeps up to
+        ``async_steps`` batches generating ahead; advances ``policy.step``."""
+        tr = self.policy
+        if not self.ahead:
+            self._draw(tr.step)
+        t0 = time.time()
+        _, fut = self.ahead.popleft()
+        ro = broadcast_object(fut.result() if dist.get_rank() == 0 else None)
+        idle = time.time() - t0
+        while len(self.ahead) < self.o.async_steps and tr.step + 1 + len(self.ahead) < tr.total_steps:
+            self._draw(tr.step + 1 + len(self.ahead))  # generated in the background while this batch trains
+        metrics = self.train_and_sync(ro, lr_at(tr.step, tr.total_steps, self.cfg.optim), self.ahead)
+        self.engine_version = tr.step + 1
+        metrics["time/idle_s"] = idle + metrics.pop("time/wait_ahead_s")
+        metrics["rollout/queue_depth"] = len(self.ahead)
+        # Steps the rollout's weights lag the trainer's (<= async_steps). Only an on-policy batch measures the weight
+        # sync; a lagged one measures the policy's drift, reported but not fatal.
+        metrics["mismatch/policy_lag"] = lag = tr.step - ro["version"]
+        if lag == 0 and metrics.get("mismatch/mean_abs_diff", 0.0) > self.cfg_tol():
+            from megatron_tulu.rollout.weight_sync import WeightSyncMismatch
+
+            raise WeightSyncMismatch(f"rollout vs trainer logprobs differ by {metrics['mismatch/mean_abs_diff']:.3g} "
+                                     f"(> {self.cfg_tol()}): weight sync or kernels are broken")
+        tr.step += 1
+        return metrics
+
+    def train_and_sync(self, ro: dict, lr: float, ahead) -> dict:
+        """One optimizer step on the rollout batch ``ro``, then the weight sync and its probe check.
+
+        With ``rlvr.engine_sleep_level`` the engine sleeps while the trainer steps (its GPU memory is the trainer's
+        then) and wakes right before the sync refills its weights. The engine may not change weights mid-batch:
+        batches generated ahead (``ahead``: (sampler state, future) pairs) are waited for before the sync, so each
+        came from exactly this step's weights, a batch trains at a fixed lag of ``async_steps`` and a run is
+        reproducible, not timing-dependent."""
+        asleep = bool(self.o.engine_sleep_level) and self.engine is not None  # rank 0 holds the engine
+        if asleep:
+            self.engine.sleep()
+        metrics = self.step(ro, lr)
+        t_wait = time.time()
+        for _, f in ahead:
+            if f is not None:
+                f.result()
+        metrics["time/wait_ahead_s"] = time.time() - t_wait
+        if asleep:
+            self.engine.wake()
+        metrics["time/sync_s"] = self.sync_weights()
+        metrics["sync/probe_max_abs_diff"] = self.post_sync_check()
+        return metrics
+
+    def cfg_tol(self) -> float:
+        return 0.05 if not platform.has_gpu() or self.o.engine_dtype == "float32" else 0.2
+
+    def save(self) -> None:
+        """Checkpoint the policy (and value model) at the step trained; the prompt position saved is that of the
+        oldest batch not trained yet (batches drawn ahead are generated again after a resume)."""
+        tr = self.policy
+        live = tr.sampler.state_dict()
+        if self.ahead:
+            tr.sampler.load_state_dict(self.ahead[0][0])
+        tr.save()
+        tr.sampler.load_state_dict(live)
+        if self.value is not None:
+            self.value.step = tr.step
+            self.value.save()
+
+
+def check_local_engine_fits(cfg: RLVRConfig) -> None:
+    """For a local vLLM engine on a GPU: the engine fits beside trainer rank 0 by the planner's numbers
+    (``plan.colocation``), else a ``ValueError`` naming the fields; before any model loads."""
+    o = cfg.rlvr
+    if o.engine_placement != "local" or o.engine != "vllm" or not platform.has_gpu():
+        return
+    from megatron_tulu.plan.colocation import local_engine_problems
+    from megatron_tulu.plan.hardware import gpu_from_device_name
+
+    spec = gpu_from_device_name(torch.cuda.get_device_name())
+    if spec is None:  # a GPU the planner has no numbers for: vLLM's own start-up check is all there is
+        return
+    spec = dataclasses.replace(spec, memory_bytes=float(torch.cuda.get_device_properties(0).total_memory))
+    problems = local_engine_problems(cfg, spec, int(os.environ.get("WORLD_SIZE", "1")))
+    if problems:
+        raise ValueError("rlvr.engine_placement=local: the vLLM engine does not fit on trainer rank 0's GPU: "
+                         + "; ".join(problems))
+
+
+def run_rlvr(cfg: RLVRConfig) -> dict:
+    from megatron_tulu.parallel import destroy_distributed
+
+    try:
+        return RLVRDriver(cfg).fit()
+    finally:
+        destroy_distributed()

@@ -1,0 +1,80 @@
+"""The RLVR tasks for the shared trainer: the policy's clipped loss and the value model's clipped regression,
+both on flat response tokens (``losses.flat``) taken from an ``Experience`` micro-batch."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_tulu import platform
+from megatron_tulu.models.logprobs import token_logprobs
+from megatron_tulu.trainers.rlvr.config import RLVRConfig
+from megatron_tulu.trainers.task import DataStageMixin, Task
+
+
+def _on(batch: dict, name: str, device):
+    t = batch.get(name)
+    return None if t is None else t.to(device)
+
+
+class PolicyTask(DataStageMixin, Task):
+    """The registered policy loss (``rlvr.algorithm``'s preset) over response tokens; RLVR calls ``train_step``."""
+
+    metric_names = ["loss_sum", "tokens", "clipfrac", "approx_kl"]
+
+    def __init__(self, cfg: RLVRConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer) -> int:
+        self.load_tokenizer(self.cfg.data)
+        self.prompts = self.build(trainer, "rlvr", self.cfg.data.mixture, self.cfg.train.seq_length)
+        return len(self.prompts)
+
+    def forward(self, model, batch):
+        dev = platform.device()
+        pos = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+        return model(batch["input_ids"].to(dev), pos.to(dev), None)
+
+    def denominator(self, mbs):
+        return float(sum(mb["mask"].sum() for mb in mbs))
+
+    def loss_fn(self, batch, logits, trainer):
+        from megatron_tulu.losses.ppo import POLICY_LOSSES
+
+        o, dev = self.cfg.rlvr, logits.device
+        t = batch["targets"].to(dev)
+        logp_rows = token_logprobs(logits, t.clamp(min=0), trainer.model, trainer.preset.vocab_size,
+                                   temperature=o.temperature)
+        logp = logp_rows[batch["mask"].to(dev).bool()]  # [N] flat response tokens
+        kl_in_loss = o.preset.kl_in == "loss"
+        loss, m = POLICY_LOSSES[o.preset.policy_loss](
+            logp, _on(batch, "old_logp", dev), _on(batch, "advantages", dev), _on(batch, "seq_idx", dev),
+            num_seqs=int(t.shape[0]), clip_eps=o.clip_eps, reduction="token-sum",
+            ref_logp=_on(batch, "ref_logp", dev) if kl_in_loss else None, kl_coef=o.kl_coef if kl_in_loss else 0.0,
+            kl_kind=o.kl_estimator, is_weights=_on(batch, "is_weights", dev))
+        n = torch.tensor(float(logp.numel()), device=dev)
+        return loss, {"loss_sum": loss.detach(), "tokens": n, "clipfrac": m["clipfrac"] * n, "approx_kl": m["approx_kl"] * n}
+
+    def finalize(self, sums, denom):
+        n = max(sums["tokens"], 1.0)
+        return {"loss": sums["loss_sum"] / max(denom, 1e-12), "clipfrac": sums["clipfrac"] / n, "approx_kl": sums["approx_kl"] / n}
+
+
+class ValueTask(PolicyTask):
+    """The clipped value loss of the PPO value model (a ``ScalarHead`` model on the policy's ranks)."""
+
+    metric_names = ["loss_sum", "tokens"]
+
+    def loss_fn(self, batch, values, trainer):
+        from megatron_tulu.losses.ppo import value_loss
+        from megatron_tulu.models.context_parallel import gather_tokens
+
+        dev = values.device
+        mask = batch["mask"].to(dev)
+        full = gather_tokens(values.squeeze(-1).float(), mask.shape[1])  # full rows under context parallelism
+        loss, _ = value_loss(full[mask.bool()], _on(batch, "old_values", dev), _on(batch, "returns", dev),
+                             _on(batch, "seq_idx", dev), num_seqs=int(mask.shape[0]),
+                             clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token-sum")
+        return loss, {"loss_sum": loss.detach(), "tokens": mask.sum()}
+
+    def finalize(self, sums, denom):
+        return {"value_loss": sums["loss_sum"] / max(denom, 1e-12)}
