@@ -9,13 +9,13 @@ through ``rlvr.algorithm``'s preset; each reads the fields of ``AdvantageInputs`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from megatron_tulu.losses.flat import check_seq_idx, flatten, to_grid
 from megatron_tulu.losses.masked import AllReduce, check_same_shape, masked_mean_var
+from megatron_tulu.registry import Registry
 
 WHITEN_EPS = 1e-8
 
@@ -42,20 +42,9 @@ class AdvantageInputs:
     """GAE λ."""
 
 
-Estimator = Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
-ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
-
-
-def register_advantage(name: str) -> Callable[[Estimator], Estimator]:
-    """Decorator: make ``fn`` the advantage estimator called ``name`` (a name is registered once)."""
-
-    def add(fn: Estimator) -> Estimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is registered twice")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return add
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+"""name -> ``estimator(AdvantageInputs) -> (advantages [N], returns [N] or None)``."""
+register_advantage = ADVANTAGE_ESTIMATORS.register
 
 
 @torch.no_grad()

@@ -335,7 +335,6 @@ def generate(out_dir: str | Path, seed: int = 0, scale: str = "small", vocab_siz
     sizes = SCALES[scale]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     files: dict[str, list] = {}
 
     # Eval first, so every training split can exclude eval prompts exactly.

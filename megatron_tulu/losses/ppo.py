@@ -12,30 +12,18 @@ kl_kind, is_weights)``; the RLVR loop looks them up by ``rlvr.algorithm``'s pres
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from megatron_tulu.losses.flat import check_seq_idx, seq_count, seq_sum
 from megatron_tulu.losses.kl import kl_estimate
+from megatron_tulu.registry import Registry
 
 REDUCTIONS = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum")
 
-PolicyLoss = Callable[..., tuple[Tensor, dict[str, Tensor]]]
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Decorator: make ``fn`` the policy loss called ``name`` (a second registration of a name is an error)."""
-
-    def add(fn: PolicyLoss) -> PolicyLoss:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is registered twice")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return add
+POLICY_LOSSES = Registry("policy loss")
+"""name -> ``loss(logp, old_logp, advantages, seq_idx, **options) -> (loss, metrics)``."""
+register_policy_loss = POLICY_LOSSES.register
 
 
 def aggregate(loss_tok: Tensor, seq_idx: Tensor, reduction: str, num_seqs: int | None = None) -> Tensor:
@@ -138,31 +126,15 @@ def ppo_policy_loss(
 
 
 @register_policy_loss("grpo")
-def grpo_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    seq_idx: Tensor,
-    *,
-    num_seqs: int | None = None,
-    clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    reduction: str = "token-mean",
-    ref_logp: Tensor | None = None,
-    kl_coef: float = 0.05,
-    kl_kind: str = "k3",
-    is_weights: Tensor | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
+def grpo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, seq_idx: Tensor,
+                     **options) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO: the PPO clipped surrogate on group advantages plus ``kl_coef`` · KL to the reference in the loss.
 
-    Same arguments and return as ``ppo_policy_loss``; only the defaults differ (KL in the loss, k3, β = 0.05 as
-    open-instruct's GRPO script; the DeepSeekMath paper uses 0.04). ``kl_coef=0`` drops the reference term.
+    Same arguments and return as ``ppo_policy_loss``; only the defaults differ: ``kl_coef=0.05`` (open-instruct's
+    GRPO script; the DeepSeekMath paper uses 0.04) and ``kl_kind="k3"``. ``kl_coef=0`` drops the reference term.
     """
-    return ppo_policy_loss(
-        logp, old_logp, advantages, seq_idx, num_seqs=num_seqs,
-        clip_eps=clip_eps, clip_eps_high=clip_eps_high, reduction=reduction,
-        ref_logp=ref_logp, kl_coef=kl_coef, kl_kind=kl_kind, is_weights=is_weights,
-    )  # fmt: skip
+    options.setdefault("kl_coef", 0.05)
+    return ppo_policy_loss(logp, old_logp, advantages, seq_idx, **options)
 
 
 def truncated_is_weights(old_logp: Tensor, rollout_logp: Tensor, cap: float) -> Tensor:

@@ -10,7 +10,7 @@ from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.plan import memory as M
 from megatron_tulu.plan import throughput as T
-from megatron_tulu.plan.hardware import GPUSpec, get_gpu
+from megatron_tulu.plan.hardware import get_gpu
 
 STAGES = ("pretrain", "sft", "dpo", "rlvr")
 

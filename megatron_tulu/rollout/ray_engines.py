@@ -58,8 +58,10 @@ class _EngineHost:
     def generate(self, prompts, sampling):
         return self.engine.generate(prompts, sampling)
 
-    def update_weights(self, named):
-        self.engine.update_weights(named)
+    def call(self, method: str, *args):
+        """``engine.<method>(*args)`` for the calls that return nothing (``update_weights``, ``reset_prefix_cache``,
+        ``sleep``, ``wake``, ``shutdown``); True once it returned, so the caller can wait on it."""
+        getattr(self.engine, method)(*args)
         return True
 
     def num_workers(self) -> int:
@@ -68,22 +70,6 @@ class _EngineHost:
     def rpc(self, method: str, args: tuple):
         """``collective_rpc`` on this engine's vLLM workers (the weight-sync extension's methods)."""
         return self.engine.llm.collective_rpc(method, args=tuple(args))
-
-    def reset_prefix_cache(self):
-        self.engine.reset_prefix_cache()
-        return True
-
-    def sleep(self):
-        self.engine.sleep()
-        return True
-
-    def wake(self):
-        self.engine.wake()
-        return True
-
-    def shutdown(self):
-        self.engine.shutdown()
-        return True
 
 
 class _RemoteSyncPeer:
@@ -97,7 +83,7 @@ class _RemoteSyncPeer:
         return self.actor.rpc.remote(method, tuple(args)).future()
 
     def reset_prefix_cache(self) -> None:
-        self.group._get(self.actor.reset_prefix_cache.remote(), "reset_prefix_cache")
+        self.group._get(self.actor.call.remote("reset_prefix_cache"), "reset_prefix_cache")
 
 
 class RayEngineGroup(RolloutEngine):
@@ -176,7 +162,7 @@ class RayEngineGroup(RolloutEngine):
             from megatron_tulu.checkpoint.mapping import as_tensor
 
             ref = ray.put([(k, as_tensor(v).detach().cpu()) for k, v in named_tensors])  # one copy in the object store
-            self._get([a.update_weights.remote(ref) for a in self.actors], "update_weights")
+            self._get([a.call.remote("update_weights", ref) for a in self.actors], "update_weights")
             return
         if self._sync is None:
             self._sync = self._connect_sync()
@@ -196,11 +182,14 @@ class RayEngineGroup(RolloutEngine):
         sync.connect()
         return sync
 
+    def _call_all(self, method: str) -> None:
+        self._get([a.call.remote(method) for a in self.actors], method)
+
     def sleep(self) -> None:
-        self._get([a.sleep.remote() for a in self.actors], "sleep")
+        self._call_all("sleep")
 
     def wake(self) -> None:
-        self._get([a.wake.remote() for a in self.actors], "wake")
+        self._call_all("wake")
 
     def shutdown(self) -> None:
         import ray
@@ -215,7 +204,7 @@ class RayEngineGroup(RolloutEngine):
                 log.warning("closing the weight-sync group failed: %s", e)
             self._sync = None
         try:
-            self._get([a.shutdown.remote() for a in self.actors], "shutdown")
+            self._call_all("shutdown")
         finally:
             for a in self.actors:
                 ray.kill(a)
