@@ -107,8 +107,9 @@ def render(messages: Sequence[dict], tokenizer, template: str = "tulu", add_gene
     raise ValueError(f"unknown chat template {template!r} (expected 'tulu' or 'tokenizer')")
 
 
-def encode_text(text: str, tokenizer, add_bos: bool = True) -> list[int]:
-    """Token ids of rendered chat ``text``; bos is prepended once unless the template already wrote it."""
+def encode_text(text: str, tokenizer, add_bos: bool = False) -> list[int]:
+    """Token ids of rendered chat ``text`` (no special tokens added, as ``apply_chat_template``); with ``add_bos`` the
+    tokenizer's BOS is prepended once unless the template already wrote it (``DataConfig.add_bos``)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
     bos = tokenizer.bos_token
     if add_bos and bos is not None and not text.startswith(bos):
@@ -134,7 +135,7 @@ def _check_prefix(full: list[int], prefix: list[int], messages, upto: int) -> No
 
 
 def tokenize_sft_full(
-    messages: Sequence[dict], tokenizer, template: str = "tulu", add_bos: bool = True
+    messages: Sequence[dict], tokenizer, template: str = "tulu", add_bos: bool = False
 ) -> dict[str, list[int]]:
     """Untruncated ``{"input_ids", "labels"}`` with labels only on assistant tokens; boundary-drift checked."""
     messages = validate_messages(messages)
@@ -157,7 +158,7 @@ def tokenize_sft_full(
 
 
 def tokenize_sft(
-    messages: Sequence[dict], tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = True
+    messages: Sequence[dict], tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = False
 ) -> dict[str, list[int]]:
     """Tokenize one SFT conversation.
 
@@ -183,17 +184,17 @@ def _split_preference(row: dict) -> tuple[list[dict], list[dict]]:
             prompt = [{"role": "user", "content": prompt}]
         prompt = validate_messages(prompt, "prompt", require_assistant=False)
 
-        def as_msgs(x, name):
-            if isinstance(x, str):
-                return [{"role": "assistant", "content": x}]
-            return list(x)
+        # A response given as text (or as assistant turns alone) follows the prompt. Message lists with a user turn are
+        # whole conversations, as the released Tülu 3 preference mixtures store them (the prompt already inside, maybe
+        # after a system turn or earlier turns): used as they are, never prefixed with ``prompt``.
+        def conversation(side):
+            if isinstance(side, str):
+                return prompt + [{"role": "assistant", "content": side}]
+            if isinstance(side, list) and not any(isinstance(m, dict) and m.get("role") == "user" for m in side):
+                return prompt + side
+            return side
 
-        chosen, rejected = as_msgs(chosen, "chosen"), as_msgs(rejected, "rejected")
-        # Released sets differ: some repeat the prompt inside chosen/rejected, some do not.
-        if chosen[: len(prompt)] != prompt:
-            chosen = prompt + chosen
-        if rejected[: len(prompt)] != prompt:
-            rejected = prompt + rejected
+        chosen, rejected = conversation(chosen), conversation(rejected)
     chosen = validate_messages(chosen, "chosen")
     rejected = validate_messages(rejected, "rejected")
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
@@ -204,7 +205,7 @@ def _split_preference(row: dict) -> tuple[list[dict], list[dict]]:
 
 
 def tokenize_preference(
-    row: dict, tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = True
+    row: dict, tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = False
 ) -> dict[str, list[int]]:
     """Tokenize a preference row ``{"chosen": [msgs], "rejected": [msgs]}`` (or with a ``prompt`` field).
 
@@ -231,7 +232,7 @@ def prompt_messages(messages: Sequence[dict]) -> list[dict]:
 
 
 def tokenize_prompt(
-    row: dict, tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = True
+    row: dict, tokenizer, max_len: int | None, template: str = "tulu", add_bos: bool = False
 ) -> dict[str, Any]:
     """Tokenize an RLVR row ``{"messages", "ground_truth", "dataset"}`` into a generation prompt.
 

@@ -28,7 +28,7 @@ from megatron_tulu.data import chat
 log = logging.getLogger(__name__)
 
 KINDS = ("sft", "preference", "rlvr", "text")
-CACHE_FORMAT_VERSION = "1"  # bump when the tokenized layout or masking rule changes
+CACHE_FORMAT_VERSION = "2"  # bump when the tokenized layout or masking rule changes
 
 
 class DataFileError(ValueError):
@@ -50,7 +50,10 @@ class DatasetSource:
     fraction: float | None = None
     """Share of the file's rows to take (1.0 = all; >1 repeats rows). Exclusive with count; neither means all."""
     name: str | None = None
-    """Label used in reports; defaults to the file name."""
+    """Label used in reports; defaults to the file name (with ``source``: the source value)."""
+    source: str | None = None
+    """Take only the rows whose ``source`` column equals this (a released mixture such as allenai/tulu-3-sft-mixture
+    is one dataset with a ``source`` column); count/fraction then apply to those rows."""
 
 
 @dataclass
@@ -72,6 +75,8 @@ class SourceReport:
     rows_available: int
     rows_taken: int
     skipped: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    """Rows taken per value of the rows' ``source`` column (released mixtures carry one; empty when absent)."""
 
 
 @dataclass
@@ -83,6 +88,10 @@ class DataReport:
     rows: int = 0
     truncated: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    max_tokens: int = 0
+    """Longest tokenized row (RLVR: prompt; preference: the longer side), before truncation."""
+    mean_tokens: float = 0.0
+    """Mean tokenized row length, before truncation."""
     cache_key: str = ""
     cache_hit: bool = False
 
@@ -91,8 +100,9 @@ class DataReport:
 
     def summary(self) -> str:
         parts = [f"{s.name}: {s.rows_taken}/{s.rows_available}" for s in self.sources]
-        return (f"{self.kind} mixture -> {self.rows} rows ({'; '.join(parts)}); truncated {self.truncated}, "
-                f"skipped {sum(self.skipped.values())} {dict(self.skipped)}; cache {'hit' if self.cache_hit else 'miss'}")
+        return (f"{self.kind} mixture -> {self.rows} rows ({'; '.join(parts)}); tokens max {self.max_tokens} mean "
+                f"{self.mean_tokens:.0f}; truncated {self.truncated}, skipped {sum(self.skipped.values())} "
+                f"{dict(self.skipped)}; cache {'hit' if self.cache_hit else 'miss'}")
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -103,11 +113,12 @@ def _validate_row(row: Any, kind: str) -> dict:
     if kind == "sft":
         if "messages" not in row:
             raise chat.DataFormatError("missing field 'messages'")
-        return {"messages": [{"role": m["role"], "content": m["content"]} for m in chat.validate_messages(row["messages"])]}
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in chat.validate_messages(row["messages"])],
+                **_source_of(row)}
     if kind == "preference":
         c, r = chat._split_preference(row)
         strip = lambda ms: [{"role": m["role"], "content": m["content"]} for m in ms]  # noqa: E731
-        return {"chosen": strip(c), "rejected": strip(r)}
+        return {"chosen": strip(c), "rejected": strip(r), **_source_of(row)}
     if kind == "rlvr":
         if "messages" not in row:
             raise chat.DataFormatError("missing field 'messages'")
@@ -117,6 +128,7 @@ def _validate_row(row: Any, kind: str) -> dict:
                 raise chat.DataFormatError(f"missing field {k!r}")
         gt = row["ground_truth"]
         gt = gt if isinstance(gt, str) else (gt[0] if isinstance(gt, list) and len(gt) == 1 else json.dumps(gt))
+        _check_verifiable(str(row["dataset"]), gt)
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs],
                 "ground_truth": gt, "dataset": str(row["dataset"])}
     if kind == "text":
@@ -124,6 +136,26 @@ def _validate_row(row: Any, kind: str) -> dict:
             raise chat.DataFormatError("field 'text' must be a non-empty string")
         return {"text": row["text"]}
     raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
+def _source_of(row: dict) -> dict:
+    """``{"source": value}`` when the row has a string ``source`` column (kept for mixing and report counts)."""
+    return {"source": row["source"]} if isinstance(row.get("source"), str) else {}
+
+
+def _check_verifiable(dataset: str, ground_truth) -> None:
+    """An RLVR row's ``dataset`` must name a verifier (any case) that can judge its ``ground_truth``; checked when the
+    data is read, so a bad row fails naming file:line before any model or engine starts."""
+    from megatron_tulu.rewards.registry import canonical_dataset, validate_ground_truth
+
+    try:
+        canonical_dataset(dataset)
+    except ValueError as e:
+        raise chat.DataFormatError(f"field 'dataset': {e}") from None
+    try:
+        validate_ground_truth(dataset, ground_truth)
+    except ValueError as e:
+        raise chat.DataFormatError(f"field 'ground_truth': {e}") from None
 
 
 HUB_PREFIX = "hf://"
@@ -213,7 +245,7 @@ def _select(n_avail: int, src: DatasetSource, rng: random.Random) -> list[int]:
 
 def _source_name(src: DatasetSource) -> str:
     """The name that seeds a source's row selection (and so belongs in the cache key)."""
-    return src.name or Path(src.path).name
+    return src.name or src.source or Path(src.path).name
 
 
 def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
@@ -223,33 +255,44 @@ def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
     rows: list[dict] = []
     reports = []
     total_skipped: Counter = Counter()
+    files: dict[str, tuple[list[dict], Counter]] = {}  # a released mixture is one file that several entries select from
     for k, src in enumerate(cfg.datasets):
-        skipped: Counter = Counter()
-        avail = read_rows(src.path, kind, cfg.skip_invalid, skipped)
+        if src.path not in files:
+            skipped: Counter = Counter()
+            files[src.path] = read_rows(src.path, kind, cfg.skip_invalid, skipped), skipped
+            total_skipped.update(skipped)
+        avail, skipped = files[src.path]
+        if src.source is not None:
+            avail = [r for r in avail if r.get("source") == src.source]
+            if not avail:
+                raise ValueError(f"mixture source {src.path}: no row has source {src.source!r}")
         # seeded by the file's name, not its absolute path: the same mixture picks the same rows wherever the
         # data directory lives (another machine, a temp dir in tests)
         idx = _select(len(avail), src, random.Random(f"{cfg.seed}-{k}-{_source_name(src)}"))
         rows.extend(avail[i] for i in idx)
-        reports.append(SourceReport(_source_name(src), src.path, len(avail), len(idx), dict(skipped)))
-        total_skipped.update(skipped)
+        by_source = Counter(avail[i]["source"] for i in idx if "source" in avail[i])
+        reports.append(SourceReport(_source_name(src), src.path, len(avail), len(idx), dict(skipped), dict(by_source)))
     random.Random(cfg.seed).shuffle(rows)
     return rows, DataReport(kind=kind, sources=reports, rows=len(rows), skipped=dict(total_skipped))
 
 
 # ----------------------------------------------------------------------------------------------- tokenizing
-def _tokenize_row(row: dict, kind: str, tokenizer, max_len: int | None, template: str) -> tuple[dict, bool]:
-    """Tokenized row and whether it was truncated; raises DataFormatError for over-long prompts."""
+def _tokenize_row(row: dict, kind: str, tokenizer, max_len: int | None, template: str,
+                  add_bos: bool = False) -> tuple[dict, int, bool]:
+    """``(tokenized row, its length before truncation, truncated?)``; raises DataFormatError for over-long prompts.
+    The length is the prompt's for RLVR and the longer side's for preference pairs."""
     if kind == "sft":
-        full = chat.tokenize_sft_full(row["messages"], tokenizer, template)
+        full = chat.tokenize_sft_full(row["messages"], tokenizer, template, add_bos)
         n = len(full["input_ids"])
         if max_len is not None and n > max_len:
             labels = full["labels"][:max_len]
             if all(x == chat.IGNORE_INDEX for x in labels):
                 raise chat.PromptTooLongError(f"prompt fills all {max_len} tokens (conversation has {n}); nothing to train on")
-            return {"input_ids": full["input_ids"][:max_len], "labels": labels}, True
-        return full, False
+            return {"input_ids": full["input_ids"][:max_len], "labels": labels}, n, True
+        return full, n, False
     if kind == "preference":
-        out = chat.tokenize_preference(row, tokenizer, None, template)
+        out = chat.tokenize_preference(row, tokenizer, None, template, add_bos)
+        n = max(len(out["chosen_input_ids"]), len(out["rejected_input_ids"]))
         trunc = False
         if max_len is not None:
             for side in ("chosen", "rejected"):
@@ -259,26 +302,29 @@ def _tokenize_row(row: dict, kind: str, tokenizer, max_len: int | None, template
                     out[f"{side}_labels"] = out[f"{side}_labels"][:max_len]
                     if all(x == chat.IGNORE_INDEX for x in out[f"{side}_labels"]):
                         raise chat.PromptTooLongError(f"prompt fills all {max_len} tokens of {side}; nothing to train on")
-        return out, trunc
-    if kind == "rlvr":
-        return chat.tokenize_prompt(row, tokenizer, max_len, template), False
+        return out, n, trunc
+    if kind == "rlvr":  # a prompt is never cut (the answer would be judged against another question): too long fails
+        out = chat.tokenize_prompt(row, tokenizer, max_len, template, add_bos)
+        return out, len(out["prompt_ids"]), False
     if kind == "text":
         ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"]
         ids = list(ids) + [tokenizer.eos_token_id]
         trunc = max_len is not None and len(ids) > max_len
-        return {"input_ids": ids[:max_len] if trunc else ids}, trunc
+        return {"input_ids": ids[:max_len] if trunc else ids}, len(ids), trunc
     raise ValueError(f"unknown data kind {kind!r}")
 
 
 def tokenize_rows(
     rows: list[dict], kind: str, tokenizer, max_len: int | None, template: str = "tulu",
-    skip_invalid: bool = False, report: DataReport | None = None,
+    skip_invalid: bool = False, report: DataReport | None = None, add_bos: bool = False,
 ) -> list[dict]:
-    """Tokenize validated rows; errors name the row's file and line (or are counted with ``skip_invalid``)."""
+    """Tokenize validated rows; errors name the row's file and line (or are counted with ``skip_invalid``).
+    The report gets the truncation and skip counts and the token lengths (as tokenized, before truncation)."""
     out = []
+    lengths = []
     for row in rows:
         try:
-            tok, trunc = _tokenize_row(row, kind, tokenizer, max_len, template)
+            tok, n_tokens, trunc = _tokenize_row(row, kind, tokenizer, max_len, template, add_bos)
         except chat.DataFormatError as e:
             if not skip_invalid:
                 raise DataFileError(row.get("_source", "<rows>"), row.get("_line", 0), str(e)) from None
@@ -289,9 +335,12 @@ def tokenize_rows(
             continue
         if trunc and report is not None:
             report.truncated += 1
+        lengths.append(n_tokens)
         out.append(tok)
     if report is not None:
         report.rows = len(out)
+        report.max_tokens = max(lengths, default=0)
+        report.mean_tokens = sum(lengths) / max(len(lengths), 1)
     return out
 
 
@@ -307,7 +356,7 @@ def _file_digest(path: str, memo: dict[str, str]) -> str:
     return memo[path]
 
 
-def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str) -> str:
+def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str, add_bos: bool = False) -> str:
     """Hash of everything the tokenized output depends on (file contents, not paths or mtimes)."""
     from megatron_tulu.data.tokenizer import tokenizer_fingerprint
 
@@ -321,14 +370,15 @@ def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, tem
         "seed": cfg.seed,
         "skip_invalid": cfg.skip_invalid,
         # the name seeds which rows are taken (see mix), so a renamed source must not hit a stale cache
-        "sources": [(_file_digest(s.path, memo), _source_name(s), s.count, s.fraction) for s in cfg.datasets],
+        "sources": [(_file_digest(s.path, memo), _source_name(s), s.count, s.fraction, s.source) for s in cfg.datasets],
+        "add_bos": add_bos,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def build_dataset(
     cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str = "tulu",
-    cache_dir: str | Path | None = None, tokenize_fn: Callable[..., list[dict]] = tokenize_rows,
+    cache_dir: str | Path | None = None, tokenize_fn: Callable[..., list[dict]] = tokenize_rows, add_bos: bool = False,
 ):
     """Mix, validate and tokenize; returns ``(datasets.Dataset, DataReport)``.
 
@@ -340,7 +390,7 @@ def build_dataset(
 
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
-    key = cache_key(cfg, kind, tokenizer, max_len, template)
+    key = cache_key(cfg, kind, tokenizer, max_len, template, add_bos)
     if cache_dir is not None:
         path = Path(cache_dir) / key
         if (path / "report.json").exists():
@@ -351,7 +401,7 @@ def build_dataset(
             log.info("%s (%s)", report.summary(), path)
             return ds, report
     rows, report = mix(cfg, kind)
-    toks = tokenize_fn(rows, kind, tokenizer, max_len, template, cfg.skip_invalid, report)
+    toks = tokenize_fn(rows, kind, tokenizer, max_len, template, cfg.skip_invalid, report, add_bos=add_bos)
     if not toks:
         raise ValueError(f"{kind} mixture produced no rows ({report.summary()})")
     ds = datasets.Dataset.from_list(toks)

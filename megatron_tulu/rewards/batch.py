@@ -26,12 +26,24 @@ import os
 import time
 from multiprocessing.connection import wait as wait_connections
 
-from megatron_tulu.rewards.gsm8k import parse_ground_truth as parse_gsm8k_ground_truth
-from megatron_tulu.rewards.ifeval import parse_ground_truth as parse_ifeval_ground_truth
-from megatron_tulu.rewards.registry import DEFAULT_TIMEOUT_S, VERIFIERS, VerifyTimeout, get_verifier
+from dataclasses import dataclass
+
+from megatron_tulu.rewards.registry import (
+    DEFAULT_TIMEOUT_S, VerifyTimeout, canonical_dataset, get_verifier, validate_ground_truth,
+)
 
 INPROCESS_BELOW = 32
 """Batches smaller than this are scored in the caller's process (no worker start-up)."""
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How every record of a batch is scored."""
+
+    paper_compat: bool = False
+    """Reproduce the 2024 reference implementations' quirks (see each verifier)."""
+    ifeval_partial_credit: bool = False
+    """IFEval rows score the fraction of their constraints met instead of all-or-nothing."""
 
 
 def validate_record(record: dict, where: str = "record") -> None:
@@ -42,38 +54,29 @@ def validate_record(record: dict, where: str = "record") -> None:
         if field not in record:
             raise ValueError(f"{where}: missing field {field!r}")
     try:
-        get_verifier(record["dataset"])
+        canonical_dataset(record["dataset"])
     except ValueError as exc:
         raise ValueError(f"{where}: field 'dataset': {exc}") from None
     if not isinstance(record["response"], str):
         raise ValueError(f"{where}: field 'response' must be a string, got {type(record['response']).__name__}")
-    gt = record["ground_truth"]
-    if record["dataset"] == "ifeval":
-        try:
-            parse_ifeval_ground_truth(gt)
-        except ValueError as exc:
-            raise ValueError(f"{where}: field 'ground_truth': {exc}") from None
-    elif not isinstance(gt, (str, int, float)) or isinstance(gt, bool):
-        raise ValueError(f"{where}: field 'ground_truth' must be a string for {record['dataset']}")
-    elif record["dataset"] == "gsm8k":
-        try:
-            parse_gsm8k_ground_truth(gt)
-        except ValueError as exc:
-            raise ValueError(f"{where}: field 'ground_truth': {exc}") from None
+    try:
+        validate_ground_truth(record["dataset"], record["ground_truth"])
+    except ValueError as exc:
+        raise ValueError(f"{where}: field 'ground_truth': {exc}") from None
 
 
-def _score_one(record: dict, *, timeout_s: float, isolate: bool, paper_compat: bool) -> bool:
-    fn = VERIFIERS[record["dataset"]]
-    return bool(fn(record["response"], record["ground_truth"], timeout_s=timeout_s, isolate=isolate,
-                   paper_compat=paper_compat))
+def _score_one(record: dict, *, timeout_s: float, isolate: bool, options: ScoreOptions) -> float:
+    fn = get_verifier(record["dataset"])
+    return float(fn(record["response"], record["ground_truth"], timeout_s=timeout_s, isolate=isolate,
+                    paper_compat=options.paper_compat, partial_credit=options.ifeval_partial_credit))
 
 
 _PENDING, _TRUE, _FALSE, _ERROR = 0, 1, 2, 3
 
 
-def _worker_main(conn, records, status, clock, timeout_s: float, paper_compat: bool) -> None:
+def _worker_main(conn, records, status, scores, clock, timeout_s: float, options: ScoreOptions) -> None:
     """Score index ranges of ``records`` (inherited through fork, never pickled), writing verdicts into
-    the shared ``status`` array. ``clock[0]`` is when the current item started; it is written before the
+    the shared ``status`` array (and each score into ``scores``). ``clock[0]`` is when the current item started; it is written before the
     previous item's status, so the parent never pairs a new item with an old start time."""
     clock[0] = time.monotonic()
     while True:
@@ -87,8 +90,8 @@ def _worker_main(conn, records, status, clock, timeout_s: float, paper_compat: b
         errors = []
         for i in range(start, stop):
             try:
-                value = _TRUE if _score_one(records[i], timeout_s=timeout_s, isolate=False,
-                                            paper_compat=paper_compat) else _FALSE
+                scores[i] = _score_one(records[i], timeout_s=timeout_s, isolate=False, options=options)
+                value = _TRUE if scores[i] == 1.0 else _FALSE
             except Exception as exc:  # noqa: BLE001 -- reported to the parent and counted, never hidden
                 value = _ERROR
                 errors.append((i, f"{type(exc).__name__}: {exc}"))
@@ -98,12 +101,12 @@ def _worker_main(conn, records, status, clock, timeout_s: float, paper_compat: b
 
 
 class _Worker:
-    def __init__(self, ctx, records, status, timeout_s: float, paper_compat: bool):
+    def __init__(self, ctx, records, status, scores, timeout_s: float, options: ScoreOptions):
         self.conn, child = ctx.Pipe()
         self.clock = ctx.RawArray("d", 1)
         self.clock[0] = time.monotonic()
         self.proc = ctx.Process(target=_worker_main, daemon=True,
-                                args=(child, records, status, self.clock, timeout_s, paper_compat))
+                                args=(child, records, status, scores, self.clock, timeout_s, options))
         self.proc.start()
         child.close()
         self.chunk: tuple[int, int] | None = None
@@ -134,8 +137,13 @@ def _can_fork_workers() -> bool:
 
 
 def verify_batch(records: list[dict], workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, *,
-                 paper_compat: bool = False, inprocess_below: int = INPROCESS_BELOW) -> tuple[list[bool], dict]:
+                 paper_compat: bool = False, ifeval_partial_credit: bool = False,
+                 inprocess_below: int = INPROCESS_BELOW) -> tuple[list[bool | float], dict]:
     """Verdicts for ``records`` (dicts with dataset/response/ground_truth), in order, and metrics.
+
+    A verdict is a bool, or with ``ifeval_partial_credit`` the score in [0, 1] (IFEval rows: the fraction of their
+    constraints met; others 0.0 or 1.0). ``dataset`` is matched case-insensitively; ``by_dataset`` keeps the
+    records' own spelling.
 
     ``workers``: processes to use (None -> CPU count, 0 -> score in this process). Each item gets
     ``timeout_s`` seconds; an item over its limit is scored False and counted. Metrics keys: ``n``,
@@ -146,8 +154,9 @@ def verify_batch(records: list[dict], workers: int | None = None, timeout_s: flo
     """
     for i, record in enumerate(records):
         validate_record(record, where=f"record {i}")
+    options = ScoreOptions(paper_compat=paper_compat, ifeval_partial_credit=ifeval_partial_credit)
     start = time.monotonic()
-    verdicts: list[bool] = [False] * len(records)
+    scores = [0.0] * len(records)
     metrics = {"n": len(records), "correct": 0, "timeouts": 0, "errors": 0, "error_messages": [], "workers": 0}
 
     def fail(index: int, message: str) -> None:
@@ -160,36 +169,38 @@ def verify_batch(records: list[dict], workers: int | None = None, timeout_s: flo
     if n_workers == 0 or len(records) < inprocess_below or not _can_fork_workers():
         for i, record in enumerate(records):
             try:
-                verdicts[i] = _score_one(record, timeout_s=timeout_s, isolate=True, paper_compat=paper_compat)
+                scores[i] = _score_one(record, timeout_s=timeout_s, isolate=True, options=options)
             except VerifyTimeout:
                 metrics["timeouts"] += 1
             except Exception as exc:  # noqa: BLE001 -- counted, scored incorrect
                 fail(i, f"{type(exc).__name__}: {exc}")
     else:
-        if any(r["dataset"] == "math" for r in records):
+        if any(canonical_dataset(r["dataset"]) == "math" for r in records):
             from megatron_tulu.rewards.math_symbolic import warm_up
 
             warm_up()  # import sympy + build the parser once here; forked workers inherit it
-        if any(r["dataset"] == "ifeval" and ("language" in str(r["ground_truth"]) or "english_" in str(r["ground_truth"]))
+        if any(canonical_dataset(r["dataset"]) == "ifeval" and ("language" in str(r["ground_truth"])
+                                                                 or "english_" in str(r["ground_truth"]))
                for r in records):
             from megatron_tulu.rewards.ifeval_text import warm_up_language
 
             warm_up_language()
         metrics["workers"] = n_workers
-        _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_compat)
+        _run_pool(records, scores, metrics, fail, n_workers, timeout_s, options)
 
+    verdicts = list(scores) if ifeval_partial_credit else [s == 1.0 for s in scores]
     metrics["correct"] = sum(verdicts)
     by_dataset: dict[str, dict[str, int]] = {}
     for record, ok in zip(records, verdicts):
         entry = by_dataset.setdefault(record["dataset"], {"n": 0, "correct": 0})
         entry["n"] += 1
-        entry["correct"] += int(ok)
+        entry["correct"] += ok  # a bool counts 1; a partial-credit score its fraction
     metrics["by_dataset"] = by_dataset
     metrics["seconds"] = time.monotonic() - start
     return verdicts, metrics
 
 
-def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_compat) -> None:
+def _run_pool(records, scores, metrics, fail, n_workers, timeout_s, options: ScoreOptions) -> None:
     """Chunks of indices go to workers; verdicts come back through shared memory, so per item there is
     no pickling and no pipe round trip. The item a worker is on is the first pending one of its chunk;
     when it overruns ``timeout_s`` the worker is killed, the item counted as a timeout and the rest of
@@ -197,9 +208,10 @@ def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_comp
     ctx = mp.get_context("fork")
     n = len(records)
     status = ctx.RawArray("b", n)
+    shared_scores = ctx.RawArray("d", n)
     chunk_size = max(1, min(64, n // (n_workers * 4)))
     queue = collections.deque((i, min(i + chunk_size, n)) for i in range(0, n, chunk_size))
-    pool = [_Worker(ctx, records, status, timeout_s, paper_compat) for _ in range(n_workers)]
+    pool = [_Worker(ctx, records, status, shared_scores, timeout_s, options) for _ in range(n_workers)]
 
     def current_item(w: _Worker) -> int:
         start, stop = w.chunk
@@ -222,7 +234,7 @@ def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_comp
                             fail(index, message)
                         w.chunk = None
                     except (EOFError, OSError):  # died (e.g. killed for memory): its item is incorrect
-                        pool[slot] = w = _replace(w, queue, ctx, records, status, timeout_s, paper_compat,
+                        pool[slot] = w = _replace(w, queue, ctx, records, status, shared_scores, timeout_s, options,
                                                   on_item=lambda i: fail(i, "worker died"))
                 else:
                     item = current_item(w)  # status first, then the clock (the worker writes them in reverse)
@@ -232,7 +244,7 @@ def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_comp
                     def count_timeout(i: int) -> None:
                         metrics["timeouts"] += 1  # verdict stays pending, i.e. incorrect
 
-                    pool[slot] = w = _replace(w, queue, ctx, records, status, timeout_s, paper_compat,
+                    pool[slot] = w = _replace(w, queue, ctx, records, status, shared_scores, timeout_s, options,
                                               on_item=count_timeout, expected=item)
                 if w.chunk is None and queue:
                     w.submit(queue.popleft())
@@ -242,11 +254,11 @@ def _run_pool(records, verdicts, metrics, fail, n_workers, timeout_s, paper_comp
                 w.close()
             else:
                 w.kill()
-    for i in range(n):
-        verdicts[i] = status[i] == _TRUE
+    for i in range(n):  # an item that timed out, errored or never ran scores 0
+        scores[i] = shared_scores[i] if status[i] in (_TRUE, _FALSE) else 0.0
 
 
-def _replace(w: _Worker, queue, ctx, records, status, timeout_s, paper_compat, on_item, expected=None) -> _Worker:
+def _replace(w: _Worker, queue, ctx, records, status, scores, timeout_s, options, on_item, expected=None) -> _Worker:
     """Kill ``w``; charge ``on_item`` to the item it was on and requeue the rest of its chunk; fork anew.
 
     When ``expected`` is given and that item finished in the instant before the kill, nothing is charged
@@ -260,4 +272,4 @@ def _replace(w: _Worker, queue, ctx, records, status, timeout_s, paper_compat, o
             item += 1
         if item < stop:
             queue.appendleft((item, stop))
-    return _Worker(ctx, records, status, timeout_s, paper_compat)
+    return _Worker(ctx, records, status, scores, timeout_s, options)

@@ -1,30 +1,50 @@
-"""IFEval: Google's 25 verifiable instructions, strict mode (every listed instruction must hold).
+"""IFEval verifier for RLVR: three ground-truth formats, detected per row.
 
-Instruction ids and kwarg names are exactly Google's (``google-research/instruction_following_eval``), so
-ground truths from the IFEval dataset, Tülu's RLVR data or :mod:`megatron_tulu.data.synthetic` work as
-they are. Semantics follow Google's ``instructions.py`` ``check_following`` methods; the deliberate
-differences are listed here so nobody has to diff:
+1. Google IFEval: ``{"instruction_id_list": [...], "kwargs": [{...}|null, ...]}`` (an object or its JSON
+   string). Ids and kwargs are Google's 25 (:data:`INSTRUCTIONS`, below).
+2. The Tülu 3 release (``allenai/RLVR-IFeval``, ifeval rows of ``allenai/RLVR-GSM-MATH-IF-Mixed-Constraints``):
+   a JSON string ``{"func_name": NAME, <arguments, null where unused>}``; one constraint per row, checked by
+   the Tülu 3 functions of :mod:`ifeval_tulu` (their semantics are not Google's; ``paper_compat`` reproduces
+   the 2024 release's quirks, listed there).
+3. The newer AllenAI format (IFEvalG / IFBench training data): a Python-literal list string
+   ``[{"instruction_id": [...], "kwargs": [...]}]`` (parsed with ``ast.literal_eval``, never ``eval``), ids
+   being Google's 25 plus the 29 of :mod:`ifeval_g`.
+
+:func:`ifeval_score` is 1.0/0.0 when every constraint holds or not, or with ``partial_credit`` the fraction
+that holds; a blank response scores 0. :func:`parse_ground_truth` / :func:`validate_ground_truth` raise
+``ValueError`` naming the field and the problem (unknown id or func_name, missing or wrong-typed argument,
+unparseable string) so bad rows fail when data loads, never at scoring time.
+
+Google's semantics follow its ``instructions.py`` ``check_following`` methods; the deliberate differences:
 
 - keywords are matched literally (``re.escape``); Google passes them to ``re`` as patterns.
 - ``change_case:capital_word_frequency`` tokenises with a regex approximation of ``nltk.word_tokenize``
   (see :mod:`ifeval_text`), because punkt data cannot be downloaded here.
 - missing required kwargs raise ValueError (Google would draw random ones, which cannot be verified).
 
-Like Google's, language checks count "langdetect cannot tell" as following the instruction.
-
-A ground truth is ``{"instruction_id_list": [...], "kwargs": [{...}|null, ...]}`` or that object as a
-JSON string; kwargs entries whose value is null are ignored (the HF IFEval rows carry every key, mostly
-null), and ``kwargs`` may be shorter than the id list or absent for ids that take no kwargs.
+Like Google's, language checks count "langdetect cannot tell" as following the instruction. In formats 1
+and 3, kwargs entries whose value is null are ignored (the HF IFEval rows carry every key, mostly null), and
+``kwargs`` may be shorter than the id list or absent for ids that take no kwargs; format 1 ignores unknown
+non-null kwargs (as before), format 3 rejects them (open-instruct would raise TypeError).
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from megatron_tulu.rewards.ifeval_text import count_sentences, count_words, detect_language, word_tokens
+from megatron_tulu.rewards import ifeval_g, ifeval_tulu
+from megatron_tulu.rewards.ifeval_text import (
+    count_sentences,
+    count_words,
+    detect_language,
+    word_tokens,
+)
 
 _RELATIONS = ("less than", "at least")
 
@@ -251,41 +271,144 @@ INSTRUCTIONS: dict[str, tuple[Callable[..., bool], tuple[str, ...]]] = {
 }
 
 
-def parse_ground_truth(ground_truth: str | dict) -> list[tuple[str, dict[str, Any]]]:
-    """``[(instruction_id, kwargs), ...]`` from an IFEval ground truth; ValueError naming the bad field."""
-    if isinstance(ground_truth, str):
-        try:
-            ground_truth = json.loads(ground_truth)
-        except ValueError as exc:
-            raise ValueError(f"ifeval ground_truth is a string but not JSON: {exc}") from None
-    if not isinstance(ground_truth, dict):
-        raise ValueError(f"ifeval ground_truth must be an object, got {type(ground_truth).__name__}")
-    ids = ground_truth.get("instruction_id_list")
+
+GOOGLE, TULU3, IFEVALG = "google", "tulu3", "ifevalg"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One verifiable constraint of a row: its format, id (Google/IFEvalG id or Tülu 3 func_name) and
+    validated kwargs."""
+
+    format: str
+    id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, response: str, *, paper_compat: bool = False) -> bool:
+        """Whether non-blank ``response`` meets this constraint."""
+        if self.format == TULU3:
+            return ifeval_tulu.check_tulu(self.id, response.strip(), self.kwargs, paper_compat=paper_compat)
+        if self.id in INSTRUCTIONS:
+            return bool(INSTRUCTIONS[self.id][0](response, **self.kwargs))
+        return bool(ifeval_g.NEW_INSTRUCTIONS[self.id][0](response, **self.kwargs))
+
+
+def _google_kwargs(iid: str, raw: dict | None, where: str, *, strict: bool) -> dict[str, Any]:
+    names = INSTRUCTIONS[iid][1]
+    given = {k: v for k, v in (raw or {}).items() if v is not None}
+    if strict:
+        extra = sorted(set(given) - set(names))
+        if extra:
+            raise ValueError(f"{where} for {iid!r} has unexpected argument {', '.join(map(repr, extra))}")
+    kw = {k: v for k, v in given.items() if k in names}
+    missing = [n for n in names if n not in kw]
+    if missing:
+        raise ValueError(f"{where} for {iid!r} lacks {', '.join(missing)}")
+    for n in ("relation", "let_relation", "capital_relation"):
+        if n in kw and kw[n] not in _RELATIONS:
+            raise ValueError(f"{where}.{n} must be one of {_RELATIONS}, got {kw[n]!r}")
+    return kw
+
+
+def _ifevalg_kwargs(iid: str, raw: dict | None, where: str) -> dict[str, Any]:
+    checker, required, unused = ifeval_g.NEW_INSTRUCTIONS[iid]
+    del checker
+    given = {k: v for k, v in (raw or {}).items() if v is not None}
+    extra = sorted(set(given) - set(required) - set(unused))
+    if extra:
+        raise ValueError(f"{where} for {iid!r} has unexpected argument {', '.join(map(repr, extra))}")
+    missing = [n for n in required if n not in given]
+    if missing:
+        raise ValueError(f"{where} for {iid!r} lacks {', '.join(missing)}")
+    return {n: validate(given[n], f"{where}.{n}") for n, validate in required.items()}
+
+
+def _instruction_list(ids: Any, kwargs_list: Any, ids_field: str, fmt: str) -> list[Constraint]:
     if not isinstance(ids, list) or not ids:
-        raise ValueError("ifeval ground_truth.instruction_id_list must be a non-empty list")
-    kwargs_list = ground_truth.get("kwargs") or []
+        raise ValueError(f"{ids_field} must be a non-empty list of instruction ids")
+    kwargs_list = kwargs_list or []
     if not isinstance(kwargs_list, list):
-        raise ValueError("ifeval ground_truth.kwargs must be a list")
+        raise ValueError(f"{ids_field.rsplit('.', 1)[0]}.kwargs must be a list")  # noqa: TRY004
+    known = INSTRUCTIONS if fmt == GOOGLE else {**INSTRUCTIONS, **ifeval_g.NEW_INSTRUCTIONS}
     out = []
     for i, iid in enumerate(ids):
-        if iid not in INSTRUCTIONS:
-            raise ValueError(f"ifeval ground_truth.instruction_id_list[{i}]: unknown instruction id {iid!r}")
+        if not isinstance(iid, str) or iid not in known:
+            raise ValueError(f"{ids_field}[{i}]: unknown instruction id {iid!r}")
         raw = kwargs_list[i] if i < len(kwargs_list) else None
+        where = f"{ids_field.rsplit('.', 1)[0]}.kwargs[{i}]"
         if raw is not None and not isinstance(raw, dict):
-            raise ValueError(f"ifeval ground_truth.kwargs[{i}] must be an object or null")
-        names = INSTRUCTIONS[iid][1]
-        kw = {k: v for k, v in (raw or {}).items() if v is not None and k in names}
-        missing = [n for n in names if n not in kw]
-        if missing:
-            raise ValueError(f"ifeval ground_truth.kwargs[{i}] for {iid!r} lacks {', '.join(missing)}")
-        for n in ("relation", "let_relation", "capital_relation"):
-            if n in kw and kw[n] not in _RELATIONS:
-                raise ValueError(f"ifeval ground_truth.kwargs[{i}].{n} must be one of {_RELATIONS}, got {kw[n]!r}")
-        out.append((iid, kw))
+            raise ValueError(f"{where} must be an object or null")
+        if iid in INSTRUCTIONS:
+            kw = _google_kwargs(iid, raw, where, strict=fmt == IFEVALG)
+        else:
+            kw = _ifevalg_kwargs(iid, raw, where)
+        out.append(Constraint(fmt, iid, kw))
     return out
 
 
-def verify_ifeval(response: str, ground_truth: str | dict) -> bool:
+def _decode(ground_truth: str) -> Any:
+    text = ground_truth.strip()
+    try:
+        return json.loads(text)
+    except ValueError as json_exc:
+        if not text.startswith("["):
+            raise ValueError(f"ground_truth is a string but not JSON: {json_exc}") from None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"ground_truth is a string but not JSON nor a Python literal list: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def parse_ground_truth(ground_truth: str | dict | list) -> list[Constraint]:
+    """The row's constraints, format detected per row; ValueError naming the field and the problem."""
+    obj = _decode(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    if isinstance(obj, list):  # newer AllenAI format: [{"instruction_id": [...], "kwargs": [...]}]
+        if len(obj) != 1:
+            raise ValueError(f"ground_truth must be a list of exactly one constraint object, got {len(obj)} items")
+        obj = obj[0]
+        if isinstance(obj, str):  # open-instruct also accepts the object as a JSON string inside the list
+            try:
+                obj = json.loads(obj)
+            except ValueError as exc:
+                raise ValueError(f"ground_truth[0] is a string but not JSON: {exc}") from None
+        if not isinstance(obj, dict) or "instruction_id" not in obj:
+            raise ValueError("ground_truth[0] must be an object with instruction_id and kwargs")
+        return _instruction_list(obj.get("instruction_id"), obj.get("kwargs"), "ground_truth[0].instruction_id",
+                                 IFEVALG)
+    if not isinstance(obj, dict):
+        raise ValueError(f"ground_truth must be an object or a one-item list, got {type(obj).__name__}")  # noqa: TRY004
+    if "func_name" in obj:
+        name, kwargs = ifeval_tulu.parse_tulu(obj)
+        return [Constraint(TULU3, name, kwargs)]
+    if "instruction_id" in obj and "instruction_id_list" not in obj:
+        return _instruction_list(obj.get("instruction_id"), obj.get("kwargs"), "ground_truth.instruction_id",
+                                 IFEVALG)
+    return _instruction_list(obj.get("instruction_id_list"), obj.get("kwargs"),
+                             "ground_truth.instruction_id_list", GOOGLE)
+
+
+def validate_ground_truth(ground_truth: str | dict | list) -> None:
+    """Raise ValueError (naming the field) unless :func:`ifeval_score` can judge ``ground_truth``."""
+    parse_ground_truth(ground_truth)
+
+
+def ifeval_score(response: str, ground_truth: str | dict | list, *, partial_credit: bool = False,
+                 paper_compat: bool = False) -> float:
+    """1.0 if ``response`` meets every constraint else 0.0; with ``partial_credit`` the fraction met.
+
+    ``paper_compat`` reproduces the Tülu 3 (2024) release's quirks for its ``func_name`` rows (see
+    :mod:`ifeval_tulu`); the other formats have none. A blank response scores 0.
+    """
+    constraints = parse_ground_truth(ground_truth)
+    if not response.strip():
+        return 0.0
+    met = sum(1 for c in constraints if c.check(response, paper_compat=paper_compat))
+    if partial_credit:
+        return met / len(constraints)
+    return 1.0 if met == len(constraints) else 0.0
+
+
+def verify_ifeval(response: str, ground_truth: str | dict | list, *, paper_compat: bool = False) -> bool:
     """Strict IFEval: True only if ``response`` follows every instruction in ``ground_truth``."""
-    instructions = parse_ground_truth(ground_truth)
-    return all(response.strip() and INSTRUCTIONS[iid][0](response, **kw) for iid, kw in instructions)
+    return ifeval_score(response, ground_truth, paper_compat=paper_compat) == 1.0

@@ -1,7 +1,9 @@
 """Batch scoring CLI: ``python -m megatron_tulu.rewards.score PATH|-``.
 
 Reads JSONL records (``dataset``, ``response``, ``ground_truth`` plus any other fields), writes each valid
-record to stdout in input order with ``"correct": true|false`` added. Every malformed line (bad JSON,
+record to stdout in input order with ``"correct": true|false`` added (with ``--ifeval-partial-credit``, IFEval rows
+get the fraction of their constraints met, a number in [0, 1], and the others 0.0 or 1.0). ``dataset`` is matched
+case-insensitively and written back as it was. Every malformed line (bad JSON,
 missing/invalid field, unknown dataset) is reported on stderr with its line number; the valid lines are
 still scored and written, and the exit status is then 1. A one-line summary (counts, timeouts, time)
 goes to stderr. Blank lines are skipped.
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="JSONL file, or - for stdin")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count; 0: in-process)")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="per-item time limit in seconds")
-    parser.add_argument("--paper-compat", action="store_true", help="reproduce the 2024 reference quirks (see gsm8k.py)")
+    parser.add_argument("--paper-compat", action="store_true",
+                        help="reproduce the 2024 reference quirks (see gsm8k.py and the IFEval verifiers)")
+    parser.add_argument("--ifeval-partial-credit", action="store_true",
+                        help="IFEval rows score the fraction of their constraints met (default: all or nothing)")
     args = parser.parse_args(argv)
 
     if args.path == "-":
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot read {args.path}: {exc}", file=sys.stderr)
             return 2
     verdicts, metrics = verify_batch(records, workers=args.workers, timeout_s=args.timeout_s,
-                                     paper_compat=args.paper_compat)
+                                     paper_compat=args.paper_compat, ifeval_partial_credit=args.ifeval_partial_credit)
     out = sys.stdout
     for record, ok in zip(records, verdicts):
         record["correct"] = ok

@@ -155,6 +155,10 @@ class DataConfig:
     """HF tokenizer directory."""
     template: str = "tulu"
     """Chat template: ``tulu`` or ``tokenizer`` (the tokenizer's own chat_template)."""
+    add_bos: bool = False
+    """Put the tokenizer's BOS (``<|begin_of_text|>``) before the rendered chat. Off, as Tülu 3 trained: open-instruct
+    tokenizes the ``tulu`` template (which writes no ``bos_token``) with ``apply_chat_template``, which adds no special
+    tokens, and its Tülu 3 SFT/DPO configs leave ``add_bos`` False (only its OLMo configs set it)."""
     cache_dir: Optional[str] = None
     """Tokenized-dataset cache (default: run_dir/../data_cache)."""
     eval_mixture: dict[str, Any] = field(default_factory=dict)

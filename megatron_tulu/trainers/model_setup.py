@@ -28,10 +28,36 @@ def resolve_preset(cfg: ModelConfig, tokenizer_vocab: int | None = None) -> Llam
     preset = get_preset(cfg.preset)
     if cfg.vocab_size:
         preset = preset.with_(vocab_size=int(cfg.vocab_size))
+    elif cfg.init_hf:
+        preset = checkpoint_vocab(preset, cfg.init_hf)
     elif cfg.preset == "tiny" and tokenizer_vocab:
         preset = preset.with_(vocab_size=int(tokenizer_vocab))
     if tokenizer_vocab and tokenizer_vocab > preset.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer_vocab} ids but model vocab_size is {preset.vocab_size}")
+    return preset
+
+
+def checkpoint_vocab(preset: LlamaPreset, hf_dir: str) -> LlamaPreset:
+    """``preset`` with the vocabulary of the HF checkpoint it is initialised from. The released Tülu 3 models keep
+    Llama 3.1's shapes but have ``vocab_size`` 128264 (``<pad>`` added at 128256, rounded up to a multiple of 8);
+    any other shape difference is an error naming the fields."""
+    import json
+
+    from megatron_tulu.checkpoint.hf_io import preset_from_hf_config
+
+    config = Path(hf_dir) / "config.json"
+    if not config.is_file():
+        return preset  # load_hf_into_model names the missing file
+    ckpt = preset_from_hf_config(json.loads(config.read_text()), name=preset.name)
+    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups")
+    diff = {k: (getattr(preset, k), getattr(ckpt, k)) for k in shape if getattr(preset, k) != getattr(ckpt, k)}
+    if diff:
+        raise ValueError(f"model.init_hf={hf_dir}: shape differs from model.preset={preset.name!r} {diff} "
+                         "(preset, checkpoint); use model.preset=hf to take the checkpoint's shape")
+    if ckpt.vocab_size != preset.vocab_size:
+        log.info("model.init_hf=%s: vocab_size %d (preset %s has %d)", hf_dir, ckpt.vocab_size, preset.name,
+                 preset.vocab_size)
+        preset = preset.with_(vocab_size=ckpt.vocab_size)
     return preset
 
 

@@ -92,10 +92,12 @@ class DataStageMixin:
         mix = mixture_from_dict(dict(mixture))
         rank = dist.get_rank() if dist.is_initialized() else 0
         if rank == 0:
-            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
+            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache,
+                                           add_bos=data.add_bos)
         if dist.is_initialized():
             dist.barrier()
         if rank != 0:
-            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache)
+            ds, report = build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache,
+                                           add_bos=data.add_bos)
         self.data_report = report
         return ds

@@ -28,12 +28,19 @@ def test_tokenizer_template_matches_tulu(syn_tok):
     assert syn_tok.apply_chat_template(MSGS, tokenize=False) == chat.render_tulu(MSGS, syn_tok.eos_token)
 
 
-def test_sft_masking_golden(syn_tok):
-    out = chat.tokenize_sft(MSGS, syn_tok, max_len=None)
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_sft_masking_golden(syn_tok, add_bos):
+    """Without add_bos (the default, as Tülu 3 tokenized): exactly the rendered chat, as apply_chat_template's ids;
+    with it, one BOS before it. Either way the labelled tokens are the assistant turns."""
+    out = chat.tokenize_sft(MSGS, syn_tok, max_len=None, add_bos=add_bos)
     ids, labels = out["input_ids"], out["labels"]
     assert len(ids) == len(labels)
-    assert ids[0] == syn_tok.bos_token_id
-    assert syn_tok.decode(ids) == syn_tok.bos_token + chat.render_tulu(MSGS, syn_tok.eos_token)
+    text = chat.render_tulu(MSGS, syn_tok.eos_token)
+    if add_bos:
+        assert ids[0] == syn_tok.bos_token_id and syn_tok.decode(ids) == syn_tok.bos_token + text
+    else:
+        assert ids == list(syn_tok.apply_chat_template(MSGS, tokenize=True, return_dict=False))
+        assert syn_tok.decode(ids) == text
     # Labelled tokens are exactly the two assistant contents, each with its eos.
     spans, cur = [], []
     for i, l in zip(ids, labels):

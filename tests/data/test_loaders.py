@@ -134,7 +134,10 @@ def test_mixture_yaml_examples_parse():
                 cfg = loaders.mixture_from_dict(d[key])
                 assert cfg.datasets and all(s.path.startswith(d["root"]) for s in cfg.datasets), f
     tulu = OmegaConf.to_container(OmegaConf.create({"data": OmegaConf.load(cdir / "tulu3_sft_mix.yaml")}), resolve=True)
-    assert len(tulu["data"]["mixture"]["datasets"]) == 18  # the 18 sources of the Tülu 3 SFT mixture
+    entries = tulu["data"]["mixture"]["datasets"]
+    # the 19 `source` values of allenai/tulu-3-sft-mixture, one file, counts summing to the card's 939,344
+    assert len({e["source"] for e in entries}) == len(entries) == 19 and len({e["path"] for e in entries}) == 1
+    assert sum(e["count"] for e in entries) == 939_344
 
 
 def test_hub_dataset_without_network_names_the_dataset(monkeypatch):

@@ -41,6 +41,8 @@ def test_llama3_tokenizer_from_tiktoken(tmp_path):
     text = "Hello world! 12345 Tülu 3's recipe:\n  def f(x): return x**2"
     assert tok(text)["input_ids"] == [128000] + ref.encode(text)
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
-    out = tokenize_sft(msgs, tok, 64)
-    assert tok.decode(out["input_ids"]) == "<|begin_of_text|>" + render_tulu(msgs, "<|end_of_text|>")
+    out = tokenize_sft(msgs, tok, 64)  # as Tülu 3: the tulu chat alone, no <|begin_of_text|> (data.add_bos=false)
+    assert tok.decode(out["input_ids"]) == render_tulu(msgs, "<|end_of_text|>")
+    with_bos = tokenize_sft(msgs, tok, 64, add_bos=True)
+    assert with_bos["input_ids"] == [128000] + out["input_ids"]
     assert time.time() - t0 < 60

@@ -100,7 +100,7 @@ def test_cli_malformed_lines_reported_with_line_numbers(tmp_path):
     assert f"{path}:2: invalid JSON" in proc.stderr
     assert f"{path}:4: missing field 'ground_truth'" in proc.stderr
     assert f"{path}:6: field 'ground_truth': gsm8k ground_truth must be a number" in proc.stderr
-    assert f"{path}:7: field 'ground_truth': ifeval" in proc.stderr and "unknown instruction id 'x:y'" in proc.stderr
+    assert f"{path}:7: field 'ground_truth': " in proc.stderr and "unknown instruction id 'x:y'" in proc.stderr
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["id"] for o in out] == ["a", "c", "e"]  # the valid lines, in order, still written
     assert [o["correct"] for o in out] == [True, True, True]
@@ -115,3 +115,31 @@ def test_cli_paper_compat_flag():
 def test_cli_missing_file():
     proc = run_cli("", "/nonexistent/x.jsonl")
     assert proc.returncode == 2 and "/nonexistent/x.jsonl" in proc.stderr
+
+
+TWO_CONSTRAINTS = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [None, None]}
+
+
+@pytest.mark.parametrize("workers, inprocess_below", [(0, 32), (2, 0)])
+def test_dataset_names_any_case_and_ifeval_partial_credit(workers, inprocess_below):
+    """Released RLVR rows say `MATH`; the verdicts keep the records' spelling. With partial credit an IFEval row scores
+    the fraction of its constraints met (in worker processes too); without, all or nothing."""
+    records = [{"dataset": "MATH", "response": r"\boxed{2}", "ground_truth": "2"},
+               {"dataset": "GSM8K", "response": "so 7", "ground_truth": "7"},
+               {"dataset": "IFEval", "response": "Lower, but a comma", "ground_truth": TWO_CONSTRAINTS}] * 2
+    verdicts, metrics = verify_batch(records, workers=workers, inprocess_below=inprocess_below)
+    assert verdicts == [True, True, False] * 2 and set(metrics["by_dataset"]) == {"MATH", "GSM8K", "IFEval"}
+    scores, metrics = verify_batch(records, workers=workers, inprocess_below=inprocess_below, ifeval_partial_credit=True)
+    assert scores == [1.0, 1.0, 0.0] * 2  # "Lower" breaks lowercase, the comma breaks no_comma
+    records[2] = dict(records[2], response="this is a plain english sentence, written in lower case letters, with one comma")
+    scores, metrics = verify_batch(records, workers=workers, inprocess_below=inprocess_below, ifeval_partial_credit=True)
+    assert scores[2] == 0.5 and metrics["by_dataset"]["IFEval"] == {"n": 2, "correct": 0.5}
+
+
+def test_cli_keeps_the_dataset_spelling_and_takes_partial_credit():
+    records = [{"dataset": "MATH", "response": r"\boxed{2}", "ground_truth": "2"},
+               {"dataset": "ifeval", "response": "this is a plain english sentence, written in lower case letters, with one comma", "ground_truth": TWO_CONSTRAINTS}]
+    r = run_cli("".join(json.dumps(x) + "\n" for x in records), "-", "--ifeval-partial-credit")
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 0, r.stderr
+    assert [o["dataset"] for o in out] == ["MATH", "ifeval"] and [o["correct"] for o in out] == [1.0, 0.5]

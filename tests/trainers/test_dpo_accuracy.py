@@ -34,12 +34,14 @@ def test_heldout_preference_accuracy_rises(tmp_path):
     data = tmp_path / "data"
     generate(data, seed=0, scale="small")
     sft_dir, dpo_dir = tmp_path / "sft", tmp_path / "dpo"
+    # data.add_bos=true: the sizes above were tuned with a BOS first (the default before data.add_bos existed); the
+    # Tülu 3 default (no BOS) gave 0.58 on this borderline setup. What is tested is DPO's held-out gain, not BOS.
     common = {"data.root": data, "data.cache_dir": tmp_path / "cache", "logging.progress_bar": "false",
-              "logging.tensorboard": "false"}
+              "logging.tensorboard": "false", "data.add_bos": "true"}
     sft = [f"{k}={v}" for k, v in {**common, "run_dir": sft_dir, "train.max_steps": SFT_STEPS,
                                     "checkpoint.interval": 0, "data.mixture": _mix(data / "sft_train.jsonl", 960)}.items()]
     dpo = dpo_overrides(data, sft_dir / "hf", dpo_dir, **{
-        "data.cache_dir": tmp_path / "cache", "train.max_steps": DPO_STEPS, "optim.lr": DPO_LR,
+        "data.cache_dir": tmp_path / "cache", "data.add_bos": "true", "train.max_steps": DPO_STEPS, "optim.lr": DPO_LR,
         "train.global_batch_size": DPO_BATCH, "data.mixture": _mix(data / "pref_train.jsonl", N_TRAIN),
         "data.eval_mixture": _mix(data / "pref_eval.jsonl", N_EVAL)})
     run_distributed(sft_then_dpo, 1, args=(sft, dpo), timeout_s=900)

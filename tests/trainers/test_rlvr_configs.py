@@ -75,3 +75,13 @@ def test_value_model_shape_errors_name_the_fields():
         value_model_shape(RLVROptions(value_model="llama3.1-9b"), cfg.model, policy)
     with pytest.raises(FileNotFoundError, match="rlvr.value_init_hf=/nonexistent: no config.json"):
         value_model_shape(RLVROptions(value_init_hf="/nonexistent"), cfg.model, policy)
+
+
+def test_rewards_section_is_typed_and_checked():
+    """RLVR reads how rewards are scored from its typed `rewards` section (the score CLI's flags, as config)."""
+    from megatron_tulu.config import load_config
+
+    cfg = load_config(RLVRConfig, "rlvr/tiny", ["rewards.ifeval_partial_credit=true", "rewards.paper_compat=true"])
+    assert cfg.rewards.ifeval_partial_credit and cfg.rewards.paper_compat and cfg.rewards.timeout_s > 0
+    with pytest.raises(ValueError, match="rewards.timeout_s"):
+        load_config(RLVRConfig, "rlvr/tiny", ["rewards.timeout_s=0"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_tulu.rewards.config import RewardsConfig
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
 
@@ -144,6 +145,7 @@ class RLVRConfig(StageConfig):
 
     data: DataConfig = field(default_factory=DataConfig)
     rlvr: RLVROptions = field(default_factory=RLVROptions)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
 
     def validate(self) -> None:
         """Choices and cross-field rules of the RLVR options (``load_config`` calls it), naming the field."""
@@ -151,6 +153,7 @@ class RLVRConfig(StageConfig):
         from megatron_tulu.losses.kl import KL_ESTIMATORS
 
         super().validate()
+        self.rewards.validate()
         o = self.rlvr
         check_choice("rlvr.algorithm", o.algorithm, tuple(ALGORITHMS))
         if o.preset.advantage_estimator == "grpo" and o.samples_per_prompt < 2:

@@ -105,7 +105,9 @@ class RLVRDriver:
                 eos.append(g.finish_reasons[s] == "stop")
                 records.append({"dataset": r["dataset"], "ground_truth": r["ground_truth"],
                                 "response": self.task.tokenizer.decode(g.token_ids[s], skip_special_tokens=True)})
-        verdicts, vm = verify_batch(records, workers=self.o.verifier_workers)
+        r = self.cfg.rewards
+        verdicts, vm = verify_batch(records, workers=self.o.verifier_workers, timeout_s=r.timeout_s,
+                                    paper_compat=r.paper_compat, ifeval_partial_credit=r.ifeval_partial_credit)
         return {"prompts": prompts, "responses": responses, "rollout_logp": logps, "eos": eos,
                 "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
                 "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
