@@ -10,13 +10,17 @@ directory: per-stage checkpoints and HF exports, metrics JSONL + TensorBoard, ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from megatron_tulu.rollout.factory import resolve_engine_kind
 
@@ -41,17 +45,218 @@ PROFILES = {
 }
 
 
-def _run(cmd: list[str], log: Path) -> None:
+# ----------------------------------------------------------------------------------------------- console progress
+class MetricsTail:
+    """New complete records of a growing ``metrics.jsonl``; starts at the file's current end (a resumed stage
+    appends to the old file) and keeps a half-written last line for the next read."""
+
+    def __init__(self, path: Path, from_start: bool = False):
+        self.path = Path(path)
+        self.pos = 0 if from_start or not self.path.exists() else self.path.stat().st_size
+        self._partial = b""
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                chunk = f.read()
+                self.pos = f.tell()
+        except FileNotFoundError:
+            return []
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        recs = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                recs.append(rec)
+        return recs
+
+
+def _fmt_duration(s: float) -> str:
+    s = max(0, round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def _fmt_metrics(rec: dict) -> str:
+    """The one or two numbers worth watching: per-token loss (pretrain/SFT), loss and preference accuracy (DPO),
+    mean reward and verifier accuracy (RLVR)."""
+    if "reward/score" in rec:
+        out = f"reward {rec['reward/score']:.3g}"
+        return out + (f" acc {rec['reward/accuracy']:.2f}" if "reward/accuracy" in rec else "")
+    if "loss_per_token" in rec:
+        return f"loss {rec['loss_per_token']:.3f}"
+    if "loss" in rec:
+        out = f"loss {rec['loss']:.4f}"
+        return out + (f" acc {rec['rewards/accuracy']:.2f}" if "rewards/accuracy" in rec else "")
+    return ""
+
+
+def format_progress(stage: str, step: int | None, total: int | None, rec: dict | None, elapsed: float | None,
+                    eta: float | None, status: str = "") -> str:
+    """One console line: ``stage  step/total  metric  elapsed  ETA`` (or a status such as ``starting``)."""
+    parts = [f"{stage:<8}"]
+    if step is not None:
+        width = len(str(total)) if total else 1
+        parts.append(f"{step:>{width}}/{total}" if total else f"step {step}")
+        if total:
+            parts.append(f"{100 * min(step, total) / total:3.0f}%")
+    if rec:
+        m = _fmt_metrics(rec)
+        if m:
+            parts.append(m)
+    if elapsed is not None:
+        parts.append(_fmt_duration(elapsed))
+    if eta is not None:
+        parts.append(f"ETA {_fmt_duration(eta)}")
+    if status:
+        parts.append(status)
+    return "  ".join(parts)
+
+
+class StageProgress:
+    """The console line of one stage. On a terminal it is rewritten in place (carriage return); otherwise a plain
+    line is printed at every 10 % of the steps and when the stage ends."""
+
+    def __init__(self, stage: str, total: int | None, stream: TextIO, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.stage, self.total, self.stream, self.clock = stage, total, stream, clock
+        self.tty = stream.isatty() if tty is None else tty
+        self.t0 = clock()
+        self.step: int | None = None
+        self.rec: dict | None = None
+        self._first: tuple[int, float] | None = None  # (step, time) of the first record seen: the rate excludes start-up
+        self._last_t = self.t0
+        self._decile = 0
+        self._width = 0
+
+    def update(self, recs: list[dict]) -> None:
+        now = self.clock()
+        for rec in recs:
+            self.step, self.rec, self._last_t = int(rec["step"]), rec, now
+            if self._first is None:
+                self._first = (self.step, now)
+        if recs and not self.tty and self.total and self.step is not None:
+            decile = min(10, self.step * 10 // self.total)
+            if decile > self._decile:
+                self._decile = decile
+                self._emit(self.line(), final=True)
+
+    def eta(self) -> float | None:
+        if not self.total or self._first is None or self.step is None or self.step <= self._first[0]:
+            return None
+        rate = (self.step - self._first[0]) / max(self._last_t - self._first[1], 1e-9)
+        return max(0.0, (self.total - self.step) / rate - (self.clock() - self._last_t))
+
+    def line(self, status: str = "") -> str:
+        if not status and self.step is None:
+            status = "starting"
+        elif not status and self.total and self.step >= self.total:
+            status = "saving checkpoint + HF export"
+        return format_progress(self.stage, self.step, self.total, self.rec, self.clock() - self.t0,
+                               None if status else self.eta(), status)
+
+    def summary(self) -> str:
+        """The line without a status or ETA: where training ended, and how long it took."""
+        return format_progress(self.stage, self.step, self.total, self.rec, self.clock() - self.t0, None)
+
+    def render(self, status: str = "") -> None:
+        """Redraw the line in place (terminals only)."""
+        if self.tty:
+            self._emit(self.line(status), final=False)
+
+    def finish(self, text: str) -> None:
+        """The line's final state (kept on screen)."""
+        self._emit(text, final=True)
+
+    def _emit(self, text: str, final: bool) -> None:
+        if self.tty:
+            cols = shutil.get_terminal_size((120, 24)).columns - 1
+            text = text[:cols]  # a wrapped line cannot be rewritten by a carriage return
+            pad = " " * max(0, self._width - len(text))
+            self._width = 0 if final else len(text)
+            self.stream.write("\r" + text + pad + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _stage_total(overrides: list[str]) -> int | None:
+    for ov in overrides:
+        if ov.startswith("train.max_steps="):
+            return int(ov.split("=", 1)[1])
+    return None
+
+
+def _run(cmd: list[str], log: Path, progress: StageProgress | None = None, metrics: Path | None = None,
+         poll_s: float = 0.5) -> None:
+    """Run one stage command with its output in ``log``; while it runs, ``progress`` follows ``metrics``."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
-    print(f"[demo] $ {' '.join(cmd)}", file=sys.stderr, flush=True)
+    tail = MetricsTail(metrics) if metrics is not None else None
     with open(log, "a") as fh:
-        rc = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if progress is not None:
+                    if tail is not None:
+                        progress.update(tail.read())
+                    progress.render()
+        except BaseException:  # Ctrl-C or an error here: do not leave the stage running behind the console
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if progress is not None and tail is not None:
+        progress.update(tail.read())
     if rc != 0:
-        tail = "".join(open(log).readlines()[-30:])
-        raise RuntimeError(f"stage command failed with exit code {rc}: {' '.join(cmd)}\n--- last lines of {log} ---\n{tail}")
+        if progress is not None:
+            progress.finish(progress.line(f"FAILED (exit code {rc}, see {log})"))
+        tail_lines = "".join(Path(log).read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"stage command failed with exit code {rc}: {' '.join(cmd)}\n--- last lines of {log} ---\n{tail_lines}")
 
 
-def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorithm: str = "ppo", engine: str = "auto") -> dict:
+@contextlib.contextmanager
+def console_to_log(log: Path):
+    """Send everything this process (and every child it starts) writes to stdout/stderr into ``log``, at the file
+    descriptor level, so library warnings and vLLM's start-up chatter stay out of the console; yields a stream on
+    the real console for the progress lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        console.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved:
+            os.close(f)
+        console.close()
+
+
+def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorithm: str = "ppo", engine: str = "auto",
+                 console: TextIO | None = None) -> dict:
+    """Run (or reuse) every stage; ``console`` gets one progress line per stage, the results table and the paths of
+    what was written (default: stdout). Each stage's own output goes to ``out/logs/<stage>.log``."""
+    console = console or sys.stdout
     prof = PROFILES[profile]
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -63,10 +268,17 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     engine = resolve_engine_kind(engine)
     # the evaluation engine lives in this process: keep vLLM's start-up chatter out of the demo's console
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    print(f"[demo] profile {profile}, engine {engine}, run directory {out} (per-stage logs in {logs}/)", file=console,
+          flush=True)
     t0 = time.time()
     if not (data / "manifest.json").exists():
+        bar = StageProgress("data", None, console)
         _run([sys.executable, "-m", "megatron_tulu.data.synthetic", "--out", str(data), "--scale", prof["scale"],
-              "--sft-chatty", str(prof["sft_chatty"])], logs / "data.log")
+              "--sft-chatty", str(prof["sft_chatty"])], logs / "data.log", bar)
+        bar.finish(format_progress("data", None, None, None, time.time() - t0, None,
+                                   f"synthetic suite + tokenizer -> {data}"))
+    else:
+        print(format_progress("data", None, None, None, None, None, f"reused {data}"), file=console, flush=True)
     timings["data"] = time.time() - t0
     init = None
     results = {}
@@ -74,7 +286,7 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     try:
         for stage in ("pretrain", "sft", "dpo", "rlvr"):
             init, eval_engine = _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results,
-                                           timings, logs)
+                                           timings, logs, console)
     finally:
         if eval_engine is not None:
             eval_engine.shutdown()
@@ -83,7 +295,11 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     table = results_table(results, pref)
     (out / "results.md").write_text(table + f"\n\nStage wall times (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}\n")
     plot(out, results)
-    print(table)
+    print(f"\nHeld-out accuracy (%) after each stage, {_fmt_duration(timings['total'])} in all:\n", file=console)
+    print(table, file=console)
+    print(f"\nresults: {out / 'results.md'}\nplot:    {out / 'results.png'}\n"
+          f"per stage: {out}/<stage>/eval_tasks.json (accuracy, an example), metrics.jsonl, tb/, hf/ (HF export)\n"
+          f"logs:    {logs}/", file=console, flush=True)
     return {"results": results, "timings": timings, "preference_accuracy": pref}
 
 
@@ -100,13 +316,16 @@ def _eval_engine(current, hf_dir: str, engine: str):
     return current
 
 
-def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs):
+def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs, console=None):
     """Train ``stage`` (unless its HF export exists) and evaluate it (unless its results exist)."""
     py = sys.executable
     run_dir = out / stage
     t = time.time()
-    if not (run_dir / "hf" / "config.json").exists():
-        ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=true", *prof[stage]]
+    bar = StageProgress(stage, _stage_total(prof[stage]), console or sys.stdout)
+    trained = not (run_dir / "hf" / "config.json").exists()
+    if trained:
+        # the progress is the console line above (read from metrics.jsonl), not a tqdm bar in the log file
+        ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=false", *prof[stage]]
         if init:
             ov.append(f"model.init_hf={init}")
         if stage == "rlvr":
@@ -115,20 +334,30 @@ def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, res
                 ov.append("rlvr.samples_per_prompt=4")
         nproc = prof["nproc_pretrain"] if stage == "pretrain" else 0
         cmd = [py, "-m", f"launch.{stage}", "--config", f"{stage}/tiny"] + (["--nproc", str(nproc)] if nproc else []) + ov
-        _run(cmd, logs / f"{stage}.log")
+        _run(cmd, logs / f"{stage}.log", bar, run_dir / "metrics.jsonl")
     timings[stage] = time.time() - t
+    trained_line = bar.summary() if trained else ""  # frozen now: the evaluation's time is shown apart
     init = str(run_dir / "hf")
     res_file = run_dir / "eval_tasks.json"
     if not res_file.exists():
         from megatron_tulu.eval.evaluate import evaluate
 
+        bar.render("evaluating")
         t = time.time()
         eval_engine = _eval_engine(eval_engine, init, engine)
         res = evaluate(init, TASKS, str(data), tokenizer=str(data / "tokenizer"), engine=eval_engine,
                        limit=prof["eval_limit"])
         res_file.write_text(json.dumps(res, indent=2))
         timings[f"eval_{stage}"] = time.time() - t
+        evals = f"| eval {_fmt_duration(timings[f'eval_{stage}'])}:"
+    else:
+        evals = "| eval:"
     results[stage] = json.loads(res_file.read_text())
+    evals += "".join(f" {k} {100 * results[stage][k]['accuracy']:.1f}" for k in TASKS)
+    if trained:
+        bar.finish(f"{trained_line}  {evals}")
+    else:
+        bar.finish(format_progress(stage, None, None, None, None, None, f"reused {run_dir / 'hf'}  {evals}"))
     return init, eval_engine
 
 
@@ -148,7 +377,8 @@ def results_table(results: dict, pref: dict) -> str:
         lines.append(f"| {stage} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + f" | {100 * sum(accs) / len(accs):.1f} |")
     if pref:
         lines.append("")
-        lines.append(f"DPO held-out preference accuracy: before {pref.get('before')} -> after {pref.get('after')}")
+        fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+        lines.append(f"DPO held-out preference accuracy: before {fmt(pref.get('before'))} -> after {fmt(pref.get('after'))}")
     return "\n".join(lines)
 
 
@@ -186,5 +416,17 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", default="ppo", choices=["ppo", "grpo"])
     ap.add_argument("--engine", default="auto", choices=["auto", "vllm", "torch"])
     args = ap.parse_args(argv)
-    run_pipeline(Path(args.out), args.profile, args.fresh, args.algorithm, args.engine)
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    # the console shows the progress lines; everything else this process prints (library warnings, the evaluation
+    # engine's start-up) goes to logs/pipeline.log, and each stage's output to logs/<stage>.log
+    with console_to_log(out / "logs" / "pipeline.log") as console:
+        try:
+            run_pipeline(out, args.profile, False, args.algorithm, args.engine, console=console)
+        except Exception as e:  # noqa: BLE001 - the message (with the failed stage's log tail) is the report
+            traceback.print_exc()  # into pipeline.log
+            print(f"\n[demo] failed: {e}\n(this process's own output: {out / 'logs' / 'pipeline.log'})", file=console)
+            return 1
     return 0

@@ -4,7 +4,9 @@ Shapes: flat response tokens (``megatron_tulu.losses.flat``): ``[N]`` per token,
 
 ADVANTAGE_ESTIMATORS  (advantages.py), one signature: ``estimator(AdvantageInputs) -> (adv [N], returns [N] | None)``
   "gae"   GAE over per-token rewards and values (PPO)           -> (adv, returns)
-  "grpo"  group-normalised scores, broadcast over each response -> (adv, None)
+  "grpo"  group-normalised scores (population std, as grpo_fast), broadcast over each response -> (adv, None)
+  "dr_grpo"  group-mean-centred scores (no std)                 -> (adv, None)
+  "rloo"  score minus the mean of the other K-1 of its group    -> (adv, None)
   plus    whiten(x, mask=None, shift_mean=True, all_reduce=None) for global (DP-wide) advantage whitening
 
 Reward shaping (reward_shaping.py)
@@ -12,7 +14,9 @@ Reward shaping (reward_shaping.py)
   shape_rewards(verifier_scores [S], logp [N], ref_logp [N], seq_idx [N], kl_coef, kl_kind, eos_found [S],
                 non_eos_penalty=-10) -> (token_rewards [N], metrics)   Tülu 3 PPO: score at the last token, -β·KL
 
-Losses live in ``megatron_tulu.losses``: ``ppo.POLICY_LOSSES`` ("ppo", "grpo"), ``ppo.value_loss``,
+IS_CORRECTIONS (is_correction.py): "tis", "masked" (IcePop), "sequence"; engine/trainer mismatch weights [N]
+
+Losses live in ``megatron_tulu.losses``: ``ppo.POLICY_LOSSES`` ("ppo"/"clipped", "grpo", "gspo", "cispo"), ``ppo.LOSS_AGGS``, ``ppo.value_loss``,
 ``kl.KL_ESTIMATORS`` ("k1", "k2", "k3"), ``kl.logprob_mismatch`` (rollout vs trainer logprobs).
 
 PPO step (Tülu 3):  shape_rewards -> "gae" -> whiten(advantages) -> ppo_policy_loss + value_loss
@@ -20,17 +24,26 @@ GRPO step:          penalise_non_eos -> "grpo" -> grpo_policy_loss (KL to the re
 """
 
 from megatron_tulu.algorithms.advantages import (
-    ADVANTAGE_ESTIMATORS, AdvantageInputs, gae, grpo_advantages, register_advantage, whiten,
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
+    gae,
+    grpo_advantages,
+    register_advantage,
+    rloo_advantages,
+    whiten,
 )
+from megatron_tulu.algorithms.is_correction import IS_CORRECTIONS
 from megatron_tulu.algorithms.reward_shaping import penalise_non_eos, shape_rewards
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "IS_CORRECTIONS",
     "AdvantageInputs",
     "gae",
     "grpo_advantages",
     "penalise_non_eos",
     "register_advantage",
+    "rloo_advantages",
     "shape_rewards",
     "whiten",
 ]

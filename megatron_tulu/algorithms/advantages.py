@@ -3,7 +3,9 @@
 Shapes: flat response tokens (``losses.flat``): per-token tensors ``[N]``, ``seq_idx [N]`` the response of each
 token, S responses. Estimators are registered by name in ``ADVANTAGE_ESTIMATORS`` with one signature,
 ``estimator(inputs: AdvantageInputs) -> (advantages [N], returns [N] or None)``, and looked up by the RLVR loop
-through ``rlvr.algorithm``'s preset; each reads the fields of ``AdvantageInputs`` it needs.
+through ``rlvr.advantage_estimator`` (default: ``rlvr.algorithm``'s preset); each reads the fields of
+``AdvantageInputs`` it needs: ``gae`` (PPO), ``grpo`` (group mean / population std), ``dr_grpo`` (group mean
+only), ``rloo`` (leave-one-out mean).
 """
 
 from __future__ import annotations
@@ -119,31 +121,61 @@ def whiten(
     return torch.where(mask.bool(), out, 0.0)
 
 
+GRPO_STD_EPS = 1e-8
+"""Added to the group std (open-instruct grpo_fast: ``(scores - mean) / (std + 1e-8)``)."""
+
+
+def _groups(scores: Tensor, group_size: int, what: str) -> Tensor:
+    """``scores [S]`` -> ``[S / K, K]`` float32, raising on a bad shape or group size."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be [S], got shape {tuple(scores.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size={group_size}: {what} needs at least 2 samples per prompt")
+    if scores.numel() % group_size:
+        raise ValueError(f"scores has {scores.numel()} entries, not a multiple of group_size={group_size}")
+    return scores.float().view(-1, group_size)
+
+
 @torch.no_grad()
-def grpo_advantages(scores: Tensor, group_size: int, eps: float = 1e-6, std_normalize: bool = True) -> Tensor:
-    """Group-relative advantages (GRPO): each score minus its group's mean, divided by the group's std.
+def grpo_advantages(scores: Tensor, group_size: int, eps: float = GRPO_STD_EPS, std_normalize: bool = True) -> Tensor:
+    """Group-relative advantages (GRPO, DeepSeekMath): each score minus its group's mean, divided by the group's std.
+
+    The std is the POPULATION std (ddof=0, divide by K) plus ``eps`` = 1e-8, exactly as open-instruct's grpo_fast
+    (``scores_per_prompt.std(axis=-1)`` on a numpy array, whose default is ddof=0, then
+    ``(scores - mean) / (std + 1e-8)`` with ``advantage_normalization_type="standard"``).
 
     Args:
         scores: [S] one scalar reward per response, S = prompts * group_size, the ``group_size`` samples
             of a prompt contiguous (as produced by ``repeat_interleave`` of the prompts).
         group_size: K samples per prompt (>= 2: one sample has no group to be relative to).
         eps: added to the std so a group whose scores are all equal gets advantage 0, not NaN.
-        std_normalize: divide by the (unbiased) group std; False gives Dr. GRPO's mean-centred scores.
+        std_normalize: divide by the group std; False gives Dr. GRPO's mean-centred scores (grpo_fast's
+            ``advantage_normalization_type="centered"``).
 
     Returns:
         [S] float32 advantages, one per response (``adv[seq_idx]`` broadcasts them over the tokens).
     """
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be [S], got shape {tuple(scores.shape)}")
-    if group_size < 2:
-        raise ValueError(f"group_size={group_size}: GRPO needs at least 2 samples per prompt")
-    if scores.numel() % group_size:
-        raise ValueError(f"scores has {scores.numel()} entries, not a multiple of group_size={group_size}")
-    g = scores.float().view(-1, group_size)
+    g = _groups(scores, group_size, "GRPO")
     adv = g - g.mean(dim=1, keepdim=True)
     if std_normalize:
-        adv = adv / (g.std(dim=1, keepdim=True) + eps)
+        adv = adv / (g.std(dim=1, keepdim=True, unbiased=False) + eps)
     return adv.view(-1)
+
+
+@torch.no_grad()
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics"): each score minus the
+    mean of the OTHER K-1 scores of its group, A_i = r_i - (Σ_{j≠i} r_j)/(K-1) = K/(K-1)·(r_i - mean).
+
+    Args:
+        scores: [S] one reward per response, groups of ``group_size`` contiguous.
+        group_size: K (>= 2).
+    Returns:
+        [S] float32 advantages.
+    """
+    g = _groups(scores, group_size, "RLOO")
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - baseline).view(-1)
 
 
 @register_advantage("gae")
@@ -159,3 +191,25 @@ def grpo_estimator(inputs: AdvantageInputs) -> tuple[Tensor, None]:
     """GRPO: group-normalised ``scores`` (``grpo_advantages``), the same advantage on every token of a response."""
     check_seq_idx(inputs.seq_idx, inputs.seq_idx.numel(), inputs.num_seqs)
     return grpo_advantages(inputs.scores, inputs.group_size)[inputs.seq_idx], None
+
+
+@register_advantage("dr_grpo")
+def dr_grpo_estimator(inputs: AdvantageInputs) -> tuple[Tensor, None]:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): the group-mean-centred score, NOT divided
+    by the group std (which up-weights prompts that are too easy or too hard), on every token of a response."""
+    check_seq_idx(inputs.seq_idx, inputs.seq_idx.numel(), inputs.num_seqs)
+    return grpo_advantages(inputs.scores, inputs.group_size, std_normalize=False)[inputs.seq_idx], None
+
+
+@register_advantage("rloo")
+def rloo_estimator(inputs: AdvantageInputs) -> tuple[Tensor, None]:
+    """RLOO: leave-one-out baseline (``rloo_advantages``) on each response's total reward, broadcast over its tokens.
+
+    The total reward is Σ_t token_rewards when the algorithm puts the KL into the reward (``shape_rewards``: the
+    score on the last token, -β·KL_t on every token; RLOO's r(x, y) - β·KL, Ahmadian et al. §3), else ``scores``.
+    """
+    from megatron_tulu.losses.flat import seq_sum
+
+    s = check_seq_idx(inputs.seq_idx, inputs.seq_idx.numel(), inputs.num_seqs)
+    total = inputs.scores if inputs.token_rewards is None else seq_sum(inputs.token_rewards, inputs.seq_idx, s)
+    return rloo_advantages(total, inputs.group_size)[inputs.seq_idx], None

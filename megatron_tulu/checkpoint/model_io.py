@@ -2,7 +2,9 @@
 
 - :func:`load_hf_into_model`: every rank reads only the HF tensors its shard needs (streamed, lazily).
 - :func:`iter_hf_tensors`: collective generator; gathers TP shards and PP stages and yields full HF-named
-  tensors on global rank 0 (other ranks get nothing). Used by export AND by weight sync to the engines.
+  tensors on global rank 0 (other ranks get nothing). Used by export AND by weight sync to the engines. A model
+  with the ``scalar`` head (reward model) yields ``score.weight`` ``[1, d]`` (``LlamaForSequenceClassification``,
+  num_labels=1) in place of ``lm_head.weight``.
 - :func:`load_rank_file` / :func:`save_rank_files`: the offline converter's per-rank format.
 """
 
@@ -78,15 +80,27 @@ def load_hf_into_model(model, source: str | Path | HFReader, preset: LlamaPreset
             p.copy_(shard.to(p.dtype))
 
 
-def _hf_order(preset: LlamaPreset, split: PipelineSplit | int) -> Iterator[tuple[int, str, list[str]]]:
+SCORE = "score.weight"
+"""HF name of the scalar head (``LlamaForSequenceClassification.score``, ``[num_labels=1, d]``)."""
+
+
+def _hf_order(preset: LlamaPreset, split: PipelineSplit | int, head: str = "lm") -> Iterator[tuple[int, str, list[str]]]:
     """``(pipeline rank, global megatron name, hf names)`` in the order :func:`iter_hf_tensors` yields them: model
-    chunk by model chunk, so layers come in ascending order whatever the split."""
+    chunk by model chunk, so layers come in ascending order whatever the split. ``head="scalar"``: the output
+    layer is the score head (its own tensor even when the LM head is tied)."""
     split = PipelineSplit.of(split)
     for pp_rank, vp_stage in split.chunks():
         for _, glob in mapping.rank_param_names(preset, pp_rank, split, vp_stage):
+            if glob == "output_layer.weight" and head == "scalar":
+                yield pp_rank, glob, [SCORE]
+                continue
             if glob == "output_layer.weight" and preset.tie_embeddings:
                 continue
             yield pp_rank, glob, mapping.hf_names_for(glob, preset)
+
+
+def _hf_shape(name: str, preset: LlamaPreset) -> tuple[int, ...]:
+    return (1, preset.hidden_size) if name == SCORE else tuple(mapping.expected_hf_shape(name, preset))
 
 
 def hf_tensor_metas(preset: LlamaPreset, split: PipelineSplit | int, dtype: torch.dtype) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -97,14 +111,15 @@ def hf_tensor_metas(preset: LlamaPreset, split: PipelineSplit | int, dtype: torc
     return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, split) for n in names]
 
 
-def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False, head: str = "lm") -> Iterator[tuple[str, torch.Tensor]]:
     """Collective over all ranks: yields ``(hf_name, full tensor)`` on global rank 0, in HF order.
 
     Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv). Rank 0 holds
     one parameter's full tensors at a time (plus what the consumer keeps). ``lazy``: rank 0's own stage yields
     :class:`~megatron_tulu.checkpoint.mapping.HFTensor` pieces of the gathered shards instead, which the
     weight-sync sender writes straight into its buckets (one copy per byte; ``mapping.as_tensor`` turns one
-    into a tensor). Consume each before advancing: the shards behind it are the gather's buffers.
+    into a tensor). Consume each before advancing: the shards behind it are the gather's buffers. ``head``: the
+    model's head (``scalar``: the replicated score head is taken from TP rank 0 as it is, no gather).
     """
     from megatron.core import parallel_state as ps
 
@@ -118,19 +133,22 @@ def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False) -> Iterator[
     stage_src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 and me == 0 else None
     dtype = next(iter(params.values())).dtype if params else torch.float32
     tp_group = ps.get_tensor_model_parallel_group()
-    for stage, glob, hf_names in _hf_order(preset, pipeline_split(model)):
+    for stage, glob, hf_names in _hf_order(preset, pipeline_split(model), head):
         merged = None
         if stage == pp_rank and dp_rank == 0:
             p = params[glob].detach()
-            if tp > 1:
-                shards = [torch.empty_like(p) for _ in range(tp)]
-                dist.all_gather(shards, p.contiguous(), group=tp_group)
+            if hf_names == [SCORE]:  # replicated over TP (models.heads.ScalarHead): every TP rank holds all of it
+                merged = [(SCORE, p.clone())] if tp_rank == 0 else None
             else:
-                shards = [p]
-            if lazy and me == 0:  # global rank 0 (tp_rank 0) consumes the pieces itself
-                merged = [(t.name, t) for t in mapping.mcore_to_hf_pieces(glob, shards, preset)]
-            elif tp_rank == 0:
-                merged = mapping.mcore_to_hf(glob, shards, preset)
+                if tp > 1:
+                    shards = [torch.empty_like(p) for _ in range(tp)]
+                    dist.all_gather(shards, p.contiguous(), group=tp_group)
+                else:
+                    shards = [p]
+                if lazy and me == 0:  # global rank 0 (tp_rank 0) consumes the pieces itself
+                    merged = [(t.name, t) for t in mapping.mcore_to_hf_pieces(glob, shards, preset)]
+                elif tp_rank == 0:
+                    merged = mapping.mcore_to_hf(glob, shards, preset)
         if pp > 1 and stage > 0:
             if stage == pp_rank and tp_rank == 0 and dp_rank == 0:
                 for _, t in merged:
@@ -138,7 +156,7 @@ def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False) -> Iterator[
             elif me == 0:
                 merged = []
                 for n in hf_names:
-                    buf = torch.empty(mapping.expected_hf_shape(n, preset), dtype=dtype, device=p_device(params))
+                    buf = torch.empty(_hf_shape(n, preset), dtype=dtype, device=p_device(params))
                     dist.recv(buf, src=stage_src[stage])
                     merged.append((n, buf))
         if me == 0:
@@ -149,11 +167,17 @@ def p_device(params: dict) -> torch.device:
     return next(iter(params.values())).device if params else torch.device("cpu")
 
 
-def export_hf(model, preset: LlamaPreset, out: str | Path, tokenizer_dir=None, dtype=None, extra_config=None) -> None:
-    """Collective: write the model as an HF Llama directory (atomically, streamed) from global rank 0."""
-    it = iter_hf_tensors(model, preset)
+def export_hf(model, preset: LlamaPreset, out: str | Path, tokenizer_dir=None, dtype=None, extra_config=None,
+              head: str = "lm") -> None:
+    """Collective: write the model as an HF Llama directory (atomically, streamed) from global rank 0.
+
+    ``head="scalar"`` (a reward model): a ``LlamaForSequenceClassification`` with ``num_labels=1`` (``score.weight``,
+    no ``lm_head``), what ``transformers`` and the PPO value model's loader (``rlvr.value_init_hf``) read."""
+    it = iter_hf_tensors(model, preset, head=head)
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         cfg = hf_config_from_preset(preset, dtype=str(dtype or "float32").replace("torch.", ""))
+        if head == "scalar":
+            cfg.update(architectures=["LlamaForSequenceClassification"], num_labels=1)
         cfg.update(extra_config or {})
         write_hf_dir(out, cfg, it, tokenizer_dir=tokenizer_dir, dtype=dtype)
     else:

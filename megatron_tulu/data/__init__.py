@@ -11,4 +11,6 @@ Public API (import from the submodules; nothing heavy is imported here):
 - ``sampler``: ``EpochSampler``, ``shard_batch``, ``collate``, ``collate_preference``
 - ``decontaminate``: ``decontaminate(train, evals)`` and ``python -m megatron_tulu.data.decontaminate``
 - ``synthetic``: ``generate(out_dir, seed, scale)`` and ``python -m megatron_tulu.data.synthetic --out DIR``
+- ``inspect``: ``python -m megatron_tulu.data.inspect FILE --kind sft|preference|rlvr --tokenizer DIR`` prints rows as
+  their stage tokenizes them (decoded ids, loss-carrying tokens, counts, truncation; RLVR ground truth and verifier)
 """

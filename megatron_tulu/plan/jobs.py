@@ -23,8 +23,11 @@ from pathlib import Path
 
 SIZES = ("tiny", "8b", "70b", "405b")
 """Sizes of the shipped ``slurm/<stage>_<size>.sh`` scripts."""
-STAGES = ("sft", "dpo", "rlvr")
+STAGES = ("sft", "dpo", "rm", "rlvr")
 """Stages with a shipped SLURM script (``pretrain`` has a config but no script)."""
+STAGE_SIZES = {"sft": SIZES, "dpo": SIZES, "rm": ("tiny", "8b", "70b"), "rlvr": SIZES}
+"""The sizes each stage ships a ``slurm/<stage>_<size>.sh`` (and a config) for: Tülu 3 released no 405B reward
+model (its 405B RLVR used verifiable rewards only), so ``rm`` stops at 70B."""
 RETIRED_ENV = ("MT_TP", "MT_PP", "MT_CP", "MT_ENGINE_TP", "MT_NUM_ENGINES")
 """Layout variables the scripts no longer read: refused so that a stale setting does not silently do nothing."""
 
@@ -64,10 +67,13 @@ def stage_schema(stage: str) -> type:
     if stage == "dpo":
         from megatron_tulu.trainers.dpo import DPOConfig
         return DPOConfig
+    if stage == "rm":
+        from megatron_tulu.trainers.rm import RMConfig
+        return RMConfig
     if stage in ("sft", "pretrain"):
         from megatron_tulu.trainers.sft import SFTConfig
         return SFTConfig
-    raise ValueError(f"no config schema for stage {stage!r} (known: pretrain, sft, dpo, rlvr)")
+    raise ValueError(f"no config schema for stage {stage!r} (known: pretrain, sft, dpo, rm, rlvr)")
 
 
 def config_of_command(command: Sequence[str], stage: str, default_name: str) -> tuple[str, str, list[str]]:
@@ -168,7 +174,7 @@ def check_allocation(planned: Allocation, actual: Allocation, name: str) -> None
 
 def workload(cfg, stage: str) -> dict:
     """The planner's request fields for the run ``cfg`` describes (so its memory verdict is for that run): sequence
-    length, global and micro batch, FP8, fused log-probs, VPP, GPU; DPO: whether a frozen reference stays resident
+    length, global and micro batch, FP8, fused log-probs, VPP, GPU; RM: no vocab logits; DPO: whether a frozen reference stays resident
     (``ref_mode: on_the_fly``; cached reference log-probs keep none); RLVR: prompt + response lengths, sequences
     per step (prompts x samples), the algorithm (PPO adds a value model) and the value model's preset."""
     t = cfg.train
@@ -177,6 +183,8 @@ def workload(cfg, stage: str) -> dict:
            "gpu": cfg.cluster.gpu}
     if stage == "dpo":
         out["reference_model"] = cfg.dpo.ref_mode == "on_the_fly"
+    if stage == "rm":  # a scalar head: no [s, V] logits, which is what the planner's fused_logprob flag leaves out
+        out["fused_logprob"] = True
     if stage == "rlvr":
         o = cfg.rlvr
         out.update(seq=t.seq_length + o.max_new_tokens, prompt_len=t.seq_length, response_len=o.max_new_tokens,

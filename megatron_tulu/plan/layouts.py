@@ -12,7 +12,7 @@ from megatron_tulu.plan import memory as M
 from megatron_tulu.plan import throughput as T
 from megatron_tulu.plan.hardware import get_gpu
 
-STAGES = ("pretrain", "sft", "dpo", "rlvr")
+STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 
 
 @dataclass
@@ -24,7 +24,7 @@ class PlanRequest:
     gpus: int = 8
     """Total GPUs (for RLVR: engines + trainers)."""
     stage: str = "sft"
-    """pretrain | sft | dpo | rlvr: decides which models live on the trainer GPUs."""
+    """pretrain | sft | dpo | rm | rlvr: decides which models live on the trainer GPUs (dpo and rm: 2 sequences a pair)."""
     gpu: str = "h100-80gb"
     """Accelerator key from ``megatron_tulu.plan.hardware.GPUS``."""
     gpus_per_node: int = 8
@@ -143,7 +143,7 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         lay.reasons.append(f"PP{pp} > {preset.num_layers} layers")
     if req.seq % (2 * cp) and cp > 1:
         lay.reasons.append(f"seq {req.seq} not divisible by 2*CP = {2 * cp} (load-balanced ring attention)")
-    seqs = req.global_batch * (2 if req.stage == "dpo" else 1)
+    seqs = req.global_batch * (2 if req.stage in ("dpo", "rm") else 1)  # a pair is two sequences
     if lay.reasons:
         return lay
     if seqs % (dp * req.micro_batch):  # reported, but memory is still evaluated so both reasons show
@@ -249,7 +249,7 @@ def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_eng
 
 def _finish(req: PlanRequest, lay: Layout) -> Layout:
     if lay.feasible:
-        seqs = req.global_batch * (2 if req.stage == "dpo" else 1)
+        seqs = req.global_batch * (2 if req.stage in ("dpo", "rm") else 1)  # a pair is two sequences
         lay.tokens_per_s_per_gpu = seqs * req.seq / lay.time_s["total_s"] / req.gpus
     return lay
 

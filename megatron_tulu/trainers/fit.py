@@ -330,7 +330,8 @@ class Trainer:
         from megatron_tulu.checkpoint.model_io import export_hf
 
         tokenizer_dir, extra = self._hf_meta()
-        export_hf(self.model, self.preset, out, tokenizer_dir=tokenizer_dir, extra_config=extra)
+        export_hf(self.model, self.preset, out, tokenizer_dir=tokenizer_dir, extra_config=extra,
+                  head=self.task.head or "lm")
 
 
 def run_stage(cfg: StageConfig, task: Task) -> dict:

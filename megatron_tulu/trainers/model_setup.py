@@ -135,5 +135,6 @@ def build_optimizer(trainer, chunks):
 def build_trainable(trainer):
     preset = resolve_preset(trainer.cfg.model, trainer.task.vocab_size)
     trainer.preset = preset
-    chunks = build_model_chunks(trainer, trainer.cfg.model, preset)
+    chunks = build_model_chunks(trainer, trainer.cfg.model, preset, head=trainer.task.head,
+                                customize=trainer.task.customize_model)
     return chunks, build_optimizer(trainer, chunks)

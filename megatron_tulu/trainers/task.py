@@ -24,6 +24,9 @@ class Task:
     """Rows hold several documents (THD boundaries or block-causal masks)."""
     vocab_size: int | None = None
     """The tokenizer's vocabulary (the model's embedding is padded up from it); None: the preset's."""
+    head: str | None = None
+    """The last stage's head (``models.llama.HEADS``), read by ``model_setup.build_trainable`` and by the HF export;
+    None: the LM head (``hidden`` with ``model.use_fused_logprob``). The reward model sets ``scalar``."""
 
     def setup(self, trainer) -> int:
         """Build/load data; return the number of training examples (rows)."""
@@ -50,6 +53,11 @@ class Task:
         raise NotImplementedError
 
     # ---- optional hooks -----------------------------------------------------------------------------
+    def customize_model(self, chunk) -> None:
+        """Each model chunk once its initial weights are loaded, before DDP and the optimizer copy them (e.g. the
+        reward model's score-head init: a change made after ``build_trainable`` would miss the optimizer's fp32
+        main weights)."""
+
     def after_model(self, trainer) -> None:
         """Once the model is built, before resuming (e.g. DPO's reference pre-pass with the initial weights)."""
 

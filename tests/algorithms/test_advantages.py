@@ -143,8 +143,8 @@ def test_whiten_rejects_too_few_entries():
 def test_grpo_advantages_hand_values():
     scores = torch.tensor([10.0, 0.0, 0.0, 10.0, 5.0, 5.0, 5.0, 5.0])  # 2 prompts, K = 4
     adv = grpo_advantages(scores, group_size=4)
-    std = torch.tensor([10.0, 0.0, 0.0, 10.0]).std().item()  # unbiased: sqrt(100/3)
-    e = 5.0 / (std + 1e-6)
+    std = 5.0  # population std (ddof=0), as open-instruct grpo_fast's numpy .std(): sqrt(4 * 25 / 4)
+    e = 5.0 / (std + 1e-8)
     torch.testing.assert_close(adv, torch.tensor([e, -e, -e, e, 0.0, 0.0, 0.0, 0.0]))
     # all-equal group -> exactly zero advantage (no NaN)
     assert (adv[4:] == 0).all()

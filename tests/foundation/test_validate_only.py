@@ -16,7 +16,7 @@ from megatron_tulu.config import CONFIG_DIR, load_config
 from megatron_tulu.plan import jobs
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("pretrain", "sft", "dpo", "rlvr")
+STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 SHIPPED = sorted(f"{p.parent.name}/{p.stem}" for stage in STAGES for p in (CONFIG_DIR / stage).glob("*.yaml"))
 
 
@@ -27,6 +27,9 @@ def _schema(stage: str):
     if stage == "rlvr":
         from megatron_tulu.trainers.rlvr import RLVRConfig
         return RLVRConfig
+    if stage == "rm":
+        from megatron_tulu.trainers.rm import RMConfig
+        return RMConfig
     from megatron_tulu.trainers.sft import SFTConfig
     return SFTConfig
 
@@ -34,6 +37,7 @@ def _schema(stage: str):
 def test_every_stage_and_size_ships_a_config():
     assert len(SHIPPED) >= 13 and {f"{s}/tiny" for s in STAGES} <= set(SHIPPED)
     assert {f"{s}/{size}" for s in ("sft", "dpo", "rlvr") for size in ("8b", "70b", "405b")} <= set(SHIPPED)
+    assert {f"rm/{size}" for size in jobs.STAGE_SIZES["rm"]} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -3,7 +3,6 @@
     python -m pytest -q tests/gpu
 """
 
-import os
 
 import pytest
 import torch

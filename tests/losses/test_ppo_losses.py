@@ -91,7 +91,7 @@ def _policy_case():
 
 def test_ppo_clip_zero_gradient_where_clipped():
     logp, old, adv, mask = _policy_case()
-    loss, metrics = policy("ppo", logp, old, adv, mask, clip_eps=EPS)
+    loss, metrics = policy("ppo", logp, old, adv, mask, clip_low=EPS)
     loss.backward()
     g = logp.grad[0]
     # A>0, ρ>1+ε: clipped (no incentive to push further) ; A>0, ρ<1-ε: not clipped, pushed up
@@ -121,7 +121,7 @@ def test_ppo_on_policy_is_plain_policy_gradient():
 
 def test_clip_higher():
     logp, old, adv, mask = _policy_case()
-    _, m = policy("ppo", logp, old, adv, mask, clip_eps=EPS, clip_eps_high=0.6)
+    _, m = policy("ppo", logp, old, adv, mask, clip_low=EPS, clip_high=0.6)
     assert m["clipfrac"] == 0.25  # token 0 (ρ = 1.5 < 1.6) is no longer clipped; token 2 still is
 
 
@@ -129,16 +129,16 @@ def test_reductions():
     loss_mat = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
     loss_tok, seq_idx, s = flat(mask, loss_mat)
-    assert aggregate(loss_tok, seq_idx, "token-mean", s) == 10.0 / 4
-    assert aggregate(loss_tok, seq_idx, "token-sum", s) == 10.0
-    assert aggregate(loss_tok, seq_idx, "seq-mean-token-mean", s) == (2.0 + 4.0) / 2
-    assert aggregate(loss_tok, seq_idx, "seq-mean-token-sum", s) == (6.0 + 4.0) / 2
+    assert aggregate(loss_tok, seq_idx, "token_mean", s) == 10.0 / 4
+    assert aggregate(loss_tok, seq_idx, "token_sum", s) == 10.0
+    assert aggregate(loss_tok, seq_idx, "seq_mean_token_mean", s) == (2.0 + 4.0) / 2
+    assert aggregate(loss_tok, seq_idx, "seq_mean_token_sum", s) == (6.0 + 4.0) / 2
     # a response without tokens still counts in the per-response means when num_seqs says so
-    assert aggregate(loss_tok, seq_idx, "seq-mean-token-sum", 3) == (6.0 + 4.0) / 3
+    assert aggregate(loss_tok, seq_idx, "seq_mean_token_sum", 3) == (6.0 + 4.0) / 3
     with pytest.raises(ValueError, match="reduction"):
         aggregate(loss_tok, seq_idx, "mean", s)
     with pytest.raises(ValueError, match="non-decreasing"):
-        aggregate(loss_tok, seq_idx.flip(0), "token-sum", s)
+        aggregate(loss_tok, seq_idx.flip(0), "token_sum", s)
 
 
 def test_grpo_loss_adds_kl_term_and_takes_sequence_advantages():
@@ -219,7 +219,7 @@ def test_is_weights_scale_each_tokens_policy_gradient(name):
     adv = torch.randn(3, 5, generator=g)
     mask = torch.ones(3, 5)
     w = 0.5 + torch.rand(3, 5, generator=g)
-    kw = dict(ref_logp=ref, reduction="token-sum", kl_coef=0.0)
+    kw = dict(ref_logp=ref, loss_agg="token_sum", kl_coef=0.0)
 
     def grad(weights):
         logp = old.clone().requires_grad_(True)  # ratio 1: the unclipped term is active everywhere

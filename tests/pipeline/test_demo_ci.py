@@ -1,7 +1,6 @@
 """The whole recipe (data -> pretrain TP=2 -> SFT -> DPO -> RLVR -> eval) at CI size, through the real entry points."""
 
 import re
-from pathlib import Path
 
 import pytest
 

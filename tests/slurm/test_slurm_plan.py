@@ -18,7 +18,7 @@ from megatron_tulu.preemption import REQUEUE_EXIT_CODE
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "slurm").glob("*_*.sh"))
 SCRIPTS = [s for s in SCRIPTS if not s.name.startswith("_")]
-STAGE_SIZES = [(s, z) for s in jobs.STAGES for z in jobs.SIZES]
+STAGE_SIZES = [(s, z) for s in jobs.STAGES for z in jobs.STAGE_SIZES[s]]
 
 
 def _dry_run(script: Path, extra_env: dict | None = None, args: tuple = ()) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ happen in two launches: one single-rank, one 2-rank. The tests compare what thos
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

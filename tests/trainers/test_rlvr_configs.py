@@ -27,7 +27,9 @@ def test_rlvr_config_hyperparameters_and_layout(size):
     o = cfg.rlvr
     assert cfg.optim.lr == lr and o.kl_coef == beta and o.max_new_tokens == resp and cfg.optim.warmup_ratio == warm
     assert (o.algorithm, o.alpha, o.non_eos_penalty, o.temperature) == ("ppo", 10.0, -10.0, 1.0)
-    assert (o.gamma, o.lam, o.clip_eps, o.ppo_epochs, o.samples_per_prompt) == (1.0, 0.95, 0.2, 4, 1)
+    assert (o.gamma, o.lam, o.part("clip_low"), o.part("clip_high"), o.ppo_epochs, o.samples_per_prompt) == (
+        1.0, 0.95, 0.2, 0.2, 4, 1)
+    assert (o.vf_coef, o.is_correction, o.part("loss_agg")) == (0.1, "none", "token_mean")
     assert o.engine == "vllm" and o.engine_tp == etp and o.num_engines == engines
     tp, pp = cfg.parallel.tp, cfg.parallel.pp
     assert gpus % (tp * pp) == 0, f"{gpus} trainer GPUs do not split into TP={tp} x PP={pp}"

@@ -6,7 +6,7 @@
                optimizers, prompt position; the engine is rebuilt from the resumed weights);
   ``grpo``     GRPO (group of 2), 2 steps;
   ``async``    PPO with ``async_steps=2`` (up to two batches generated ahead), 4 steps;
-  ``async_tis`` the same with truncated importance sampling (``rlvr.tis_cap=2``).
+  ``async_tis`` the same with truncated importance sampling (``rlvr.is_correction=tis``, cap ``rlvr.is_high=2``).
 
 All start from the same tiny random HF Llama (the trainer tests' session fixture). LR is constant so the
 stopped run sees the same LR schedule as the uninterrupted one.
@@ -47,7 +47,7 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
         ("rlvr", ov("part", **{"train.max_steps": 4})),
         ("rlvr", ov("grpo", **{"rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2, "train.global_batch_size": 2})),
         ("rlvr", ov("async", **{"rlvr.async_steps": 2, "train.max_steps": 4, "checkpoint.interval": 0})),
-        ("rlvr", ov("async_tis", **{"rlvr.async_steps": 2, "rlvr.tis_cap": 2.0, "train.max_steps": 4,
+        ("rlvr", ov("async_tis", **{"rlvr.async_steps": 2, "rlvr.is_correction": "tis", "rlvr.is_high": 2.0, "train.max_steps": 4,
                                     "checkpoint.interval": 0})),
         ("broken_sync", ov("broken", **{"train.max_steps": 1})),
         ("value_init", ov("rm", **{"rlvr.value_init_hf": make_tiny_reward_model(root / "rm", tiny_hf)})),
@@ -132,13 +132,14 @@ def test_truncated_importance_sampling(rlvr_runs):
     update (the step-2 batch is the same in both runs, since their step-1 updates were)."""
     plain, tis = step_records(rlvr_runs["root"] / "async"), step_records(rlvr_runs["root"] / "async_tis")
     assert list(tis) == [1, 2, 3, 4]
-    assert abs(tis[1]["tis/weight_mean"] - 1.0) < 1e-3 and tis[1]["tis/capped_frac"] == 0.0
+    assert abs(tis[1]["mismatch/is_weight_mean"] - 1.0) < 1e-3 and tis[1]["mismatch/is_clipped_frac"] == 0.0
     for key in ("loss", "value_loss", "grad_norm"):
         assert abs(tis[1][key] - plain[1][key]) <= 1e-5 * max(1.0, abs(plain[1][key])), key
     assert tis[2]["reward/score"] == plain[2]["reward/score"] and tis[2]["response_len"] == plain[2]["response_len"]
     for step in (2, 3, 4):
         assert tis[step]["mismatch/policy_lag"] > 0
-        assert 1e-4 < abs(tis[step]["tis/weight_mean"] - 1.0) and 0 < tis[step]["tis/weight_mean"] <= 2.0, step
+        w = tis[step]["mismatch/is_weight_mean"]
+        assert 1e-4 < abs(w - 1.0) and 0 < w <= 2.0, step
     assert abs(tis[2]["loss"] - plain[2]["loss"]) > 1e-6 * max(1.0, abs(plain[2]["loss"]))
 
 

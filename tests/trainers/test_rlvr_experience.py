@@ -78,11 +78,12 @@ def test_engine_mismatch_and_truncated_is_weights_are_on_response_tokens():
     inp = _inputs()
     inp["rollout_logp"] = inp["old_logp"].clone()
     inp["rollout_logp"][0, 1] -= 5.0  # row 0's first response token (target position len(prompt) - 1)
-    exp, metrics = make_experience(_rows(), _opts("rlvr.tis_cap=2.0"), **inp)
+    exp, metrics = make_experience(_rows(), _opts("rlvr.is_correction=tis", "rlvr.is_high=2.0"), **inp)
     assert metrics["mismatch/max_abs_diff"] == pytest.approx(5.0)
     assert metrics["mismatch/mean_abs_diff"] == pytest.approx(0.5)  # one token of ten
     assert exp.is_weights.tolist()[0] == 2.0 and exp.is_weights[1:].eq(1.0).all()
-    assert metrics["tis/capped_frac"] == pytest.approx(0.1)
+    assert metrics["mismatch/is_clipped_frac"] == pytest.approx(0.1)
+    assert metrics["mismatch/is_masked_frac"] == 0.0
 
 
 @pytest.mark.parametrize("algorithm,kl_kind", [("grpo", None), ("grpo", "k1"), ("ppo", "k3")])
@@ -113,3 +114,25 @@ def test_policy_task_calls_the_registered_loss_with_the_configured_kl(monkeypatc
         assert call["ref_logp"] is not None
     else:
         assert call["kl_coef"] == 0.0 and call["ref_logp"] is None
+
+
+def test_value_task_scales_the_value_loss_by_vf_coef_and_policy_denominator_is_one():
+    """``rlvr.vf_coef`` multiplies the value loss the trainer backpropagates (open-instruct: before clipping); the
+    logged ``loss_sum`` stays the unscaled value loss. The policy's aggregation is in ``agg_weights``: denominator 1."""
+    from megatron_tulu.losses.ppo import value_loss
+    from megatron_tulu.trainers.rlvr import tasks
+
+    rows = _rows()
+    g = torch.Generator().manual_seed(0)
+    rows.old_values, rows.returns = torch.randn(10, generator=g), torch.randn(10, generator=g)
+    mb = rows.microbatches(0, 4, 4)[0]
+    values = torch.randn(*mb["mask"].shape, 1, generator=g)
+    expected, _ = value_loss(values.squeeze(-1)[mb["mask"].bool()], mb["old_values"], mb["returns"], mb["seq_idx"],
+                             reduction="token_sum")
+    for coef in (0.1, 1.0):
+        cfg = load_config(RLVRConfig, "rlvr/tiny", [f"rlvr.vf_coef={coef}"])
+        assert load_config(RLVRConfig, "rlvr/tiny", []).rlvr.vf_coef == 0.1  # open-instruct's default
+        loss, m = tasks.ValueTask(cfg).loss_fn(mb, values, None)
+        torch.testing.assert_close(loss, expected * coef)
+        torch.testing.assert_close(m["loss_sum"], expected)
+        assert tasks.ValueTask(cfg).denominator([mb]) == 10.0 and tasks.PolicyTask(cfg).denominator([mb]) == 1.0

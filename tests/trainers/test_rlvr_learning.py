@@ -1,6 +1,6 @@
 """The issue's acceptance test: on the tiny model the verifier reward rises over a few dozen RLVR steps, for
 PPO and GRPO, each also with asynchronous generation (one batch ahead, as open-instruct), and PPO two batches ahead
-with truncated importance sampling (``rlvr.tis_cap``).
+with truncated importance sampling (``rlvr.is_correction=tis``).
 
 Honest small setup (``rlvr_helpers.make_arith_data``): 8 addition prompts, gsm8k verifier. The starting policy
 is the tiny random Llama after 40 SFT steps on answers that are right only 3 times in 10 (the rest are near
@@ -8,7 +8,7 @@ misses), so it answers in the right format, ends with EOS, and solves ~5-15% of 
 right answers among its own samples. Every run is seeded, so the numbers are reproducible; the threshold (+0.08)
 sits well below the measured gains (2026-11-25, this machine, mean accuracy over the first / last 8 of 40 steps:
 PPO 0.05 -> 0.37, GRPO 0.16 -> 0.33, GRPO async 0.15 -> 0.32; 2026-11-30: PPO two batches ahead 0.098 -> 0.129
-without TIS, 0.094 -> 0.336 with ``tis_cap=2``). ~6 min on the shared 2 cores.
+without TIS, 0.094 -> 0.336 with ``is_correction=tis``, ``is_high=2``). ~6 min on the shared 2 cores.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def learning_runs(sft_data, tiny_hf, tmp_path_factory):
     ppo = {"rlvr.samples_per_prompt": 2, "train.global_batch_size": 16, "train.micro_batch_size": 4, "optim.lr": "2e-4"}
     runs = {"ppo": ppo, "ppo_async": {**ppo, "rlvr.async_steps": 1}, "grpo": grpo,
             "grpo_async": {**grpo, "rlvr.async_steps": 1},
-            "ppo_async2_tis": {**ppo, "rlvr.async_steps": 2, "rlvr.tis_cap": 2.0}}
+            "ppo_async2_tis": {**ppo, "rlvr.async_steps": 2, "rlvr.is_correction": "tis", "rlvr.is_high": 2.0}}
     jobs = [("sft", sft)] + [("rlvr", rlvr_overrides(data, sft_run / "hf", root / n, **common, **o)) for n, o in runs.items()]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=1200)[0]
     for s in out[1:]:

@@ -11,14 +11,17 @@ from megatron_tulu.trainers.fit import StageConfig
 
 @dataclass(frozen=True)
 class AlgorithmPreset:
-    """What ``rlvr.algorithm`` names: registered parts, looked up by name by the loop."""
+    """What ``rlvr.algorithm`` names: three registered parts (each also settable alone in ``RLVROptions``), the
+    clip range, and where the KL goes. The loop looks the parts up by name."""
 
     advantage_estimator: str
     """Key of ``algorithms.ADVANTAGE_ESTIMATORS``."""
     policy_loss: str
     """Key of ``losses.ppo.POLICY_LOSSES``."""
+    loss_agg: str
+    """One of ``losses.ppo.LOSS_AGGS``: how per-token losses are aggregated over an optimizer-step batch."""
     kl_in: str
-    """Where the β·KL to the reference goes: ``reward`` (per-token reward, PPO) or ``loss`` (GRPO)."""
+    """Where the β·KL to the reference goes: ``reward`` (per-token reward, PPO), ``loss`` (GRPO) or ``none``."""
     kl_kind: str
     """KL estimator used unless ``rlvr.kl_kind`` says otherwise."""
     uses_value_model: bool
@@ -26,14 +29,48 @@ class AlgorithmPreset:
     whitens: bool
     """Its advantages are whitened over the DP-wide batch when ``rlvr.whiten_advantages`` is set (GAE's are;
     group-normalised ones are normalised per group already)."""
+    clip_low: float = 0.2
+    """ε_low of the policy loss's ratio clip (PPO: 0.2)."""
+    clip_high: float = 0.2
+    """ε_high of the policy loss's ratio clip (= ε_low unless the method decouples them)."""
 
 
 ALGORITHMS: dict[str, AlgorithmPreset] = {
-    "ppo": AlgorithmPreset(advantage_estimator="gae", policy_loss="ppo", kl_in="reward", kl_kind="k1",
-                           uses_value_model=True, whitens=True),
-    "grpo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="grpo", kl_in="loss", kl_kind="k3",
-                            uses_value_model=False, whitens=False),
+    # Tülu 3 PPO (open-instruct ppo_vllm_thread_ray_gtrl): GAE + value model, k1 KL in the reward, ε = 0.2,
+    # token-mean over the batch.
+    "ppo": AlgorithmPreset(advantage_estimator="gae", policy_loss="ppo", loss_agg="token_mean", kl_in="reward",
+                           kl_kind="k1", uses_value_model=True, whitens=True),
+    # GRPO (DeepSeekMath, Shao et al. 2024; ε = 0.2) as open-instruct's grpo_fast runs it: group-normalised scores,
+    # k3 KL in the loss, token-mean aggregation (the paper's is seq_mean_token_mean).
+    "grpo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="grpo", loss_agg="token_mean", kl_in="loss",
+                            kl_kind="k3", uses_value_model=False, whitens=False),
+    # DAPO (Yu et al. 2025): clip-higher ε_low = 0.2, ε_high = 0.28 (§3.1), token-level loss (§3.3), no KL (§2.3).
+    # Its dynamic sampling and overlong reward shaping are loop features, not implemented here.
+    "dapo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="clipped", loss_agg="token_mean", kl_in="none",
+                            kl_kind="k3", uses_value_model=False, whitens=False, clip_low=0.2, clip_high=0.28),
+    # Dr. GRPO (Liu et al. 2025): mean-centred advantages (no std), Σ loss / (max_new_tokens · S) (no 1/|o_i|),
+    # ε = 0.2, no KL (β = 0 in the paper's R1-Zero runs).
+    "dr_grpo": AlgorithmPreset(advantage_estimator="dr_grpo", policy_loss="clipped", loss_agg="token_sum_norm",
+                               kl_in="none", kl_kind="k3", uses_value_model=False, whitens=False),
+    # GSPO (Zheng et al. 2025): sequence ratio, sequence clip ε_low = 3e-4, ε_high = 4e-4 (§5.1), 1/G Σ_i per
+    # response (seq_mean_token_mean), group-normalised advantages, no KL.
+    "gspo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="gspo", loss_agg="seq_mean_token_mean",
+                            kl_in="none", kl_kind="k3", uses_value_model=False, whitens=False, clip_low=3e-4,
+                            clip_high=4e-4),
+    # CISPO (MiniMax-M1 2025): clipped stop-gradient IS weight, no lower bound (ε_low = 1 -> 1-ε_low = 0), ε_high
+    # unpublished -> open-instruct's clip_higher 0.272; token-mean over the batch (1/Σ|o_i|); no KL.
+    "cispo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="cispo", loss_agg="token_mean", kl_in="none",
+                             kl_kind="k3", uses_value_model=False, whitens=False, clip_low=1.0, clip_high=0.272),
+    # RLOO (Ahmadian et al. 2024): leave-one-out baseline on r - β·KL (k1, in the reward), REINFORCE on the whole
+    # response (seq_mean_token_sum); the clipped surrogate is REINFORCE while on-policy (one step per batch).
+    "rloo": AlgorithmPreset(advantage_estimator="rloo", policy_loss="clipped", loss_agg="seq_mean_token_sum",
+                            kl_in="reward", kl_kind="k1", uses_value_model=False, whitens=False),
 }
+
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+"""Advantage estimators that compare the ``samples_per_prompt`` responses of a prompt (need K >= 2)."""
+IS_CORRECTION_CHOICES = ("none", "tis", "masked", "sequence")
+"""``rlvr.is_correction`` values: none, or a key of ``algorithms.IS_CORRECTIONS``."""
 
 
 @dataclass
@@ -41,12 +78,24 @@ class RLVROptions:
     """Algorithm and rollout settings (Tülu 3 defaults)."""
 
     algorithm: str = "ppo"
-    """A preset of ``ALGORITHMS``: ``ppo`` (value model + GAE, KL in the reward) or ``grpo`` (group-normalised
-    advantages, no value model, KL in the loss)."""
+    """A preset of ``ALGORITHMS``: ``ppo`` (Tülu 3: value model + GAE, KL in the reward), ``grpo`` (group-normalised
+    advantages, no value model, KL in the loss), ``dapo``, ``dr_grpo``, ``gspo``, ``cispo``, ``rloo`` (see the
+    comments of ``ALGORITHMS`` for each paper's values). The three fields below override its parts one by one."""
+    advantage_estimator: str | None = None
+    """Key of ``algorithms.ADVANTAGE_ESTIMATORS`` (``gae``, ``grpo``, ``dr_grpo``, ``rloo``); None: the preset's.
+    ``gae`` needs a preset with a value model (``ppo``); the group ones need ``samples_per_prompt >= 2``."""
+    policy_loss: str | None = None
+    """Key of ``losses.ppo.POLICY_LOSSES`` (``ppo``/``clipped``, ``grpo``, ``gspo``, ``cispo``); None: the preset's."""
+    loss_agg: str | None = None
+    """Loss aggregation over each optimizer-step batch, one of ``losses.ppo.LOSS_AGGS``: ``token_mean`` (DAPO,
+    open-instruct, CISPO), ``seq_mean_token_sum`` (RLOO), ``seq_mean_token_mean`` (original GRPO, GSPO),
+    ``token_sum_norm`` (Dr. GRPO: Σ / (max_new_tokens · responses)); None: the preset's. Exact under any
+    micro-batch / DP split (per-token weights computed over the whole batch in ``make_experience``)."""
     alpha: float = 10.0
     """Verifier reward for a correct response."""
     kl_coef: float = 0.05
-    """β of the per-token KL penalty to the reference (Tülu 3 8B: 0.05)."""
+    """β of the per-token KL penalty to the reference (Tülu 3 8B: 0.05); unused by presets with ``kl_in="none"``
+    (dapo, dr_grpo, gspo, cispo)."""
     kl_kind: str | None = None
     """KL estimator ``k1``, ``k2`` or ``k3`` (``losses.kl``), wherever the algorithm puts the KL; None: the
     algorithm's own (PPO: k1 in the reward, as open-instruct; GRPO: k3 in the loss, as DeepSeekMath)."""
@@ -59,14 +108,29 @@ class RLVROptions:
     whiten_advantages: bool = True
     """Whiten the advantages over the whole (DP-wide) batch where the algorithm allows it (``AlgorithmPreset.whitens``:
     PPO's GAE advantages; GRPO's are normalised per group instead)."""
-    clip_eps: float = 0.2
-    """PPO ratio clip."""
-    tis_cap: float = 0.0
-    """Truncated importance sampling: weight each token's policy-gradient term by min(π_trainer / π_rollout, cap),
-    correcting for rollouts from older weights (``async_steps``) and the engine's numerics. 0 disables it; 2.0 is
-    a common cap (open-instruct's ``truncated_importance_sampling_ratio_cap``)."""
+    clip_low: float | None = None
+    """ε_low: ratios below 1 - ε_low are clipped (for ``cispo`` the IS weight's lower bound; 1.0 = none). None: the
+    preset's (PPO/GRPO 0.2, Schulman et al. 2017 and DeepSeekMath; DAPO 0.2; GSPO 3e-4; CISPO 1.0)."""
+    clip_high: float | None = None
+    """ε_high: ratios above 1 + ε_high are clipped (DAPO's decoupled "clip-higher"). None: the preset's (PPO/GRPO
+    0.2; DAPO 0.28; GSPO 4e-4; CISPO 0.272, open-instruct's ``clip_higher``)."""
+    is_correction: str = "none"
+    """Importance-sampling correction of the engine/trainer mismatch (rollouts from older weights under
+    ``async_steps`` and the engine's numerics), ``algorithms.IS_CORRECTIONS``: ``none``; ``tis`` (token-level
+    truncated IS, w = min(π_trainer/π_rollout, is_high); Yao et al. 2025, open-instruct's
+    ``truncated_importance_sampling_ratio_cap``); ``masked`` (IcePop: tokens whose ratio leaves [is_low, is_high]
+    get weight 0); ``sequence`` (per-response geometric-mean ratio, truncated at is_high). Metrics: ``mismatch/is_*``."""
+    is_low: float = 0.5
+    """Lower bound of the ratio band of ``masked`` (IcePop's 0.5); unused by ``tis``/``sequence``."""
+    is_high: float = 2.0
+    """Cap of ``tis``/``sequence`` (2.0: open-instruct's truncated_importance_sampling_ratio_cap and
+    rho_clamp_upper_bound) and upper bound of ``masked`` (IcePop uses 5.0: set it)."""
     vf_clip_eps: float = 0.2
-    """Value clip (reward units)."""
+    """Value clip (reward units; Tülu 3: 0.2)."""
+    vf_coef: float = 0.1
+    """Scale of the value loss before backward, so before gradient clipping (open-instruct PPO's ``vf_coef``,
+    0.1, as Tülu 3 trained; the value model has its own optimizer, so the scale matters through clipping and
+    Adam's epsilon)."""
     value_model: str = ""
     """PPO value-model shape: a preset name (``llama3.1-8b`` beside a 70B or 405B policy, as Tülu 3 ran an 8B value
     model from its 8B reward model), or empty: the shape of ``value_init_hf`` when set, else the policy's. It runs on
@@ -133,6 +197,12 @@ class RLVROptions:
         """The registered parts ``algorithm`` names."""
         return ALGORITHMS[self.algorithm]
 
+    def part(self, name: str):
+        """The setting ``name`` (``advantage_estimator``, ``policy_loss``, ``loss_agg``, ``clip_low``,
+        ``clip_high``): this config's value, else (None) the preset's."""
+        value = getattr(self, name)
+        return getattr(self.preset, name) if value is None else value
+
     @property
     def kl_estimator(self) -> str:
         """``kl_kind``, else the algorithm's."""
@@ -155,9 +225,36 @@ class RLVRConfig(StageConfig):
         super().validate()
         self.rewards.validate()
         o = self.rlvr
+        from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS
+        from megatron_tulu.losses.ppo import LOSS_AGGS, POLICY_LOSSES
+
         check_choice("rlvr.algorithm", o.algorithm, tuple(ALGORITHMS))
-        if o.preset.advantage_estimator == "grpo" and o.samples_per_prompt < 2:
-            raise ValueError(f"rlvr.algorithm={o.algorithm} needs rlvr.samples_per_prompt >= 2 (the group size)")
+        if o.advantage_estimator is not None:
+            check_choice("rlvr.advantage_estimator", o.advantage_estimator, tuple(ADVANTAGE_ESTIMATORS))
+        if o.policy_loss is not None:
+            check_choice("rlvr.policy_loss", o.policy_loss, tuple(POLICY_LOSSES))
+        if o.loss_agg is not None:
+            check_choice("rlvr.loss_agg", o.loss_agg, LOSS_AGGS)
+        est = o.part("advantage_estimator")
+        if est in GROUP_ESTIMATORS and o.samples_per_prompt < 2:
+            raise ValueError(f"rlvr.algorithm={o.algorithm} (advantage estimator {est}) needs "
+                             "rlvr.samples_per_prompt >= 2 (the group size)")
+        if est == "gae" and not o.preset.uses_value_model:
+            raise ValueError(f"rlvr.advantage_estimator=gae needs a value model: rlvr.algorithm={o.algorithm} has "
+                             "none (use rlvr.algorithm=ppo)")
+        if est != "gae" and o.preset.uses_value_model:
+            raise ValueError(f"rlvr.advantage_estimator={est}: rlvr.algorithm={o.algorithm} trains a value model on "
+                             "GAE returns; pick a preset without one (e.g. grpo) for a group estimator")
+        if not 0 <= o.part("clip_low") <= 1 or o.part("clip_high") < 0:
+            raise ValueError(f"rlvr.clip_low must be in [0, 1] and rlvr.clip_high >= 0, got "
+                             f"{o.part('clip_low')}, {o.part('clip_high')}")
+        check_choice("rlvr.is_correction", o.is_correction, IS_CORRECTION_CHOICES)
+        if o.is_correction != "none" and not o.is_high > 0:
+            raise ValueError(f"rlvr.is_high must be > 0 for rlvr.is_correction={o.is_correction}, got {o.is_high}")
+        if o.is_correction == "masked" and not 0 <= o.is_low < 1 < o.is_high:
+            raise ValueError(f"rlvr.is_correction=masked needs 0 <= rlvr.is_low < 1 < rlvr.is_high, got "
+                             f"[{o.is_low}, {o.is_high}]")
+        check_at_least("rlvr.vf_coef", o.vf_coef, 0.0)
         if o.kl_kind is not None:
             check_choice("rlvr.kl_kind", o.kl_kind, tuple(KL_ESTIMATORS))
         check_choice("rlvr.engine", o.engine, ("vllm", "torch"))
@@ -167,8 +264,6 @@ class RLVRConfig(StageConfig):
         if o.num_engines > 1 and o.engine_placement != "ray":
             raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
                              "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
-        if o.tis_cap < 0:
-            raise ValueError(f"rlvr.tis_cap must be >= 0 (0 disables truncated importance sampling), got {o.tis_cap}")
         check_at_least("rlvr.async_steps", o.async_steps, 0)
         check_at_least("rlvr.samples_per_prompt", o.samples_per_prompt, 1)
         check_at_least("rlvr.max_new_tokens", o.max_new_tokens, 1)

@@ -17,7 +17,8 @@ from megatron_tulu.data.sampler import IGNORE_INDEX
 from megatron_tulu.losses.flat import flatten
 from megatron_tulu.losses.masked import AllReduce
 
-TOKEN_FIELDS = ("old_logp", "ref_logp", "rollout_logp", "advantages", "returns", "old_values", "is_weights")
+TOKEN_FIELDS = ("old_logp", "ref_logp", "rollout_logp", "advantages", "returns", "old_values", "is_weights",
+                "agg_weights")
 
 
 def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int, seq: int | None = None):
@@ -74,7 +75,11 @@ class Experience:
     old_values: Tensor | None = None
     """[N] the value model's predictions at rollout time (value-model algorithms)."""
     is_weights: Tensor | None = None
-    """[N] importance weights against the engine's sampling (``rlvr.tis_cap``)."""
+    """[N] importance weights against the engine's sampling (``rlvr.is_correction``)."""
+    agg_weights: Tensor | None = None
+    """[N] loss-aggregation weights (``losses.ppo.agg_weights`` for ``rlvr.loss_agg``), normalised over each
+    optimizer-step batch across all DP ranks: the policy loss of a micro-batch is Σ w·loss_t, and the sum over
+    micro-batches and ranks is the aggregate of the whole batch (the trainer's denominator is 1)."""
 
     @classmethod
     def rows(cls, input_ids: Tensor, targets: Tensor, mask: Tensor) -> "Experience":
@@ -101,10 +106,22 @@ class Experience:
         return out
 
 
+def minibatch_totals(mask: Tensor, dp: int, minibatches: list[tuple[int, int]]) -> Tensor:
+    """``[M, 2]`` float64 (response tokens, responses) of each optimizer-step batch over ALL DP ranks.
+
+    ``mask [B, S]`` is the whole rollout batch, split evenly over ``dp`` ranks (rank r: rows ``r·B/dp ...``);
+    minibatch k is rows ``[a_k, b_k)`` of every rank's share."""
+    counts = mask.bool().sum(1).double().view(dp, -1)
+    return torch.tensor([[float(counts[:, a:b].sum()), float(dp * (b - a))] for a, b in minibatches],
+                        dtype=torch.float64)
+
+
 def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: Tensor, ref_logp: Tensor,
                     rollout_logp: Tensor, old_values: Tensor | None = None,
-                    dp_sum: AllReduce | None = None) -> tuple[Experience, dict[str, float]]:
-    """Rewards, advantages and importance weights of this rank's rows, by ``o.algorithm``'s registered parts.
+                    dp_sum: AllReduce | None = None, minibatches: list[tuple[int, int]] | None = None,
+                    totals: Tensor | None = None) -> tuple[Experience, dict[str, float]]:
+    """Rewards, advantages, importance weights and aggregation weights of this rank's rows, by the registered
+    parts ``o`` names (``rlvr.advantage_estimator``, ``rlvr.loss_agg``, ``rlvr.is_correction``).
 
     Args:
         rows: this rank's rows (``Experience.rows``); the result carries them.
@@ -113,11 +130,19 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
         old_logp, ref_logp, rollout_logp: [B, S] trainer / reference / engine logprobs at the target positions.
         old_values: [B, S] value-model predictions (value-model algorithms).
         dp_sum: sums a tensor over the DP ranks (advantage whitening over the whole batch).
+        minibatches: row ranges ``[(a, b), ...]`` of this rank's rows, one per optimizer step; the loss
+            aggregation is normalised within each (default: all rows, one step).
+        totals: ``[M, 2]`` (tokens, responses) of each minibatch over all DP ranks (``minibatch_totals``);
+            default: this rank's own counts (one DP rank).
     Returns:
-        (experience, metrics): ``reward/*`` (PPO's shaped reward), ``mismatch/*`` (engine vs trainer), ``tis/*``.
+        (experience, metrics): ``reward/*`` (PPO's shaped reward), ``mismatch/*`` (engine vs trainer, with the IS
+        correction's ``mismatch/is_weight_mean``, ``mismatch/is_clipped_frac``, ``mismatch/is_masked_frac``).
     """
-    from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS, AdvantageInputs, penalise_non_eos, shape_rewards, whiten
+    from megatron_tulu.algorithms import (
+        ADVANTAGE_ESTIMATORS, IS_CORRECTIONS, AdvantageInputs, penalise_non_eos, shape_rewards, whiten,
+    )
     from megatron_tulu.losses.kl import logprob_mismatch
+    from megatron_tulu.losses.ppo import agg_weights
 
     preset, m, seq_idx = o.preset, rows.mask.bool(), rows.seq_idx
     flat = lambda grid: None if grid is None else grid[m]  # noqa: E731 - [B, S] -> [N]
@@ -132,15 +157,28 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
     inputs = AdvantageInputs(seq_idx=seq_idx, num_seqs=rows.num_seqs, scores=penalise_non_eos(scores, eos, o.non_eos_penalty),
                              token_rewards=token_rewards, values=exp.old_values, group_size=o.samples_per_prompt,
                              gamma=o.gamma, lam=o.lam)
-    exp.advantages, exp.returns = ADVANTAGE_ESTIMATORS[preset.advantage_estimator](inputs)
+    exp.advantages, exp.returns = ADVANTAGE_ESTIMATORS[o.part("advantage_estimator")](inputs)
     if preset.whitens and o.whiten_advantages:
         exp.advantages = whiten(exp.advantages, all_reduce=dp_sum)
+    exp.agg_weights = _agg_weights(rows, o.part("loss_agg"), o.max_new_tokens, minibatches, totals, agg_weights)
     metrics.update({f"mismatch/{k}": float(v) for k, v in logprob_mismatch(exp.rollout_logp, exp.old_logp).items()})
-    if o.tis_cap > 0:
-        from megatron_tulu.losses.ppo import truncated_is_weights
-
-        exp.is_weights = w = truncated_is_weights(exp.old_logp, exp.rollout_logp, o.tis_cap)
-        metrics.update({"tis/weight_mean": float(w.mean()) if w.numel() else 1.0,
-                        "tis/capped_frac": float((w >= o.tis_cap).float().mean()) if w.numel() else 0.0})
+    if o.is_correction != "none":
+        exp.is_weights, is_metrics = IS_CORRECTIONS[o.is_correction](exp.old_logp, exp.rollout_logp, seq_idx,
+                                                                     rows.num_seqs, low=o.is_low, high=o.is_high)
+        metrics.update({f"mismatch/{k}": float(v) for k, v in is_metrics.items()})
     return exp, metrics
 
+
+def _agg_weights(rows: Experience, loss_agg: str, max_tokens: int, minibatches, totals, agg_weights) -> Tensor:
+    """[N] aggregation weights, normalised within each minibatch by its (DP-wide) totals."""
+    minibatches = minibatches or [(0, rows.num_seqs)]
+    counts = rows.mask.bool().sum(1)
+    if totals is None:
+        totals = torch.tensor([[float(counts[a:b].sum()), float(b - a)] for a, b in minibatches], dtype=torch.float64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+    w = torch.zeros(rows.seq_idx.numel(), dtype=torch.float32)
+    for (a, b), (tokens, seqs) in zip(minibatches, totals.tolist()):
+        i, j = offsets[a], offsets[b]
+        w[i:j] = agg_weights(rows.seq_idx[i:j] - a, loss_agg, b - a, total_tokens=tokens, total_seqs=seqs,
+                             max_tokens=max_tokens)
+    return w

@@ -34,7 +34,9 @@ from megatron_tulu.parallel import broadcast_object
 from megatron_tulu.preemption import PreemptionWatcher
 from megatron_tulu.trainers.fit import Trainer, lr_at
 from megatron_tulu.trainers.rlvr.config import RLVRConfig
-from megatron_tulu.trainers.rlvr.experience import Experience, make_experience, response_rows, rollout_logp_grid
+from megatron_tulu.trainers.rlvr.experience import (
+    Experience, make_experience, minibatch_totals, response_rows, rollout_logp_grid,
+)
 from megatron_tulu.trainers.rlvr.tasks import PolicyTask
 from megatron_tulu.trainers.rlvr.value import _check_hf_dir, build_value_trainer
 
@@ -143,20 +145,23 @@ class RLVRDriver:
         ref_logp = self._forward_logps(self.ref, mbs)
         old_values = self._forward_logps(self.value.model, mbs, values=True) if self.value else None
         metrics = {}
+        steps = [(c[0], c[-1] + 1) for c in split_microbatches(list(range(per)), per // o.num_minibatches)]
         if tr.is_last_stage:  # the forward results exist on the last pipeline stage only
             rollout_logp = rollout_logp_grid(ro["prompts"], ro["rollout_logp"], tuple(ids.shape))[sl]
             dp_sum = lambda t: tr.dims.all_reduce_dp(t)  # noqa: E731 - whitening over the whole batch
             exp, metrics = make_experience(exp, o, scores[sl], eos[sl], old_logp, ref_logp, rollout_logp,
-                                           old_values, dp_sum=dp_sum)
+                                           old_values, dp_sum=dp_sum, minibatches=steps,
+                                           totals=minibatch_totals(mask[: per * tr.dims.dp], tr.dims.dp, steps))
         # PPO epochs x minibatches; every rank walks the same schedule
         t_train = time.time()
         stats = {}
         for _ in range(o.ppo_epochs):
-            for chunk in split_microbatches(list(range(per)), per // o.num_minibatches):
-                mbs = exp.microbatches(chunk[0], chunk[-1] + 1, mb)
-                denom = tr.all_reduce_dp(float(sum(b["mask"].sum() for b in mbs)))
-                stats = tr.train_step(mbs, denom, lr)
-                if self.value is not None:
+            for a, b in steps:
+                mbs = exp.microbatches(a, b, mb)
+                # the policy loss is a weighted token sum normalised over the step's whole batch (agg_weights)
+                stats = tr.train_step(mbs, self.task.denominator(mbs), lr)
+                if self.value is not None:  # token mean over the step's batch, all DP ranks
+                    denom = tr.all_reduce_dp(float(sum(x["mask"].sum() for x in mbs)))
                     stats.update(self.value.train_step(mbs, denom, o.value_lr or lr))
         metrics.update(stats)
         metrics["time/train_s"] = time.time() - t_train

@@ -17,7 +17,9 @@ def _on(batch: dict, name: str, device):
 
 
 class PolicyTask(DataStageMixin, Task):
-    """The registered policy loss (``rlvr.algorithm``'s preset) over response tokens; RLVR calls ``train_step``."""
+    """The registered policy loss (``rlvr.policy_loss``, default the preset's) over response tokens, aggregated by
+    the experience's ``agg_weights`` (a weighted token sum, exact under any micro-batch/DP split, so the
+    denominator is 1); RLVR calls ``train_step``."""
 
     metric_names = ["loss_sum", "tokens", "clipfrac", "approx_kl"]
 
@@ -35,7 +37,8 @@ class PolicyTask(DataStageMixin, Task):
         return model(batch["input_ids"].to(dev), pos.to(dev), None)
 
     def denominator(self, mbs):
-        return float(sum(mb["mask"].sum() for mb in mbs))
+        """1: ``agg_weights`` already normalise over the whole optimizer-step batch (all micro-batches, DP ranks)."""
+        return 1.0
 
     def loss_fn(self, batch, logits, trainer):
         from megatron_tulu.losses.ppo import POLICY_LOSSES
@@ -46,9 +49,10 @@ class PolicyTask(DataStageMixin, Task):
                                    temperature=o.temperature)
         logp = logp_rows[batch["mask"].to(dev).bool()]  # [N] flat response tokens
         kl_in_loss = o.preset.kl_in == "loss"
-        loss, m = POLICY_LOSSES[o.preset.policy_loss](
+        loss, m = POLICY_LOSSES[o.part("policy_loss")](
             logp, _on(batch, "old_logp", dev), _on(batch, "advantages", dev), _on(batch, "seq_idx", dev),
-            num_seqs=int(t.shape[0]), clip_eps=o.clip_eps, reduction="token-sum",
+            num_seqs=int(t.shape[0]), clip_low=o.part("clip_low"), clip_high=o.part("clip_high"),
+            loss_agg=o.part("loss_agg"), agg_weights=_on(batch, "agg_weights", dev), max_tokens=o.max_new_tokens,
             ref_logp=_on(batch, "ref_logp", dev) if kl_in_loss else None, kl_coef=o.kl_coef if kl_in_loss else 0.0,
             kl_kind=o.kl_estimator, is_weights=_on(batch, "is_weights", dev))
         n = torch.tensor(float(logp.numel()), device=dev)
@@ -60,9 +64,13 @@ class PolicyTask(DataStageMixin, Task):
 
 
 class ValueTask(PolicyTask):
-    """The clipped value loss of the PPO value model (a ``ScalarHead`` model on the policy's ranks)."""
+    """The clipped value loss of the PPO value model (a ``ScalarHead`` model on the policy's ranks), scaled by
+    ``rlvr.vf_coef`` and divided by the global token count (token mean over the optimizer-step batch)."""
 
     metric_names = ["loss_sum", "tokens"]
+
+    def denominator(self, mbs):
+        return float(sum(mb["mask"].sum() for mb in mbs))
 
     def loss_fn(self, batch, values, trainer):
         from megatron_tulu.losses.ppo import value_loss
@@ -73,8 +81,9 @@ class ValueTask(PolicyTask):
         full = gather_tokens(values.squeeze(-1).float(), mask.shape[1])  # full rows under context parallelism
         loss, _ = value_loss(full[mask.bool()], _on(batch, "old_values", dev), _on(batch, "returns", dev),
                              _on(batch, "seq_idx", dev), num_seqs=int(mask.shape[0]),
-                             clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token-sum")
-        return loss, {"loss_sum": loss.detach(), "tokens": mask.sum()}
+                             clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token_sum")
+        # the loss logged is the unscaled value loss; the gradient carries vf_coef (before clipping, open-instruct)
+        return loss * self.cfg.rlvr.vf_coef, {"loss_sum": loss.detach(), "tokens": mask.sum()}
 
     def finalize(self, sums, denom):
         return {"value_loss": sums["loss_sum"] / max(denom, 1e-12)}
