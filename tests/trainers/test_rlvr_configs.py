@@ -87,3 +87,14 @@ def test_rewards_section_is_typed_and_checked():
     assert cfg.rewards.ifeval_partial_credit and cfg.rewards.paper_compat and cfg.rewards.timeout_s > 0
     with pytest.raises(ValueError, match="rewards.timeout_s"):
         load_config(RLVRConfig, "rlvr/tiny", ["rewards.timeout_s=0"])
+
+
+def test_a_reference_model_is_needed_only_when_a_kl_term_can_matter():
+    from megatron_tulu.config import load_config
+
+    def needs(*ov):
+        return load_config(RLVRConfig, "rlvr/tiny", list(ov)).rlvr.needs_reference
+
+    assert needs() and needs("rlvr.algorithm=grpo", "rlvr.samples_per_prompt=2")
+    assert not needs("rlvr.kl_coef=0")
+    assert not needs("rlvr.algorithm=dapo", "rlvr.samples_per_prompt=2")  # DAPO has no KL term

@@ -55,11 +55,12 @@ def rlvr_runs(sft_data, tiny_hf, tmp_path_factory):
             root / "rm_small", tiny_hf, hidden_size=64, num_layers=3)})),
         ("value_init", ov("rm_bad", **{"rlvr.value_init_hf": root / "rm_small", "rlvr.value_model": "tiny"})),
         ("value_init", ov("lm", **{"rlvr.value_init_hf": tiny_hf})),
+        ("rlvr", ov("nokl", **{"rlvr.kl_coef": 0.0, "train.max_steps": 2, "checkpoint.interval": 0})),
     ]
     out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=900)[0]
-    for (_, o), s in zip(jobs[:6], out):
+    for (_, o), s in zip(jobs[:6] + jobs[11:], out[:6] + out[11:]):
         assert "error" not in s, f"run {o} failed:\n{s.get('traceback')}"
-    names = ["ppo", "part1", "part2", "grpo", "async", "async_tis", "broken", "rm", "rm_small", "rm_bad", "lm"]
+    names = ["ppo", "part1", "part2", "grpo", "async", "async_tis", "broken", "rm", "rm_small", "rm_bad", "lm", "nokl"]
     return {"root": root, "summaries": dict(zip(names, out))}
 
 
@@ -186,3 +187,15 @@ def test_value_model_from_a_causal_lm_has_a_zero_head(rlvr_runs):
 def test_value_model_shape_conflicts_are_refused(rlvr_runs):
     bad = rlvr_runs["summaries"]["rm_bad"]["error"]
     assert "rlvr.value_init_hf" in bad and "rlvr.value_model='tiny'" in bad and "hidden_size" in bad, bad
+
+
+def test_kl_coef_zero_loads_no_reference_and_trains(rlvr_runs):
+    """rlvr.kl_coef=0: no reference model is built (RLVROptions.needs_reference), the policy stands in for it, so the
+    KL is exactly 0 on every step (with a reference it is not 0 once the policy has moved), and PPO still steps."""
+    recs = step_records(rlvr_runs["root"] / "nokl")
+    assert sorted(recs) == [1, 2]
+    for r in recs.values():
+        assert r["reward/kl_token_mean"] == 0.0 and r["reward/kl_seq_mean"] == 0.0
+        assert math.isfinite(r["loss"]) and r["grad_norm"] > 0
+    ppo = step_records(rlvr_runs["root"] / "ppo")
+    assert ppo[1]["reward/kl_token_mean"] != 0.0 or ppo[2]["reward/kl_token_mean"] != 0.0  # the KL-ful run has one

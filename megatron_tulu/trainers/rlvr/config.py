@@ -204,6 +204,13 @@ class RLVROptions:
         return getattr(self.preset, name) if value is None else value
 
     @property
+    def needs_reference(self) -> bool:
+        """A frozen reference model is built only when a KL term can change anything: the preset puts the KL
+        somewhere (``kl_in`` reward or loss) and ``kl_coef`` > 0. Otherwise none is loaded (its memory and forward
+        are saved) and the KL is 0 by construction."""
+        return self.preset.kl_in != "none" and self.kl_coef > 0
+
+    @property
     def kl_estimator(self) -> str:
         """``kl_kind``, else the algorithm's."""
         return self.kl_kind or self.preset.kl_kind

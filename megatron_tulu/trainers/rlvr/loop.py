@@ -64,7 +64,7 @@ class RLVRDriver:
         tr = self.policy
         tr.setup()
         self.task: PolicyTask = tr.task
-        self.ref = build_reference(tr, self.cfg.model, tr.preset)
+        self.ref = build_reference(tr, self.cfg.model, tr.preset) if self.o.needs_reference else None
         self.value = build_value_trainer(tr, self.cfg) if self.o.preset.uses_value_model else None
         self._start_engine()
 
@@ -142,7 +142,8 @@ class RLVRDriver:
         exp = Experience.rows(ids[sl], targets[sl], mask[sl])
         mbs = exp.microbatches(0, per, mb)
         old_logp = self._forward_logps(tr.model, mbs)
-        ref_logp = self._forward_logps(self.ref, mbs)
+        # without a reference model (kl_coef 0 or a KL-free preset) the policy itself stands in: KL exactly 0
+        ref_logp = self._forward_logps(self.ref, mbs) if self.ref is not None else old_logp
         old_values = self._forward_logps(self.value.model, mbs, values=True) if self.value else None
         metrics = {}
         steps = [(c[0], c[-1] + 1) for c in split_microbatches(list(range(per)), per // o.num_minibatches)]
