@@ -161,7 +161,7 @@ def _check_verifiable(dataset: str, ground_truth) -> None:
 HUB_PREFIX = "hf://"
 
 
-def _raw_rows(path: Path | str):
+def raw_rows(path: Path | str):
     """Yield (line_number, parsed_or_exception) for JSONL or Parquet files, or ``hf://org/name[:split]`` hub
     datasets (loaded through ``datasets.load_dataset``; a machine without network raises, naming the dataset)."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
@@ -206,7 +206,7 @@ def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: 
         raise FileNotFoundError(f"data file not found: {p}")
     out = []
     skipped = skipped if skipped is not None else Counter()
-    for line, raw in _raw_rows(p):
+    for line, raw in raw_rows(p):
         try:
             if isinstance(raw, Exception):
                 raise raw

@@ -23,7 +23,6 @@ lacks; a row whose ground truth cannot be extracted is refused naming the file a
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,30 +149,22 @@ def ifeval_ground_truth(row: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------- reading
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
-    """``(line/row number, row)`` pairs of a ``.jsonl``/``.json`` (one object per line) or ``.parquet`` file."""
+    """``(line/row number, row)`` pairs of a ``.jsonl``/``.json`` (one object per line) or ``.parquet`` file, read
+    by the training data's reader (``data.loaders.raw_rows``)."""
+    from megatron_tulu.data.loaders import raw_rows
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"eval file not found: {p}")
-    suffix = p.suffix.lower()
+    if p.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        raise EvalFileError(f"{p}: unsupported eval file type {p.suffix.lower()!r} (use .jsonl or .parquet)")
     out = []
-    if suffix in (".jsonl", ".json"):
-        with open(p, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalFileError(f"{p}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise EvalFileError(f"{p}:{i}: expected a JSON object, got {type(row).__name__}")
-                out.append((i, row))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        out = list(enumerate(pq.read_table(p).to_pylist(), start=1))
-    else:
-        raise EvalFileError(f"{p}: unsupported eval file type {suffix!r} (use .jsonl or .parquet)")
+    for i, row in raw_rows(p):
+        if isinstance(row, Exception):  # the reader yields a malformed line as its error
+            raise EvalFileError(f"{p}:{i}: {row}")
+        if not isinstance(row, dict):
+            raise EvalFileError(f"{p}:{i}: expected a JSON object, got {type(row).__name__}")
+        out.append((i, row))
     return out
 
 
