@@ -66,6 +66,15 @@ class LlamaPreset:
     def with_(self, **kw) -> "LlamaPreset":
         return replace(self, **kw)
 
+    SHAPE_FIELDS = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups",
+                    "vocab_size")
+    """The fields that decide tensor shapes (rope and norm settings do not)."""
+
+    def shape_diff(self, other: "LlamaPreset") -> dict:
+        """``{field: (self's, other's)}`` for the shape fields (:attr:`SHAPE_FIELDS`) where the two differ."""
+        return {k: (getattr(self, k), getattr(other, k)) for k in self.SHAPE_FIELDS
+                if getattr(self, k) != getattr(other, k)}
+
 
 PRESETS: dict[str, LlamaPreset] = {
     # A few million parameters: fits CI and trains in minutes on 2 CPU cores. Vocab is set from the

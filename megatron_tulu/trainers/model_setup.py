@@ -49,8 +49,7 @@ def checkpoint_vocab(preset: LlamaPreset, hf_dir: str) -> LlamaPreset:
     if not config.is_file():
         return preset  # load_hf_into_model names the missing file
     ckpt = preset_from_hf_config(json.loads(config.read_text()), name=preset.name)
-    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups")
-    diff = {k: (getattr(preset, k), getattr(ckpt, k)) for k in shape if getattr(preset, k) != getattr(ckpt, k)}
+    diff = {k: v for k, v in preset.shape_diff(ckpt).items() if k != "vocab_size"}  # the vocab is taken below
     if diff:
         raise ValueError(f"model.init_hf={hf_dir}: shape differs from model.preset={preset.name!r} {diff} "
                          "(preset, checkpoint); use model.preset=hf to take the checkpoint's shape")

@@ -30,7 +30,7 @@ def build_value_trainer(policy: Trainer, cfg: RLVRConfig) -> Trainer:
     except ValueError as e:
         raise ValueError(f"value model {preset.name!r} (rlvr.value_model / rlvr.value_init_hf) on the policy's "
                          f"pipeline stages (parallel.pp / parallel.vpp): {e}") from None
-    same_shape = not _shape_diff(preset, policy.preset)  # the policy's tensors fit it
+    same_shape = not preset.shape_diff(policy.preset)  # the policy's tensors fit it
     if dist.get_rank() == 0:
         init = (f"from {o.value_init_hf}" if reader else "from the policy's initial weights" if same_shape
                 else "RANDOM (no rlvr.value_init_hf; Tülu 3 starts it from a reward model)")
@@ -70,12 +70,6 @@ def _check_hf_dir(path: str) -> str:
     return path
 
 
-def _shape_diff(a, b) -> dict:
-    """``{field: (a's, b's)}`` for the preset fields that decide tensor shapes (rope and norm settings do not)."""
-    shape = ("hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups", "vocab_size")
-    return {k: (getattr(a, k), getattr(b, k)) for k in shape if getattr(a, k) != getattr(b, k)}
-
-
 def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
     """``(reader of rlvr.value_init_hf or None, value-model preset)``.
 
@@ -93,7 +87,7 @@ def value_model_shape(o, model_cfg, policy, tokenizer_vocab: int | None = None):
     if path:
         reader = HFReader(_check_hf_dir(path))
         ckpt = preset_from_hf_config(reader.config, name=Path(path).name)
-        if preset is not None and (diff := _shape_diff(ckpt, preset)):
+        if preset is not None and (diff := ckpt.shape_diff(preset)):
             raise ValueError(f"rlvr.value_init_hf={path}: shape differs from rlvr.value_model={o.value_model!r} "
                              f"{diff} (checkpoint, preset)")
         preset = preset or ckpt
