@@ -200,6 +200,34 @@ def scan_training(name: str, texts: Iterable[str], eval_hashes: np.ndarray, voca
     return scan
 
 
+def _eval_indices(evals: dict[str, str], vocab: Vocab, n: int, eval_fields: str) -> dict[str, EvalIndex]:
+    return {name: build_eval_index(name, [row_text(r, eval_fields) for r in iter_rows(p)], vocab, n)
+            for name, p in evals.items()}
+
+
+def _scan_against(indices: dict[str, EvalIndex], vocab: Vocab, n: int, threshold: float, name: str,
+                  texts: Iterable[str]) -> tuple[TrainScan, dict[str, np.ndarray], set[int]]:
+    """Scan one training set: (scan, ``{eval: [E] bool matched}``, rows sharing an n-gram with a matched instance)."""
+    all_eval = np.unique(np.concatenate([ix.hashes for ix in indices.values()])) if indices else np.zeros(0, np.int64)
+    short = sorted({w for ix in indices.values() for w in ix.short_widths})
+    scan = scan_training(name, texts, all_eval, vocab, n, extra_widths=short)
+    matched, bad_hashes = {}, []
+    for ename, ix in indices.items():
+        matched[ename] = coverage(ix, scan.found) > threshold
+        bad_hashes.append(ix.hashes[np.isin(ix.inst, np.nonzero(matched[ename])[0])])
+    bad = np.unique(np.concatenate(bad_hashes)) if bad_hashes else np.zeros(0, np.int64)
+    drop = set(np.unique(scan.row_ids[np.isin(scan.row_hashes, bad)]).tolist())
+    return scan, matched, drop
+
+
+def contaminated_rows(texts: Sequence[str], evals: dict[str, str], n: int = 8, threshold: float = 0.5,
+                      eval_fields: str = "prompt") -> set[int]:
+    """Indices of ``texts`` that share an n-gram with an eval instance they match (the rows ``--filtered-dir``
+    leaves out): what a generator of new training data (``prefgen``) drops before using a prompt."""
+    vocab = Vocab()
+    return _scan_against(_eval_indices(evals, vocab, n, eval_fields), vocab, n, threshold, "texts", texts)[2]
+
+
 def decontaminate(train: dict[str, str], evals: dict[str, str], n: int = 8, threshold: float = 0.5,
                   max_share: float = 0.02, fields: str = "all", filtered_dir: str | None = None,
                   eval_fields: str = "prompt") -> dict:
@@ -210,25 +238,17 @@ def decontaminate(train: dict[str, str], evals: dict[str, str], n: int = 8, thre
     when ``share > max_share``.
     """
     vocab = Vocab()
-    indices = {name: build_eval_index(name, [row_text(r, eval_fields) for r in iter_rows(p)], vocab, n)
-               for name, p in evals.items()}
-    all_eval = np.unique(np.concatenate([ix.hashes for ix in indices.values()])) if indices else np.zeros(0, np.int64)
+    indices = _eval_indices(evals, vocab, n, eval_fields)
     report: dict = {"ngram": n, "threshold": threshold, "max_share": max_share, "results": [], "filtered": {}}
     for tname, tpath in train.items():
-        short = sorted({w for ix in indices.values() for w in ix.short_widths})
-        scan = scan_training(tname, (row_text(r, fields) for r in iter_rows(tpath)), all_eval, vocab, n, extra_widths=short)
-        bad_hashes = []
-        for ename, ix in indices.items():
-            cov = coverage(ix, scan.found)
-            matched = cov > threshold
+        scan, matched_by_eval, drop = _scan_against(indices, vocab, n, threshold, tname,
+                                                    (row_text(r, fields) for r in iter_rows(tpath)))
+        for ename, matched in matched_by_eval.items():
             share = float(matched.mean()) if len(matched) else 0.0
             report["results"].append({"train": tname, "eval": ename, "train_rows": scan.rows,
                                       "matched": int(matched.sum()), "total": int(len(matched)),
                                       "share": share, "contaminated": share > max_share})
-            bad_hashes.append(ix.hashes[np.isin(ix.inst, np.nonzero(matched)[0])])
         if filtered_dir is not None:
-            bad = np.unique(np.concatenate(bad_hashes)) if bad_hashes else np.zeros(0, np.int64)
-            drop = set(np.unique(scan.row_ids[np.isin(scan.row_hashes, bad)]).tolist())
             out = Path(filtered_dir) / (Path(tpath).stem + ".jsonl")
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "w", encoding="utf-8") as f:

@@ -38,6 +38,9 @@ class SamplingConfig:
     """Seed for sampling; the same seed, prompts and weights give the same samples. None = unseeded."""
     stop_token_ids: list[int] = field(default_factory=list)
     """Token ids that end a sample (e.g. EOS, <|eot_id|>); the stop token is included in the output."""
+    regex: str | None = None
+    """Constrain every sample to text matching this regular expression (structured output: an LLM judge's score
+    format). Only engines with ``supports_regex`` honour it; the others refuse a config that sets it."""
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -81,6 +84,9 @@ def check_prompts(prompt_token_ids: list[list[int]], vocab_size: int | None = No
 
 class RolloutEngine(abc.ABC):
     """A sampler the RLVR driver talks to. Implementations hold one copy of the policy weights."""
+
+    supports_regex: bool = False
+    """``generate`` honours ``SamplingConfig.regex`` (vLLM started with ``structured_outputs=True``)."""
 
     @abc.abstractmethod
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:

@@ -59,6 +59,9 @@ class TorchEngine(RolloutEngine):
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         sampling.validate()
+        if sampling.regex is not None:
+            raise ValueError("TorchEngine cannot constrain output to a regex (SamplingConfig.regex); use the vLLM engine "
+                             "with structured_outputs=True, or parse unconstrained replies")
         check_prompts(prompt_token_ids, self.vocab_size)
         stop = torch.tensor(sorted(set(sampling.stop_token_ids)), dtype=torch.long, device=self.device)
         results = []

@@ -72,6 +72,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool | None = None,
         distributed_executor_backend: str | None = None,
         sync_bucket_bytes: int = 64 * 2**20,
+        structured_outputs: bool = False,
         **llm_kwargs,
     ):
         from megatron_tulu import platform
@@ -82,6 +83,9 @@ class VLLMEngine(RolloutEngine):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"VLLMEngine dtype must be float32, bfloat16 or float16, got {dtype!r}")
         self.tensor_parallel_size = int(tensor_parallel_size)
+        # structured output (SamplingConfig.regex) needs vLLM's tokenizer for its grammar; otherwise prompts and
+        # outputs are token ids and the model dir need not hold a tokenizer
+        self.supports_regex = bool(structured_outputs)
         self.sync_bucket_bytes = int(sync_bucket_bytes)  # bucket size of update_weights' broadcast
         if sleep_level not in (0, 1, 2):
             raise ValueError(f"VLLMEngine sleep_level must be 0 (off), 1 or 2, got {sleep_level!r}")
@@ -116,7 +120,7 @@ class VLLMEngine(RolloutEngine):
             seed=seed,
             enable_prefix_caching=enable_prefix_caching,
             max_model_len=max_model_len,
-            skip_tokenizer_init=True,  # prompts and outputs are token ids; the dir need not hold a tokenizer
+            skip_tokenizer_init=not self.supports_regex,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=WORKER_EXTENSION,
             enable_sleep_mode=self.sleep_level > 0,
@@ -132,10 +136,14 @@ class VLLMEngine(RolloutEngine):
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         refuse_if_stale(self)  # a weight sync that failed midway left half-updated weights: resync first
         sampling.validate()
         check_prompts(prompt_token_ids, self.vocab_size)
+        if sampling.regex is not None and not self.supports_regex:
+            raise ValueError("SamplingConfig.regex needs a VLLMEngine started with structured_outputs=True")
+        constraint = None if sampling.regex is None else StructuredOutputsParams(regex=sampling.regex)
         params = []
         for i in range(len(prompt_token_ids)):
             params.append(
@@ -149,6 +157,7 @@ class VLLMEngine(RolloutEngine):
                     ignore_eos=True,
                     logprobs=0,  # the sampled token's logprob only
                     detokenize=False,
+                    structured_outputs=constraint,
                 )
             )
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_token_ids]
