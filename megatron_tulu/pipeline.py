@@ -1,7 +1,9 @@
 """The whole Tülu 3 recipe at tiny scale (the ``make demo`` main job):
 
-synthetic suite + tokenizer -> pretrain (TP=2 over gloo) -> SFT -> DPO (dpo_norm) -> RLVR (PPO; GRPO by flag),
-evaluating after every stage on the held-out GSM8K-/MATH-/IFEval-like sets with the rollout engine and the
+synthetic suite + tokenizer -> pretrain (TP=2 over gloo) -> SFT -> on-policy preference pairs (prefgen: the SFT
+policy's and the pretrained model's answers rated by the verifiers) -> reward model and DPO (both on the synthetic
+pairs plus the on-policy ones) -> RLVR (PPO with its value model started from the reward model; GRPO by flag),
+evaluating every policy stage on the held-out GSM8K-/MATH-/IFEval-like sets with the rollout engine and the
 verifiers. Each stage is the real entry point (``launch/*.py``, same trainers and configs as at 405B), run as
 its own process group. Finished stages are reused on a re-run (``--fresh`` starts over). Outputs in one run
 directory: per-stage checkpoints and HF exports, metrics JSONL + TensorBoard, ``results.md`` and ``results.png``.
@@ -35,11 +37,16 @@ PROFILES = {
     # lr 5e-6 (1e-4 in dpo/tiny; 2e-5 cost 8 points of MATH) and RLVR at 5e-5 (1e-4 in rlvr/tiny): the larger
     # rates raised preference accuracy / train reward no more and cost held-out accuracy in the sweeps.
     "full": {"scale": "small", "pretrain": ["train.max_steps=400", "parallel.tp=2"], "sft": ["train.max_steps=200"],
+             "prefgen": {"prompts": 512, "policy_n": 3, "onpolicy_fraction": 1.0},
+             "rm": ["train.max_steps=100"],
              "dpo": ["train.max_steps=50", "optim.lr=5e-6"],
              "rlvr": ["train.max_steps=40", "rlvr.samples_per_prompt=4", "optim.lr=5e-5"],
              "eval_limit": 100, "nproc_pretrain": 2, "sft_chatty": 0.5},
     "ci": {"scale": "ci", "pretrain": ["train.max_steps=4", "parallel.tp=2", "train.global_batch_size=8"],
-           "sft": ["train.max_steps=3", "train.global_batch_size=8"], "dpo": ["train.max_steps=2", "train.global_batch_size=8"],
+           "sft": ["train.max_steps=3", "train.global_batch_size=8"],
+           "prefgen": {"prompts": 64, "max_prompts": 16, "policy_n": 2, "onpolicy_fraction": 1.0},
+           "rm": ["train.max_steps=2", "train.global_batch_size=8"],
+           "dpo": ["train.max_steps=2", "train.global_batch_size=8"],
            "rlvr": ["train.max_steps=2", "train.global_batch_size=8", "rlvr.max_new_tokens=16"], "eval_limit": 4,
            "nproc_pretrain": 2, "sft_chatty": 0.5},
 }
@@ -191,9 +198,9 @@ def _stage_total(overrides: list[str]) -> int | None:
 
 
 def _run(cmd: list[str], log: Path, progress: StageProgress | None = None, metrics: Path | None = None,
-         poll_s: float = 0.5) -> None:
+         poll_s: float = 0.5, env: dict | None = None) -> None:
     """Run one stage command with its output in ``log``; while it runs, ``progress`` follows ``metrics``."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1", **(env or {}))
     tail = MetricsTail(metrics) if metrics is not None else None
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
@@ -283,15 +290,25 @@ def run_pipeline(out: Path, profile: str = "full", fresh: bool = False, algorith
     init = None
     results = {}
     eval_engine = None
+    run = lambda stage, init, extra=(), evaluate=True: _run_stage(  # noqa: E731
+        stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs, console, extra, evaluate)
     try:
-        for stage in ("pretrain", "sft", "dpo", "rlvr"):
-            init, eval_engine = _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results,
-                                           timings, logs, console)
+        init, eval_engine = run("pretrain", None)
+        sft_hf, eval_engine = run("sft", init)
+        pairs = _run_prefgen(out, data, prof, engine, timings, logs, console)
+        # RM and DPO both train on the synthetic pairs plus the on-policy ones, both from the SFT model
+        mixture = _preference_mixture(data, pairs, prof["prefgen"]["onpolicy_fraction"])
+        _, eval_engine = run("rm", sft_hf, [mixture], evaluate=False)
+        init, eval_engine = run("dpo", sft_hf, [mixture])
+        value_init = [f"rlvr.value_init_hf={out / 'rm' / 'hf'}"] if algorithm == "ppo" else []
+        init, eval_engine = run("rlvr", init, value_init)
     finally:
         if eval_engine is not None:
             eval_engine.shutdown()
     timings["total"] = time.time() - t0
-    pref = _dpo_pref_accuracy(out / "dpo")
+    pref = _pref_accuracy(out / "dpo")
+    pref["rm"] = _pref_accuracy(out / "rm")
+    pref["prefgen"] = json.loads((out / "prefgen" / "report.json").read_text())["counts"]
     table = results_table(results, pref)
     (out / "results.md").write_text(table + f"\n\nStage wall times (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}\n")
     plot(out, results)
@@ -316,8 +333,42 @@ def _eval_engine(current, hf_dir: str, engine: str):
     return current
 
 
-def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs, console=None):
-    """Train ``stage`` (unless its HF export exists) and evaluate it (unless its results exist)."""
+def _preference_mixture(data: Path, pairs: Path, onpolicy_fraction: float) -> str:
+    """The synthetic pairs plus the on-policy ones (when prefgen made any)."""
+    onpolicy = f", {{path: {pairs}, fraction: {onpolicy_fraction}}}" if pairs.stat().st_size else ""
+    return f"data.mixture.datasets=[{{path: {data / 'pref_train.jsonl'}, fraction: 1.0}}{onpolicy}]"
+
+
+def _run_prefgen(out: Path, data: Path, prof: dict, engine: str, timings: dict, logs: Path, console) -> Path:
+    """On-policy pairs (unless they exist): the SFT policy (``policy_n`` answers per prompt) and the pretrained model
+    (one) answer verifiable prompts, the verifiers rate them, the best and a worse answer become a pair."""
+    run_dir, p = out / "prefgen", prof["prefgen"]
+    t = time.time()
+    if not (run_dir / "report.json").exists():
+        bar = StageProgress("prefgen", None, console or sys.stdout)
+        evals = ",".join(f"{k}={data / f'eval_{k}.jsonl'}" for k in TASKS)
+        cmd = [sys.executable, "-m", "launch.prefgen", "--config", "prefgen/tiny", f"run_dir={run_dir}",
+               f"prompts.max_prompts={p.get('max_prompts', 'null')}",
+               f"prompts.mixture.datasets=[{{path: {data / 'rlvr_train.jsonl'}, count: {p['prompts']}}}]",
+               f"prompts.decontaminate=[{evals}]",
+               f"pool=[{{name: tiny-pretrain, path: {out / 'pretrain' / 'hf'}, n: 1, temperature: 1.0, max_new_tokens: 96}}]",
+               f"policy.path={out / 'sft' / 'hf'}", f"policy.n={p['policy_n']}", f"engine.kind={engine}"]
+        # one vLLM engine per model in this process: the in-process engine starts in ~2 s instead of ~15 s
+        _run(cmd, logs / "prefgen.log", bar, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+        timings["prefgen"] = time.time() - t
+        counts = json.loads((run_dir / "report.json").read_text())["counts"]
+        bar.finish(format_progress("prefgen", None, None, None, timings["prefgen"], None,
+                                   f"{counts['pairs']} on-policy pairs from {counts['prompts']} prompts"))
+    else:
+        print(format_progress("prefgen", None, None, None, None, None, f"reused {run_dir / 'preferences.jsonl'}"),
+              file=console, flush=True)
+    return run_dir / "preferences.jsonl"
+
+
+def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, results, timings, logs, console=None,
+               extra=(), evaluate=True):
+    """Train ``stage`` (unless its HF export exists) and evaluate it (unless its results exist or ``evaluate`` is
+    off: the reward model is no policy)."""
     py = sys.executable
     run_dir = out / stage
     t = time.time()
@@ -325,7 +376,7 @@ def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, res
     trained = not (run_dir / "hf" / "config.json").exists()
     if trained:
         # the progress is the console line above (read from metrics.jsonl), not a tqdm bar in the log file
-        ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=false", *prof[stage]]
+        ov = [f"run_dir={run_dir}", f"data.root={data}", "logging.progress_bar=false", *prof[stage], *extra]
         if init:
             ov.append(f"model.init_hf={init}")
         if stage == "rlvr":
@@ -338,6 +389,11 @@ def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, res
     timings[stage] = time.time() - t
     trained_line = bar.summary() if trained else ""  # frozen now: the evaluation's time is shown apart
     init = str(run_dir / "hf")
+    if not evaluate:
+        acc = _pref_accuracy(run_dir).get("after")
+        bar.finish((trained_line or format_progress(stage, None, None, None, None, None, f"reused {run_dir / 'hf'}"))
+                   + (f"  | held-out pair accuracy {acc:.2f}" if isinstance(acc, float) else ""))
+        return init, eval_engine
     res_file = run_dir / "eval_tasks.json"
     if not res_file.exists():
         from megatron_tulu.eval.evaluate import evaluate
@@ -361,8 +417,9 @@ def _run_stage(stage, out, data, prof, init, algorithm, engine, eval_engine, res
     return init, eval_engine
 
 
-def _dpo_pref_accuracy(dpo_dir: Path) -> dict:
-    f = dpo_dir / "eval.jsonl"
+def _pref_accuracy(run_dir: Path) -> dict:
+    """Held-out preference accuracy of a DPO (implicit reward) or reward-model run at its first and last eval."""
+    f = run_dir / "eval.jsonl"
     if not f.exists():
         return {}
     recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -375,9 +432,15 @@ def results_table(results: dict, pref: dict) -> str:
     for stage, res in results.items():
         accs = [res[t]["accuracy"] for t in TASKS]
         lines.append(f"| {stage} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + f" | {100 * sum(accs) / len(accs):.1f} |")
-    if pref:
-        lines.append("")
-        fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    if pref.get("prefgen"):
+        c = pref["prefgen"]
+        lines += ["", f"On-policy pairs (prefgen): {c['pairs']} from {c['prompts']} prompts "
+                      f"({c.get('dropped_all_tied', 0)} prompts dropped: every answer rated the same)"]
+    if pref.get("rm"):
+        lines.append(f"Reward model held-out pairwise accuracy: before {fmt(pref['rm'].get('before'))} -> after "
+                     f"{fmt(pref['rm'].get('after'))}")
+    if "after" in pref:
         lines.append(f"DPO held-out preference accuracy: before {fmt(pref.get('before'))} -> after {fmt(pref.get('after'))}")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """The whole recipe (data -> pretrain TP=2 -> SFT -> DPO -> RLVR -> eval) at CI size, through the real entry points."""
 
+import json
 import re
 
 import pytest
@@ -20,6 +21,12 @@ def test_demo_ci_profile_produces_every_artifact(tmp_path):
         res = summary["results"][stage]
         for t in TASKS:
             assert 0.0 <= res[t]["accuracy"] <= 1.0 and res[t]["n"] > 0
+    # the recipe's other stages: on-policy pairs (prefgen) and the reward model that starts PPO's value model
+    report = json.loads((out / "prefgen" / "report.json").read_text())
+    assert report["counts"]["prompts"] == 16 and report["judge"]["verifier"]
+    assert report["counts"]["pairs"] + len(report["dropped"]) == 16
+    assert json.loads((out / "rm" / "hf" / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+    assert (out / "rm" / "eval.jsonl").exists() and "rlvr.value_init_hf=" in (out / "logs" / "rlvr.log").read_text()
     table = (out / "results.md").read_text()
     rows = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| stage")]
     assert [r.split("|")[1].strip() for r in rows] == ["pretrain", "sft", "dpo", "rlvr"]
