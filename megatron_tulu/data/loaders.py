@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import numbers
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -106,8 +108,9 @@ class DataReport:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def _validate_row(row: Any, kind: str) -> dict:
-    """Normalized row for ``kind`` or :class:`chat.DataFormatError` naming the field."""
+def _validate_row(row: Any, kind: str, margin_columns: tuple[str, ...] = ()) -> dict:
+    """Normalized row for ``kind`` or :class:`chat.DataFormatError` naming the field (``margin_columns``: see
+    :func:`_margin_of`; preference rows only)."""
     if not isinstance(row, dict):
         raise chat.DataFormatError(f"row must be a JSON object, got {type(row).__name__}")
     if kind == "sft":
@@ -118,7 +121,7 @@ def _validate_row(row: Any, kind: str) -> dict:
     if kind == "preference":
         c, r = chat._split_preference(row)
         strip = lambda ms: [{"role": m["role"], "content": m["content"]} for m in ms]  # noqa: E731
-        return {"chosen": strip(c), "rejected": strip(r), **_source_of(row)}
+        return {"chosen": strip(c), "rejected": strip(r), **_source_of(row), **_margin_of(row, margin_columns)}
     if kind == "rlvr":
         if "messages" not in row:
             raise chat.DataFormatError("missing field 'messages'")
@@ -141,6 +144,23 @@ def _validate_row(row: Any, kind: str) -> dict:
 def _source_of(row: dict) -> dict:
     """``{"source": value}`` when the row has a string ``source`` column (kept for mixing and report counts)."""
     return {"source": row["source"]} if isinstance(row.get("source"), str) else {}
+
+
+def _margin_of(row: dict, columns: tuple[str, ...]) -> dict:
+    """``{"margin": float}`` of a preference row (the reward model's per-pair target margin): the numeric column
+    ``columns[0]``, or ``columns[0] - columns[1]`` for two (``chosen_rating``, ``rejected_rating``); ``{}`` for none.
+    A missing, null or non-numeric (or non-finite) column raises :class:`chat.DataFormatError` naming it."""
+    if len(columns) > 2:
+        raise ValueError(f"margin columns {columns}: give one column, or two (chosen, rejected) to subtract")
+    vals = []
+    for c in columns:
+        v = row.get(c)
+        if v is None:
+            raise chat.DataFormatError(f"missing field {c!r} (the pair's margin)")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):  # numpy scalars count
+            raise chat.DataFormatError(f"field {c!r} (the pair's margin) must be a finite number, got {v!r}")
+        vals.append(float(v))
+    return {"margin": vals[0] - vals[1] if len(vals) == 2 else vals[0]} if vals else {}
 
 
 def _check_verifiable(dataset: str, ground_truth) -> None:
@@ -195,8 +215,10 @@ def raw_rows(path: Path | str):
         raise ValueError(f"{path}: unsupported data file type {suffix!r} (use .jsonl or .parquet)")
 
 
-def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: Counter | None = None) -> list[dict]:
+def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: Counter | None = None,
+              margin_columns: tuple[str, ...] = ()) -> list[dict]:
     """Validated rows of one file; each row carries ``_source`` (path) and ``_line`` for later error messages.
+    ``margin_columns`` (preference): the row's ``margin`` comes from them (:func:`_margin_of`).
 
     Raises :class:`DataFileError` (file and line) on the first bad row unless ``skip_invalid``; skipped rows are
     counted into ``skipped`` by reason and logged.
@@ -210,7 +232,7 @@ def read_rows(path: str | Path, kind: str, skip_invalid: bool = False, skipped: 
         try:
             if isinstance(raw, Exception):
                 raise raw
-            row = _validate_row(raw, kind)
+            row = _validate_row(raw, kind, margin_columns)
         except chat.DataFormatError as e:
             if not skip_invalid:
                 raise DataFileError(str(p), line, str(e)) from None
@@ -248,7 +270,7 @@ def _source_name(src: DatasetSource) -> str:
     return src.name or src.source or Path(src.path).name
 
 
-def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
+def mix(cfg: MixtureConfig, kind: str, margin_columns: tuple[str, ...] = ()) -> tuple[list[dict], DataReport]:
     """Read, validate and mix the sources of ``cfg``; returns rows (with ``_source``/``_line``) and a report."""
     if not cfg.datasets:
         raise ValueError("mixture has no datasets")
@@ -259,7 +281,7 @@ def mix(cfg: MixtureConfig, kind: str) -> tuple[list[dict], DataReport]:
     for k, src in enumerate(cfg.datasets):
         if src.path not in files:
             skipped: Counter = Counter()
-            files[src.path] = read_rows(src.path, kind, cfg.skip_invalid, skipped), skipped
+            files[src.path] = read_rows(src.path, kind, cfg.skip_invalid, skipped, margin_columns), skipped
             total_skipped.update(skipped)
         avail, skipped = files[src.path]
         if src.source is not None:
@@ -302,6 +324,8 @@ def _tokenize_row(row: dict, kind: str, tokenizer, max_len: int | None, template
                     out[f"{side}_labels"] = out[f"{side}_labels"][:max_len]
                     if all(x == chat.IGNORE_INDEX for x in out[f"{side}_labels"]):
                         raise chat.PromptTooLongError(f"prompt fills all {max_len} tokens of {side}; nothing to train on")
+        if "margin" in row:
+            out["margin"] = row["margin"]
         return out, n, trunc
     if kind == "rlvr":  # a prompt is never cut (the answer would be judged against another question): too long fails
         out = chat.tokenize_prompt(row, tokenizer, max_len, template, add_bos)
@@ -356,7 +380,8 @@ def _file_digest(path: str, memo: dict[str, str]) -> str:
     return memo[path]
 
 
-def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str, add_bos: bool = False) -> str:
+def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str, add_bos: bool = False,
+              margin_columns: tuple[str, ...] = ()) -> str:
     """Hash of everything the tokenized output depends on (file contents, not paths or mtimes)."""
     from megatron_tulu.data.tokenizer import tokenizer_fingerprint
 
@@ -373,24 +398,28 @@ def cache_key(cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, tem
         "sources": [(_file_digest(s.path, memo), _source_name(s), s.count, s.fraction, s.source) for s in cfg.datasets],
         "add_bos": add_bos,
     }
+    if margin_columns:  # only when set: the keys of margin-free caches stay what they were
+        spec["margin_columns"] = list(margin_columns)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def build_dataset(
     cfg: MixtureConfig, kind: str, tokenizer, max_len: int | None, template: str = "tulu",
     cache_dir: str | Path | None = None, tokenize_fn: Callable[..., list[dict]] = tokenize_rows, add_bos: bool = False,
+    margin_columns: tuple[str, ...] = (),
 ):
     """Mix, validate and tokenize; returns ``(datasets.Dataset, DataReport)``.
 
     Columns: sft ``input_ids, labels``; preference ``chosen_input_ids, chosen_labels, rejected_input_ids,
-    rejected_labels``; rlvr ``prompt_ids, ground_truth, dataset``; text ``input_ids``. With ``cache_dir`` the
+    rejected_labels`` (+ ``margin`` with ``margin_columns``, see :func:`_margin_of`); rlvr ``prompt_ids, ground_truth,
+    dataset``; text ``input_ids``. With ``cache_dir`` the
     result is stored under ``cache_dir/<cache_key>`` and reused by later calls with identical inputs.
     """
     import datasets
 
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(KINDS)})")
-    key = cache_key(cfg, kind, tokenizer, max_len, template, add_bos)
+    key = cache_key(cfg, kind, tokenizer, max_len, template, add_bos, tuple(margin_columns))
     if cache_dir is not None:
         path = Path(cache_dir) / key
         if (path / "report.json").exists():
@@ -400,7 +429,7 @@ def build_dataset(
             report = DataReport(**{**rep, "cache_hit": True})
             log.info("%s (%s)", report.summary(), path)
             return ds, report
-    rows, report = mix(cfg, kind)
+    rows, report = mix(cfg, kind, tuple(margin_columns))
     toks = tokenize_fn(rows, kind, tokenizer, max_len, template, cfg.skip_invalid, report, add_bos=add_bos)
     if not toks:
         raise ValueError(f"{kind} mixture produced no rows ({report.summary()})")

@@ -3,7 +3,8 @@
 The model is the Llama backbone under a ``scalar`` head (``models.heads.ScalarHead``, the PPO value model's head):
 one score per position, and a sequence's score is the one at its LAST real (non-pad) token, as
 ``LlamaForSequenceClassification`` and open-instruct's ``get_reward`` take it. The loss is Bradley-Terry
-(``losses.rm.bt_loss``) on the preference pairs DPO reads (same data kind ``preference``, same released schema).
+(``losses.rm.bt_loss``) on the preference pairs DPO reads (same data kind ``preference``, same released schema); with
+``rm.margin_field`` / ``rm.margin_from_ratings`` each training pair also carries its target margin (Llama 2's RM).
 
 A micro-batch holds ``b`` pairs as ``2b`` rows (chosen ``0..b-1``, rejected ``b..2b-1``, as DPO's). ``forward_mode``
 ``concatenated`` (open-instruct, any PP) runs them in one forward; ``separate`` (PP=1) runs chosen then rejected
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -43,6 +45,22 @@ class RMOptions:
     """Std of the normal init of a fresh score head; None: ``1 / sqrt(hidden_size + 1)`` (open-instruct's
     ``layer_init(model.score, ...)``, Stiennon et al. 2020 p. 11); 0: zeros. An ``init_hf`` that already has a
     ``score.weight`` (a reward model) keeps its head."""
+    margin_field: str = ""
+    """Name of a numeric column of the training preference rows holding each pair's target margin ``m`` (Llama 2's
+    RM loss ``-log sigmoid(r_c - r_r - m)``, e.g. a ``margin`` column); "": no margin (plain Bradley-Terry, as the
+    Tülu 3 8B RM). Every training row must carry it as a finite number: a row that lacks it or holds anything else
+    fails at load time naming file:line and the field (or is skipped and counted with ``mixture.skip_invalid``).
+    The held-out set (``data.eval_mixture``) is read without it: ``eval/loss`` is the plain BT loss."""
+    margin_from_ratings: bool = False
+    """Take each pair's margin as ``chosen_rating - rejected_rating`` (columns of the released Tülu 3 preference
+    mixtures, e.g. UltraFeedback's 1-5 ratings), under the same rules as ``margin_field``; exclusive with it."""
+
+    @property
+    def margin_columns(self) -> tuple[str, ...]:
+        """The preference-row columns the margin comes from (``data.loaders``: one column, or chosen - rejected)."""
+        if self.margin_from_ratings:
+            return ("chosen_rating", "rejected_rating")
+        return (self.margin_field,) if self.margin_field else ()
 
 
 @dataclass
@@ -61,6 +79,9 @@ class RMConfig(StageConfig):
         check_at_least("rm.center_coef", o.center_coef, 0.0)
         if o.score_init_std is not None:
             check_at_least("rm.score_init_std", o.score_init_std, 0.0)
+        if o.margin_field and o.margin_from_ratings:
+            raise ValueError(f"rm.margin_field={o.margin_field!r} and rm.margin_from_ratings=true: give one margin "
+                             "source")
         if self.parallel.pp > 1 and o.forward_mode == "separate":
             raise ValueError("with parallel.pp > 1 use rm.forward_mode=concatenated")
 
@@ -86,14 +107,43 @@ class RMTask(DataStageMixin, Task):
     def setup(self, trainer) -> int:
         cfg = self.cfg
         self.load_tokenizer(cfg.data)
-        self.rows = self.build(trainer, "preference", cfg.data.mixture, cfg.train.seq_length)
+        self.rows = self.build(trainer, "preference", cfg.data.mixture, cfg.train.seq_length,
+                               margin_columns=cfg.rm.margin_columns)
         self.eval_rows = None
         if cfg.data.eval_mixture:
             self.eval_rows = self.build(trainer, "preference", cfg.data.eval_mixture, cfg.train.seq_length)
         return len(self.rows)
 
+    def build(self, trainer, kind: str, mixture: dict, max_len: int | None, margin_columns: tuple[str, ...] = ()):
+        """``DataStageMixin.build`` (rank 0 builds the cache first) with the loader's ``margin_columns``: the rows
+        then carry a ``margin`` column (``rm.margin_field`` / ``rm.margin_from_ratings``)."""
+        if not margin_columns:
+            return super().build(trainer, kind, mixture, max_len)
+        from megatron_tulu.data.loaders import build_dataset, mixture_from_dict
+
+        data = self.cfg.data
+        cache = Path(data.cache_dir or Path(trainer.run_dir) / "data_cache")
+        mix = mixture_from_dict(dict(mixture))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+
+        def load():
+            return build_dataset(mix, kind, self.tokenizer, max_len, data.template, cache_dir=cache,
+                                 add_bos=data.add_bos, margin_columns=margin_columns)
+
+        if rank == 0:  # rank 0 writes the cache, then the others read it
+            ds, report = load()
+        if dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            ds, report = load()
+        self.data_report = report
+        return ds
+
     def _batch(self, rows, indices: list[int], pad_to: int | None) -> dict:
-        b = collate_preference([rows[i] for i in indices], self.pad_id, pad_to_multiple_of=8)
+        examples = [rows[i] for i in indices]
+        b = collate_preference(examples, self.pad_id, pad_to_multiple_of=8)
+        if examples and all("margin" in e for e in examples):  # training rows under rm.margin_field / _from_ratings
+            b["margin"] = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
         if pad_to is not None and b["input_ids"].shape[1] < pad_to:  # PP: every micro-batch has the same shape
             b["input_ids"] = torch.nn.functional.pad(b["input_ids"], (0, pad_to - b["input_ids"].shape[1]),
                                                      value=self.pad_id)
@@ -166,7 +216,7 @@ class RMTask(DataStageMixin, Task):
     def loss_fn(self, batch: dict, output: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         sc = self.scores(batch, output)
         k = len(batch["indices"])
-        loss, metrics = bt_loss(sc[:k], sc[k:], center_coef=self.cfg.rm.center_coef)
+        loss, metrics = bt_loss(sc[:k], sc[k:], margin=batch.get("margin"), center_coef=self.cfg.rm.center_coef)
         sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}
         sums.update({m: metrics[m] * k for m in METRICS})
         return loss * k, sums  # summed over pairs; the loop divides by the global pair count

@@ -46,11 +46,33 @@ def _value_loader_matches(trainer, task, cfg, export: Path) -> dict:
             "score_weight": reader.get("score.weight").clone(), "preset": preset.to_dict()}
 
 
+def _recording_task(base):
+    """An RMTask whose ``loss_fn`` records, per optimizer step and training-pair index, the (chosen, rejected) scores
+    it computed and the margin its batch carried (None without one): ``task.seen[step][index]``."""
+
+    class Recording(base):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.seen: dict[int, dict[int, tuple]] = {}
+
+        def loss_fn(self, batch, output, trainer):
+            sc = self.scores(batch, output).detach().double().cpu()
+            k = len(batch["indices"])
+            rec = self.seen.setdefault(trainer.step + 1, {})
+            for j, i in enumerate(batch["indices"].tolist()):
+                m = float(batch["margin"][j]) if "margin" in batch else None
+                rec[int(i)] = (float(sc[j]), float(sc[j + k]), m)
+            return super().loss_fn(batch, output, trainer)
+
+    return Recording
+
+
 def rm_jobs(jobs: list[tuple[str, list[str]]]) -> list:
     """Per-rank body: for each ``(kind, overrides)`` (``rm/tiny``) fit, then score the first ``SCORED_PAIRS`` held-out
-    pairs with the trained model. Kind ``fit+export`` also checks the HF export with the value model's loader.
-    Gives per run: ``summary``, ``scores`` [n, 2], the scored rows' ``chosen``/``rejected`` token ids, and
-    ``value_loader`` (export runs)."""
+    pairs with the trained model. Kind ``fit+export`` also checks the HF export with the value model's loader; a
+    kind containing ``+record`` records every training pair's scores (and margin) as the loss saw them.
+    Gives per run: ``summary``, ``scores`` [n, 2], the scored rows' ``chosen``/``rejected`` token ids,
+    ``value_loader`` (export runs) and ``seen`` (recording runs: step -> pair index -> (r_c, r_r, margin))."""
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.rm import RMConfig, RMTask
@@ -58,7 +80,9 @@ def rm_jobs(jobs: list[tuple[str, list[str]]]) -> list:
     out = []
     for kind, overrides in jobs:
         cfg = load_config(RMConfig, "rm/tiny", overrides)
-        task = RMTask(cfg)
+        record = "+record" in kind
+        kind = kind.replace("+record", "")
+        task = (_recording_task(RMTask) if record else RMTask)(cfg)
         trainer = Trainer(cfg, task)
         summary = trainer.fit()
         rows = [task.eval_rows[i] for i in range(SCORED_PAIRS)]
@@ -69,5 +93,7 @@ def rm_jobs(jobs: list[tuple[str, list[str]]]) -> list:
                "rejected": [list(r["rejected_input_ids"]) for r in rows]}
         if kind == "fit+export":
             res["value_loader"] = _value_loader_matches(trainer, task, cfg, Path(cfg.run_dir) / "hf")
+        if record:
+            res["seen"] = task.seen
         out.append(res)
     return out
