@@ -91,9 +91,11 @@ class TrainConfig:
     """Steps, batch sizes, loss reduction."""
 
     global_batch_size: int = 128
-    """Sequences (pairs for DPO, prompts x samples for RLVR) per optimizer step, over all DP ranks."""
+    """Examples (SFT sequences, DPO pairs, RLVR prompts x samples) per optimizer step, over all DP ranks. Under SFT
+    ``packing`` it still counts examples, as Tülu 3's 128 per step, not the packed rows they fill."""
     micro_batch_size: int = 1
-    """Sequences per forward/backward on one rank; global = micro * num_microbatches * dp."""
+    """Sequences per forward/backward on one rank; global = micro * num_microbatches * dp. Under SFT ``packing``:
+    packed rows per forward/backward (a rank then runs as many micro-batches as its examples' rows need)."""
     seq_length: int = 4096
     """Maximum tokens per sequence (packed row length when packing)."""
     epochs: float = 2.0
@@ -103,10 +105,13 @@ class TrainConfig:
     seed: int = 1234
     """Seed for init, shuffling and dropout."""
     loss_reduction: str = "sum"
-    """``sum`` (Tülu 3: token losses summed over the global batch, divided by the number of sequences in it)
-    or ``mean`` (divided by the global count of label tokens). Both are independent of the micro-batch/DP split."""
+    """``sum`` (Tülu 3: token losses summed over the global batch, divided by the number of examples in it, which
+    under ``packing`` are the documents, not the rows) or ``mean`` (divided by the global count of label tokens).
+    Both are independent of the micro-batch/DP split and of packing."""
     packing: bool = True
-    """Pack several examples into each ``seq_length`` row (attention kept within documents)."""
+    """SFT: each step's examples are packed, per DP rank, into ``seq_length`` rows (attention kept within
+    documents); ``global_batch_size`` and the ``sum`` normaliser still count examples, so the step is the
+    unpacked one's (as Tülu 3), in fewer, fuller rows."""
 
 
 @dataclass
