@@ -99,3 +99,13 @@ def test_prefgen_rows_are_the_released_schema(tmp_path):
 def test_prefgen_rating_histogram():
     h = rating_histogram([1.0, 1.2, 4.75, 5.0, 2.9])
     assert h["1.0"] == 2 and h["5.0"] == 2 and h["3.0"] == 1 and sum(h.values()) == 5 and list(h)[0] == "1.0"
+
+
+@pytest.mark.parametrize("name", ["prefgen/tiny", "prefgen/8b"])
+def test_prefgen_shipped_configs_validate(name, capsys):
+    from megatron_tulu.prefgen.cli import main
+
+    assert main(["--config", name, "--validate-only"]) == 0
+    assert f"config {name}: valid" in capsys.readouterr().out
+    assert main(["--config", name, "--validate-only", "shard_size=0"]) == 2
+    assert "shard_size" in capsys.readouterr().err
