@@ -12,7 +12,12 @@ ADVANTAGE_ESTIMATORS  (advantages.py), one signature: ``estimator(AdvantageInput
 Reward shaping (reward_shaping.py)
   penalise_non_eos(scores [S], eos_found [S], penalty) -> [S]    shared by PPO and GRPO
   shape_rewards(verifier_scores [S], logp [N], ref_logp [N], seq_idx [N], kl_coef, kl_kind, eos_found [S],
-                non_eos_penalty=-10) -> (token_rewards [N], metrics)   Tülu 3 PPO: score at the last token, -β·KL
+                non_eos_penalty=-10, length_penalty [S]) -> (token_rewards [N], metrics)   Tülu 3 PPO: score at the
+                last token, -β·KL
+  overlong_penalty(lengths [S], max_len, buffer_len, factor) -> [S]   DAPO's soft overlong punishment
+
+Group filter (group_filter.py)
+  groups_with_signal(rewards [S], group_size K) -> keep [S/K] bool   DAPO dynamic sampling: not all K rewards equal
 
 IS_CORRECTIONS (is_correction.py): "tis", "masked" (IcePop), "sequence"; engine/trainer mismatch weights [N]
 
@@ -32,15 +37,22 @@ from megatron_tulu.algorithms.advantages import (
     rloo_advantages,
     whiten,
 )
+from megatron_tulu.algorithms.group_filter import groups_with_signal
 from megatron_tulu.algorithms.is_correction import IS_CORRECTIONS
-from megatron_tulu.algorithms.reward_shaping import penalise_non_eos, shape_rewards
+from megatron_tulu.algorithms.reward_shaping import (
+    overlong_penalty,
+    penalise_non_eos,
+    shape_rewards,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "IS_CORRECTIONS",
     "AdvantageInputs",
     "gae",
+    "groups_with_signal",
     "grpo_advantages",
+    "overlong_penalty",
     "penalise_non_eos",
     "register_advantage",
     "rloo_advantages",

@@ -1,4 +1,5 @@
-"""Tülu 3 PPO reward: verifier score at the end of the response, minus a per-token KL penalty.
+"""Reward shaping. Tülu 3 PPO reward: verifier score at the end of the response, minus a per-token KL penalty;
+DAPO's soft overlong punishment (``overlong_penalty``), a per-response length term any algorithm can add.
 
 Follows open-instruct's ``ppo_vllm_thread_ray_gtrl.py``: responses that do not contain the stop token
 (EOS) get ``penalty_reward_value`` (-10) *instead of* their score (``torch.where``, not added), and every
@@ -33,6 +34,35 @@ def penalise_non_eos(scores: Tensor, eos_found: Tensor | None, non_eos_penalty: 
     return torch.where(eos_found.bool(), raw, torch.full_like(raw, non_eos_penalty))
 
 
+def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, §3.4), per response, to be added to its reward:
+
+        R_length(y) = 0                                   if |y| <= L_max - L_cache
+                      ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+                      -1                                  if |y| > L_max
+
+    times ``factor`` (verl's ``overlong_penalty_factor``). The paper: L_max = 20480, L_cache = 4096.
+
+    Args:
+        lengths: [S] response lengths |y| in tokens (any integer or float dtype).
+        max_len: L_max (the generation limit, ``rlvr.max_new_tokens``).
+        buffer_len: L_cache, 0 <= L_cache <= L_max; 0 turns the penalty off (all zeros).
+        factor: scale of the penalty (>= 0).
+    Returns:
+        [S] float32 penalties in [-factor, 0].
+    """
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be [S], got {tuple(lengths.shape)}")
+    if not 0 <= buffer_len <= max_len:
+        raise ValueError(f"buffer_len must be in [0, max_len={max_len}], got {buffer_len}")
+    n = lengths.float()
+    if buffer_len == 0:
+        return torch.zeros_like(n)
+    free = max_len - buffer_len
+    ramp = ((free - n) / buffer_len).clamp(max=0.0)
+    return factor * torch.where(n > max_len, torch.full_like(n, -1.0), ramp)
+
+
 @torch.no_grad()
 def shape_rewards(
     verifier_scores: Tensor,
@@ -43,6 +73,7 @@ def shape_rewards(
     kl_kind: str = "k1",
     eos_found: Tensor | None = None,
     non_eos_penalty: float | None = -10.0,
+    length_penalty: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token PPO rewards: ``-kl_coef * KL_t`` on every token, plus the score on each response's last token.
 
@@ -56,6 +87,7 @@ def shape_rewards(
         eos_found: [S] bool, True when the response ended with the stop token (EOS); None = all did.
         non_eos_penalty: score given instead of the verifier score when ``eos_found`` is False;
             None disables the penalty.
+        length_penalty: [S] added to each score after the non-EOS replacement (``overlong_penalty``); None: 0.
 
     Returns:
         token_rewards [N] float32 and metrics, 0-dim float32 tensors: ``kl_token_mean`` (per-token KL),
@@ -69,6 +101,8 @@ def shape_rewards(
     num_seqs = verifier_scores.shape[0]
     check_seq_idx(seq_idx, logp.numel(), num_seqs)
     scores = penalise_non_eos(verifier_scores, eos_found, non_eos_penalty)
+    if length_penalty is not None:
+        scores = scores + length_penalty.float()
 
     kl = kl_estimate(logp, ref_logp, kl_kind)
     rewards = -kl_coef * kl

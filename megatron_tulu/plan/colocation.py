@@ -32,7 +32,8 @@ def local_engine_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
     seq = t.seq_length + o.max_new_tokens  # prompt + response
     req = PlanRequest(model=preset.name, gpus=world_size, stage="rlvr", gpu=gpu.name, seq=seq,
                       global_batch=t.global_batch_size * o.samples_per_prompt, micro_batch=t.micro_batch_size,
-                      algorithm=o.algorithm, value_model=o.value_model, vpp=p.vpp, fused_logprob=cfg.model.use_fused_logprob,
+                      algorithm="ppo" if o.preset.uses_value_model else "grpo", reference_model=o.needs_reference,
+                      value_model=o.value_model, vpp=p.vpp, fused_logprob=cfg.model.use_fused_logprob,
                       gpu_memory_utilization=o.engine_memory_fraction)
     lay = evaluate_trainer(req, preset, world_size, p.tp, p.pp, p.cp)
     if "weights" not in lay.memory_gib:  # the layout itself is refused (the trainer reports that on its own)

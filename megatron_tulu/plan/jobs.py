@@ -176,7 +176,8 @@ def workload(cfg, stage: str) -> dict:
     """The planner's request fields for the run ``cfg`` describes (so its memory verdict is for that run): sequence
     length, global and micro batch, FP8, fused log-probs, VPP, GPU; RM: no vocab logits; DPO: whether a frozen reference stays resident
     (``ref_mode: on_the_fly``; cached reference log-probs keep none); RLVR: prompt + response lengths, sequences
-    per step (prompts x samples), the algorithm (PPO adds a value model) and the value model's preset."""
+    per step (prompts x samples), the algorithm (PPO adds a value model), the value model's preset and whether a frozen
+    reference is built (``RLVROptions.needs_reference``: not for KL-free presets such as dapo)."""
     t = cfg.train
     out = {"seq": t.seq_length, "global_batch": t.global_batch_size, "micro_batch": t.micro_batch_size,
            "fp8": bool(cfg.model.fp8), "fused_logprob": bool(cfg.model.use_fused_logprob), "vpp": cfg.parallel.vpp,
@@ -188,8 +189,9 @@ def workload(cfg, stage: str) -> dict:
     if stage == "rlvr":
         o = cfg.rlvr
         out.update(seq=t.seq_length + o.max_new_tokens, prompt_len=t.seq_length, response_len=o.max_new_tokens,
-                   global_batch=t.global_batch_size * o.samples_per_prompt, algorithm=o.algorithm,
-                   value_model=o.value_model)
+                   global_batch=t.global_batch_size * o.samples_per_prompt, value_model=o.value_model,
+                   # the planner knows two memory shapes: with a value model (ppo) or without (every other preset)
+                   algorithm="ppo" if o.preset.uses_value_model else "grpo", reference_model=o.needs_reference)
     return out
 
 

@@ -98,3 +98,32 @@ def test_a_reference_model_is_needed_only_when_a_kl_term_can_matter():
     assert needs() and needs("rlvr.algorithm=grpo", "rlvr.samples_per_prompt=2")
     assert not needs("rlvr.kl_coef=0")
     assert not needs("rlvr.algorithm=dapo", "rlvr.samples_per_prompt=2")  # DAPO has no KL term
+
+
+# recipe: (algorithm, lr, prompts per step, group size, minibatches, KL beta, clip low/high, loss agg, dynamic
+# sampling, overlong buffer) -- DAPO §3-4 (response length scaled to 2048), Tülu 3.1 8B GRPO (open-instruct)
+RECIPES = {
+    "8b_dapo": ("dapo", 1e-6, 512, 16, 16, 0.0, 0.2, 0.28, "token_mean", True, 410),
+    "8b_grpo": ("grpo", 5e-7, 64, 16, 2, 0.01, 0.2, 0.2, "token_mean", False, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_rlvr_recipe_configs_carry_their_papers_values_and_plan(name):
+    from megatron_tulu.plan import jobs
+
+    alg, lr, prompts, k, mbs, beta, lo, hi, agg, ds, buf = RECIPES[name]
+    cfg = load_config(RLVRConfig, f"rlvr/{name}", [])
+    o = cfg.rlvr
+    assert (o.algorithm, cfg.optim.lr, cfg.train.global_batch_size, o.samples_per_prompt, o.num_minibatches) == (
+        alg, lr, prompts, k, mbs)
+    assert (o.kl_coef, o.part("clip_low"), o.part("clip_high"), o.part("loss_agg")) == (beta, lo, hi, agg)
+    assert (o.part("dynamic_sampling"), o.overlong_buffer, o.max_new_tokens) == (ds, buf, 2048)
+    assert cfg.optim.min_lr_ratio == 1.0 and o.value_init_hf == "" and o.needs_reference == (beta > 0)
+    # the 8B layout and allocation of rlvr/8b (so slurm/rlvr_8b.sh --config rlvr/<name> runs it)
+    base = load_config(RLVRConfig, "rlvr/8b", [])
+    assert (cfg.parallel, cfg.cluster, o.num_engines, o.engine_tp) == (base.parallel, base.cluster, 8, 1)
+    assert cfg.run_dir != base.run_dir
+    work = jobs.workload(cfg, "rlvr")  # the planner's memory shape: no value model; a reference only with a KL
+    assert work["algorithm"] == "grpo" and work["reference_model"] == (beta > 0)
+    assert jobs.build_plan(cfg, "rlvr", f"rlvr/{name}")["feasible"]

@@ -6,6 +6,7 @@
 - :mod:`.experience`: rollout -> rows -> rewards -> advantages, as one ``Experience`` on flat response tokens
 - :mod:`.loop`: ``RLVRDriver``: generation, the PPO/GRPO step (``RLVRDriver.step``), weight sync, inside the shared
   ``Trainer.run_steps``
+- :mod:`.dynamic_sampling`: DAPO's group filter + refill rounds (``rlvr.dynamic_sampling``), called by the loop
 - :mod:`.tasks`: the policy and value losses as trainer tasks; :mod:`.value`: the value model's shape and trainer
 """
 

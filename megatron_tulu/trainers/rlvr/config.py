@@ -33,6 +33,10 @@ class AlgorithmPreset:
     """ε_low of the policy loss's ratio clip (PPO: 0.2)."""
     clip_high: float = 0.2
     """ε_high of the policy loss's ratio clip (= ε_low unless the method decouples them)."""
+    dynamic_sampling: bool = False
+    """Drops prompt groups whose K rewards are all equal and refills the batch (DAPO §3.2)."""
+    overlong_buffer_frac: float = 0.0
+    """Soft overlong punishment buffer L_cache as a fraction of ``rlvr.max_new_tokens`` (= L_max); 0: none."""
 
 
 ALGORITHMS: dict[str, AlgorithmPreset] = {
@@ -44,10 +48,11 @@ ALGORITHMS: dict[str, AlgorithmPreset] = {
     # k3 KL in the loss, token-mean aggregation (the paper's is seq_mean_token_mean).
     "grpo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="grpo", loss_agg="token_mean", kl_in="loss",
                             kl_kind="k3", uses_value_model=False, whitens=False),
-    # DAPO (Yu et al. 2025): clip-higher ε_low = 0.2, ε_high = 0.28 (§3.1), token-level loss (§3.3), no KL (§2.3).
-    # Its dynamic sampling and overlong reward shaping are loop features, not implemented here.
+    # DAPO (Yu et al. 2025): clip-higher ε_low = 0.2, ε_high = 0.28 (§3.1), dynamic sampling (§3.2), token-level
+    # loss (§3.3), soft overlong punishment (§3.4: L_cache 4096 of L_max 20480, 0.2 of L_max), no KL (§2.3).
     "dapo": AlgorithmPreset(advantage_estimator="grpo", policy_loss="clipped", loss_agg="token_mean", kl_in="none",
-                            kl_kind="k3", uses_value_model=False, whitens=False, clip_low=0.2, clip_high=0.28),
+                            kl_kind="k3", uses_value_model=False, whitens=False, clip_low=0.2, clip_high=0.28,
+                            dynamic_sampling=True, overlong_buffer_frac=0.2),
     # Dr. GRPO (Liu et al. 2025): mean-centred advantages (no std), Σ loss / (max_new_tokens · S) (no 1/|o_i|),
     # ε = 0.2, no KL (β = 0 in the paper's R1-Zero runs).
     "dr_grpo": AlgorithmPreset(advantage_estimator="dr_grpo", policy_loss="clipped", loss_agg="token_sum_norm",
@@ -114,6 +119,26 @@ class RLVROptions:
     clip_high: float | None = None
     """ε_high: ratios above 1 + ε_high are clipped (DAPO's decoupled "clip-higher"). None: the preset's (PPO/GRPO
     0.2; DAPO 0.28; GSPO 4e-4; CISPO 0.272, open-instruct's ``clip_higher``)."""
+    dynamic_sampling: bool | None = None
+    """DAPO's dynamic sampling (Yu et al. 2025, §3.2): after scoring a generated batch, drop the prompt groups whose
+    ``samples_per_prompt`` rewards (the final ones the advantage sees: verifier, non-EOS and overlong terms) are all
+    equal, which carry zero advantage under a group baseline, and generate for further prompts of the prompt stream
+    until ``train.global_batch_size`` groups have a signal (surplus ones are discarded, as DAPO does). None: the
+    preset's (on for ``dapo`` only). Needs ``samples_per_prompt >= 2`` and ``async_steps=0``. Metrics:
+    ``dynamic_sampling/*`` and ``reward/gen_accuracy`` (over every response generated in the step)."""
+    dynamic_sampling_max_batches: int = 3
+    """Bound on the extra generation rounds of one step under ``dynamic_sampling``, each a further
+    ``train.global_batch_size`` prompts (DAPO's verl recipe: ``max_num_gen_batches=10`` rounds in all, each of 3x
+    the training prompt batch). When it is reached short of a full batch, the missing groups are filled with
+    dropped (zero-advantage) ones, in generation order, so the step keeps its shape, with a warning and
+    ``dynamic_sampling/filled_groups``; when not one group has a signal the run stops (``RuntimeError``)."""
+    overlong_buffer_len: int | None = None
+    """L_cache of DAPO's soft overlong punishment (§3.4), in tokens; L_max is ``max_new_tokens``. A response of
+    |y| tokens gets ``overlong_penalty_factor`` x (0 if |y| <= L_max - L_cache, ((L_max - L_cache) - |y|) / L_cache
+    up to L_max, -1 beyond) added to its reward (``algorithms.reward_shaping.overlong_penalty``). 0: off. None: the
+    preset's fraction of ``max_new_tokens`` (dapo: 0.2, the paper's 4096 of 20480; others: 0)."""
+    overlong_penalty_factor: float = 1.0
+    """Scale of the overlong penalty (DAPO / verl: 1.0, on a +-1 verifier reward)."""
     is_correction: str = "none"
     """Importance-sampling correction of the engine/trainer mismatch (rollouts from older weights under
     ``async_steps`` and the engine's numerics), ``algorithms.IS_CORRECTIONS``: ``none``; ``tis`` (token-level
@@ -199,9 +224,16 @@ class RLVROptions:
 
     def part(self, name: str):
         """The setting ``name`` (``advantage_estimator``, ``policy_loss``, ``loss_agg``, ``clip_low``,
-        ``clip_high``): this config's value, else (None) the preset's."""
+        ``clip_high``, ``dynamic_sampling``): this config's value, else (None) the preset's."""
         value = getattr(self, name)
         return getattr(self.preset, name) if value is None else value
+
+    @property
+    def overlong_buffer(self) -> int:
+        """L_cache in tokens: ``overlong_buffer_len``, else the preset's fraction of ``max_new_tokens``."""
+        if self.overlong_buffer_len is not None:
+            return self.overlong_buffer_len
+        return round(self.preset.overlong_buffer_frac * self.max_new_tokens)
 
     @property
     def needs_reference(self) -> bool:
@@ -255,6 +287,20 @@ class RLVRConfig(StageConfig):
         if not 0 <= o.part("clip_low") <= 1 or o.part("clip_high") < 0:
             raise ValueError(f"rlvr.clip_low must be in [0, 1] and rlvr.clip_high >= 0, got "
                              f"{o.part('clip_low')}, {o.part('clip_high')}")
+        if o.part("dynamic_sampling"):
+            how = "" if o.dynamic_sampling else f" (on in the {o.algorithm} preset; rlvr.dynamic_sampling=false: off)"
+            if o.samples_per_prompt < 2:
+                raise ValueError(f"rlvr.dynamic_sampling{how} needs rlvr.samples_per_prompt >= 2: it drops groups "
+                                 f"whose samples all got the same reward, got {o.samples_per_prompt}")
+            if o.async_steps:
+                raise ValueError(f"rlvr.dynamic_sampling{how} needs rlvr.async_steps=0 (got {o.async_steps}): its "
+                                 "refill rounds draw prompts and generate at train time, which batches generated "
+                                 "ahead would make timing-dependent and not resumable")
+            check_at_least("rlvr.dynamic_sampling_max_batches", o.dynamic_sampling_max_batches, 0)
+        if not 0 <= o.overlong_buffer <= o.max_new_tokens:
+            raise ValueError(f"rlvr.overlong_buffer_len must be in [0, rlvr.max_new_tokens={o.max_new_tokens}], "
+                             f"got {o.overlong_buffer}")
+        check_at_least("rlvr.overlong_penalty_factor", o.overlong_penalty_factor, 0.0)
         check_choice("rlvr.is_correction", o.is_correction, IS_CORRECTION_CHOICES)
         if o.is_correction != "none" and not o.is_high > 0:
             raise ValueError(f"rlvr.is_high must be > 0 for rlvr.is_correction={o.is_correction}, got {o.is_high}")

@@ -116,6 +116,24 @@ def minibatch_totals(mask: Tensor, dp: int, minibatches: list[tuple[int, int]]) 
                         dtype=torch.float64)
 
 
+def response_scores(o, scores: Tensor, eos: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """The final per-response rewards a group advantage estimator sees, and the overlong part of them.
+
+    Args:
+        o: the ``RLVROptions`` (``non_eos_penalty``, ``max_new_tokens``, ``overlong_buffer``,
+            ``overlong_penalty_factor``).
+        scores: [S] α·verifier score; eos: [S] bool, it ended with EOS; lengths: [S] response tokens.
+    Returns:
+        (final [S], overlong [S]): ``penalise_non_eos(scores) + overlong`` and the overlong penalty alone
+        (``algorithms.overlong_penalty``; zeros when ``rlvr.overlong_buffer_len`` is 0). Dynamic sampling filters
+        on ``final``, so a group it keeps is exactly one with a non-zero advantage.
+    """
+    from megatron_tulu.algorithms import overlong_penalty, penalise_non_eos
+
+    overlong = overlong_penalty(lengths, o.max_new_tokens, o.overlong_buffer, o.overlong_penalty_factor)
+    return penalise_non_eos(scores, eos, o.non_eos_penalty) + overlong, overlong
+
+
 def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: Tensor, ref_logp: Tensor,
                     rollout_logp: Tensor, old_values: Tensor | None = None,
                     dp_sum: AllReduce | None = None, minibatches: list[tuple[int, int]] | None = None,
@@ -135,12 +153,11 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
         totals: ``[M, 2]`` (tokens, responses) of each minibatch over all DP ranks (``minibatch_totals``);
             default: this rank's own counts (one DP rank).
     Returns:
-        (experience, metrics): ``reward/*`` (PPO's shaped reward), ``mismatch/*`` (engine vs trainer, with the IS
+        (experience, metrics): ``reward/*`` (PPO's shaped reward; ``reward/overlong_penalty_mean`` and
+        ``reward/overlong_frac`` under ``rlvr.overlong_buffer_len``), ``mismatch/*`` (engine vs trainer, with the IS
         correction's ``mismatch/is_weight_mean``, ``mismatch/is_clipped_frac``, ``mismatch/is_masked_frac``).
     """
-    from megatron_tulu.algorithms import (
-        ADVANTAGE_ESTIMATORS, IS_CORRECTIONS, AdvantageInputs, penalise_non_eos, shape_rewards, whiten,
-    )
+    from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS, IS_CORRECTIONS, AdvantageInputs, shape_rewards, whiten
     from megatron_tulu.losses.kl import logprob_mismatch
     from megatron_tulu.losses.ppo import agg_weights
 
@@ -149,12 +166,17 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
     exp = Experience(rows.input_ids, rows.targets, rows.mask, seq_idx, old_logp=flat(old_logp), ref_logp=flat(ref_logp),
                      rollout_logp=flat(rollout_logp), old_values=flat(old_values))
     metrics: dict[str, float] = {}
+    final, overlong = response_scores(o, scores, eos, m.sum(1))
+    if o.overlong_buffer:
+        metrics.update({"reward/overlong_penalty_mean": float(overlong.mean()),
+                        "reward/overlong_frac": float((overlong < 0).float().mean())})
     token_rewards = None
     if preset.kl_in == "reward":
         token_rewards, shaped = shape_rewards(scores, exp.old_logp, exp.ref_logp, seq_idx, kl_coef=o.kl_coef,
-                                              kl_kind=o.kl_estimator, eos_found=eos, non_eos_penalty=o.non_eos_penalty)
+                                              kl_kind=o.kl_estimator, eos_found=eos, non_eos_penalty=o.non_eos_penalty,
+                                              length_penalty=overlong if o.overlong_buffer else None)
         metrics.update({f"reward/{k}": float(v) for k, v in shaped.items()})
-    inputs = AdvantageInputs(seq_idx=seq_idx, num_seqs=rows.num_seqs, scores=penalise_non_eos(scores, eos, o.non_eos_penalty),
+    inputs = AdvantageInputs(seq_idx=seq_idx, num_seqs=rows.num_seqs, scores=final,
                              token_rewards=token_rewards, values=exp.old_values, group_size=o.samples_per_prompt,
                              gamma=o.gamma, lam=o.lam)
     exp.advantages, exp.returns = ADVANTAGE_ESTIMATORS[o.part("advantage_estimator")](inputs)

@@ -5,6 +5,7 @@ One step, readable top to bottom:
     prompts (deterministic sampler, same on every rank)
     -> engine.generate on rank 0 (``rollout.make_engine``: vLLM or TorchEngine, local or Ray) -> broadcast
     -> rewards.verify_batch (alpha * correct)                                                  -> broadcast
+    [-> rlvr.dynamic_sampling: drop groups with equal rewards, generate for further prompts (dynamic_sampling.py)]
     -> old / reference logprobs and values (forward-only, megatron schedules)
     -> make_experience: rewards, registered advantage estimator, IS weights (flat response tokens)
     -> ppo_epochs x minibatches: policy step (registered policy loss) [+ value step]
@@ -86,8 +87,9 @@ class RLVRDriver:
                   f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
 
     # ---- rollouts ----------------------------------------------------------------------------------
-    def _generate(self, indices: list[int], step: int) -> dict:
-        """Rank 0: sample, decode and verify. Returns plain Python data (broadcast to all ranks)."""
+    def _generate(self, indices: list[int], step: int, round_: int = 0) -> dict:
+        """Rank 0: sample, decode and verify. Returns plain Python data (broadcast to all ranks). ``round_`` > 0: a
+        dynamic-sampling refill of ``step`` (its own sampling seed, so repeated prompts get fresh samples)."""
         from megatron_tulu.rewards.batch import verify_batch
         from megatron_tulu.rollout.base import SamplingConfig
 
@@ -95,7 +97,8 @@ class RLVRDriver:
         rows = [self.task.prompts[i] for i in indices]
         k = self.o.samples_per_prompt
         sampling = SamplingConfig(temperature=self.o.temperature, max_new_tokens=self.o.max_new_tokens, n=k,
-                                  seed=self.cfg.train.seed + step, stop_token_ids=[self.task.tokenizer.eos_token_id])
+                                  seed=self.cfg.train.seed + step + 1_000_003 * round_,
+                                  stop_token_ids=[self.task.tokenizer.eos_token_id])
         version = self.engine_version  # the weights these samples come from (no sync runs during a generation)
         gens = self.engine.generate([list(r["prompt_ids"]) for r in rows], sampling)
         prompts, responses, logps, eos, records = [], [], [], [], []
@@ -112,7 +115,7 @@ class RLVRDriver:
                                     paper_compat=r.paper_compat, ifeval_partial_credit=r.ifeval_partial_credit)
         return {"prompts": prompts, "responses": responses, "rollout_logp": logps, "eos": eos,
                 "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
-                "by_dataset": {d: v["correct"] / max(v["n"], 1) for d, v in vm.get("by_dataset", {}).items()}}
+                "by_dataset": {d: [v["correct"], v["n"]] for d, v in vm.get("by_dataset", {}).items()}}
 
     def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None) -> torch.Tensor | None:
         from megatron_tulu.models.context_parallel import gather_tokens
@@ -170,7 +173,7 @@ class RLVRDriver:
                         "reward/score": float(scores.mean()), "reward/eos_frac": float(eos.float().mean()),
                         "reward/verifier_timeouts": ro["timeouts"], "response_len": float(mask.sum(1).mean()),
                         "time/generate_s": ro["gen_s"]})
-        metrics.update({f"accuracy/{d}": v for d, v in ro["by_dataset"].items()})
+        metrics.update({f"accuracy/{d}": c / max(n, 1) for d, (c, n) in ro["by_dataset"].items()})
         return self._mean_over_dp(metrics)
 
     def _mean_over_dp(self, metrics: dict) -> dict:
@@ -267,10 +270,14 @@ class RLVRDriver:
         t0 = time.time()
         _, fut = self.ahead.popleft()
         ro = broadcast_object(fut.result() if dist.get_rank() == 0 else None)
+        sampling = {"reward/gen_accuracy": sum(map(float, ro["correct"])) / len(ro["correct"])}
+        if self.o.part("dynamic_sampling"):
+            ro, sampling = self._refill(ro)
         idle = time.time() - t0
         while len(self.ahead) < self.o.async_steps and tr.step + 1 + len(self.ahead) < tr.total_steps:
             self._draw(tr.step + 1 + len(self.ahead))  # generated in the background while this batch trains
         metrics = self.train_and_sync(ro, lr_at(tr.step, tr.total_steps, self.cfg.optim), self.ahead)
+        metrics.update(sampling)
         self.engine_version = tr.step + 1
         metrics["time/idle_s"] = idle + metrics.pop("time/wait_ahead_s")
         metrics["rollout/queue_depth"] = len(self.ahead)
@@ -284,6 +291,33 @@ class RLVRDriver:
                                      f"(> {self.cfg_tol()}): weight sync or kernels are broken")
         tr.step += 1
         return metrics
+
+    def _refill(self, ro: dict) -> tuple[dict, dict]:
+        """DAPO dynamic sampling on every rank (``dynamic_sampling.collect_groups``): the decisions depend only on
+        broadcast batches, so all ranks draw the same refill prompts and their samplers stay equal. Synchronous
+        (``async_steps=0``), so the sampler position ``save`` writes is the one after this step's refills."""
+        from megatron_tulu.trainers.rlvr.dynamic_sampling import collect_groups
+        from megatron_tulu.trainers.rlvr.experience import response_scores
+
+        tr, o = self.policy, self.o
+
+        def more(round_: int) -> dict:
+            indices = tr.sampler.next_batch()
+            return broadcast_object(self._generate(indices, tr.step, round_) if dist.get_rank() == 0 else None)
+
+        def rewards_of(batch: dict) -> torch.Tensor:
+            scores = torch.tensor(batch["correct"], dtype=torch.float32) * o.alpha
+            lengths = torch.tensor([len(r) for r in batch["responses"]])
+            return response_scores(o, scores, torch.tensor(batch["eos"]), lengths)[0]
+
+        ro, metrics = collect_groups(ro, more, rewards_of, o.samples_per_prompt, self.cfg.train.global_batch_size,
+                                     o.dynamic_sampling_max_batches)
+        if metrics["dynamic_sampling/filled_groups"] and dist.get_rank() == 0:
+            print(f"[megatron-tulu] step {tr.step + 1}: dynamic sampling reached rlvr.dynamic_sampling_max_batches="
+                  f"{o.dynamic_sampling_max_batches} with {int(metrics['dynamic_sampling/filled_groups'])} of "
+                  f"{self.cfg.train.global_batch_size} groups short; trained with that many zero-advantage groups",
+                  file=sys.stderr, flush=True)
+        return ro, metrics
 
     def train_and_sync(self, ro: dict, lr: float, ahead) -> dict:
         """One optimizer step on the rollout batch ``ro``, then the weight sync and its probe check.
