@@ -26,6 +26,7 @@ from megatron_tulu.losses.dpo import NEEDS_REFERENCE, get_dpo_loss
 from megatron_tulu.models.logprobs import token_logprobs
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
+from megatron_tulu.trainers.packed_pairs import PackedPairsMixin, packed_forward, per_document_sums
 from megatron_tulu.trainers.task import DataStageMixin, Task
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected"]
@@ -120,8 +121,8 @@ def sequence_logps(output: torch.Tensor, targets: torch.Tensor, vocab: int, mode
     return (lp * valid).sum(-1), valid.sum(-1)
 
 
-class DPOTask(DataStageMixin, Task):
-    metric_names = ["loss_sum", "pairs"] + METRICS
+class DPOTask(PackedPairsMixin, DataStageMixin, Task):
+    metric_names = ["loss_sum", "pairs", "tokens_useful", "tokens_computed"] + METRICS
 
     def __init__(self, cfg: DPOConfig):
         cfg.validate()  # load_config did already; a config built in code is checked here
@@ -153,6 +154,7 @@ class DPOTask(DataStageMixin, Task):
         b["targets"] = shift_targets(b["labels"])
         b["tokens"] = (b["targets"] != IGNORE_INDEX).sum(-1)
         b["indices"] = torch.tensor(indices)
+        b["useful_tokens"] = sum(len(e["chosen_input_ids"]) + len(e["rejected_input_ids"]) for e in exs)
         if ref is not None:
             b["ref"] = ref[torch.tensor(indices)]  # [b, 2]: chosen, rejected summed ref logps
         return b
@@ -162,6 +164,11 @@ class DPOTask(DataStageMixin, Task):
 
     def microbatches(self, indices: list[int], trainer) -> list[dict]:
         ref = self.ref_train if self.needs_ref and self.cfg.dpo.ref_mode == "cached" else None
+        if self.token_budget:  # packed rows (chosen then rejected documents), one forward each
+            def add_ref(b):
+                if ref is not None:
+                    b["ref"] = ref[b["indices"]]
+            return self.packed_microbatches(indices, trainer, add_ref)
         return [self._batch(self.rows, c, ref, self._pad_to(trainer))
                 for c in split_microbatches(indices, self.cfg.train.micro_batch_size)]
 
@@ -170,6 +177,7 @@ class DPOTask(DataStageMixin, Task):
 
     # ---- reference pass --------------------------------------------------------------------------
     def after_model(self, trainer) -> None:
+        self.check_budget(trainer)
         self.cfg_vocab = trainer.preset.vocab_size
         fp = weights_fingerprint(self.cfg.model.init_hf or self.cfg.model.init_mcore, self.cfg.train.seed,
                                  repr(trainer.preset))
@@ -245,6 +253,15 @@ class DPOTask(DataStageMixin, Task):
         return model(batch["input_ids"].to(dev), batch["position_ids"].to(dev), None)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
+        if "doc_index" in batch:  # a packed row: one forward whatever dpo.forward_mode
+            if self.needs_ref and self.cfg.dpo.ref_mode == "on_the_fly":
+                with torch.no_grad():
+                    out = packed_forward(self.ref_model, batch)
+                    lp = token_logprobs(out, batch["targets"].to(out.device).clamp(min=0), self.ref_model, self.cfg_vocab)
+                    ref = per_document_sums(lp, batch)
+                k = len(batch["indices"])
+                batch["ref"] = torch.stack([ref[:k], ref[k:]], dim=1).double().cpu()
+            return packed_forward(model, batch)
         if self.needs_ref and self.cfg.dpo.ref_mode == "on_the_fly":
             with torch.no_grad():
                 logits = self._forward_concat(self.ref_model, batch)
@@ -267,7 +284,10 @@ class DPOTask(DataStageMixin, Task):
 
     def loss_fn(self, batch: dict, output: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         targets = batch["targets"].to(output.device)
-        if self.cfg.dpo.use_fused_loss:
+        if "doc_index" in batch:  # packed: per-document sums of the row's token log-probs, chosen documents first
+            lp = token_logprobs(output, targets.clamp(min=0), trainer.model, trainer.preset.vocab_size)
+            loss, metrics = self._loss_from_seq(batch, per_document_sums(lp, batch))
+        elif self.cfg.dpo.use_fused_loss:
             if output.dim() == 3:  # concatenated forward: logits (or hidden states with the fused logprob head)
                 output = token_logprobs(output, targets.clamp(min=0), trainer.model, trainer.preset.vocab_size)
             loss, metrics = self._fused_loss(batch, output, targets != IGNORE_INDEX)
@@ -276,7 +296,7 @@ class DPOTask(DataStageMixin, Task):
                 output, _ = sequence_logps(output, targets, trainer.preset.vocab_size, trainer.model)
             loss, metrics = self._loss_from_seq(batch, output)
         k = len(batch["indices"])
-        sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}
+        sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k)), **self.token_sums(batch)}
         sums.update({m: metrics[m].detach() * k for m in METRICS})
         return loss * k, sums
 
@@ -314,7 +334,7 @@ class DPOTask(DataStageMixin, Task):
 
     def finalize(self, sums: dict[str, float], denom: float) -> dict[str, float]:
         n = max(sums["pairs"], 1.0)
-        out = {"loss": sums["loss_sum"] / max(denom, 1e-12)}
+        out = {"loss": sums["loss_sum"] / max(denom, 1e-12), **self.throughput(sums)}
         out.update({m: sums[m] / n for m in METRICS})
         return out
 

@@ -251,9 +251,7 @@ class Trainer:
 
     def data_step(self) -> dict[str, float]:
         """One optimizer step on the sampler's next global batch (this DP rank's share, the task's micro-batches)."""
-        from megatron_tulu.data.sampler import shard_batch
-
-        local = shard_batch(self.sampler.next_batch(), self.dp_rank, self.dims.dp)
+        local = self.task.shard(self.sampler.next_batch(), self)
         mbs = self.task.microbatches(local, self)
         denom = self.all_reduce_dp(self.task.denominator(mbs))
         t0 = time.time()

@@ -28,6 +28,7 @@ from megatron_tulu.data.sampler import collate_preference, split_microbatches
 from megatron_tulu.losses.rm import METRICS, bt_loss
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
+from megatron_tulu.trainers.packed_pairs import PackedPairsMixin, packed_forward
 from megatron_tulu.trainers.task import DataStageMixin, Task
 
 
@@ -86,18 +87,23 @@ class RMConfig(StageConfig):
             raise ValueError("with parallel.pp > 1 use rm.forward_mode=concatenated")
 
 
-def last_token_scores(output: torch.Tensor, last: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Per-sequence scores ``[R]`` (fp32): the scalar head's output ``[R, S / cp, 1]`` (this CP rank's tokens) at
-    each row's last real token ``last [R]`` (indices into the full row of length ``seq_len``)."""
+def last_token_scores(output: torch.Tensor, rows: torch.Tensor, seq_len: int,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sequence scores ``[N]`` (fp32) from the scalar head's output ``[R, S / cp, 1]`` (this CP rank's tokens).
+
+    Padded rows (``positions`` None): ``rows [R]`` is each row's last real token (indices into the full row of
+    length ``seq_len``). Packed rows: sequence ``n`` is read at row ``rows[n]``, position ``positions[n]``."""
     from megatron_tulu.models.context_parallel import gather_tokens
 
     full = gather_tokens(output.squeeze(-1).float(), seq_len)  # [R, S]: every CP rank sees the whole row
-    return full[torch.arange(full.shape[0], device=full.device), last.to(full.device)]
+    if positions is None:
+        rows, positions = torch.arange(full.shape[0]), rows
+    return full[rows.to(full.device), positions.to(full.device)]
 
 
-class RMTask(DataStageMixin, Task):
+class RMTask(PackedPairsMixin, DataStageMixin, Task):
     head = "scalar"
-    metric_names = ["loss_sum", "pairs", *METRICS]
+    metric_names = ["loss_sum", "pairs", "tokens_useful", "tokens_computed", *METRICS]
 
     def __init__(self, cfg: RMConfig):
         cfg.validate()  # load_config did already; a config built in code is checked here
@@ -151,6 +157,7 @@ class RMTask(DataStageMixin, Task):
         b["last"] = b.pop("attention_mask").sum(-1) - 1
         b["position_ids"] = torch.arange(b["input_ids"].shape[1]).expand_as(b["input_ids"])
         b["indices"] = torch.tensor(indices)
+        b["useful_tokens"] = sum(len(e["chosen_input_ids"]) + len(e["rejected_input_ids"]) for e in examples)
         for k in ("labels", "loss_mask"):  # the RM has no token targets
             b.pop(k, None)
         return b
@@ -159,11 +166,20 @@ class RMTask(DataStageMixin, Task):
         return self.cfg.train.seq_length if trainer.dims.pp > 1 else None
 
     def microbatches(self, indices: list[int], trainer) -> list[dict]:
+        if self.token_budget:  # packed rows (chosen then rejected documents), one forward each
+            def add_margin(b):
+                if len(self.rows) and "margin" in self.rows[0]:
+                    b["margin"] = torch.tensor([float(self.rows[i]["margin"]) for i in b["indices"].tolist()])
+                b["last"] = b["last_pos"]
+            return self.packed_microbatches(indices, trainer, add_margin)
         return [self._batch(self.rows, c, self._pad_to(trainer))
                 for c in split_microbatches(indices, self.cfg.train.micro_batch_size)]
 
     def denominator(self, microbatches: list[dict]) -> float:
         return float(sum(len(mb["indices"]) for mb in microbatches))  # pairs: the loss is a mean over GLOBAL pairs
+
+    def after_model(self, trainer) -> None:
+        self.check_budget(trainer)
 
     # ---- model ---------------------------------------------------------------------------------
     def customize_model(self, chunk) -> None:
@@ -198,6 +214,8 @@ class RMTask(DataStageMixin, Task):
         return model(batch["input_ids"].to(dev), batch["position_ids"].to(dev), None)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
+        if "doc_index" in batch:  # a packed row: one forward, scores read at each document's last token
+            return packed_forward(model, batch)  # [1, T / cp, 1]
         if self.cfg.rm.forward_mode == "concatenated":
             return self._forward_concat(model, batch)  # [2b, S / cp, 1]
         dev, k, s = platform.device(), len(batch["indices"]), batch["input_ids"].shape[1]
@@ -211,19 +229,22 @@ class RMTask(DataStageMixin, Task):
         """``[2b]`` scores (chosen rows first) of a micro-batch from the forward's output."""
         if output.dim() == 1:  # separate forward: already reduced
             return output
+        if "doc_index" in batch:  # one packed row: its documents' last tokens
+            return last_token_scores(output, torch.zeros_like(batch["last"]), batch["input_ids"].shape[1],
+                                     positions=batch["last"])
         return last_token_scores(output, batch["last"], batch["input_ids"].shape[1])
 
     def loss_fn(self, batch: dict, output: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         sc = self.scores(batch, output)
         k = len(batch["indices"])
         loss, metrics = bt_loss(sc[:k], sc[k:], margin=batch.get("margin"), center_coef=self.cfg.rm.center_coef)
-        sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k))}
+        sums = {"loss_sum": loss.detach() * k, "pairs": torch.tensor(float(k)), **self.token_sums(batch)}
         sums.update({m: metrics[m] * k for m in METRICS})
         return loss * k, sums  # summed over pairs; the loop divides by the global pair count
 
     def finalize(self, sums: dict[str, float], denom: float) -> dict[str, float]:
         n = max(sums["pairs"], 1.0)
-        out = {"loss": sums["loss_sum"] / max(denom, 1e-12)}
+        out = {"loss": sums["loss_sum"] / max(denom, 1e-12), **self.throughput(sums)}
         out.update({m: sums[m] / n for m in METRICS})
         return out
 

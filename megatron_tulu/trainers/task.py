@@ -53,6 +53,14 @@ class Task:
         raise NotImplementedError
 
     # ---- optional hooks -----------------------------------------------------------------------------
+    def shard(self, indices: list[int], trainer) -> list[int]:
+        """This DP rank's share of the step's global batch ``indices`` (default: equal contiguous slices; the pair
+        stages balance token sums under ``train.max_tokens_per_microbatch``). Every rank must get the same count
+        when the stage's normaliser assumes it, and ranks of one pipeline the same indices."""
+        from megatron_tulu.data.sampler import shard_batch
+
+        return shard_batch(indices, trainer.dp_rank, trainer.dims.dp)
+
     def customize_model(self, chunk) -> None:
         """Each model chunk once its initial weights are loaded, before DDP and the optimizer copy them (e.g. the
         reward model's score-head init: a change made after ``build_trainable`` would miss the optimizer's fp32
