@@ -1,5 +1,10 @@
-"""GPU and interconnect numbers the planner assumes (vendor datasheets; bus bandwidths are typical NCCL
-``busbw`` on DGX-class nodes, not peaks). Override any field with ``dataclasses.replace``."""
+"""GPU and interconnect numbers, and the efficiencies, the planner assumes. Each constant lives here once.
+
+Hardware (:class:`GPUSpec`): vendor datasheet peaks; bus bandwidths are typical NCCL ``busbw`` on DGX-class nodes,
+not link peaks; host links are what a pinned ``cudaMemcpy`` reaches. Efficiencies (:data:`EFFICIENCY`): what
+fraction of a peak each kind of work reaches. They were fixed, with the reasons given beside each, before the
+planner was compared with published measurements (``benchmarks/planner_calibration.md``) and are not tuned per
+row. Override any field with ``dataclasses.replace``."""
 
 from __future__ import annotations
 
@@ -28,6 +33,36 @@ class GPUSpec:
     """InfiniBand/RoCE bus bandwidth per GPU across nodes, GB/s (8x400 Gb/s NICs -> ~45)."""
     collective_latency_s: float = 20e-6
     """Fixed cost of one small collective (matters for decode-time TP all-reduces)."""
+    host_link_gbps: float = 25.0
+    """Host <-> GPU copy bandwidth per GPU, GB/s, pinned memory (PCIe Gen5 x16: 64 GB/s raw, ~50 measured
+    one-way on an idle link; DGX nodes share each switch between 2 GPUs and the NICs: 25 assumed). Used for
+    offloading trainer state and sleeping/waking a colocated engine."""
+
+
+@dataclass(frozen=True)
+class Efficiencies:
+    """Fractions of a peak that each kind of work reaches (fixed; see the module docstring)."""
+
+    train_mfu: float = 0.40
+    """Model FLOPs (recompute not counted) over the tensor-core peak in megatron training: inside the 38-47 %
+    Megatron-LM/Megatron-Bridge report for dense Llama at scale, at the low end for short or packed rows."""
+    hbm_efficiency: float = 0.80
+    """Decode: fraction of the HBM peak that weight/KV streaming reaches (large GEMVs and paged attention run at
+    80-90 % of peak on H100; the lower end since small KV blocks are read too)."""
+    decode_compute_efficiency: float = 0.50
+    """Decode GEMMs at a few hundred rows (the batch) over the BF16 peak, when decode turns compute-bound."""
+    prefill_mfu: float = 0.50
+    """Prefill (one forward over the prompts) over the BF16 peak: long GEMMs, no backward."""
+    decode_step_overhead_s: float = 1e-3
+    """Per decode step outside the GPU kernels' roofline: scheduler, sampler, CUDA-graph launch (vLLM V1)."""
+    engine_runtime_overhead_gib: float = 3.0
+    """vLLM's non-KV, non-weight memory per GPU (CUDA graphs, activations, sampler): a few GiB at these widths."""
+    max_num_seqs: int = 256
+    """vLLM's cap on sequences decoded at once per engine (its ``max_num_seqs`` default)."""
+
+
+EFFICIENCY = Efficiencies()
+"""The one set of efficiencies every estimate uses unless a caller passes another."""
 
 
 GPUS: dict[str, GPUSpec] = {

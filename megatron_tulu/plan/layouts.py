@@ -10,7 +10,7 @@ from megatron_tulu.models.pipeline_split import PipelineSplit
 from megatron_tulu.models.presets import LlamaPreset, get_preset
 from megatron_tulu.plan import memory as M
 from megatron_tulu.plan import throughput as T
-from megatron_tulu.plan.hardware import get_gpu
+from megatron_tulu.plan.hardware import EFFICIENCY, get_gpu
 
 STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 
@@ -69,6 +69,39 @@ class PlanRequest:
     """RLVR response tokens (for generation time)."""
     gpu_memory_utilization: float = 0.9
     """vLLM's fraction of GPU memory for weights + KV cache."""
+    response_len_dist: str = ""
+    """RLVR response lengths (``LengthDist.parse``: ``fixed:N``, ``uniform:LO:HI``, ``exp:MEAN:MAX`` / ``MEAN:MAX``);
+    '' = every response ``response_len`` long."""
+    max_tokens_per_microbatch: int = 0
+    """``train.max_tokens_per_microbatch``: 0 = padded rows of ``seq`` tokens, ``micro_batch`` per micro-batch (as the
+    trainer does without it); > 0 = packed THD rows of at most this many tokens, so the trainer computes the sequences'
+    actual tokens (RLVR: prompt + response lengths; DPO/RM/SFT: ``mean_seq_len``)."""
+    mean_seq_len: int = 0
+    """DPO/RM/SFT with packing: mean tokens per sequence (0: ``seq``)."""
+    train_global_batch: int = 0
+    """RLVR: sequences per optimizer step when a rollout batch is split into several (NeMo-RL's T-GBS); 0 = one
+    optimizer step per rollout batch."""
+    placement: str = "disaggregated"
+    """RLVR: ``disaggregated`` (engines on GPUs of their own; ``rlvr.engine_placement=ray``) or ``colocated`` (an engine
+    on every trainer GPU, asleep while the trainer steps; weights by CUDA IPC; ``rlvr.engine_placement=colocated``)."""
+    off_policy: bool = False
+    """RLVR, disaggregated: one-step off-policy (``rlvr.async_steps=1``): generation of step n+1 overlaps training on
+    step n, so a step takes max(generate, train) + weight sync."""
+    offload_trainer: bool = False
+    """Colocated: move the trainer's grads and optimizer state to host while the engine generates (more KV room, host
+    traffic each step)."""
+    sleep_level: int = 1
+    """Colocated: vLLM sleep level while the trainer steps (1: weights to host and back; 2: weights dropped)."""
+    reference_on_host: bool = False
+    """The frozen reference waits in host memory and is copied in for its forward (NeMo-RL's megatron worker): no
+    resident copy, twice its bytes over the host link per step."""
+
+    def response_dist(self):
+        return T.LengthDist.parse(self.response_len_dist) if self.response_len_dist else \
+            T.LengthDist("fixed", self.response_len, self.response_len)
+
+    def packed(self) -> bool:
+        return self.max_tokens_per_microbatch > 0
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -80,6 +113,18 @@ class PlanRequest:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.mfu <= 1:
             raise ValueError(f"mfu must be in (0, 1], got {self.mfu}")
+        if self.placement not in ("disaggregated", "colocated"):
+            raise ValueError(f"placement must be disaggregated or colocated, got {self.placement!r}")
+        if self.off_policy and self.placement == "colocated":
+            raise ValueError("off_policy needs placement=disaggregated: a colocated engine cannot generate while its "
+                             "GPU trains")
+        if self.sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, got {self.sleep_level}")
+        if self.train_global_batch and (self.train_global_batch < 1 or self.global_batch % self.train_global_batch):
+            raise ValueError(f"train_global_batch {self.train_global_batch} must divide global_batch {self.global_batch}")
+        if "recompute" in self.fixed and self.fixed["recompute"] not in M.RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {M.RECOMPUTE_MODES}, got {self.fixed['recompute']!r}")
+        self.response_dist()
         get_preset(self.model)
         get_gpu(self.gpu)
 
@@ -107,10 +152,14 @@ class Layout:
     engine_gib: dict = field(default_factory=dict)
     time_s: dict = field(default_factory=dict)
     tokens_per_s_per_gpu: float = 0.0
+    placement: str = ""
+    """RLVR: disaggregated or colocated."""
 
     def name(self) -> str:
         s = f"TP{self.tp} PP{self.pp} CP{self.cp} DP{self.dp}"
-        if self.num_engines:
+        if self.num_engines and self.placement == "colocated":
+            s = f"{self.num_engines}x vLLM TP{self.engine_tp} colocated with trainer {s}"
+        elif self.num_engines:
             s = f"{self.num_engines}x vLLM TP{self.engine_tp} + trainer {s}"
         return s
 
@@ -141,13 +190,15 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         lay.reasons.append(f"TP{tp} does not divide {preset.num_query_groups} KV heads")
     if pp > preset.num_layers:
         lay.reasons.append(f"PP{pp} > {preset.num_layers} layers")
-    if req.seq % (2 * cp) and cp > 1:
-        lay.reasons.append(f"seq {req.seq} not divisible by 2*CP = {2 * cp} (load-balanced ring attention)")
+    row, mb = (req.max_tokens_per_microbatch, 1) if req.packed() else (req.seq, req.micro_batch)
+    if row % (2 * cp) and cp > 1:
+        lay.reasons.append(f"{'max_tokens_per_microbatch' if req.packed() else 'seq'} {row} not divisible by 2*CP = "
+                           f"{2 * cp} (load-balanced ring attention)")
     seqs = req.global_batch * (2 if req.stage in ("dpo", "rm") else 1)  # a pair is two sequences
     if lay.reasons:
         return lay
-    if seqs % (dp * req.micro_batch):  # reported, but memory is still evaluated so both reasons show
-        lay.reasons.append(f"global batch {seqs} sequences not divisible by DP*micro_batch = {dp * req.micro_batch}")
+    if seqs % (dp * mb):  # reported, but memory is still evaluated so both reasons show
+        lay.reasons.append(f"global batch {seqs} sequences not divisible by DP*micro_batch = {dp * mb}")
     split = PipelineSplit(pp=pp, vpp=req.vpp)
     if not split.divides(preset.num_layers):  # the trainer builds even splits only
         if replace(split, account_embedding_loss=True).divides(preset.num_layers):
@@ -156,14 +207,23 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         else:
             lay.reasons.append(f"{preset.num_layers} layers (or {preset.num_layers + 2} with the embedding and loss "
                                f"counted) do not split evenly over PP{pp} x VPP{req.vpp}")
-    m = max(1, seqs // (dp * req.micro_batch))
+    # Optimizer steps per batch (RLVR may split a rollout batch), tokens computed, micro-batches per optimizer step.
+    opt_steps = req.global_batch // req.train_global_batch if req.stage == "rlvr" and req.train_global_batch else 1
+    mean_len, attn_len = _sequence_tokens(req)
+    if req.packed():
+        tokens = seqs * mean_len
+        m = max(1, math.ceil(tokens / opt_steps / dp / row))
+    else:
+        tokens = seqs * req.seq
+        m = max(1, seqs // opt_steps // (dp * mb))
     w, g, o = M.model_state(preset, tp, pp, dp * cp, req.grad_dtype_bytes)
-    acts = {mode: M.activation_bytes(preset, seq=req.seq, micro_batch=req.micro_batch, tp=tp, pp=pp, cp=cp,
+    acts = {mode: M.activation_bytes(preset, seq=row, micro_batch=mb, tp=tp, pp=pp, cp=cp,
                                      num_microbatches=m, recompute=mode, vpp=req.vpp,
                                      fused_logprob=req.fused_logprob) for mode in M.RECOMPUTE_MODES}
     mem = M.TrainerMemory(weights=w, grads=g, optimizer=o, activations=acts)
-    if req.stage in ("dpo", "rlvr") and req.reference_model:  # DPO with a cached reference keeps none
-        mem.frozen = 2.0 * M.params_per_gpu(preset, tp, pp)
+    ref_bytes = 2.0 * M.params_per_gpu(preset, tp, pp) if req.stage in ("dpo", "rlvr") and req.reference_model else 0.0
+    if not req.reference_on_host:  # DPO with a cached reference keeps none
+        mem.frozen = ref_bytes
     vpreset = None
     if req.stage == "rlvr" and req.algorithm == "ppo":
         vpreset = get_preset(req.value_model) if req.value_model else preset
@@ -175,7 +235,7 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         mem.value_model = sum(M.model_state(vpreset, tp, pp, dp * cp, req.grad_dtype_bytes, split=vsplit,
                                             value_head=True))
     cap = capacity_bytes(req)
-    for mode in M.RECOMPUTE_MODES:  # lightest recompute that fits
+    for mode in [req.fixed["recompute"]] if "recompute" in req.fixed else M.RECOMPUTE_MODES:  # lightest that fits
         if mem.total(mode) <= cap:
             lay.recompute = mode
             break
@@ -184,73 +244,127 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
                       **{f"act_{k}": v / M.GIB for k, v in acts.items()},
                       **{f"total_{k}": mem.total(k) / M.GIB for k in M.RECOMPUTE_MODES},
                       "capacity": cap / M.GIB}
-    if not lay.recompute:
+    if not lay.recompute and "recompute" in req.fixed:
+        lay.reasons.append(f"needs {mem.total(req.fixed['recompute']) / M.GIB:.1f} GiB/GPU with the pinned "
+                           f"recompute={req.fixed['recompute']} > {cap / M.GIB:.1f} GiB usable on {gpu.name}")
+    elif not lay.recompute:
         lay.reasons.append(f"needs {mem.total('full') / M.GIB:.1f} GiB/GPU even with full recompute "
                            f"(state {mem.state() / M.GIB:.1f} GiB) > {cap / M.GIB:.1f} GiB usable on {gpu.name}")
     if lay.reasons:
         return lay
-    tokens = seqs * req.seq
-    fpt = T.flops_per_token(preset, req.seq)
-    flops = tokens * fpt
-    if req.stage == "dpo":
-        flops += tokens * fpt / 3  # reference forward
+    fpt = T.flops_per_token(preset, attn_len)
+    flops, fwd_only = tokens * fpt, 0.0  # trained passes (recompute applies) and forward-only passes
+    if req.stage == "dpo" and req.reference_model:
+        fwd_only += tokens * fpt / 3  # reference forward
     if req.stage == "rlvr":
-        flops += tokens * fpt / 3 * (2 if req.reference_model else 1)  # old log-probs (+ reference) forward
+        fwd_only += tokens * fpt / 3 * (2 if req.reference_model else 1)  # old log-probs (+ reference) forward
         if vpreset is not None:
-            flops += tokens * T.flops_per_token(vpreset, req.seq) * 4 / 3  # value fwd+bwd + value fwd
-    comm = T.comm_volume(preset, seq=req.seq, micro_batch=req.micro_batch, num_microbatches=m, tp=tp, pp=pp, cp=cp,
+            vfpt = T.flops_per_token(vpreset, attn_len)
+            flops += tokens * vfpt  # value fwd+bwd
+            fwd_only += tokens * vfpt / 3  # value forward for the advantages
+    comm = T.comm_volume(preset, seq=row, micro_batch=mb, num_microbatches=m, tp=tp, pp=pp, cp=cp,
                          dp=dp, recompute=lay.recompute, grad_dtype_bytes=req.grad_dtype_bytes)
+    comm = {k: v * opt_steps for k, v in comm.items()}  # every optimizer step repeats them
     lay.time_s = T.train_step_time(flops, trainer_gpus, gpu, req.mfu, comm, tp=tp, pp=pp, cp=cp, num_microbatches=m,
                                    gpus_per_node=req.gpus_per_node, recompute=lay.recompute, fp8=req.fp8,
-                                   overlap=req.overlap, vpp=req.vpp)
+                                   overlap=req.overlap, vpp=req.vpp, forward_only_flops=fwd_only)
+    if req.reference_on_host and ref_bytes:
+        lay.time_s["ref_swap_s"] = 2.0 * ref_bytes / (gpu.host_link_gbps * 1e9)
+        lay.time_s["total_s"] += lay.time_s["ref_swap_s"]
     lay.time_s["comm_bytes_per_gpu"] = comm
+    lay.time_s["tokens"] = tokens
+    lay.time_s["optimizer_steps"] = opt_steps
+    lay.time_s["microbatches_per_optimizer_step"] = m
     lay.feasible = True
     return lay
 
 
+def _sequence_tokens(req: PlanRequest) -> tuple[float, float]:
+    """(mean tokens the trainer computes per sequence, length for per-token attention FLOPs). Padded rows: ``seq``
+    both. Packed: RLVR prompt + the response distribution's mean (attention at E[s^2]/E[s]); other stages
+    ``mean_seq_len``."""
+    if not req.packed():
+        return float(req.seq), float(req.seq)
+    if req.stage == "rlvr":
+        return T.packed_seq_stats(req.prompt_len, req.response_dist())
+    n = float(req.mean_seq_len or req.seq)
+    return n, n
+
+
 def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_engines: int, tp: int, pp: int, cp: int) -> Layout:
-    """Engines on ``engine_tp * num_engines`` GPUs, trainers on the rest; step = generate + train + sync."""
+    """Disaggregated: engines on ``engine_tp * num_engines`` GPUs, trainers on the rest. Colocated: an engine on
+    every trainer GPU (``engine_tp * num_engines == gpus``). Step = generate + train + sync, or, one-step
+    off-policy, max(generate, train) + sync."""
     gpu = get_gpu(req.gpu)
+    colocated = req.placement == "colocated"
     engine_gpus = engine_tp * num_engines
-    trainer_gpus = req.gpus - engine_gpus
+    trainer_gpus = req.gpus if colocated else req.gpus - engine_gpus
+    if colocated and engine_gpus != req.gpus:
+        lay = Layout(tp=tp, pp=pp, cp=cp, dp=0, trainer_gpus=trainer_gpus, engine_tp=engine_tp, num_engines=num_engines,
+                     placement=req.placement)
+        lay.reasons.append(f"colocated engines must cover all {req.gpus} GPUs, {num_engines} x TP{engine_tp} = "
+                           f"{engine_gpus}")
+        return lay
     if trainer_gpus < 1:
-        lay = Layout(tp=tp, pp=pp, cp=cp, dp=0, trainer_gpus=trainer_gpus, engine_tp=engine_tp, num_engines=num_engines)
+        lay = Layout(tp=tp, pp=pp, cp=cp, dp=0, trainer_gpus=trainer_gpus, engine_tp=engine_tp, num_engines=num_engines,
+                     placement=req.placement)
         lay.reasons.append(f"engines use {engine_gpus} of {req.gpus} GPUs, none left to train")
         return lay
     lay = evaluate_trainer(req, preset, trainer_gpus, tp, pp, cp)
-    lay.engine_tp, lay.num_engines = engine_tp, num_engines
+    lay.engine_tp, lay.num_engines, lay.placement = engine_tp, num_engines, req.placement
     if preset.num_attention_heads % engine_tp:
         lay.reasons.append(f"engine TP{engine_tp} does not divide {preset.num_attention_heads} heads")
     if engine_tp > req.gpus_per_node and engine_tp % req.gpus_per_node:
         lay.reasons.append(f"engine TP{engine_tp} spans nodes unevenly ({req.gpus_per_node} GPUs/node)")
     if engine_tp < req.gpus_per_node and req.gpus_per_node % engine_tp:
         lay.reasons.append(f"engine TP{engine_tp} does not tile a {req.gpus_per_node}-GPU node")
-    em = M.engine_memory(preset, engine_tp, gpu.memory_bytes, req.prompt_len + req.response_len,
-                         req.gpu_memory_utilization)
+    dist = req.response_dist()
+    full_len = req.prompt_len + int(dist.hi)
+    frac = req.gpu_memory_utilization
+    offload = 0.0
+    if colocated and lay.memory_gib:
+        # While the engine generates, the trainer's state stays resident (all of it, or its bf16 weights and frozen
+        # reference when grads + optimizer go to host); vLLM gets at most what is left.
+        gib = lay.memory_gib
+        offload = (gib["grads"] + gib["optimizer"] + gib["value_model"]) * M.GIB if req.offload_trainer else 0.0
+        resident = sum(gib[k] for k in ("weights", "grads", "optimizer", "frozen_ref", "value_model")) * M.GIB - offload
+        room = (capacity_bytes(req) - resident) / gpu.memory_bytes
+        if room < frac:
+            lay.notes.append(f"colocated: the trainer keeps {resident / M.GIB:.1f} GiB resident while generating, so vLLM "
+                             f"gets {max(room, 0):.2f} of the GPU, not gpu_memory_utilization={frac:g}"
+                             + ("" if req.offload_trainer else " (--offload-trainer frees grads and optimizer)"))
+            frac = max(room, 0.0)
+    em = M.engine_memory(preset, engine_tp, gpu.memory_bytes, full_len, frac,
+                         runtime_overhead_bytes=EFFICIENCY.engine_runtime_overhead_gib * M.GIB)
     lay.engine_gib = {"weights": em.weights / M.GIB, "kv_cache": em.kv_cache / M.GIB, "kv_tokens": em.kv_tokens,
-                      "max_concurrent_seqs": em.max_concurrent_seqs}
-    if em.max_concurrent_seqs < 1:
+                      "max_concurrent_seqs": em.max_concurrent_seqs, "memory_fraction": frac}
+    if em.kv_tokens < full_len:
         lay.reasons.append(f"vLLM TP{engine_tp}: weights {em.weights / M.GIB:.1f} GiB/GPU leave no KV cache for one "
-                           f"{req.prompt_len + req.response_len}-token sequence at gpu_memory_utilization="
-                           f"{req.gpu_memory_utilization}")
+                           f"{full_len}-token sequence at gpu_memory_utilization={frac:.2f}")
     if lay.reasons:
         lay.feasible = False
         return lay
     gen = T.generation_time(preset, gpu, engine_tp=engine_tp, num_engines=num_engines, num_sequences=req.global_batch,
                             prompt_len=req.prompt_len, response_len=req.response_len,
-                            max_concurrent_seqs=em.max_concurrent_seqs, gpus_per_node=req.gpus_per_node)
-    sync = T.weight_sync_time(preset, gpu, tp, pp, cross_node=req.gpus > req.gpus_per_node)
+                            max_concurrent_seqs=em.max_concurrent_seqs, gpus_per_node=req.gpus_per_node,
+                            response_dist=dist, kv_tokens=em.kv_tokens)
+    if colocated:
+        sync = T.colocated_sync_time(preset, gpu, engine_tp=engine_tp, trainer_tp=tp, trainer_pp=pp,
+                                     offload_bytes_per_gpu=offload, sleep_level=req.sleep_level)
+    else:
+        sync = T.weight_sync_time(preset, gpu, tp, pp, cross_node=req.gpus > req.gpus_per_node)
     train = lay.time_s["total_s"]
+    total = (max(gen["total_s"], train) if req.off_policy else gen["total_s"] + train) + sync["total_s"]
     lay.time_s = {"generate_s": gen["total_s"], "train_s": train, "weight_sync_s": sync["total_s"],
                   "train_detail": lay.time_s, "generate_detail": gen, "sync_detail": sync,
-                  "total_s": gen["total_s"] + train + sync["total_s"]}
+                  "off_policy": req.off_policy, "total_s": total}
     return lay
 
 
 def _finish(req: PlanRequest, lay: Layout) -> Layout:
     if lay.feasible:
         seqs = req.global_batch * (2 if req.stage in ("dpo", "rm") else 1)  # a pair is two sequences
-        lay.tokens_per_s_per_gpu = seqs * req.seq / lay.time_s["total_s"] / req.gpus
+        lay.tokens_per_s_per_gpu = seqs * _sequence_tokens(req)[0] / lay.time_s["total_s"] / req.gpus
     return lay
 
 
@@ -274,8 +388,10 @@ def enumerate_layouts(req: PlanRequest) -> list[Layout]:
         etps = [fx.get("engine_tp") or req.engine_tp] if (fx.get("engine_tp") or req.engine_tp) else [1, 2, 4, 8, 16]
         nes = [fx.get("num_engines") or req.num_engines] if (fx.get("num_engines") or req.num_engines) else [1, 2, 4, 8]
         for etp in etps:
-            for ne in nes:
-                rest = req.gpus - etp * ne
+            for ne in ([req.gpus // etp] if req.placement == "colocated" else nes):
+                if req.placement == "colocated" and (req.gpus % etp or ne < 1):
+                    continue
+                rest = req.gpus if req.placement == "colocated" else req.gpus - etp * ne
                 for tp in tps:
                     for pp in pps:
                         for cp in cps:

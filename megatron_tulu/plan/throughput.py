@@ -1,10 +1,16 @@
 """FLOPs, communication volume and step-time estimates.
 
-Compute time is ``model FLOPs / (GPUs x peak x MFU)``. The MFU is an assumption (default 0.40, inside the
-41-48 % Megatron-LM reports for BF16 at scale) that :func:`load_calibration` replaces with the median MFU of
+Compute time is ``model FLOPs / (GPUs x peak x MFU)``. The MFU is an assumption
+(:data:`megatron_tulu.plan.hardware.EFFICIENCY`) that :func:`load_calibration` replaces with the median MFU of
 measured runs (``benchmarks/train_throughput.py --json-out`` writes that file). Communication that megatron
 does not overlap (TP collectives, PP sends) is added in full; DP/CP traffic is added times
 ``(1 - overlap)``. Bus bandwidths come from :mod:`megatron_tulu.plan.hardware`.
+
+Generation (:func:`generation_time`) is a decode-time model: every decode step streams the engine GPU's weight
+shard and the live KV cache from HBM (or, at large batches, is bound by the GEMM FLOPs), the batch is what the KV
+budget holds, and the engine runs until its longest response ends (:class:`LengthDist` gives the lengths).
+Weight sync is bytes over NVLink/InfiniBand (:func:`weight_sync_time`) or, for an engine on the trainer's own GPUs,
+a CUDA IPC copy plus the host traffic of sleeping and waking (:func:`colocated_sync_time`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ import math
 import statistics
 from pathlib import Path
 
-from megatron_tulu.models.presets import LlamaPreset
-from megatron_tulu.plan.hardware import GPUSpec
-from megatron_tulu.plan.memory import params_per_gpu, stage_layers
+import random
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
-DEFAULT_MFU = 0.40
+from megatron_tulu.models.presets import LlamaPreset
+from megatron_tulu.plan.hardware import EFFICIENCY, Efficiencies, GPUSpec
+from megatron_tulu.plan.memory import kv_cache_bytes_per_token, params_per_gpu, stage_layers
+
+DEFAULT_MFU = EFFICIENCY.train_mfu
 
 
 def flops_per_token(preset: LlamaPreset, seq: int, causal: bool = True) -> float:
@@ -100,16 +110,18 @@ def comm_volume(
 def train_step_time(
     flops_total: float, gpus: int, gpu: GPUSpec, mfu: float, comm: dict, *, tp: int, pp: int, cp: int,
     num_microbatches: int, gpus_per_node: int, recompute: str, fp8: bool = False, overlap: float = 0.7,
-    vpp: int = 1,
+    vpp: int = 1, forward_only_flops: float = 0.0,
 ) -> dict:
     """Seconds per optimizer step, split into compute, pipeline bubble and exposed communication.
 
     ``flops_total`` is model FLOPs for the whole step over all GPUs. Full recompute costs one more forward
-    (x 4/3); FP8 doubles the peak but the MFU assumption still applies to the BF16-measured efficiency.
+    (x 4/3) of the trained passes; ``forward_only_flops`` (log-prob / reference forwards, no backward, so
+    nothing to recompute) are added without it. FP8 doubles the peak but the MFU assumption still applies to the
+    BF16-measured efficiency.
     """
     peak = (gpu.fp8_tflops if fp8 and gpu.fp8_tflops else gpu.bf16_tflops) * 1e12
     extra = 4.0 / 3.0 if recompute == "full" else 1.0
-    compute = flops_total * extra / (gpus * peak * mfu)
+    compute = (flops_total * extra + forward_only_flops) / (gpus * peak * mfu)
     bubble = compute * (pp - 1) / (num_microbatches * vpp)
     intra, inter = gpu.intra_node_busbw_gbps * 1e9, gpu.inter_node_busbw_gbps * 1e9
     # TP stays inside a node by construction; PP/CP/DP cross nodes once the groups below them fill one.
@@ -137,26 +149,185 @@ def weight_sync_time(preset: LlamaPreset, gpu: GPUSpec, trainer_tp: int, trainer
     return {"bytes": total, "gather_s": gather, "broadcast_s": bcast, "total_s": gather + bcast}
 
 
+@dataclass(frozen=True)
+class LengthDist:
+    """Response lengths of a step's rollouts: ``fixed`` (every one ``hi``), ``uniform`` on [lo, hi], or ``exp``:
+    an exponential truncated at ``hi`` whose mean (after truncation) is ``mean`` (long-tailed, as reasoning
+    rollouts are). Parsed from ``fixed:N``, ``uniform:LO:HI``, ``exp:MEAN:MAX`` or ``MEAN:MAX`` (= exp)."""
+
+    kind: str
+    lo: float
+    hi: float
+    mean_target: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LengthDist":
+        parts = text.split(":")
+        try:
+            if parts[0] in ("fixed", "uniform", "exp"):
+                kind, nums = parts[0], [float(x) for x in parts[1:]]
+            else:
+                kind, nums = "exp", [float(x) for x in parts]
+            if kind == "fixed" and len(nums) == 1:
+                d = cls("fixed", nums[0], nums[0])
+            elif kind == "uniform" and len(nums) == 2:
+                d = cls("uniform", nums[0], nums[1])
+            elif kind == "exp" and len(nums) == 2:
+                d = cls("exp", 0.0, nums[1], nums[0])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"response length distribution {text!r}: use fixed:N, uniform:LO:HI, exp:MEAN:MAX or "
+                             "MEAN:MAX") from None
+        if not (0 <= d.lo <= d.hi and d.hi >= 1) or (d.kind == "exp" and not 0 < d.mean_target < d.hi / 2):
+            raise ValueError(f"response length distribution {text!r}: need 0 <= LO <= HI, HI >= 1 and, for exp, "
+                             "0 < MEAN < MAX/2")
+        return d
+
+    @cached_property
+    def _rate(self) -> float:
+        """exp: the rate whose truncated mean is ``mean_target`` (bisection; the mean falls as the rate grows)."""
+        lo, hi = 1e-9, 50.0 / self.mean_target
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self._exp_mean(mid) > self.mean_target else (lo, mid)
+        return (lo + hi) / 2
+
+    def _exp_mean(self, lam: float) -> float:
+        m = self.hi
+        return 1 / lam - m * math.exp(-lam * m) / (1 - math.exp(-lam * m))
+
+    def quantile(self, u: float) -> float:
+        if self.kind == "fixed":
+            return self.hi
+        if self.kind == "uniform":
+            return self.lo + u * (self.hi - self.lo)
+        lam = self._rate
+        return -math.log(1 - u * (1 - math.exp(-lam * self.hi))) / lam
+
+    def sample(self, n: int) -> list[int]:
+        """``n`` lengths at the quantiles (i + 1/2)/n (deterministic; their max is near the expected max of n draws)."""
+        return list(_sample_cached(self, n))
+
+    @property
+    def mean(self) -> float:
+        return {"fixed": self.hi, "uniform": (self.lo + self.hi) / 2}.get(self.kind, self.mean_target)
+
+    @cached_property
+    def mean_sq(self) -> float:
+        """E[r^2] (numerically for exp)."""
+        if self.kind == "fixed":
+            return self.hi**2
+        if self.kind == "uniform":
+            return (self.lo**2 + self.lo * self.hi + self.hi**2) / 3
+        xs = self.sample(4000)
+        return sum(x * x for x in xs) / len(xs)
+
+
+@lru_cache(maxsize=64)
+def _sample_cached(dist: LengthDist, n: int) -> tuple[int, ...]:
+    return tuple(max(1, round(dist.quantile((i + 0.5) / n))) for i in range(n))
+
+
+def packed_seq_stats(prompt_len: float, dist: LengthDist) -> tuple[float, float]:
+    """(mean tokens per sequence, token-weighted mean sequence length E[s^2]/E[s]) for s = prompt + response.
+    The second is the length that makes per-token attention FLOPs of packed rows (each token attends within its
+    own sequence) come out right."""
+    mean = prompt_len + dist.mean
+    mean_sq = prompt_len**2 + 2 * prompt_len * dist.mean + dist.mean_sq
+    return mean, mean_sq / mean
+
+
+def decode_step_time(preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, live_seqs: int, context_tokens: float,
+                     gpus_per_node: int = 8, eff: Efficiencies = EFFICIENCY) -> float:
+    """Seconds of one decode step on an engine of ``engine_tp`` GPUs with ``live_seqs`` sequences holding
+    ``context_tokens`` tokens of KV in all. Roofline: HBM bytes (weight shard + live KV) / (bandwidth x
+    efficiency) or GEMM + attention FLOPs / (peak x efficiency), whichever is larger, plus 2 TP all-reduces per
+    layer (latency-bound) and a fixed per-step overhead."""
+    weights = 2.0 * preset.param_count() / engine_tp
+    kv = kv_cache_bytes_per_token(preset, engine_tp) * context_tokens
+    t_mem = (weights + kv) / (gpu.hbm_gbps * 1e9 * eff.hbm_efficiency)
+    n_matmul = preset.param_count() - preset.vocab_size * preset.hidden_size * (0 if preset.tie_embeddings else 1)
+    attn = 4.0 * preset.num_layers * preset.num_attention_heads * preset.head_dim * context_tokens
+    t_flop = (2.0 * n_matmul * live_seqs + attn) / engine_tp / (gpu.bf16_tflops * 1e12 * eff.decode_compute_efficiency)
+    lat = gpu.collective_latency_s * (2 if engine_tp > gpus_per_node else 1)
+    t_tp = 2 * preset.num_layers * lat if engine_tp > 1 else 0.0
+    return max(t_mem, t_flop) + t_tp + eff.decode_step_overhead_s
+
+
+def _decode_schedule(lengths: tuple[int, ...], concurrency: int, chunk: int = 16) -> list[tuple[int, int, float]]:
+    """Continuous batching of ``lengths`` (in admission order) through ``concurrency`` slots, in chunks of at most
+    ``chunk`` decode steps: a list of (steps, live sequences, generated tokens summed over them at mid-chunk)."""
+    queue, active, out = list(reversed(lengths)), [], []
+    while queue or active:
+        while queue and len(active) < concurrency:
+            active.append([0, queue.pop()])
+        adv = min(chunk, min(t - g for g, t in active))
+        out.append((adv, len(active), sum(g for g, _ in active) + len(active) * adv / 2))
+        for a in active:
+            a[0] += adv
+        active = [a for a in active if a[0] < a[1]]
+    return out
+
+
+@lru_cache(maxsize=256)
+def _schedule_cached(lengths: tuple[int, ...], concurrency: int) -> tuple:
+    return tuple(_decode_schedule(lengths, concurrency))
+
+
 def generation_time(
     preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, num_engines: int, num_sequences: int, prompt_len: int,
-    response_len: int, max_concurrent_seqs: int, gpus_per_node: int, hbm_efficiency: float = 0.6,
-    prefill_mfu: float = 0.4, max_num_seqs: int = 256,
+    response_len: int, max_concurrent_seqs: int, gpus_per_node: int, response_dist: LengthDist | None = None,
+    kv_tokens: int = 0, eff: Efficiencies = EFFICIENCY, max_num_seqs: int = 0,
 ) -> dict:
-    """Seconds for the engines to generate ``num_sequences`` responses (memory-bound decode model).
+    """Seconds for ``num_engines`` engines to generate ``num_sequences`` responses (decode-time model).
 
-    Each decode step reads the engine GPU's weight shard plus the live KV once from HBM and does 2 TP
-    all-reduces per layer (latency-bound at these sizes). Sequences beyond what the KV cache (or vLLM's
-    ``max_num_seqs``) holds run in further rounds.
+    Each engine takes ``ceil(num_sequences / num_engines)`` prompts. Its batch is what the KV budget holds at
+    prompt + mean response (``kv_tokens``; else ``max_concurrent_seqs``, the count at full length), capped by
+    vLLM's ``max_num_seqs``; further sequences join as others finish (continuous batching). Response lengths come
+    from ``response_dist`` (default: all ``response_len``), so the engine decodes until its longest one ends, the
+    batch thinning as the short ones finish. Prefill is the prompts' forward FLOPs at ``prefill_mfu``.
     """
+    dist = response_dist or LengthDist("fixed", response_len, response_len)
+    cap = max_num_seqs or eff.max_num_seqs
     per_engine = math.ceil(num_sequences / num_engines)
-    conc = max(1, min(max_concurrent_seqs, max_num_seqs, per_engine))
-    rounds = math.ceil(per_engine / conc)
-    w = 2.0 * preset.param_count() / engine_tp
-    kv_tok = 2 * preset.num_layers * max(1, preset.num_query_groups // engine_tp) * preset.head_dim * 2
-    kv_live = conc * (prompt_len + response_len / 2) * kv_tok
-    lat = gpu.collective_latency_s * (2 if engine_tp > gpus_per_node else 1)
-    step = (w + kv_live) / (gpu.hbm_gbps * 1e9 * hbm_efficiency) + (2 * preset.num_layers * lat if engine_tp > 1 else 0)
-    decode = rounds * response_len * step
-    prefill = 2.0 * preset.param_count() * per_engine * prompt_len / (engine_tp * gpu.bf16_tflops * 1e12 * prefill_mfu)
-    return {"rounds": rounds, "concurrency": conc, "decode_step_s": step, "decode_s": decode, "prefill_s": prefill,
+    fit = kv_tokens // max(1, round(prompt_len + dist.mean)) if kv_tokens else max_concurrent_seqs
+    conc = max(1, min(fit, cap, per_engine))
+    lengths = dist.sample(per_engine)
+    random.Random(0).shuffle(lengths)  # FCFS admission of a representative mix of short and long
+    decode, steps = 0.0, 0
+    for adv, live, gen_sum in _schedule_cached(tuple(lengths), conc):
+        ctx = live * prompt_len + gen_sum
+        decode += adv * decode_step_time(preset, gpu, engine_tp=engine_tp, live_seqs=live, context_tokens=ctx,
+                                         gpus_per_node=gpus_per_node, eff=eff)
+        steps += adv
+    n_matmul = preset.param_count() - preset.vocab_size * preset.hidden_size * (0 if preset.tie_embeddings else 1)
+    prefill_flops = per_engine * prompt_len * (2.0 * n_matmul + 2.0 * preset.num_layers * prompt_len * preset.hidden_size)
+    prefill = prefill_flops / (engine_tp * gpu.bf16_tflops * 1e12 * eff.prefill_mfu)
+    return {"per_engine": per_engine, "concurrency": conc, "rounds": math.ceil(per_engine / conc),
+            "decode_steps": steps, "max_response": max(lengths), "mean_response": dist.mean,
+            "decode_step_s": decode / max(steps, 1), "decode_s": decode, "prefill_s": prefill,
             "total_s": decode + prefill}
+
+
+def colocated_sync_time(preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, trainer_tp: int, trainer_pp: int,
+                        offload_bytes_per_gpu: float = 0.0, sleep_level: int = 1,
+                        eff: Efficiencies = EFFICIENCY) -> dict:
+    """Seconds per step of switching a colocated GPU between training and generation.
+
+    The engine's weights come from the trainer on the same GPUs by CUDA IPC: gather full tensors over the
+    trainer's TP x PP group on NVLink when its sharding differs from the engine's, then one device copy (read +
+    write of the engine shard at HBM speed). Sleep level 1 also moves the engine's weights to host and back each
+    step (level 2 drops them: the sync refills them). ``offload_bytes_per_gpu`` of trainer state (grads,
+    optimizer) leaves for the host before generation and comes back after it.
+    """
+    total = 2.0 * preset.param_count()
+    shard = total / engine_tp
+    mp = trainer_tp * trainer_pp
+    gather = 0.0 if mp == engine_tp and trainer_pp == 1 else total * (mp - 1) / mp / (gpu.intra_node_busbw_gbps * 1e9)
+    ipc = 2.0 * shard / (gpu.hbm_gbps * 1e9 * eff.hbm_efficiency)
+    host = gpu.host_link_gbps * 1e9
+    sleep = 2.0 * shard / host if sleep_level == 1 else 0.0
+    offload = 2.0 * offload_bytes_per_gpu / host
+    return {"bytes": total, "gather_s": gather, "ipc_copy_s": ipc, "engine_sleep_wake_s": sleep,
+            "trainer_offload_s": offload, "total_s": gather + ipc + sleep + offload}
