@@ -2,6 +2,7 @@
 
 - :mod:`.base`: ``SamplingConfig``, ``Generation``, ``RolloutEngine`` (the interface the RLVR driver uses)
 - :mod:`.factory`: ``make_engine(kind, model_dir, ...)``, the one factory every caller starts engines with
+- :mod:`.colocated`: ``ColocatedEngineGroup`` (engines on the trainer ranks' own GPUs; sleep/wake, IPC weight sync)
 - :mod:`.ray_engines`: ``RayEngineGroup`` (engines as Ray actors in a placement group)
 - :mod:`.torch_engine`: ``TorchEngine`` (transformers + KV cache; no vLLM needed)
 - :mod:`.vllm_engine`: ``VLLMEngine`` (imports vLLM lazily, inside the class)

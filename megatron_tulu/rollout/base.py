@@ -82,6 +82,16 @@ def check_prompts(prompt_token_ids: list[list[int]], vocab_size: int | None = No
                 raise ValueError(f"prompt_token_ids[{i}] has ids outside [0, {vocab_size}): {bad[:5]}")
 
 
+def prompt_chunks(num_prompts: int, num_engines: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` prompt ranges, one per engine (ceil-sized, empty ones dropped), as engine groups split
+    a batch. An engine given chunk ``[lo, hi)`` with seed ``seed + lo`` samples what one engine would: both engines
+    seed prompt ``i`` of their batch with ``seed + i``."""
+    if num_engines < 1:
+        raise ValueError(f"num_engines must be >= 1, got {num_engines}")
+    per = max(1, -(-num_prompts // num_engines))
+    return [(lo, min(lo + per, num_prompts)) for lo in range(0, num_prompts, per)][:num_engines]
+
+
 class RolloutEngine(abc.ABC):
     """A sampler the RLVR driver talks to. Implementations hold one copy of the policy weights."""
 

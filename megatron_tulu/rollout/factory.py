@@ -35,7 +35,7 @@ def resolve_engine_kind(kind: str) -> str:
 def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "float32", seed: int = 0,
                 memory_fraction: float = 0.9, sleep_level: int = 0, sync_bucket_bytes: int = 64 * 2**20,
                 placement: str = "local", num_engines: int = 1, timeout_s: float = 1800.0,
-                **vllm_kwargs) -> RolloutEngine:
+                events_path: str | Path | None = None, **vllm_kwargs) -> RolloutEngine:
     """Start the rollout engine(s) serving the HF checkpoint in ``model_dir``.
 
     Args:
@@ -48,10 +48,13 @@ def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "
         memory_fraction: vLLM's ``gpu_memory_utilization``.
         sleep_level: vLLM sleep mode used by ``sleep()`` (0 off, 1, 2).
         sync_bucket_bytes: weight-sync bucket size.
-        placement: ``local`` (in this process) or ``ray`` (``num_engines`` Ray actors in a placement group on
-            the cluster at ``$RAY_ADDRESS``, else on a local Ray).
-        num_engines: engines behind one ``RolloutEngine`` (``ray`` only).
-        timeout_s: bound on every Ray call and weight-sync collective (``ray`` only).
+        placement: ``local`` (in this process), ``ray`` (``num_engines`` Ray actors in a placement group on
+            the cluster at ``$RAY_ADDRESS``, else on a local Ray) or ``colocated`` (``num_engines`` engines whose
+            workers share the trainer ranks' GPUs, engine g on those of ranks ``[g*tp, (g+1)*tp)``; front-ends in this
+            process, weight sync by IPC handle on this GPU, :mod:`megatron_tulu.rollout.colocated`).
+        num_engines: engines behind one ``RolloutEngine`` (``ray`` and ``colocated``).
+        timeout_s: bound on every Ray call and weight-sync collective (``ray`` and ``colocated``).
+        events_path: ``colocated``: a JSON line per generate/sleep/wake/update_weights call is appended there.
         vllm_kwargs: further ``VLLMEngine`` arguments (e.g. ``max_model_len``, ``kv_cache_memory_bytes``).
     """
     kind = resolve_engine_kind(kind)
@@ -64,8 +67,13 @@ def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "
 
         return start_ray_engines(kind, model_dir, num_engines, tp, kwargs, timeout_s=timeout_s,
                                  sync_bucket_bytes=sync_bucket_bytes)
+    if placement == "colocated":
+        from megatron_tulu.rollout.colocated import start_colocated_engines
+
+        return start_colocated_engines(kind, model_dir, num_engines, tp, kwargs, timeout_s=timeout_s,
+                                       sync_bucket_bytes=sync_bucket_bytes, events_path=events_path)
     if placement != "local":
-        raise ValueError(f"engine placement must be local|ray, got {placement!r}")
+        raise ValueError(f"engine placement must be local|ray|colocated, got {placement!r}")
     if num_engines != 1:
         raise ValueError(f"num_engines={num_engines}: more than one engine needs placement=ray")
     return build_local_engine(kind, model_dir, kwargs)

@@ -3,7 +3,9 @@
 vLLM mixes this class into each of its workers when the engine is built with
 ``worker_extension_cls="megatron_tulu.rollout.vllm_worker_ext.WeightSyncWorkerExtension"``; its methods are
 then callable with ``LLM.collective_rpc(name, args=...)``. Only control messages travel by RPC (msgpack turns
-tensors into lists); tensor bytes travel by broadcast on the stateless group.
+tensors into lists); tensor bytes travel by broadcast on the stateless group, or, for a worker on the trainer's own
+device (colocated engines), are copied out of the trainer's bucket through an IPC handle
+(``weight_sync.IpcChannel``); after that copy both paths load alike.
 
 Why validation happens here and up front: a failed ``reload_weights`` leaves the model on meta tensors and
 the next generate kills the engine, so names, shapes and dtypes are checked against the checkpoint this
@@ -23,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.rollout.weight_sync import BucketReceiver, TensorMeta, init_stateless_group, local_nccl_version
+from megatron_tulu.rollout.weight_sync import (
+    BucketReceiver,
+    TensorMeta,
+    device_key,
+    init_stateless_group,
+    local_nccl_version,
+)
 
 # HF names vLLM's loaders skip on purpose; harmless to send
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -99,21 +107,34 @@ class WeightSyncWorkerExtension:
         return groups[key]
 
     def weight_sync_versions(self, backend: str) -> dict:
-        """This worker's rank, NCCL version (None unless ``backend`` is nccl with CUDA) and torch version, for
-        the trainer's handshake before the group forms (``WeightSyncGroup.check_nccl_versions``)."""
+        """This worker's rank, NCCL version (None unless ``backend`` is nccl with CUDA), torch version and device
+        (``weight_sync.device_key``: who shares the trainer's device), for the trainer's handshake before the group
+        forms (``WeightSyncGroup.check_nccl_versions``)."""
         # plain str: vLLM's msgpack refuses torch's TorchVersion (and the engine core's output thread dies of it)
-        return {"rank": int(self.rank), "nccl": local_nccl_version(backend), "torch": str(torch.__version__)}
+        return {"rank": int(self.rank), "nccl": local_nccl_version(backend), "torch": str(torch.__version__),
+                "device": device_key()}
 
-    def weight_sync_init(self, key: str, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float):
-        """Join the trainer's stateless group as rank ``rank_offset + self.rank``; returns the rank or an error."""
-        rank = int(rank_offset) + int(self.rank)
+    def weight_sync_init(self, key: str, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                         timeout_s: float, plan: dict | None = None):
+        """Join the trainer's stateless group as rank ``rank_offset + self.rank``; returns the rank or an error.
+
+        ``plan`` (``WeightSyncGroup(ipc=True)``): ``{str(worker rank): [transport, port, rank, world, backend]}``;
+        this worker joins the group its entry names instead: ``broadcast``, or ``ipc`` (rank 0 hands each bucket
+        over by IPC handle, ``weight_sync.IpcChannel``)."""
+        transport, rank = "broadcast", int(rank_offset) + int(self.rank)
+        if plan is not None:
+            entry = plan.get(str(int(self.rank)))
+            if entry is None:
+                return f"error: WeightSyncError: worker rank {self.rank} is missing from the sync plan"
+            transport, port, rank, world_size, backend = entry[0], int(entry[1]), int(entry[2]), int(entry[3]), str(entry[4])
         try:
             group = init_stateless_group(host, int(port), rank, int(world_size), backend, float(timeout_s))
         except Exception as e:
             return f"error: {type(e).__name__}: {e}"
         if not hasattr(self, "_ws_groups"):
             self._ws_groups = {}
-        self._ws_groups[key] = {"group": group, "backend": backend, "timeout_s": float(timeout_s), "metas": None}
+        self._ws_groups[key] = {"group": group, "backend": backend, "timeout_s": float(timeout_s), "metas": None,
+                                "ipc": transport == "ipc"}
         return rank
 
     def weight_sync_set_metadata(self, key: str, wire: list, bucket_bytes: int) -> list[str]:
@@ -147,8 +168,10 @@ class WeightSyncWorkerExtension:
             st = self._ws_state(key)
             if st["metas"] is None:
                 raise RuntimeError("weight_sync_receive before accepted metadata (weight_sync_set_metadata)")
-            device = self.device if st["backend"] == "nccl" else torch.device("cpu")
-            receiver = BucketReceiver(st["group"], st["metas"], st["bucket_bytes"], device, st["timeout_s"])
+            ipc = st.get("ipc", False)
+            on_device = st["backend"] == "nccl" or (ipc and torch.cuda.is_available())
+            device = self.device if on_device else torch.device("cpu")  # IPC: copied out on this worker's GPU
+            receiver = BucketReceiver(st["group"], st["metas"], st["bucket_bytes"], device, st["timeout_s"], ipc=ipc)
         except Exception as e:  # nothing loaded: the old weights stay in place
             return f"error: {type(e).__name__}: {e}"
         n = len(st["metas"])

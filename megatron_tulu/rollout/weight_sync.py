@@ -26,13 +26,25 @@ next sync, which forms a fresh group, resends the metadata and the full set of t
 Every collective and RPC has a timeout; expiry, or a peer that vanished, raises :class:`WeightSyncTimeout`.
 On NCCL the process group's own timeout is longer than that wait (:func:`group_timeout_s`) and the group is
 aborted when the wait expires, so the error is ours and not the NCCL watchdog taking the process down.
+
+Same-device workers (``WeightSyncGroup(ipc=True)``, the colocated placement, :mod:`.colocated`): NCCL refuses two
+ranks on one GPU, so a worker on the trainer's own device is no rank of the broadcast group. It joins a small gloo
+group instead (:class:`IpcChannel`) over which rank 0 sends, per bucket, an IPC handle of the very bucket buffer
+it packed (``torch.multiprocessing.reductions.reduce_tensor``: a CUDA IPC handle on GPU, a shared-memory file on
+CPU, :func:`share_tensor`), the worker copies the bucket out of it and acknowledges, and the sender reuses the
+buffer for the next bucket: bucketed and streamed exactly as the broadcast, the same receiver and loader after the
+copy. Workers on other devices stay on the broadcast; one sync may use both (engine TP > 1 across GPUs).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import math
+import pickle
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -154,8 +166,10 @@ def bucket_nbytes(metas: Sequence[TensorMeta], bucket: list[tuple[int, int]]) ->
 class BucketSender:
     """Trainer side (rank 0): packs tensors into byte buckets and broadcasts them."""
 
-    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float):
+    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float,
+                 ipc: IpcChannel | None = None):
         self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
+        self.ipc = ipc  # same-device workers: each bucket handed over by IPC handle (pg may then be None)
         self.plan = plan_buckets(self.metas, bucket_bytes)
 
     def pack(self, tensors: Iterable[torch.Tensor | tuple[str, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
@@ -190,7 +204,11 @@ class BucketSender:
         """
         total = 0
         for b, buf in self.pack(tensors):
-            broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
+            what = f"bucket {b + 1}/{len(self.plan)}"
+            if self.pg is not None:
+                broadcast_with_timeout(self.pg, buf, self.timeout_s, what)
+            if self.ipc is not None:  # returns once every same-device worker copied the bucket out: buf is free
+                self.ipc.send(buf, what)
             total += buf.numel()
             if on_bucket is not None:
                 on_bucket(b, buf.numel())
@@ -211,9 +229,18 @@ def _checked(item, meta: TensorMeta, i: int) -> torch.Tensor:
 class BucketReceiver:
     """Engine-worker side: receives the buckets and yields ``(hf_name, tensor)`` as each bucket arrives."""
 
-    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float):
+    def __init__(self, pg, metas: Sequence[TensorMeta], bucket_bytes: int, device: torch.device, timeout_s: float,
+                 ipc: bool = False):
         self.pg, self.metas, self.device, self.timeout_s = pg, list(metas), device, timeout_s
+        # ipc: pg is this worker's IpcChannel group; each bucket is copied out of the sender's shared buffer
+        self.channel = IpcChannel(pg, timeout_s) if ipc else None
         self.plan = plan_buckets(self.metas, bucket_bytes)
+
+    def _fill(self, buf: torch.Tensor, what: str) -> None:
+        if self.channel is not None:
+            self.channel.recv_into(buf, what)
+        else:
+            broadcast_with_timeout(self.pg, buf, self.timeout_s, what)
 
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Lazily receive bucket by bucket, in memory bounded by the bucket size, not the model size.
@@ -238,12 +265,149 @@ class BucketReceiver:
                 if shared is None:
                     shared = torch.empty(shared_size, dtype=torch.uint8, device=self.device)
                 buf = shared[: sizes[b]]
-            broadcast_with_timeout(self.pg, buf, self.timeout_s, f"bucket {b + 1}/{len(self.plan)}")
+            self._fill(buf, f"bucket {b + 1}/{len(self.plan)}")
             for i, off in bucket:
                 m = self.metas[i]
                 t = buf[off : off + m.nbytes].view(dtype_from_name(m.dtype)).view(m.shape)
                 yield m.name, (t if alone else t.clone())
             del buf, t  # a lone tensor's buffer: the consumer's reference, if it kept one, is the only one left
+
+
+# ---------------------------------------------------------------------------------------------- same-device IPC
+
+IPC_MSG_BYTES = 8192  # one pickled handle (CUDA: ~0.5 KiB; CPU shared-memory file: ~0.3 KiB), length-prefixed
+_SHARING_LOCK = threading.Lock()
+
+
+def device_key() -> str:
+    """Which physical device this process computes on: ``cuda:<uuid>`` of the current CUDA device, else
+    ``cpu@<host>``. Trainer and engine workers compare keys to find the workers that share the trainer's device
+    (CUDA indices differ between processes with different ``CUDA_VISIBLE_DEVICES``; the UUID does not)."""
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
+    return f"cpu@{socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def _file_system_sharing():
+    """CPU tensors pickle as a shared-memory file name (``file_system``), plain data another process can open;
+    the default ``file_descriptor`` strategy needs a live fd hand-over between related processes."""
+    import torch.multiprocessing as tmp
+
+    with _SHARING_LOCK:
+        old = tmp.get_sharing_strategy()
+        tmp.set_sharing_strategy("file_system")
+        try:
+            yield
+        finally:
+            tmp.set_sharing_strategy(old)
+
+
+def share_tensor(t: torch.Tensor) -> bytes:
+    """An IPC handle of ``t`` as bytes: ``torch.multiprocessing.reductions.reduce_tensor`` through the
+    ``ForkingPickler`` (CUDA: ``cudaIpcGetMemHandle`` of its block plus offset, and an event the opener waits on;
+    CPU: ``t``'s storage moved into shared memory once, then its file name). No bytes of ``t`` are copied; the
+    receiver (:func:`open_shared`) sees ``t``'s memory, including later writes to it."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's reductions with the ForkingPickler
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    if t.is_cuda:
+        return bytes(ForkingPickler.dumps(reduce_tensor(t)))
+    with _file_system_sharing():
+        return bytes(ForkingPickler.dumps(reduce_tensor(t)))
+
+
+def start_shm_manager() -> None:
+    """Share a tiny CPU tensor once, so torch's ``torch_shm_manager`` (which ``share_tensor`` needs on CPU, and CUDA
+    IPC for its reference counts) is running BEFORE a group's sockets exist. It is forked from this process on first
+    use and would inherit every socket open then: a group formed before it could no longer be aborted by closing
+    its sockets (the manager keeps them open, and the peers wait out their timeouts instead of failing at once)."""
+    share_tensor(torch.zeros(1))
+
+
+def open_shared(blob: bytes) -> torch.Tensor:
+    """The tensor behind a :func:`share_tensor` handle, in this process (no copy). A CUDA handle is opened on
+    this process's current device: the caller only opens handles of its own physical device (:func:`device_key`),
+    whose index may differ from the sender's under another ``CUDA_VISIBLE_DEVICES``."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    fn, args = pickle.loads(blob)
+    if fn is rebuild_cuda_tensor:
+        args = list(args)
+        args[6] = torch.cuda.current_device()  # storage_device
+    return fn(*args)
+
+
+def _gloo_collective(group, op: str, t: torch.Tensor, timeout_s: float, what: str) -> None:
+    """``broadcast`` (root 0) or ``allreduce`` (sum) of ``t`` on a gloo
+    :class:`~megatron_tulu.rollout.sync_group.StatelessGroup`; :class:`WeightSyncTimeout`, and the group aborted, on
+    expiry or error. The work object is dropped before the abort: it holds the gloo context, whose sockets close
+    only when the last reference goes, and a peer waiting on this rank (gloo relays a broadcast through a tree
+    once there are 4 ranks) must see them close, not wait out its timeout."""
+    from datetime import timedelta
+
+    work, error = None, None
+    try:
+        if group.aborted:
+            raise WeightSyncError("the group was aborted")
+        work = group.pg.broadcast(t, 0) if op == "broadcast" else group.pg.allreduce([t])
+        if work.wait(timedelta(seconds=timeout_s)) is False:
+            raise RuntimeError("wait returned False")
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    work = None
+    if error is not None:
+        group.abort()
+        raise WeightSyncTimeout(f"{what}: {op} did not complete within {timeout_s:g}s ({error})")
+
+
+class IpcChannel:
+    """Bucket hand-over to the workers on the sender's own device, over a gloo group (rank 0 = trainer).
+
+    Per bucket: rank 0 broadcasts the handle of its packed bucket (:func:`share_tensor`, ``IPC_MSG_BYTES``
+    fixed-size message), every worker opens it and copies the bucket into its own buffer, then all ranks sum
+    their status (0 = copied): that all-reduce is the acknowledgement after which rank 0 may overwrite the buffer
+    with the next bucket. A worker that failed reports 1, and both sides raise.
+    """
+
+    def __init__(self, pg, timeout_s: float):
+        self.pg, self.timeout_s = pg, float(timeout_s)
+
+    def send(self, buf: torch.Tensor, what: str) -> None:
+        blob = share_tensor(buf)
+        if len(blob) + 8 > IPC_MSG_BYTES:
+            raise WeightSyncError(f"{what}: IPC handle of {len(blob)} bytes does not fit the {IPC_MSG_BYTES}-byte message")
+        if buf.is_cuda:  # the packing copies are done before a worker reads (the handle's event orders it too)
+            torch.cuda.current_stream(buf.device).synchronize()
+        msg = torch.zeros(IPC_MSG_BYTES, dtype=torch.uint8)
+        msg[:8] = torch.tensor([len(blob)], dtype=torch.int64).view(torch.uint8)
+        msg[8: 8 + len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        _gloo_collective(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
+        status = torch.zeros(1, dtype=torch.int64)
+        _gloo_collective(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
+        if int(status):
+            raise WeightSyncError(f"{what}: {int(status)} same-device worker(s) could not open or copy the IPC bucket")
+
+    def recv_into(self, buf: torch.Tensor, what: str) -> None:
+        msg = torch.empty(IPC_MSG_BYTES, dtype=torch.uint8)
+        _gloo_collective(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
+        status, error = torch.zeros(1, dtype=torch.int64), None
+        try:
+            n = int(msg[:8].view(torch.int64))
+            shared = open_shared(bytes(msg[8: 8 + n].numpy()))
+            if shared.numel() != buf.numel():
+                raise WeightSyncError(f"{what}: IPC bucket has {shared.numel()} bytes, expected {buf.numel()}")
+            buf.copy_(shared)
+            if buf.is_cuda:
+                torch.cuda.current_stream(buf.device).synchronize()
+            del shared
+        except Exception as e:  # acknowledge anyway (with the failure), so the sender does not wait out its timeout
+            status[0], error = 1, e
+        _gloo_collective(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
+        if error is not None:
+            raise WeightSyncError(f"{what}: opening the IPC bucket failed: {type(error).__name__}: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
@@ -301,6 +465,10 @@ class WeightSyncGroup:
     engine's ``generate`` refuses while it is set (:func:`refuse_if_stale`; ``RayEngineGroup`` checks
     :meth:`check_fresh`). The next :meth:`sync` tears the broken group down, forms a new one (with the version
     handshake), resends the metadata and the full set of tensors, and clears both marks once it succeeded.
+
+    ``ipc=True`` (colocated engines): workers whose :func:`device_key` equals this process's get the buckets through
+    an :class:`IpcChannel` (a gloo group of rank 0 and them) instead of the broadcast, which NCCL cannot do to a
+    rank on its own device; the others stay on the broadcast group. ``members`` then says who got which.
     """
 
     def __init__(
@@ -313,6 +481,7 @@ class WeightSyncGroup:
         backend: str | None = None,
         device: torch.device | None = None,
         load_timeout_s: float = 600.0,
+        ipc: bool = False,
     ):
         from megatron_tulu import platform
         from megatron_tulu.parallel import free_port
@@ -329,6 +498,11 @@ class WeightSyncGroup:
         self.world_size = 1 + sum(e.num_workers for e in self.engines)
         self.key = f"{self.host}:{self.port}"  # names this group's state in the workers (several may coexist)
         self.pg = None
+        self.ipc = bool(ipc)
+        self.ipc_pg = None  # the IpcChannel group (rank 0 + same-device workers), when there are any
+        self.members: dict[str, list[tuple[int, int]]] = {"broadcast": [], "ipc": []}
+        """(engine index, worker rank) per transport, set by :meth:`connect`."""
+        self._devices: list[list[str | None]] = []  # per engine, per worker rank: its device_key (handshake)
         self._metas: list[TensorMeta] | None = None
         self.stale: str | None = None
         """Why the engines' weights are half-updated (a sync failed midway), or None."""
@@ -345,29 +519,77 @@ class WeightSyncGroup:
         per_engine = _wait(futures, self.timeout_s + 5, "version handshake")
         versions = {"trainer (rank 0)": local_nccl_version(self.backend)}
         offset = 1
+        self._devices = []
         for k, (e, workers) in enumerate(zip(self.engines, per_engine)):
+            devices = [None] * e.num_workers
             for w in workers:
                 member = f"engine {k} worker {w['rank']} (rank {offset + int(w['rank'])}, torch {w['torch']})"
                 versions[member] = w["nccl"]
+                if 0 <= int(w["rank"]) < e.num_workers:
+                    devices[int(w["rank"])] = w.get("device")
+            self._devices.append(devices)
             offset += e.num_workers
         check_nccl_versions(versions)
         return versions
 
     def connect(self) -> None:
-        """Form the group: version handshake, then every engine worker joins while this process joins as rank 0."""
+        """Form the group: version handshake, then every engine worker joins while this process joins as rank 0
+        (of the broadcast group, and with ``ipc`` of the same-device group too)."""
         self.check_nccl_versions()
-        futures, offset = [], 1
-        for e in self.engines:
-            futures.append(
-                e.rpc_async(
-                    "weight_sync_init", self.key, self.host, self.port, offset, self.world_size, self.backend,
-                    self.timeout_s,
-                    timeout=None,  # see _rpc_all
+        if not self.ipc:
+            futures, offset = [], 1
+            for e in self.engines:
+                futures.append(
+                    e.rpc_async(
+                        "weight_sync_init", self.key, self.host, self.port, offset, self.world_size, self.backend,
+                        self.timeout_s,
+                        timeout=None,  # see _rpc_all
+                    )
                 )
-            )
-            offset += e.num_workers
+                offset += e.num_workers
+            self.members = {"broadcast": [(k, w) for k, e in enumerate(self.engines) for w in range(e.num_workers)],
+                            "ipc": []}
+            self._join([(self.world_size, self.port, self.backend, "pg")], futures)
+            return
+        self._connect_mixed()
+
+    def _connect_mixed(self) -> None:
+        """``ipc``: split the workers by device, then every worker joins its group (one RPC per engine, with a
+        per-worker plan ``{rank: [transport, port, group rank, group size, backend]}``)."""
+        from megatron_tulu.parallel import free_port
+
+        mine = device_key()
+        start_shm_manager()  # before any socket of the groups below exists (see there)
+        members = {"broadcast": [], "ipc": []}
+        for k, devices in enumerate(self._devices):
+            for w, dev in enumerate(devices):
+                members["ipc" if dev == mine else "broadcast"].append((k, w))
+        self.members = members
+        if members["ipc"]:
+            self.ipc_port = free_port()
+        sizes = {t: 1 + len(m) for t, m in members.items()}
+        ports = {"broadcast": self.port, "ipc": getattr(self, "ipc_port", None)}
+        backends = {"broadcast": self.backend, "ipc": "gloo"}
+        futures = []
+        for k, e in enumerate(self.engines):
+            plan = {}
+            for t, m in members.items():
+                for r, (kk, w) in enumerate(m):
+                    if kk == k:
+                        plan[str(w)] = [t, ports[t], 1 + r, sizes[t], backends[t]]
+            futures.append(e.rpc_async("weight_sync_init", self.key, self.host, self.port, 0, 0, self.backend,
+                                       self.timeout_s, plan, timeout=None))
+        joins = [(sizes[t], ports[t], backends[t], attr) for t, attr in (("broadcast", "pg"), ("ipc", "ipc_pg"))
+                 if members[t]]
+        self._join(joins, futures)
+        log.info("weight sync: %d worker(s) by broadcast (%s), %d on this device by IPC handle",
+                 len(members["broadcast"]), self.backend, len(members["ipc"]))
+
+    def _join(self, joins: list[tuple[int, int, str, str]], futures: list[cf.Future]) -> None:
+        """Join each ``(world size, port, backend, attribute)`` group as rank 0 while the workers' RPCs join."""
         try:
-            self.pg = init_stateless_group(self.host, self.port, 0, self.world_size, self.backend, self.timeout_s)
+            for world, port, backend, attr in joins:
+                setattr(self, attr, init_stateless_group(self.host, port, 0, world, backend, self.timeout_s))
         except WeightSyncError:
             cf.wait(futures, timeout=2 * self.timeout_s + 10)  # the workers give up after their own timeout
             raise
@@ -383,8 +605,9 @@ class WeightSyncGroup:
         self._metas = None  # the next sync resends the metadata with the full set of tensors
         for e in self.engines:
             e.weights_stale = self.stale
-        if self.pg is not None:
-            self.pg.abort()  # the workers' pending receives fail now rather than at their timeout
+        for pg in (self.pg, self.ipc_pg):
+            if pg is not None:
+                pg.abort()  # the workers' pending receives fail now rather than at their timeout
         cf.wait(futures, timeout=self.timeout_s + 5)  # let their receive RPCs end before the next sync
         log.error("weight sync: %s; the next sync forms a new group and resends everything", self.stale)
 
@@ -396,9 +619,7 @@ class WeightSyncGroup:
             _wait(self._rpc_all("weight_sync_close", self.key), self.timeout_s + 5, "close (before a full resync)")
         except WeightSyncError as e:
             log.warning("weight-sync close before the resync: %s", e)
-        if self.pg is not None:
-            self.pg.shutdown()
-            self.pg = None
+        self._shutdown_groups()
         self.port = self._fixed_port or free_port()
         self.key = f"{self.host}:{self.port}"
         self.connect()
@@ -420,7 +641,7 @@ class WeightSyncGroup:
         """
         if self.stale:
             self._reform()
-        if self.pg is None:
+        if self.pg is None and self.ipc_pg is None:
             raise WeightSyncError("WeightSyncGroup.sync called before connect()")
         t0 = time.perf_counter()
         if metas is None:
@@ -440,7 +661,8 @@ class WeightSyncGroup:
                 self._metas = None
                 raise WeightSyncValidationError("sync refused before loading: " + "; ".join(sorted(set(problems))[:10]))
             self._metas = metas
-        sender = BucketSender(self.pg, metas, self.bucket_bytes, self.device, self.timeout_s)
+        ipc = IpcChannel(self.ipc_pg, self.timeout_s) if self.ipc_pg is not None else None
+        sender = BucketSender(self.pg, metas, self.bucket_bytes, self.device, self.timeout_s, ipc=ipc)
         futures = self._rpc_all("weight_sync_receive", self.key)
         try:
             nbytes = sender.send(items, on_bucket)
@@ -455,15 +677,21 @@ class WeightSyncGroup:
             e.weights_stale = None
         return SyncStats(nbytes, len(sender.plan), len(metas), time.perf_counter() - t0, sent_meta)
 
+    def _shutdown_groups(self) -> None:
+        for attr in ("pg", "ipc_pg"):
+            pg = getattr(self, attr)
+            if pg is not None:
+                pg.shutdown()
+                setattr(self, attr, None)
+
     def close(self) -> None:
-        if self.pg is not None:
+        if self.pg is not None or self.ipc_pg is not None:
             futures = self._rpc_all("weight_sync_close", self.key)
             try:
                 _wait(futures, self.timeout_s + 5, "close")
             except WeightSyncError as e:
                 log.warning("weight-sync close: %s", e)
-            self.pg.shutdown()
-            self.pg = None
+            self._shutdown_groups()
 
 
 def check_probe_logprobs(

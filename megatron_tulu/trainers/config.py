@@ -112,6 +112,12 @@ class TrainConfig:
     """SFT: each step's examples are packed, per DP rank, into ``seq_length`` rows (attention kept within
     documents); ``global_batch_size`` and the ``sum`` normaliser still count examples, so the step is the
     unpacked one's (as Tülu 3), in fewer, fuller rows."""
+    max_tokens_per_microbatch: int = 0
+    """Token budget of one micro-batch (RLVR, DPO, RM). 0 = off: fixed ``micro_batch_size`` padded rows, as before.
+    > 0: each step's sequences are split over the DP ranks with near-equal token sums and packed, per rank, into THD
+    rows of at most this many tokens (``data.token_budget``; documents kept apart by ``cu_seqlens`` and per-document
+    positions), one row per micro-batch, so little padding is computed; ``micro_batch_size`` is then unused. The loss
+    and gradient are those of the padded layout. A sequence longer than the budget gets a row of its own."""
 
 
 @dataclass

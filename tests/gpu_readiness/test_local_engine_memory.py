@@ -81,7 +81,7 @@ def test_the_engine_sleeps_while_the_trainer_steps_and_wakes_for_the_sync(level,
 
     log = []
     driver = object.__new__(RLVRDriver)  # the loop's step sequence alone: no model, no engine process
-    driver.o = types.SimpleNamespace(engine_sleep_level=level)
+    driver.o = types.SimpleNamespace(engine_sleep_level=level, engine_placement="local")
     driver.engine = _Recorder(log)
     driver.step = lambda ro, lr: log.append("step") or {"loss": 1.0}
     driver.sync_weights = lambda: log.append("sync") or 0.1

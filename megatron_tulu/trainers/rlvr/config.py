@@ -183,12 +183,19 @@ class RLVROptions:
     engine_tp: int = 1
     """vLLM tensor-parallel size of one engine."""
     num_engines: int = 1
-    """Number of rollout engines (each ``engine_tp`` GPUs). More than one needs ``engine_placement=ray``; the
-    prompts of a step are split evenly between them and every engine receives each weight sync."""
+    """Number of rollout engines (each ``engine_tp`` GPUs). More than one needs ``engine_placement=ray`` or
+    ``colocated`` (there it is the trainer world / ``engine_tp``: leave it at 1 or set exactly that); the prompts of
+    a step are split evenly between them and every engine receives each weight sync."""
     engine_placement: str = "local"
     """Where engines run: ``local`` (one engine inside trainer rank 0's process; laptop, CI, one node) or
     ``ray`` (Ray actors in a placement group, on the cluster at ``$RAY_ADDRESS`` as the slurm/ scripts start
-    it, else on a Ray started locally; engines may run another Python, ``$MT_VLLM_PYTHON``)."""
+    it, else on a Ray started locally; engines may run another Python, ``$MT_VLLM_PYTHON``) or ``colocated`` (every
+    trainer GPU also hosts its share of an engine, as verl's and NeMo-RL's hybrid engines: world / ``engine_tp``
+    engines, engine g on the GPUs of trainer ranks ``[g*engine_tp, (g+1)*engine_tp)``, one node; the engines sleep
+    while the trainer steps (``engine_sleep_level``, within ``engine_memory_fraction`` of each GPU) and wake for the
+    weight sync and generation; the worker on trainer rank 0's GPU gets the weights by CUDA IPC handle, the others
+    by NCCL broadcast, :mod:`megatron_tulu.rollout.colocated`). ``colocated`` needs ``engine_tp`` to divide the
+    trainer world (checked at start) and ``async_steps=0`` (engine and trainer take turns on each GPU)."""
     engine_memory_fraction: float = 0.9
     """Fraction of an engine GPU's memory vLLM takes for weights, activations and KV cache (its
     ``gpu_memory_utilization``). With ``engine_placement=local`` on a GPU the engine shares trainer rank 0's GPU, so
@@ -268,6 +275,7 @@ class RLVRConfig(StageConfig):
         from megatron_tulu.losses.ppo import LOSS_AGGS, POLICY_LOSSES
 
         check_choice("rlvr.algorithm", o.algorithm, tuple(ALGORITHMS))
+        check_at_least("train.max_tokens_per_microbatch", self.train.max_tokens_per_microbatch, 0)
         if o.advantage_estimator is not None:
             check_choice("rlvr.advantage_estimator", o.advantage_estimator, tuple(ADVANTAGE_ESTIMATORS))
         if o.policy_loss is not None:
@@ -311,12 +319,15 @@ class RLVRConfig(StageConfig):
         if o.kl_kind is not None:
             check_choice("rlvr.kl_kind", o.kl_kind, tuple(KL_ESTIMATORS))
         check_choice("rlvr.engine", o.engine, ("vllm", "torch"))
-        check_choice("rlvr.engine_placement", o.engine_placement, ("local", "ray"))
+        check_choice("rlvr.engine_placement", o.engine_placement, ("local", "ray", "colocated"))
         check_at_least("rlvr.num_engines", o.num_engines, 1)
         check_at_least("rlvr.engine_tp", o.engine_tp, 1)
-        if o.num_engines > 1 and o.engine_placement != "ray":
+        if o.num_engines > 1 and o.engine_placement == "local":
             raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
-                             "rlvr.engine_placement=ray (a local engine lives in trainer rank 0's process)")
+                             "rlvr.engine_placement=ray or colocated (a local engine lives in trainer rank 0's process)")
+        if o.engine_placement == "colocated" and o.async_steps:
+            raise ValueError(f"rlvr.engine_placement=colocated needs rlvr.async_steps=0 (got {o.async_steps}): engine "
+                             "and trainer share each GPU and take turns, so no batch can be generated while one trains")
         check_at_least("rlvr.async_steps", o.async_steps, 0)
         check_at_least("rlvr.samples_per_prompt", o.samples_per_prompt, 1)
         check_at_least("rlvr.max_new_tokens", o.max_new_tokens, 1)

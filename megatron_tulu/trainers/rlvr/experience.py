@@ -1,9 +1,10 @@
 """Rollout -> tensors -> rewards -> advantages: one rollout batch becomes an ``Experience``.
 
-The rows the model reads are padded ``[B, S]`` (prompt + response); everything the losses read is on flat response
-tokens (``losses.flat``): ``[N]`` per real response token with ``seq_idx [N]``, so packed rows and new objectives
-slot in without touching the losses. ``make_experience`` is pure: tensors in, ``Experience`` and metrics out (the
-loop runs the forward passes that give it the old/reference logprobs and values).
+The rows the model reads are padded ``[B, S]`` (prompt + response), or with ``train.max_tokens_per_microbatch`` packed
+THD rows (:func:`pack_rows`: several prompt + response documents per row); everything the losses read is on flat
+response tokens (``losses.flat``): ``[N]`` per real response token with ``seq_idx [N]``, so both layouts and new
+objectives share the losses. ``make_experience`` is pure: tensors in, ``Experience`` and metrics out (the loop runs
+the forward passes that give it the old/reference logprobs and values).
 """
 
 from __future__ import annotations
@@ -36,6 +37,52 @@ def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: 
         if r:
             targets[i, len(p) - 1: len(row) - 1] = torch.tensor(r)
     return ids, targets, (targets != IGNORE_INDEX).float()
+
+
+def pack_rows(prompts: list[list[int]], responses: list[list[int]], bins: list[list[int]], pad_id: int,
+              multiple: int = 8, length: int | None = None) -> list[dict]:
+    """One packed row per bin of sequence indices (``data.token_budget.plan_microbatches``): the bin's prompt +
+    response sequences back to back, each a document of its own (the THD layout SFT packing uses).
+
+    Args:
+        prompts, responses: token ids of every sequence of the rollout batch.
+        bins: per row, the indices of its sequences, in row order.
+        pad_id: the tail padding's token.
+        multiple: each row's length is rounded up to a multiple of this (8; x TP under sequence parallelism, x 2·cp
+            under context parallelism).
+        length: every row this long (pipeline schedules need one shape per call); None: each row its own length.
+    Returns:
+        per bin a dict: ``input_ids`` / ``position_ids`` / ``targets`` ``[1, L]`` long and ``mask [1, L]`` float, as
+        ``response_rows`` per document, with positions restarting at 0 at every document (RoPE sees each alone) and
+        no target across a document boundary; ``cu_seqlens`` ``[[0, ..., L]]`` (a tail pad is a segment of its own);
+        ``seqs`` (the bin), ``num_seqs``, ``useful`` (real tokens) and ``computed`` (``L``).
+    """
+    rows = []
+    for b in bins:
+        docs = [list(prompts[i]) + list(responses[i]) for i in b]
+        used = sum(map(len, docs))
+        if length is not None and length < used:
+            raise ValueError(f"packed row of {used} tokens does not fit length={length}")
+        n = -(-(length or used) // multiple) * multiple
+        ids = torch.full((1, n), pad_id, dtype=torch.long)
+        targets = torch.full((1, n), IGNORE_INDEX, dtype=torch.long)
+        pos = torch.zeros((1, n), dtype=torch.long)
+        cu, at = [0], 0
+        for i, doc in zip(b, docs):
+            p, r = len(prompts[i]), len(responses[i])
+            ids[0, at: at + len(doc)] = torch.tensor(doc, dtype=torch.long)
+            pos[0, at: at + len(doc)] = torch.arange(len(doc))
+            if r:  # the same slice response_rows sets, shifted to the document's start
+                targets[0, at + p - 1: at + p + r - 1] = torch.tensor(list(responses[i]), dtype=torch.long)
+            at += len(doc)
+            cu.append(at)
+        if at < n:  # the tail pad: its own segment, positions from 0 (as data.packing)
+            pos[0, at:] = torch.arange(n - at)
+            cu.append(n)
+        rows.append({"input_ids": ids, "position_ids": pos, "targets": targets,
+                     "mask": (targets != IGNORE_INDEX).float(), "cu_seqlens": [cu], "seqs": list(b),
+                     "num_seqs": len(b), "useful": used, "computed": n})
+    return rows
 
 
 def rollout_logp_grid(prompts: list[list[int]], logps: list[list[float]], shape: tuple[int, int]) -> Tensor:
@@ -105,6 +152,31 @@ class Experience:
             out.append(mb)
         return out
 
+    def token_offsets(self) -> list[int]:
+        """``[B + 1]``: where each row's response tokens start in the flat ``[N]`` tensors (row-major)."""
+        return torch.cat([torch.zeros(1, dtype=torch.long), self.mask.bool().sum(1).cumsum(0)]).tolist()
+
+    def packed_microbatches(self, rows: list[dict]) -> list[dict]:
+        """Packed rows (:func:`pack_rows` over THIS experience's sequences, which hold the whole rollout batch) as
+        micro-batches: each row with the token tensors of its sequences, gathered in row order, ``seq_idx`` the
+        document within the row, and ``flat_index [n]`` the tokens' places in this experience's ``[N]`` tensors
+        (where forward results are scattered back)."""
+        offsets, counts = self.token_offsets(), self.mask.bool().sum(1)
+        out = []
+        for row in rows:
+            seqs = row["seqs"]
+            idx = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in seqs]) if seqs else \
+                torch.zeros(0, dtype=torch.long)
+            if idx.numel() != int(row["mask"].sum()):
+                raise ValueError(f"packed row of sequences {seqs}: {int(row['mask'].sum())} response tokens, the "
+                                 f"experience has {idx.numel()}")
+            mb = dict(row, flat_index=idx, seq_idx=torch.repeat_interleave(torch.arange(len(seqs)), counts[seqs]))
+            for name in TOKEN_FIELDS:
+                if (t := getattr(self, name)) is not None:
+                    mb[name] = t[idx]
+            out.append(mb)
+        return out
+
 
 def minibatch_totals(mask: Tensor, dp: int, minibatches: list[tuple[int, int]]) -> Tensor:
     """``[M, 2]`` float64 (response tokens, responses) of each optimizer-step batch over ALL DP ranks.
@@ -148,8 +220,8 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
         old_logp, ref_logp, rollout_logp: [B, S] trainer / reference / engine logprobs at the target positions.
         old_values: [B, S] value-model predictions (value-model algorithms).
         dp_sum: sums a tensor over the DP ranks (advantage whitening over the whole batch).
-        minibatches: row ranges ``[(a, b), ...]`` of this rank's rows, one per optimizer step; the loss
-            aggregation is normalised within each (default: all rows, one step).
+        minibatches: row ranges ``[(a, b), ...]`` of this rank's rows (or lists of row indices), one per optimizer
+            step; the loss aggregation is normalised within each (default: all rows, one step).
         totals: ``[M, 2]`` (tokens, responses) of each minibatch over all DP ranks (``minibatch_totals``);
             default: this rank's own counts (one DP rank).
     Returns:
@@ -192,15 +264,18 @@ def make_experience(rows: Experience, o, scores: Tensor, eos: Tensor, old_logp: 
 
 
 def _agg_weights(rows: Experience, loss_agg: str, max_tokens: int, minibatches, totals, agg_weights) -> Tensor:
-    """[N] aggregation weights, normalised within each minibatch by its (DP-wide) totals."""
-    minibatches = minibatches or [(0, rows.num_seqs)]
+    """[N] aggregation weights, normalised within each minibatch by its (DP-wide) totals. A minibatch is a row range
+    ``(a, b)`` or a list of row indices (the packed layout holds the whole batch: its minibatches are row sets)."""
+    minibatches = [range(*m) if isinstance(m, tuple) else list(m) for m in minibatches or [(0, rows.num_seqs)]]
     counts = rows.mask.bool().sum(1)
     if totals is None:
-        totals = torch.tensor([[float(counts[a:b].sum()), float(b - a)] for a, b in minibatches], dtype=torch.float64)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+        totals = torch.tensor([[float(counts[list(m)].sum()), float(len(m))] for m in minibatches], dtype=torch.float64)
+    offsets = rows.token_offsets()
     w = torch.zeros(rows.seq_idx.numel(), dtype=torch.float32)
-    for (a, b), (tokens, seqs) in zip(minibatches, totals.tolist()):
-        i, j = offsets[a], offsets[b]
-        w[i:j] = agg_weights(rows.seq_idx[i:j] - a, loss_agg, b - a, total_tokens=tokens, total_seqs=seqs,
-                             max_tokens=max_tokens)
+    for m, (tokens, seqs) in zip(minibatches, totals.tolist()):
+        if not len(m):
+            continue
+        idx = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in m])
+        local = torch.repeat_interleave(torch.arange(len(m)), counts[list(m)])  # the row within the minibatch
+        w[idx] = agg_weights(local, loss_agg, len(m), total_tokens=tokens, total_seqs=seqs, max_tokens=max_tokens)
     return w

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -31,12 +32,13 @@ import torch.distributed as dist
 
 from megatron_tulu import platform
 from megatron_tulu.data.sampler import split_microbatches
+from megatron_tulu.data.token_budget import useful_fraction
 from megatron_tulu.parallel import broadcast_object
 from megatron_tulu.preemption import PreemptionWatcher
 from megatron_tulu.trainers.fit import Trainer, lr_at
 from megatron_tulu.trainers.rlvr.config import RLVRConfig
 from megatron_tulu.trainers.rlvr.experience import (
-    Experience, make_experience, minibatch_totals, response_rows, rollout_logp_grid,
+    Experience, make_experience, minibatch_totals, pack_rows, response_rows, rollout_logp_grid,
 )
 from megatron_tulu.trainers.rlvr.tasks import PolicyTask
 from megatron_tulu.trainers.rlvr.value import _check_hf_dir, build_value_trainer
@@ -73,15 +75,24 @@ class RLVRDriver:
         """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0."""
         from megatron_tulu.rollout.factory import make_engine
 
+        o = self.o
+        num_engines, extra = o.num_engines, {}
+        if o.engine_placement == "colocated":  # every rank checks (and raises alike) before any collective
+            from megatron_tulu.rollout.colocated import colocated_num_engines
+
+            num_engines = colocated_num_engines(dist.get_world_size(), o.engine_tp, o.num_engines)
+            extra["events_path"] = Path(self.cfg.run_dir) / "engine_events.jsonl"  # the engines' call log
         init_dir = Path(self.cfg.run_dir) / "engine_init"
         self.policy.export_hf(init_dir)
         if dist.get_rank() != 0:
             return
-        o = self.o
         self.engine = make_engine(o.engine, init_dir, tp=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
                                   memory_fraction=o.engine_memory_fraction, sleep_level=o.engine_sleep_level,
                                   sync_bucket_bytes=int(o.sync_bucket_mb * 2**20), placement=o.engine_placement,
-                                  num_engines=o.num_engines, timeout_s=o.engine_timeout_s)
+                                  num_engines=num_engines, timeout_s=o.engine_timeout_s, **extra)
+        if o.engine_placement == "colocated":
+            print(f"[megatron-tulu] rollout engines: {num_engines} x {o.engine} TP={o.engine_tp} colocated on the "
+                  f"trainer's {dist.get_world_size()} devices", file=sys.stderr, flush=True)
         if o.engine_placement == "ray":
             print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
                   f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
@@ -117,7 +128,11 @@ class RLVRDriver:
                 "correct": verdicts, "timeouts": vm.get("timeouts", 0), "gen_s": time.time() - t0, "version": version,
                 "by_dataset": {d: [v["correct"], v["n"]] for d, v in vm.get("by_dataset", {}).items()}}
 
-    def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None) -> torch.Tensor | None:
+    def _forward_logps(self, chunks, mbs, values: bool = False, temperature: float | None = None,
+                       flat: bool = False) -> torch.Tensor | None:
+        """Forward-only pass of ``chunks`` over ``mbs``: logprobs (``values``: the value head's outputs) at every
+        position, ``[B, S]`` over the micro-batches' rows; ``flat``: only at response targets, ``[n]`` in micro-batch
+        order (packed rows). None off the last pipeline stage."""
         from megatron_tulu.models.context_parallel import gather_tokens
         from megatron_tulu.models.forward import forward_only_map
         from megatron_tulu.models.logprobs import token_logprobs
@@ -127,54 +142,165 @@ class RLVRDriver:
             red = lambda b, out: gather_tokens(out.squeeze(-1).float(), b["targets"].shape[1])  # noqa: E731
         else:
             red = lambda b, out: token_logprobs(out, b["targets"].to(out.device).clamp(min=0), chunks, vocab, temperature=temp)  # noqa: E731
+        if flat:
+            rows = red
+            red = lambda b, out: rows(b, out)[b["mask"].to(out.device).bool()]  # noqa: E731
         res = forward_only_map(chunks, mbs, self.task.forward, red)
         return torch.cat([r.cpu() for r in res]) if res else None
+
+    def _experience_passes(self, mbs: list[dict], flat: bool = False) -> tuple:
+        """The forward-only passes over this rank's rollout micro-batches: (old logprobs, reference logprobs,
+        old values or None, number of passes run). Without a reference model (kl_coef 0 or a KL-free preset) the
+        policy itself stands in: KL exactly 0."""
+        old = self._forward_logps(self.policy.model, mbs, flat=flat)
+        ref = self._forward_logps(self.ref, mbs, flat=flat) if self.ref is not None else old
+        values = self._forward_logps(self.value.model, mbs, values=True, flat=flat) if self.value else None
+        return old, ref, values, 1 + (self.ref is not None) + (self.value is not None)
 
     # ---- one RL step -------------------------------------------------------------------------------
     def step(self, ro: dict, lr: float) -> dict:
         """One RL step on the rollout batch ``ro``: experience (forward passes, rewards, advantages), then
-        ``ppo_epochs`` x ``num_minibatches`` policy (and value) optimizer steps."""
+        ``ppo_epochs`` x ``num_minibatches`` policy (and value) optimizer steps.
+
+        Minibatch k is rows ``[a_k, b_k)`` of every DP rank's contiguous share of the batch (the padded layout's
+        split); the token-budget layout trains each minibatch on the same sequences, only spread and packed
+        differently, so both layouts take the same optimizer steps."""
         tr, o = self.policy, self.o
-        ids, targets, mask = response_rows(ro["prompts"], ro["responses"], self.task.pad_id)
-        n = ids.shape[0]
+        rows = response_rows(ro["prompts"], ro["responses"], self.task.pad_id)
         scores = torch.tensor(ro["correct"], dtype=torch.float32) * o.alpha
         eos = torch.tensor(ro["eos"])
-        per = n // tr.dims.dp
-        sl = slice(tr.dp_rank * per, (tr.dp_rank + 1) * per)
-        mb = self.cfg.train.micro_batch_size
-        exp = Experience.rows(ids[sl], targets[sl], mask[sl])
-        mbs = exp.microbatches(0, per, mb)
-        old_logp = self._forward_logps(tr.model, mbs)
-        # without a reference model (kl_coef 0 or a KL-free preset) the policy itself stands in: KL exactly 0
-        ref_logp = self._forward_logps(self.ref, mbs) if self.ref is not None else old_logp
-        old_values = self._forward_logps(self.value.model, mbs, values=True) if self.value else None
-        metrics = {}
+        per = rows[0].shape[0] // tr.dims.dp
         steps = [(c[0], c[-1] + 1) for c in split_microbatches(list(range(per)), per // o.num_minibatches)]
-        if tr.is_last_stage:  # the forward results exist on the last pipeline stage only
-            rollout_logp = rollout_logp_grid(ro["prompts"], ro["rollout_logp"], tuple(ids.shape))[sl]
-            dp_sum = lambda t: tr.dims.all_reduce_dp(t)  # noqa: E731 - whitening over the whole batch
-            exp, metrics = make_experience(exp, o, scores[sl], eos[sl], old_logp, ref_logp, rollout_logp,
-                                           old_values, dp_sum=dp_sum, minibatches=steps,
-                                           totals=minibatch_totals(mask[: per * tr.dims.dp], tr.dims.dp, steps))
+        build = self._packed_experience if self.cfg.train.max_tokens_per_microbatch else self._padded_experience
+        _, metrics, fwd, passes, train = build(ro, rows, scores, eos, steps)
+        tokens = [passes * sum(m["useful"] for m in fwd), passes * sum(m["computed"] for m in fwd)]
         # PPO epochs x minibatches; every rank walks the same schedule
         t_train = time.time()
-        stats = {}
+        updates = []  # each optimizer step's numbers
         for _ in range(o.ppo_epochs):
-            for a, b in steps:
-                mbs = exp.microbatches(a, b, mb)
+            for mbs in train:
                 # the policy loss is a weighted token sum normalised over the step's whole batch (agg_weights)
                 stats = tr.train_step(mbs, self.task.denominator(mbs), lr)
+                runs = 1
                 if self.value is not None:  # token mean over the step's batch, all DP ranks
                     denom = tr.all_reduce_dp(float(sum(x["mask"].sum() for x in mbs)))
                     stats.update(self.value.train_step(mbs, denom, o.value_lr or lr))
-        metrics.update(stats)
+                    runs = 2
+                tokens[0] += runs * sum(m["useful"] for m in mbs)
+                tokens[1] += runs * sum(m["computed"] for m in mbs)
+                updates.append(stats)
+        # loss, clipfrac, approx_kl, grad_norm, value_loss: the mean over the step's ppo_epochs x minibatches
+        # optimizer steps (the last one alone would hide the others, e.g. the off-policy second minibatch)
+        metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
         metrics["time/train_s"] = time.time() - t_train
+        mask = rows[2]
         metrics.update({"reward/accuracy": float(torch.tensor(ro["correct"], dtype=torch.float32).mean()),
                         "reward/score": float(scores.mean()), "reward/eos_frac": float(eos.float().mean()),
                         "reward/verifier_timeouts": ro["timeouts"], "response_len": float(mask.sum(1).mean()),
                         "time/generate_s": ro["gen_s"]})
         metrics.update({f"accuracy/{d}": c / max(n, 1) for d, (c, n) in ro["by_dataset"].items()})
-        return self._mean_over_dp(metrics)
+        # this rank's tokens fed to the model in every pass of the step: real (prompt + response) and computed
+        # (padding included); their DP means give the step's useful-token fraction
+        metrics["throughput/useful_tokens"], metrics["throughput/computed_tokens"] = map(float, tokens)
+        metrics = self._mean_over_dp(metrics)
+        metrics["throughput/useful_token_frac"] = useful_fraction(metrics["throughput/useful_tokens"],
+                                                                  metrics["throughput/computed_tokens"])
+        return metrics
+
+    def _padded_experience(self, ro: dict, rows: tuple, scores, eos, steps: list[tuple[int, int]]) -> tuple:
+        """``train.max_tokens_per_microbatch=0``: DP rank r takes rows ``[r·per, (r+1)·per)`` of the batch, padded to
+        the batch's longest sequence, in micro-batches of ``micro_batch_size`` rows. Returns (this rank's experience,
+        metrics, forward micro-batches, forward passes run, per minibatch its micro-batches)."""
+        tr, o, dp = self.policy, self.o, self.policy.dims.dp
+        ids, targets, mask = rows
+        per = ids.shape[0] // dp
+        sl = slice(tr.dp_rank * per, (tr.dp_rank + 1) * per)
+        size = self.cfg.train.micro_batch_size
+        lens = [len(p) + len(r) for p, r in zip(ro["prompts"], ro["responses"])][sl]
+
+        def cut(e: Experience, a: int, b: int) -> list[dict]:
+            mbs = e.microbatches(a, b, size)
+            for k, mb in enumerate(mbs):
+                mb["useful"], mb["computed"] = sum(lens[a + k * size: min(a + (k + 1) * size, b)]), mb["input_ids"].numel()
+            return mbs
+
+        exp = Experience.rows(ids[sl], targets[sl], mask[sl])
+        fwd = cut(exp, 0, per)
+        old_logp, ref_logp, old_values, passes = self._experience_passes(fwd)
+        metrics = {}
+        if tr.is_last_stage:  # the forward results exist on the last pipeline stage only
+            rollout_logp = rollout_logp_grid(ro["prompts"], ro["rollout_logp"], tuple(ids.shape))[sl]
+            dp_sum = lambda t: tr.dims.all_reduce_dp(t)  # noqa: E731 - whitening over the whole batch
+            exp, metrics = make_experience(exp, o, scores[sl], eos[sl], old_logp, ref_logp, rollout_logp,
+                                           old_values, dp_sum=dp_sum, minibatches=steps,
+                                           totals=minibatch_totals(mask[: per * dp], dp, steps))
+        return exp, metrics, fwd, passes, [cut(exp, a, b) for a, b in steps]
+
+    def _packed_experience(self, ro: dict, rows: tuple, scores, eos, steps: list[tuple[int, int]]) -> tuple:
+        """``train.max_tokens_per_microbatch > 0``: token-budget micro-batches, each one packed THD row.
+
+        Forward passes: the whole batch split by ``data.token_budget.plan_microbatches`` (near-equal token sums per
+        DP rank, bins of at most the budget); each rank scatters its results into the batch's flat ``[N]`` response
+        tokens and a DP all-reduce completes them (each entry comes from one rank, the rest add zeros). Every
+        last-stage rank then makes the WHOLE batch's experience, so GRPO groups, whitening and the minibatch
+        normalisers are global whatever rank a sequence trained on. Training: each minibatch's sequences (the padded
+        layout's, see :meth:`step`) planned again and packed. Under PP every row of one schedule call is padded to
+        its longest (one p2p shape), counted as computed tokens. Returns as :meth:`_padded_experience`."""
+        from megatron_tulu.data.token_budget import plan_microbatches
+
+        tr, o, dp = self.policy, self.o, self.policy.dims.dp
+        ids, targets, mask = rows
+        budget = self.cfg.train.max_tokens_per_microbatch
+        lens = [len(p) + len(r) for p, r in zip(ro["prompts"], ro["responses"])]
+        per = len(lens) // dp
+        groups = [[q * per + i for q in range(dp) for i in range(a, b)] for a, b in steps]
+        exp = Experience.rows(ids, targets, mask)
+        fwd = exp.packed_microbatches(self._pack(ro, plan_microbatches(lens, dp, budget)[tr.dp_rank]))
+        old_logp, ref_logp, old_values, passes = self._experience_passes(fwd, flat=True)
+        metrics = {}
+        if tr.is_last_stage:
+            index = torch.cat([mb["flat_index"] for mb in fwd]).to(platform.device())
+            m = mask.bool()
+
+            def grid(local: torch.Tensor | None) -> torch.Tensor | None:  # this rank's [n] -> the batch's [B, S]
+                if local is None:
+                    return None
+                flat = torch.zeros(int(m.sum()), dtype=torch.float32, device=platform.device())
+                flat[index] = local.to(flat.device, torch.float32)
+                out = torch.zeros(m.shape)
+                out[m] = tr.dims.all_reduce_dp(flat).cpu()
+                return out
+
+            old = grid(old_logp)
+            ref = old if ref_logp is old_logp else grid(ref_logp)
+            rollout_logp = rollout_logp_grid(ro["prompts"], ro["rollout_logp"], tuple(ids.shape))
+            exp, metrics = make_experience(exp, o, scores, eos, old, ref, rollout_logp, grid(old_values),
+                                           minibatches=groups)
+        train = []
+        for g in groups:
+            bins = plan_microbatches([lens[i] for i in g], dp, budget)[tr.dp_rank]
+            train.append(exp.packed_microbatches(self._pack(ro, [[g[j] for j in b] for b in bins])))
+        return exp, metrics, fwd, passes, train
+
+    def _pack(self, ro: dict, bins: list[list[int]]) -> list[dict]:
+        """This rank's bins of sequences as packed rows for one schedule call (``experience.pack_rows``): lengths a
+        multiple of 8 (x TP under sequence parallelism, x 2·cp under CP, which splits each row in 2·cp chunks); under
+        PP all of the call's rows as long as its longest (megatron's p2p buffers have one shape per call); under the
+        interleaved schedule at least ``pp`` rows (bins split if need be); under CP a dense block-causal mask instead
+        of THD boundaries (as SFT: the CP split here cuts dense masks, the local spec's all-gather attention reads them)."""
+        from megatron_tulu.data.packing import packed_attention_mask
+
+        d = self.policy.dims
+        if d.vpp > 1:
+            bins = _split_bins(bins, d.pp)
+        multiple = math.lcm(8, d.tp if self.cfg.model.sequence_parallel else 1, 2 * d.cp if d.cp > 1 else 1)
+        lens = [len(p) + len(r) for p, r in zip(ro["prompts"], ro["responses"])]
+        length = max(sum(lens[i] for i in b) for b in bins) if d.pp > 1 else None
+        rows = pack_rows(ro["prompts"], ro["responses"], bins, self.task.pad_id, multiple, length)
+        if d.cp > 1:
+            for r in rows:
+                r["attn_mask"] = packed_attention_mask(r.pop("cu_seqlens"), r["computed"])
+        return rows
 
     def _mean_over_dp(self, metrics: dict) -> dict:
         """Per-DP-rank metrics from the last stage -> mean on every rank (keys are rank-independent)."""
@@ -326,8 +452,10 @@ class RLVRDriver:
         then) and wakes right before the sync refills its weights. The engine may not change weights mid-batch:
         batches generated ahead (``ahead``: (sampler state, future) pairs) are waited for before the sync, so each
         came from exactly this step's weights, a batch trains at a fixed lag of ``async_steps`` and a run is
-        reproducible, not timing-dependent."""
-        asleep = bool(self.o.engine_sleep_level) and self.engine is not None  # rank 0 holds the engine
+        reproducible, not timing-dependent. Colocated engines always sleep and wake here (their GPUs are the
+        trainer's; at sleep level 0 the calls free nothing, but the order is the same)."""
+        takes_turns = bool(self.o.engine_sleep_level) or self.o.engine_placement == "colocated"
+        asleep = takes_turns and self.engine is not None  # rank 0 holds the engine
         if asleep:
             self.engine.sleep()
         metrics = self.step(ro, lr)
@@ -357,6 +485,16 @@ class RLVRDriver:
         if self.value is not None:
             self.value.step = tr.step
             self.value.save()
+
+
+def _split_bins(bins: list[list[int]], k: int) -> list[list[int]]:
+    """``bins`` with sequences moved out of the fullest bins into bins of their own until there are ``k`` (or every
+    bin holds one): the interleaved pipeline schedule trains on at least ``pp`` micro-batches."""
+    bins = [list(b) for b in bins]
+    while len(bins) < k and any(len(b) > 1 for b in bins):
+        big = max(range(len(bins)), key=lambda j: (len(bins[j]), -j))
+        bins.append([bins[big].pop()])
+    return bins
 
 
 def check_local_engine_fits(cfg: RLVRConfig) -> None:

@@ -25,6 +25,9 @@ class PolicyTask(DataStageMixin, Task):
 
     def __init__(self, cfg: RLVRConfig):
         self.cfg = cfg
+        # token-budget micro-batches are packed rows: under context parallelism their dense document masks rule out
+        # the TE spec (``model_setup.build_model_chunks`` reads this for the policy, reference and value models)
+        self.packed = cfg.train.max_tokens_per_microbatch > 0
 
     def setup(self, trainer) -> int:
         self.load_tokenizer(self.cfg.data)
@@ -32,9 +35,19 @@ class PolicyTask(DataStageMixin, Task):
         return len(self.prompts)
 
     def forward(self, model, batch):
+        """Padded rows ``[B, S]`` (positions 0..S-1, causal), or one packed row (``experience.pack_rows``): THD
+        boundaries (``cu_seqlens``) or, under context parallelism, a dense block-causal ``attn_mask``, with the
+        row's per-document ``position_ids``, as SFT's packed rows."""
         dev = platform.device()
-        pos = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
-        return model(batch["input_ids"].to(dev), pos.to(dev), None)
+        ids = batch["input_ids"].to(dev)
+        pos = batch.get("position_ids")
+        pos = (torch.arange(ids.shape[1]).expand_as(ids) if pos is None else pos).to(dev)
+        if "cu_seqlens" in batch:
+            from megatron_tulu.models.packed import packed_seq_params
+
+            return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))
+        mask = batch.get("attn_mask")
+        return model(ids, pos, None if mask is None else mask.to(dev))
 
     def denominator(self, mbs):
         """1: ``agg_weights`` already normalise over the whole optimizer-step batch (all micro-batches, DP ranks)."""
@@ -51,7 +64,7 @@ class PolicyTask(DataStageMixin, Task):
         kl_in_loss = o.preset.kl_in == "loss"
         loss, m = POLICY_LOSSES[o.part("policy_loss")](
             logp, _on(batch, "old_logp", dev), _on(batch, "advantages", dev), _on(batch, "seq_idx", dev),
-            num_seqs=int(t.shape[0]), clip_low=o.part("clip_low"), clip_high=o.part("clip_high"),
+            num_seqs=batch.get("num_seqs", int(t.shape[0])), clip_low=o.part("clip_low"), clip_high=o.part("clip_high"),
             loss_agg=o.part("loss_agg"), agg_weights=_on(batch, "agg_weights", dev), max_tokens=o.max_new_tokens,
             ref_logp=_on(batch, "ref_logp", dev) if kl_in_loss else None, kl_coef=o.kl_coef if kl_in_loss else 0.0,
             kl_kind=o.kl_estimator, is_weights=_on(batch, "is_weights", dev))
@@ -80,7 +93,7 @@ class ValueTask(PolicyTask):
         mask = batch["mask"].to(dev)
         full = gather_tokens(values.squeeze(-1).float(), mask.shape[1])  # full rows under context parallelism
         loss, _ = value_loss(full[mask.bool()], _on(batch, "old_values", dev), _on(batch, "returns", dev),
-                             _on(batch, "seq_idx", dev), num_seqs=int(mask.shape[0]),
+                             _on(batch, "seq_idx", dev), num_seqs=batch.get("num_seqs", int(mask.shape[0])),
                              clip_eps=self.cfg.rlvr.vf_clip_eps, reduction="token_sum")
         # the loss logged is the unscaled value loss; the gradient carries vf_coef (before clipping, open-instruct)
         return loss * self.cfg.rlvr.vf_coef, {"loss_sum": loss.detach(), "tokens": mask.sum()}

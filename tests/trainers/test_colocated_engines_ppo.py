@@ -1,0 +1,45 @@
+"""``rlvr.engine_placement=colocated`` in the RLVR loop (issue 24): PPO on two gloo trainer ranks with one engine
+per rank (two TorchEngines in rank 0's process, the CPU stand-in for an engine worker on each trainer GPU).
+
+The colocated engines split each step's prompts, the first chunk's seed offset by its start, so they sample what
+the one local engine samples: with the same seed the two runs take the same optimizer steps. The engines' call
+log shows the turn-taking: generate, sleep while the trainer steps, wake, weight sync, probe check.
+
+PPO rather than GRPO: the tiny random policy never ends a response with EOS here, so every response gets the same
+non-EOS reward, GRPO's group advantages are all 0 and its weights would not move between syncs; PPO's value
+baseline and per-token KL give non-zero advantages, so each sync carries new weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # one 2-rank launch running two RLVR trainings
+
+
+def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tmp_path):
+    from megatron_tulu.testing import run_distributed
+
+    local, coloc = tmp_path / "local", tmp_path / "colocated"
+    common = {"rlvr.algorithm": "ppo", "train.max_steps": 2, "checkpoint.interval": 0}
+    jobs = [("rlvr", rlvr_overrides(sft_data, tiny_hf, local, **common)),
+            ("rlvr", rlvr_overrides(sft_data, tiny_hf, coloc, **common, **{"rlvr.engine_placement": "colocated"}))]
+    out = run_distributed(rlvr_rank_jobs, 2, args=(jobs,), timeout_s=900)[0]
+    for s in out:
+        assert "error" not in s, s.get("traceback")
+    want, got = step_records(local), step_records(coloc)
+    assert list(got) == list(want) == [1, 2]
+    for step, r in got.items():
+        assert r["grad_norm"] > 0 and r["mismatch/mean_abs_diff"] < 1e-4, step  # the sync reached both engines
+        for key in ("loss", "value_loss", "grad_norm", "reward/score", "response_len", "mismatch/mean_abs_diff",
+                    "sync/probe_max_abs_diff"):
+            assert r[key] == pytest.approx(want[step][key], rel=1e-6, abs=1e-7), (step, key)
+    events = [json.loads(line) for line in (coloc / "engine_events.jsonl").read_text().splitlines()]
+    per_step = ["generate", "sleep", "wake", "update_weights", "generate"]  # rollout, train asleep, sync, probe
+    assert [e["call"] for e in events] == per_step * 2
+    rollouts = [e for e in events if e["call"] == "generate" and e["prompts"] == 4]
+    assert len(rollouts) == 2 and all(e["chunks"] == [[0, 2], [2, 4]] for e in rollouts)  # 2 prompts per engine
+    assert not (local / "engine_events.jsonl").exists()
