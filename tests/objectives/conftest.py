@@ -3,7 +3,7 @@ that SFTs the tiny model on the small arithmetic task of ``rlvr_helpers.make_ari
 ``tests/trainers/test_rlvr_learning.py``) and then runs every RLVR training the objective tests read:
 
   ``control``                 GRPO with lr 0: the policy never moves (same prompts and sampling seeds as the rest);
-  ``grpo`` ``dapo`` ``cispo``  each preset (``objectives_helpers.LEARN``), LEARN_STEPS steps, 4 prompts x 16
+  ``dapo`` ``cispo``  each preset (``objectives_helpers.LEARN``), LEARN_STEPS steps, 4 prompts x 16
                               samples, two optimizer steps per batch (so the second is off-policy and each
                               objective's clip / IS weight acts);
   ``ds_ref``                  DAPO (dynamic sampling, overlong buffer), 4 steps, a checkpoint every step;

@@ -1,5 +1,5 @@
 """Each objective learns: on the tiny arithmetic task (``rlvr_helpers.make_arith_data``, the SFT'd tiny policy of
-``tests/trainers/test_rlvr_learning.py``), the verifier accuracy after LEARN_STEPS steps of grpo, dapo and cispo
+``tests/trainers/test_rlvr_learning.py``), the verifier accuracy after LEARN_STEPS steps of dapo and cispo (GRPO: test_rlvr_learning)
 beats a no-update control (GRPO at lr 0: same prompts, same sampling seeds, a policy that never moves).
 
 Measured as ``reward/gen_accuracy`` (every response generated in a step: with DAPO's dynamic sampling the trained

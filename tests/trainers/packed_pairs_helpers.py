@@ -10,6 +10,7 @@ def one_step_grads(jobs: list[tuple[str, str, list[str]]]) -> dict:
     from megatron_tulu.trainers.dpo import DPOConfig, DPOTask
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.rm import RMConfig, RMTask
+    from trainer_helpers import snapshot_grads_before_step
 
     out = {}
     for name, stage, overrides in jobs:
@@ -25,15 +26,6 @@ def one_step_grads(jobs: list[tuple[str, str, list[str]]]) -> dict:
         task = Recording(cfg)
         tr = Trainer(cfg, task)
         tr.setup()
-        grads: dict = {}
-        step = tr.optimizer.step
-
-        def snapshot_then_step(step=step, tr=tr, grads=grads):
-            for c, chunk in enumerate(tr.model):
-                for n, p in chunk.named_parameters():
-                    grads[f"{c}.{n}"] = p.main_grad.detach().float().numpy().copy()
-            return step()
-
-        tr.optimizer.step = snapshot_then_step
+        grads = snapshot_grads_before_step(tr)
         out[name] = {"metrics": tr.data_step(), "grads": grads, **task.seen}
     return out

@@ -31,8 +31,10 @@ def learning_runs(sft_data, tiny_hf, tmp_path_factory):
     root = tmp_path_factory.mktemp("rlvr_learn")
     data = make_arith_data(sft_data, root / "data")
     sft_run = root / "sft"
+    # 80 examples per SFT step: the ~8 packed 256-token rows a step held when the batch counted rows (SFT now counts
+    # examples, as Tülu 3); with 8 examples per step the policy barely learns the answer format in 40 steps
     sft = base_overrides(data, sft_run, **{"model.init_hf": tiny_hf, "train.max_steps": 40, "checkpoint.interval": 0,
-                                           "checkpoint.export_hf": "true"})
+                                           "checkpoint.export_hf": "true", "train.global_batch_size": 80})
     common = {"train.max_steps": STEPS, "checkpoint.interval": 0, "rlvr.max_new_tokens": 12}
     # 32 responses per step for both. GRPO needs a big group (8) at this low starting accuracy, or most groups
     # are all-wrong and carry no signal; its per-group std normalisation gives larger steps than PPO's batch

@@ -24,6 +24,7 @@ def _one_step(jobs: list[tuple[str, list[str]]]) -> dict:
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.fit import Trainer
     from megatron_tulu.trainers.sft import SFTConfig, SFTTask
+    from trainer_helpers import snapshot_grads_before_step
 
     class Recording(SFTTask):
         def microbatches(self, indices, trainer):
@@ -38,16 +39,7 @@ def _one_step(jobs: list[tuple[str, list[str]]]) -> dict:
         task = Recording(cfg)
         tr = Trainer(cfg, task)
         tr.setup()
-        grads: dict = {}
-        step = tr.optimizer.step
-
-        def snapshot_then_step(step=step, tr=tr, grads=grads):
-            for c, chunk in enumerate(tr.model):
-                for n, p in chunk.named_parameters():
-                    grads[f"{c}.{n}"] = p.main_grad.detach().float().numpy().copy()  # numpy: pickles
-            return step()
-
-        tr.optimizer.step = snapshot_then_step
+        grads = snapshot_grads_before_step(tr)
         metrics = tr.data_step()
         out[name] = {"metrics": metrics, "grads": grads, "consumed": tr.sampler.consumed_examples,
                      "num_examples": tr.num_examples, **task.seen}

@@ -122,3 +122,19 @@ def rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
         else:
             raise ValueError(f"unknown job kind {kind!r}")
     return out
+
+
+def snapshot_grads_before_step(trainer) -> dict:
+    """Make ``trainer``'s next optimizer steps first copy every parameter's reduced gradient (``main_grad``) into the
+    returned dict (``"<chunk>.<name>"`` -> numpy array, picklable): the packed-vs-padded tests compare these."""
+    grads: dict = {}
+    step = trainer.optimizer.step
+
+    def snapshot_then_step():
+        for c, chunk in enumerate(trainer.model):
+            for n, p in chunk.named_parameters():
+                grads[f"{c}.{n}"] = p.main_grad.detach().float().numpy().copy()
+        return step()
+
+    trainer.optimizer.step = snapshot_then_step
+    return grads
