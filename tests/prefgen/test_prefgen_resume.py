@@ -28,12 +28,12 @@ def _start(worker: int, ov: list[str], log: Path) -> subprocess.Popen:
 
 def test_prefgen_two_workers_killed_and_resumed(tmp_path, prefgen_models):
     tok, pool, policy = prefgen_models
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", gsm_rows(24))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", gsm_rows(16))
     run = tmp_path / "run"
-    # long completions (up to 192 tokens x 3 per prompt) so that a shard takes a while: the kill lands mid-run
+    # long completions (up to 160 tokens x 3 per prompt) so that a shard takes a while: the kill lands mid-run
     ov = overrides(run, prompts, "rlvr", pool, policy, None, shard_size=2) + [
-        "pool=[{name: pool-a, path: %s, n: 1, temperature: 1.0, max_new_tokens: 192}]" % pool,
-        "policy={name: policy-b, path: %s, n: 2, temperature: 1.0, max_new_tokens: 192}" % policy]
+        "pool=[{name: pool-a, path: %s, n: 1, temperature: 1.0, max_new_tokens: 160}]" % pool,
+        "policy={name: policy-b, path: %s, n: 2, temperature: 1.0, max_new_tokens: 160}" % policy]
     files = RunFiles(run)
     procs = [_start(w, ov, tmp_path / f"w{w}.log") for w in (0, 1)]
     deadline = time.time() + 240
@@ -46,7 +46,7 @@ def test_prefgen_two_workers_killed_and_resumed(tmp_path, prefgen_models):
         p.wait()
     assert not files.preferences.exists(), "the kill came after the end: nothing left to resume"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("shard_*") if not p.name.startswith(".")}
-    assert len(list(run.glob("completions/pool-a/shard_*.jsonl"))) < 12  # 24 prompts / 2 per shard
+    assert len(list(run.glob("completions/pool-a/shard_*.jsonl"))) < 8  # 16 prompts / 2 per shard
 
     procs = [_start(w, ov, tmp_path / f"w{w}.log") for w in (0, 1)]
     for w, p in enumerate(procs):
@@ -54,14 +54,14 @@ def test_prefgen_two_workers_killed_and_resumed(tmp_path, prefgen_models):
 
     report = json.loads(files.report.read_text())
     prompt_ids = [p["id"] for p in read_jsonl(files.prompts)]
-    assert len(prompt_ids) == 24
+    assert len(prompt_ids) == 16
     ids = [r["id"] for r in read_jsonl(files.preferences)] + list(report["dropped"])
     assert sorted(ids) == sorted(prompt_ids)  # none missing, none twice
     for model, n in (("pool-a", 1), ("policy-b", 2)):
-        rows = [r for k in range(12) for r in read_jsonl(files.completions(model, k))]
+        rows = [r for k in range(8) for r in read_jsonl(files.completions(model, k))]
         assert sorted((r["id"], r["index"]) for r in rows) == sorted((i, j) for i in prompt_ids for j in range(n))
-        assert report["models"][model]["counts"]["completions"] == 24 * n
+        assert report["models"][model]["counts"]["completions"] == 16 * n
     # what was finished before the kill was reused, not redone
     assert before and all(p.stat().st_mtime_ns == t for p, t in before.items())
     logs = (tmp_path / "w0.log").read_text() + (tmp_path / "w1.log").read_text()
-    assert "pairs from 24 prompts" in logs
+    assert "pairs from 16 prompts" in logs
