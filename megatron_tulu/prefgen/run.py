@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -36,7 +35,6 @@ from megatron_tulu.prefgen.binarize import binarize, merge_reports, preference_r
 from megatron_tulu.prefgen.config import PoolModel, PrefGenConfig
 from megatron_tulu.prefgen.prompts import build_prompts, encode_prompt, load_model_tokenizer, stop_ids
 
-log = logging.getLogger(__name__)
 
 
 class EngineCallTimeout(TimeoutError):
