@@ -128,3 +128,49 @@ def packed_attention_mask(cu_seqlens_rows: list[list[int]], seq_len: int):
     import torch
 
     return torch.stack([~block_causal_mask(cu, seq_len) for cu in cu_seqlens_rows]).unsqueeze(1)
+
+
+def row_multiple(tp: int, cp: int, sequence_parallel: bool = True) -> int:
+    """Packed rows' lengths are multiples of this: 8 (kernels), TP under sequence parallelism (it splits tokens over
+    TP ranks) and 2 x CP under context parallelism (megatron's load-balanced chunks)."""
+    import math
+
+    return math.lcm(8, tp if sequence_parallel else 1, 2 * cp if cp > 1 else 1)
+
+
+def document_row(docs: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, length: int | None = None) -> dict:
+    """Token-id documents back to back in ONE row (the THD layout of the token-budget micro-batches; SFT's
+    ``pack_sft`` fills fixed-length rows instead).
+
+    Args:
+        docs: the documents' token ids, in row order.
+        pad_id: the tail padding's token.
+        multiple: the row's length is rounded up to a multiple of this (:func:`row_multiple`).
+        length: a fixed length (pipeline schedules need one shape per call), rounded the same way; None: the
+            documents' tokens.
+    Returns:
+        ``input_ids`` / ``position_ids`` ``[1, L]`` long (positions restart at 0 at every document and at the tail
+        pad, so RoPE sees each document alone), ``cu_seqlens`` ``[[0, ..., L]]`` (the tail pad a segment of its own),
+        ``starts`` (each document's first position), ``useful`` (real tokens) and ``computed`` (``L``).
+    Raises:
+        ValueError when the documents do not fit ``length``.
+    """
+    import torch
+
+    used = sum(len(d) for d in docs)
+    if length is not None and length < used:
+        raise ValueError(f"packed row of {used} tokens does not fit length={length}")
+    n = -(-(length or used) // multiple) * multiple
+    ids = torch.full((1, n), pad_id, dtype=torch.long)
+    pos = torch.zeros((1, n), dtype=torch.long)
+    cu, starts = [0], []
+    for doc in docs:
+        at = cu[-1]
+        starts.append(at)
+        ids[0, at: at + len(doc)] = torch.tensor(list(doc), dtype=torch.long)
+        pos[0, at: at + len(doc)] = torch.arange(len(doc))
+        cu.append(at + len(doc))
+    if used < n:
+        pos[0, used:] = torch.arange(n - used)
+        cu.append(n)
+    return {"input_ids": ids, "position_ids": pos, "cu_seqlens": [cu], "starts": starts, "useful": used, "computed": n}

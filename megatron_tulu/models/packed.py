@@ -33,3 +33,19 @@ def packed_seq_params(cu_seqlens_rows: list[list[int]], seq_len: int, device=Non
     longest = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
                            max_seqlen_kv=longest)
+
+
+def forward_rows(model, batch: dict):
+    """The model on one micro-batch of rows: packed rows by their THD boundaries (``cu_seqlens``), else with the
+    batch's dense ``attn_mask`` (packed rows under context parallelism) or none (plain causal rows); positions from
+    the batch (restarting per document when packed), else 0..S-1. The forward of every stage's Task."""
+    from megatron_tulu import platform
+
+    dev = platform.device()
+    ids = batch["input_ids"].to(dev)
+    pos = batch.get("position_ids")
+    pos = (torch.arange(ids.shape[1]).expand_as(ids) if pos is None else pos).to(dev)
+    if "cu_seqlens" in batch:
+        return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))
+    mask = batch.get("attn_mask")
+    return model(ids, pos, None if mask is None else mask.to(dev))

@@ -24,9 +24,10 @@ from megatron_tulu import platform
 from megatron_tulu.data.sampler import IGNORE_INDEX, collate_preference, shift_targets, split_microbatches
 from megatron_tulu.losses.dpo import NEEDS_REFERENCE, get_dpo_loss
 from megatron_tulu.models.logprobs import token_logprobs
+from megatron_tulu.models.packed import forward_rows
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
-from megatron_tulu.trainers.packed_pairs import PackedPairsMixin, packed_forward, per_document_sums
+from megatron_tulu.trainers.packed_pairs import PackedPairsMixin, per_document_sums
 from megatron_tulu.trainers.task import DataStageMixin, Task
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected"]
@@ -256,12 +257,12 @@ class DPOTask(PackedPairsMixin, DataStageMixin, Task):
         if "doc_index" in batch:  # a packed row: one forward whatever dpo.forward_mode
             if self.needs_ref and self.cfg.dpo.ref_mode == "on_the_fly":
                 with torch.no_grad():
-                    out = packed_forward(self.ref_model, batch)
+                    out = forward_rows(self.ref_model, batch)
                     lp = token_logprobs(out, batch["targets"].to(out.device).clamp(min=0), self.ref_model, self.cfg_vocab)
                     ref = per_document_sums(lp, batch)
                 k = len(batch["indices"])
                 batch["ref"] = torch.stack([ref[:k], ref[k:]], dim=1).double().cpu()
-            return packed_forward(model, batch)
+            return forward_rows(model, batch)
         if self.needs_ref and self.cfg.dpo.ref_mode == "on_the_fly":
             with torch.no_grad():
                 logits = self._forward_concat(self.ref_model, batch)

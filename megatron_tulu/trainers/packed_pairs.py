@@ -14,19 +14,12 @@ PP every micro-batch of a run has one shape, the budget (rounded the same way); 
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-from megatron_tulu.data.packing import packed_attention_mask
+from megatron_tulu.data.packing import document_row, packed_attention_mask, row_multiple
 from megatron_tulu.data.sampler import IGNORE_INDEX, shift_targets
 from megatron_tulu.data.token_budget import balance_over_ranks, token_budget_bins
-
-
-def row_multiple(tp: int, cp: int) -> int:
-    """Row lengths are multiples of this: 8 (kernels), TP (sequence parallelism splits tokens), 2 x CP (load-balanced
-    context-parallel chunks)."""
-    return math.lcm(8, tp, 2 * cp)
 
 
 def pack_pairs(rows: list[dict], indices: list[int], pad_id: int, row_len: int | None, multiple: int = 8) -> dict:
@@ -39,34 +32,25 @@ def pack_pairs(rows: list[dict], indices: list[int], pad_id: int, row_len: int |
     """
     docs = [(rows[i]["chosen_input_ids"], rows[i]["chosen_labels"]) for i in indices]
     docs += [(rows[i]["rejected_input_ids"], rows[i]["rejected_labels"]) for i in indices]
-    ids, labels, pos, doc_index, cu, last = [], [], [], [], [0], []
-    for d, (x, y) in enumerate(docs):
-        ids += list(x)
-        labels += list(y)
-        pos += range(len(x))
-        doc_index += [d] * len(x)
-        cu.append(len(ids))
-        last.append(len(ids) - 1)
-    used = len(ids)
-    length = row_len if row_len is not None else -(-used // multiple) * multiple
-    if used > length:
-        raise ValueError(f"pairs {list(indices)} hold {used} tokens > the row length {length} "
-                         "(train.max_tokens_per_microbatch must fit the longest pair under pipeline parallelism)")
-    if length > used:
-        pad = length - used
-        ids += [pad_id] * pad
-        labels += [IGNORE_INDEX] * pad
-        pos += range(pad)
-        doc_index += [-1] * pad
-        cu.append(length)
-    targets = shift_targets(torch.tensor([labels]))
-    targets[0, torch.tensor(last)] = IGNORE_INDEX  # a document's last token faces the next document, not its answer
-    doc = torch.tensor(doc_index)
+    try:
+        row = document_row([x for x, _ in docs], pad_id, multiple, row_len)
+    except ValueError as e:
+        raise ValueError(f"pairs {list(indices)}: {e} (train.max_tokens_per_microbatch must fit the longest pair "
+                         "under pipeline parallelism)") from None
+    n, starts = row["computed"], row.pop("starts")
+    labels = torch.full((1, n), IGNORE_INDEX, dtype=torch.long)
+    doc = torch.full((n,), -1, dtype=torch.long)
+    for d, ((x, y), at) in enumerate(zip(docs, starts)):
+        labels[0, at: at + len(y)] = torch.tensor(list(y), dtype=torch.long)
+        doc[at: at + len(x)] = d
+    last = torch.tensor([at + len(x) - 1 for (x, _), at in zip(docs, starts)])
+    targets = shift_targets(labels)
+    targets[0, last] = IGNORE_INDEX  # a document's last token faces the next document, not its answer
     tokens = torch.zeros(len(docs), dtype=torch.long).index_add_(
         0, doc.clamp(min=0), ((targets[0] != IGNORE_INDEX) & (doc >= 0)).long())
-    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "targets": targets,
-            "cu_seqlens": [cu], "doc_index": doc, "last_pos": torch.tensor(last), "tokens": tokens,
-            "indices": torch.tensor(list(indices)), "useful_tokens": used}
+    return {"input_ids": row["input_ids"], "position_ids": row["position_ids"], "targets": targets,
+            "cu_seqlens": row["cu_seqlens"], "doc_index": doc, "last_pos": last, "tokens": tokens,
+            "indices": torch.tensor(list(indices)), "useful_tokens": row["useful"]}
 
 
 def per_document_sums(token_values: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -116,7 +100,7 @@ class PackedPairsMixin:
         """This rank's pairs cut by the token budget, each micro-batch one packed row (``extra(batch)`` adds
         stage-specific fields). Under PP every row is the budget long (one p2p shape per step)."""
         dims = trainer.dims
-        multiple = row_multiple(dims.tp, dims.cp)
+        multiple = row_multiple(dims.tp, dims.cp, self.cfg.model.sequence_parallel)
         fixed = -(-self.token_budget // multiple) * multiple if dims.pp > 1 else None
         lengths = [self.pair_tokens(i) for i in indices]
         out = []
@@ -128,15 +112,3 @@ class PackedPairsMixin:
                 extra(batch)
             out.append(batch)
         return out
-
-
-def packed_forward(model, batch: dict):
-    """The model on one packed row: THD boundaries, or the dense mask under CP."""
-    from megatron_tulu import platform
-    from megatron_tulu.models.packed import packed_seq_params
-
-    dev = platform.device()
-    ids, pos = batch["input_ids"].to(dev), batch["position_ids"].to(dev)
-    if batch.get("attn_mask") is not None:
-        return model(ids, pos, batch["attn_mask"].to(dev))
-    return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))

@@ -28,7 +28,8 @@ from megatron_tulu.data.sampler import collate_preference, split_microbatches
 from megatron_tulu.losses.rm import METRICS, bt_loss
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
-from megatron_tulu.trainers.packed_pairs import PackedPairsMixin, packed_forward
+from megatron_tulu.models.packed import forward_rows
+from megatron_tulu.trainers.packed_pairs import PackedPairsMixin
 from megatron_tulu.trainers.task import DataStageMixin, Task
 
 
@@ -215,7 +216,7 @@ class RMTask(PackedPairsMixin, DataStageMixin, Task):
 
     def forward(self, model, batch: dict) -> torch.Tensor:
         if "doc_index" in batch:  # a packed row: one forward, scores read at each document's last token
-            return packed_forward(model, batch)  # [1, T / cp, 1]
+            return forward_rows(model, batch)  # [1, T / cp, 1]
         if self.cfg.rm.forward_mode == "concatenated":
             return self._forward_concat(model, batch)  # [2b, S / cp, 1]
         dev, k, s = platform.device(), len(batch["indices"]), batch["input_ids"].shape[1]

@@ -30,6 +30,7 @@ import torch
 from megatron_tulu.data.packing import packed_attention_mask
 from megatron_tulu.data.sampler import IGNORE_INDEX, collate, shift_targets, split_microbatches
 from megatron_tulu.models.logprobs import token_logprobs
+from megatron_tulu.models.packed import forward_rows
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
 from megatron_tulu.trainers.task import DataStageMixin, Task
@@ -133,16 +134,7 @@ class SFTTask(DataStageMixin, Task):
         raise ValueError(f"train.loss_reduction must be sum|mean, got {self.cfg.train.loss_reduction!r}")
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        from megatron_tulu import platform
-
-        dev = platform.device()
-        ids, pos = batch["input_ids"].to(dev), batch["position_ids"].to(dev)
-        if "cu_seqlens" in batch:
-            from megatron_tulu.models.packed import packed_seq_params
-
-            return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))
-        mask = batch["attn_mask"].to(dev) if batch["attn_mask"] is not None else None
-        return model(ids, pos, mask)
+        return forward_rows(model, batch)
 
     def loss_fn(self, batch: dict, logits: torch.Tensor, trainer) -> tuple[torch.Tensor, dict]:
         targets = batch["targets"].to(logits.device)

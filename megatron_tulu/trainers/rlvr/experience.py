@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from megatron_tulu.data.packing import document_row
 from megatron_tulu.data.sampler import IGNORE_INDEX
 from megatron_tulu.losses.flat import flatten
 from megatron_tulu.losses.masked import AllReduce
@@ -59,29 +60,14 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], bins: list[l
     """
     rows = []
     for b in bins:
-        docs = [list(prompts[i]) + list(responses[i]) for i in b]
-        used = sum(map(len, docs))
-        if length is not None and length < used:
-            raise ValueError(f"packed row of {used} tokens does not fit length={length}")
-        n = -(-(length or used) // multiple) * multiple
-        ids = torch.full((1, n), pad_id, dtype=torch.long)
-        targets = torch.full((1, n), IGNORE_INDEX, dtype=torch.long)
-        pos = torch.zeros((1, n), dtype=torch.long)
-        cu, at = [0], 0
-        for i, doc in zip(b, docs):
+        row = document_row([list(prompts[i]) + list(responses[i]) for i in b], pad_id, multiple, length)
+        targets = torch.full_like(row["input_ids"], IGNORE_INDEX)
+        for i, at in zip(b, row.pop("starts")):
             p, r = len(prompts[i]), len(responses[i])
-            ids[0, at: at + len(doc)] = torch.tensor(doc, dtype=torch.long)
-            pos[0, at: at + len(doc)] = torch.arange(len(doc))
             if r:  # the same slice response_rows sets, shifted to the document's start
                 targets[0, at + p - 1: at + p + r - 1] = torch.tensor(list(responses[i]), dtype=torch.long)
-            at += len(doc)
-            cu.append(at)
-        if at < n:  # the tail pad: its own segment, positions from 0 (as data.packing)
-            pos[0, at:] = torch.arange(n - at)
-            cu.append(n)
-        rows.append({"input_ids": ids, "position_ids": pos, "targets": targets,
-                     "mask": (targets != IGNORE_INDEX).float(), "cu_seqlens": [cu], "seqs": list(b),
-                     "num_seqs": len(b), "useful": used, "computed": n})
+        rows.append({**row, "targets": targets, "mask": (targets != IGNORE_INDEX).float(), "seqs": list(b),
+                     "num_seqs": len(b)})
     return rows
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_tulu import platform
 from megatron_tulu.models.logprobs import token_logprobs
+from megatron_tulu.models.packed import forward_rows
 from megatron_tulu.trainers.rlvr.config import RLVRConfig
 from megatron_tulu.trainers.task import DataStageMixin, Task
 
@@ -36,18 +36,8 @@ class PolicyTask(DataStageMixin, Task):
 
     def forward(self, model, batch):
         """Padded rows ``[B, S]`` (positions 0..S-1, causal), or one packed row (``experience.pack_rows``): THD
-        boundaries (``cu_seqlens``) or, under context parallelism, a dense block-causal ``attn_mask``, with the
-        row's per-document ``position_ids``, as SFT's packed rows."""
-        dev = platform.device()
-        ids = batch["input_ids"].to(dev)
-        pos = batch.get("position_ids")
-        pos = (torch.arange(ids.shape[1]).expand_as(ids) if pos is None else pos).to(dev)
-        if "cu_seqlens" in batch:
-            from megatron_tulu.models.packed import packed_seq_params
-
-            return model(ids, pos, None, packed_seq_params=packed_seq_params(batch["cu_seqlens"], ids.shape[1], dev))
-        mask = batch.get("attn_mask")
-        return model(ids, pos, None if mask is None else mask.to(dev))
+        boundaries, or under context parallelism a dense block-causal ``attn_mask`` (``models.packed.forward_rows``)."""
+        return forward_rows(model, batch)
 
     def denominator(self, mbs):
         """1: ``agg_weights`` already normalise over the whole optimizer-step batch (all micro-batches, DP ranks)."""
