@@ -346,13 +346,11 @@ def _run_prefgen(out: Path, data: Path, prof: dict, engine: str, timings: dict, 
     t = time.time()
     if not (run_dir / "report.json").exists():
         bar = StageProgress("prefgen", None, console or sys.stdout)
-        evals = ",".join(f"{k}={data / f'eval_{k}.jsonl'}" for k in TASKS)
+        # prefgen/tiny names its prompts, eval sets, pool and policy under data_root and runs_root
         cmd = [sys.executable, "-m", "launch.prefgen", "--config", "prefgen/tiny", f"run_dir={run_dir}",
-               f"prompts.max_prompts={p.get('max_prompts', 'null')}",
+               f"data_root={data}", f"runs_root={out}", f"prompts.max_prompts={p.get('max_prompts', 'null')}",
                f"prompts.mixture.datasets=[{{path: {data / 'rlvr_train.jsonl'}, count: {p['prompts']}}}]",
-               f"prompts.decontaminate=[{evals}]",
-               f"pool=[{{name: tiny-pretrain, path: {out / 'pretrain' / 'hf'}, n: 1, temperature: 1.0, max_new_tokens: 96}}]",
-               f"policy.path={out / 'sft' / 'hf'}", f"policy.n={p['policy_n']}", f"engine.kind={engine}"]
+               f"policy.n={p['policy_n']}", f"engine.kind={engine}"]
         # one vLLM engine per model in this process: the in-process engine starts in ~2 s instead of ~15 s
         _run(cmd, logs / "prefgen.log", bar, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
         timings["prefgen"] = time.time() - t

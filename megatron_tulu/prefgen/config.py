@@ -141,6 +141,10 @@ class PrefGenConfig:
 
     run_dir: str = "runs/tiny/prefgen"
     """Output directory: ``preferences.jsonl``, ``report.json`` and the per-shard files a resumed run reuses."""
+    data_root: str = "runs/data"
+    """Directory of the embedded synthetic suite; configs name its files as ``${data_root}/...`` (as ``data.root``)."""
+    runs_root: str = "runs/tiny"
+    """Where the earlier stages' run directories are; configs name their HF exports ``${runs_root}/<stage>/hf``."""
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     pool: list[PoolModel] = field(default_factory=list)
     """Off-policy models (Tülu 3: a pool of open and API models); each serves every prompt."""
