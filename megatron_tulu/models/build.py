@@ -34,6 +34,8 @@ class ModelOptions:
     GPU + TE only, refused elsewhere with a clear message."""
     recompute: str | None = None
     """Activation recompute: None, ``selective`` (attention core) or ``full`` (whole layers)."""
+    recompute_layers: int = 0
+    """With ``full``: recompute the first N layers of each pipeline chunk only (``block``); 0 = all (``uniform``)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (TP > 1; TE spec, or the local spec with :class:`RMSNorm`)."""
     dropout: float = 0.0
@@ -154,7 +156,12 @@ def transformer_config(preset: LlamaPreset, tp: int, pp: PipelineSplit | int, op
     check_divisibility(preset, tp, pp)
     split = PipelineSplit.of(pp)
     recompute = {}
-    if opts.recompute == "full":
+    if opts.recompute_layers and opts.recompute != "full":
+        raise ValueError(f"model.recompute_layers={opts.recompute_layers} needs model.recompute=full")
+    if opts.recompute == "full" and opts.recompute_layers:  # megatron clamps N to the chunk's layer count
+        recompute = dict(recompute_granularity="full", recompute_method="block",
+                         recompute_num_layers=opts.recompute_layers)
+    elif opts.recompute == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif opts.recompute == "selective":
         recompute = dict(recompute_granularity="selective")

@@ -37,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cp", type=int, help="pin trainer CP")
     p.add_argument("--recompute", choices=["none", "selective", "full"], help="pin activation recompute (default: "
                    "the lightest that fits)")
+    p.add_argument("--recompute-layers", type=int, default=0, help="with full recompute: only the first N layers "
+                   "of each pipeline chunk (model.recompute_layers, megatron's block method); 0: every layer")
+    p.add_argument("--tp-comm-overlap", action="store_true", help="TP collectives overlapped with GEMMs (TE "
+                   "userbuffers, as Megatron-Bridge's recipes; not enabled by this project's trainer)")
     p.add_argument("--vpp", type=int, default=1, help="virtual pipeline stages (interleaved 1F1B)")
     p.add_argument("--engine-tp", type=int, default=0, help="RLVR: vLLM TP per engine (0: search)")
     p.add_argument("--num-engines", type=int, default=0, help="RLVR: number of engines (0: search)")
@@ -86,6 +90,7 @@ def request_from_args(a: argparse.Namespace) -> PlanRequest:
         model=a.model, gpus=a.gpus, stage=a.stage, gpu=a.gpu, gpus_per_node=a.gpus_per_node, seq=a.seq,
         global_batch=a.global_batch, micro_batch=a.micro_batch, grad_dtype_bytes=2 if a.bf16_grads else 4,
         fp8=a.fp8, fused_logprob=a.fused_logprob, mfu=mfu, reserve_gib=a.reserve_gib, vpp=a.vpp, fixed=fixed,
+        recompute_layers=a.recompute_layers, tp_comm_overlap=a.tp_comm_overlap,
         engine_tp=a.engine_tp, num_engines=a.num_engines, algorithm=a.algorithm, value_model=a.value_model,
         reference_model=not a.no_reference, prompt_len=a.prompt_len, response_len=a.response_len,
         response_len_dist=a.response_len_dist, max_tokens_per_microbatch=a.max_tokens_per_microbatch,
@@ -133,7 +138,9 @@ def main(argv=None) -> int:
           "(W weights, G grads, O optimizer shard, R frozen ref, V value model, A activations none/sel/full).")
     for l in ok[: a.top]:
         m = l.memory_gib
-        print(f"- {l.name()}: recompute={l.recompute} total={m['total_' + l.recompute]:.1f}/{m['capacity']:.1f} "
+        frac = l.time_s.get("train_detail", l.time_s).get("recomputed_layer_fraction", 1.0)
+        partial = f" ({frac:.0%} of layers)" if l.recompute == "full" and frac < 1 else ""
+        print(f"- {l.name()}: recompute={l.recompute}{partial} total={m['total_' + l.recompute]:.1f}/{m['capacity']:.1f} "
               f"W{m['weights']:.1f} G{m['grads']:.1f} O{m['optimizer']:.1f} R{m['frozen_ref']:.1f} "
               f"V{m['value_model']:.1f} A{m['act_none']:.1f}/{m['act_selective']:.1f}/{m['act_full']:.1f}")
         t = l.time_s

@@ -49,6 +49,13 @@ class PlanRequest:
     """GiB per GPU kept free for the CUDA context, NCCL buffers and allocator fragmentation."""
     vpp: int = 1
     """Virtual pipeline stages per GPU (interleaved 1F1B)."""
+    recompute_layers: int = 0
+    """Full recompute of only the first N layers of each pipeline chunk (``model.recompute_layers``, megatron's
+    block method); 0 = every layer. Applies whenever the layout's recompute mode is ``full``."""
+    tp_comm_overlap: bool = False
+    """TP collectives overlapped with the GEMMs (megatron ``tp_comm_overlap`` with TE userbuffers), hidden by
+    ``overlap`` like DP/CP traffic. This project's trainer does not enable it (the published Megatron-Bridge
+    recipes do), so its own layouts leave it off."""
     fixed: dict = field(default_factory=dict)
     """Pin some of tp/pp/cp/engine_tp/num_engines (e.g. {"tp": 8}); the rest are searched."""
     # RLVR only
@@ -122,6 +129,8 @@ class PlanRequest:
             raise ValueError(f"sleep_level must be 1 or 2, got {self.sleep_level}")
         if self.train_global_batch and (self.train_global_batch < 1 or self.global_batch % self.train_global_batch):
             raise ValueError(f"train_global_batch {self.train_global_batch} must divide global_batch {self.global_batch}")
+        if self.recompute_layers < 0:
+            raise ValueError(f"recompute_layers must be >= 0, got {self.recompute_layers}")
         if "recompute" in self.fixed and self.fixed["recompute"] not in M.RECOMPUTE_MODES:
             raise ValueError(f"recompute must be one of {M.RECOMPUTE_MODES}, got {self.fixed['recompute']!r}")
         self.response_dist()
@@ -218,8 +227,8 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
         m = max(1, seqs // opt_steps // (dp * mb))
     w, g, o = M.model_state(preset, tp, pp, dp * cp, req.grad_dtype_bytes)
     acts = {mode: M.activation_bytes(preset, seq=row, micro_batch=mb, tp=tp, pp=pp, cp=cp,
-                                     num_microbatches=m, recompute=mode, vpp=req.vpp,
-                                     fused_logprob=req.fused_logprob) for mode in M.RECOMPUTE_MODES}
+                                     num_microbatches=m, recompute=mode, vpp=req.vpp, fused_logprob=req.fused_logprob,
+                                     recompute_layers=req.recompute_layers) for mode in M.RECOMPUTE_MODES}
     mem = M.TrainerMemory(weights=w, grads=g, optimizer=o, activations=acts)
     ref_bytes = 2.0 * M.params_per_gpu(preset, tp, pp) if req.stage in ("dpo", "rlvr") and req.reference_model else 0.0
     if not req.reference_on_host:  # DPO with a cached reference keeps none
@@ -262,12 +271,16 @@ def evaluate_trainer(req: PlanRequest, preset: LlamaPreset, trainer_gpus: int, t
             vfpt = T.flops_per_token(vpreset, attn_len)
             flops += tokens * vfpt  # value fwd+bwd
             fwd_only += tokens * vfpt / 3  # value forward for the advantages
-    comm = T.comm_volume(preset, seq=row, micro_batch=mb, num_microbatches=m, tp=tp, pp=pp, cp=cp,
-                         dp=dp, recompute=lay.recompute, grad_dtype_bytes=req.grad_dtype_bytes)
+    recomputed = M.recomputed_fraction(lay.recompute, M.stage_layers(preset.num_layers, pp, req.vpp) // req.vpp,
+                                       req.recompute_layers)
+    comm = T.comm_volume(preset, seq=row, micro_batch=mb, num_microbatches=m, tp=tp, pp=pp, cp=cp, dp=dp,
+                         recompute=lay.recompute, grad_dtype_bytes=req.grad_dtype_bytes, recomputed=recomputed)
     comm = {k: v * opt_steps for k, v in comm.items()}  # every optimizer step repeats them
     lay.time_s = T.train_step_time(flops, trainer_gpus, gpu, req.mfu, comm, tp=tp, pp=pp, cp=cp, num_microbatches=m,
                                    gpus_per_node=req.gpus_per_node, recompute=lay.recompute, fp8=req.fp8,
-                                   overlap=req.overlap, vpp=req.vpp, forward_only_flops=fwd_only)
+                                   overlap=req.overlap, vpp=req.vpp, forward_only_flops=fwd_only,
+                                   recomputed=recomputed, tp_comm_overlap=req.tp_comm_overlap)
+    lay.time_s["recomputed_layer_fraction"] = recomputed
     if req.reference_on_host and ref_bytes:
         lay.time_s["ref_swap_s"] = 2.0 * ref_bytes / (gpu.host_link_gbps * 1e9)
         lay.time_s["total_s"] += lay.time_s["ref_swap_s"]

@@ -90,6 +90,16 @@ def layer_activation_bytes(
     return replicated / (tp if sp else 1) + split / tp
 
 
+def recomputed_fraction(recompute: str, layers_per_chunk: int, recompute_layers: int = 0) -> float:
+    """Fraction of decoder layers whose activations are recomputed in backward: 0 for ``none`` / ``selective``
+    (selective recomputes only core attention, whose FLOPs the planner does not count); for ``full``, all layers,
+    or with ``recompute_layers`` = N > 0 the first N of each pipeline chunk's ``layers_per_chunk`` (megatron's
+    ``block`` method, ``model.recompute_layers``)."""
+    if recompute != "full":
+        return 0.0
+    return 1.0 if recompute_layers <= 0 else min(recompute_layers, layers_per_chunk) / layers_per_chunk
+
+
 def logits_bytes(preset: LlamaPreset, seq: int, micro_batch: int, tp: int, fused_logprob: bool = False) -> float:
     """Output-layer activations on the last pipeline stage: bf16 logits plus the fp32 copy the
     vocab-parallel cross entropy keeps, or nothing of size s*V when a fused linear+logprob kernel is used."""
@@ -177,23 +187,29 @@ def model_state(preset: LlamaPreset, tp: int, pp: int, dp_shard: int, grad_dtype
 def activation_bytes(
     preset: LlamaPreset, *, seq: int, micro_batch: int, tp: int, pp: int, cp: int, num_microbatches: int,
     recompute: str, vpp: int = 1, sp: bool | None = None, fused_logprob: bool = False, flash_attention: bool = True,
+    recompute_layers: int = 0,
 ) -> float:
     """Peak activation bytes on the fullest pipeline stage (Korthikanti et al. sec. 4.2.3).
 
     With 1F1B the first stage holds ``min(pp, m)`` micro-batches of its L/pp layers; interleaving (vpp)
     multiplies that by ``1 + (pp-1)/(pp*vpp)``. Full recompute keeps only layer inputs, plus one layer's
-    full activations while it is recomputed. The last stage also holds the logits (once per micro-batch
+    full activations while it is recomputed; with ``recompute_layers`` (block method) only that many layers
+    of each chunk do, the others keep everything. The last stage also holds the logits (once per micro-batch
     in flight, where pp == 1 means exactly one).
     """
     if sp is None:
         sp = tp > 1
     shape = LayerShape.from_preset(preset, flash_attention=flash_attention)
     s_local = seq // cp
+    layers = stage_layers(preset.num_layers, pp, vpp)
+    kept = layer_activation_bytes(shape, s_local, micro_batch, tp, sp, "none")
     per_layer = layer_activation_bytes(shape, s_local, micro_batch, tp, sp, recompute)
+    if recompute == "full" and recompute_layers:  # block: the rest of each chunk's layers keep their activations
+        frac = recomputed_fraction(recompute, layers // vpp, recompute_layers)
+        per_layer = frac * per_layer + (1 - frac) * kept
     in_flight = min(pp, num_microbatches)
     interleave = 1 + (pp - 1) / (pp * vpp) if vpp > 1 else 1.0
-    layers = stage_layers(preset.num_layers, pp, vpp)
-    recompute_peak = layer_activation_bytes(shape, s_local, micro_batch, tp, sp, "none") if recompute == "full" else 0.0
+    recompute_peak = kept if recompute == "full" else 0.0
     embed_out = 2 * s_local * micro_batch * preset.hidden_size / (tp if sp else 1)
     logits = logits_bytes(preset, s_local, micro_batch, tp, fused_logprob)
     if pp == 1:

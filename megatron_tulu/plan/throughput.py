@@ -83,12 +83,13 @@ def ring_allreduce_bytes(size_bytes: float, n: int) -> float:
 
 def comm_volume(
     preset: LlamaPreset, *, seq: int, micro_batch: int, num_microbatches: int, tp: int, pp: int, cp: int, dp: int,
-    recompute: str, grad_dtype_bytes: int = 4,
+    recompute: str, grad_dtype_bytes: int = 4, recomputed: float | None = None,
 ) -> dict:
     """Bytes each trainer GPU sends per optimizer step, by kind (tp, pp, cp, dp).
 
     TP (megatron, with or without SP): 2 all-reduce-equivalents per layer forward and 2 backward of the
-    bf16 activations [s/cp, b, h]; full recompute repeats the forward ones. PP: one activation send per
+    bf16 activations [s/cp, b, h]; full recompute repeats the forward ones (on the ``recomputed`` fraction of
+    the layers, :func:`~megatron_tulu.plan.memory.recomputed_fraction`; default all of them). PP: one activation send per
     micro-batch forward and one gradient send backward. CP: ring attention passes K and V around the ring
     in forward and their gradients back. DP: reduce-scatter of the grads and all-gather of the bf16 params
     over the data-parallel x context group (distributed optimizer).
@@ -96,7 +97,9 @@ def comm_volume(
     s = seq // cp
     act = 2.0 * s * micro_batch * preset.hidden_size
     layers = stage_layers(preset.num_layers, pp)
-    tp_colls = 4 + (2 if recompute == "full" else 0)
+    if recomputed is None:
+        recomputed = 1.0 if recompute == "full" else 0.0
+    tp_colls = 4 + 2 * recomputed
     tp_bytes = layers * num_microbatches * tp_colls * ring_allreduce_bytes(act, tp)
     pp_bytes = 0.0 if pp == 1 else 2.0 * num_microbatches * act / tp
     kv = 2.0 * 2 * s * micro_batch * preset.num_query_groups * preset.head_dim / tp
@@ -110,22 +113,26 @@ def comm_volume(
 def train_step_time(
     flops_total: float, gpus: int, gpu: GPUSpec, mfu: float, comm: dict, *, tp: int, pp: int, cp: int,
     num_microbatches: int, gpus_per_node: int, recompute: str, fp8: bool = False, overlap: float = 0.7,
-    vpp: int = 1, forward_only_flops: float = 0.0,
+    vpp: int = 1, forward_only_flops: float = 0.0, recomputed: float | None = None, tp_comm_overlap: bool = False,
 ) -> dict:
     """Seconds per optimizer step, split into compute, pipeline bubble and exposed communication.
 
     ``flops_total`` is model FLOPs for the whole step over all GPUs. Full recompute costs one more forward
-    (x 4/3) of the trained passes; ``forward_only_flops`` (log-prob / reference forwards, no backward, so
-    nothing to recompute) are added without it. FP8 doubles the peak but the MFU assumption still applies to the
-    BF16-measured efficiency.
+    (x 4/3) of the trained passes, on the ``recomputed`` fraction of the layers (default: all);
+    ``forward_only_flops`` (log-prob / reference forwards, no backward, so nothing to recompute) are added
+    without it. FP8 doubles the peak but the MFU assumption still applies to the BF16-measured efficiency.
+    TP collectives are exposed unless ``tp_comm_overlap`` (TE userbuffers overlapping them with the GEMMs),
+    which hides them like DP/CP traffic, by ``overlap``.
     """
     peak = (gpu.fp8_tflops if fp8 and gpu.fp8_tflops else gpu.bf16_tflops) * 1e12
-    extra = 4.0 / 3.0 if recompute == "full" else 1.0
+    if recomputed is None:
+        recomputed = 1.0 if recompute == "full" else 0.0
+    extra = 1.0 + recomputed / 3.0
     compute = (flops_total * extra + forward_only_flops) / (gpus * peak * mfu)
     bubble = compute * (pp - 1) / (num_microbatches * vpp)
     intra, inter = gpu.intra_node_busbw_gbps * 1e9, gpu.inter_node_busbw_gbps * 1e9
     # TP stays inside a node by construction; PP/CP/DP cross nodes once the groups below them fill one.
-    t_tp = comm["tp"] / intra
+    t_tp = comm["tp"] / intra * ((1 - overlap) if tp_comm_overlap else 1.0)
     t_pp = comm["pp"] / (intra if tp * pp <= gpus_per_node else inter)
     t_cp = comm["cp"] / (intra if tp * cp <= gpus_per_node else inter) * (1 - overlap)
     t_dp = comm["dp"] / (intra if gpus <= gpus_per_node else inter) * (1 - overlap)

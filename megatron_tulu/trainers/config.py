@@ -25,6 +25,10 @@ class ModelConfig:
     GPU + TE >= 2.2 only, refused on CPU."""
     recompute: Optional[str] = None
     """Activation recompute: null, ``selective`` or ``full``."""
+    recompute_layers: int = 0
+    """With ``recompute: full``: recompute only the first N decoder layers of each pipeline chunk and keep the
+    others' activations (megatron's ``recompute_method=block``; Megatron-Bridge's 8B recipe recomputes 5 of 32);
+    0 = every layer (``uniform``). Trades memory for the recompute's extra forward on the layers that fit."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: activations outside the TP regions sharded over the sequence (needs TP > 1;
     TE and local specs; the LM, fused log-prob and value heads gather the sequence)."""

@@ -63,6 +63,10 @@ class StageConfig:
         check_choice("model.impl", m.impl, ("auto", "te", "local"))
         check_choice("model.dtype", m.dtype, ("auto", "bf16", "fp32"))
         check_choice("model.recompute", m.recompute, (None, "selective", "full"))
+        check_at_least("model.recompute_layers", m.recompute_layers, 0)
+        if m.recompute_layers and m.recompute != "full":
+            raise ValueError(f"model.recompute_layers={m.recompute_layers} needs model.recompute=full (got "
+                             f"{m.recompute!r})")
         check_choice("model.fp8", m.fp8, (None, *FP8_FORMATS))
         for name in ("tp", "pp", "cp", "vpp"):
             check_at_least(f"parallel.{name}", getattr(p, name), 1)

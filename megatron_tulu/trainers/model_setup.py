@@ -79,6 +79,7 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
     from megatron_tulu.models.build import ModelOptions, build_model
 
     opts = ModelOptions(impl=cfg.impl, dtype=cfg.dtype, fp8=cfg.fp8, recompute=cfg.recompute,
+                        recompute_layers=cfg.recompute_layers,
                         sequence_parallel=cfg.sequence_parallel,
                         document_masks=trainer.task.packed and trainer.dims.cp > 1,
                         head=head or ("hidden" if cfg.use_fused_logprob else "lm"))

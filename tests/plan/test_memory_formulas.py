@@ -75,6 +75,12 @@ def test_llama_layer_activations_and_pipeline():
     # Full recompute: each layer keeps its input, plus one layer's activations while it is recomputed.
     assert full == pytest.approx(32 * 2 * s * h + expect + M.logits_bytes(p, s, 1, 1) + 2 * s * h)
     assert full < one
+    # Block recompute of 8 of the 32 layers: those keep their input, the other 24 everything (+ the recompute peak).
+    block = M.activation_bytes(p, seq=s, micro_batch=1, tp=1, pp=1, cp=1, num_microbatches=8, recompute="full",
+                               recompute_layers=8)
+    assert block == pytest.approx(8 * 2 * s * h + 24 * expect + expect + M.logits_bytes(p, s, 1, 1) + 2 * s * h)
+    assert M.recomputed_fraction("full", 32, 8) == 0.25 and M.recomputed_fraction("full", 4, 8) == 1.0
+    assert M.recomputed_fraction("full", 32) == 1.0 and M.recomputed_fraction("selective", 32, 8) == 0.0
     fused = M.logits_bytes(p, s, 1, 1, fused_logprob=True)
     assert M.logits_bytes(p, s, 1, 1) - fused == pytest.approx(6 * s * p.vocab_size - 8 * s)
 

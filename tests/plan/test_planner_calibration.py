@@ -41,11 +41,44 @@ def test_nemo_rl_8b_grpo_step_time_within_25_percent(kw, published):
     assert 0.75 <= lay.time_s["total_s"] / published <= 1.25, lay.time_s["total_s"]
 
 
-def test_megatron_bridge_8b_fp8_pretrain_throughput_within_25_percent():
-    # Megatron-Bridge 25.11, DGX-H100 FP8-CS, Llama3 8B, 8 GPUs, GBS 128, seq 8192: 14,451 tokens/s/GPU.
-    lay = _best(model="llama3.1-8b", gpus=8, stage="pretrain", seq=8192, global_batch=128, fp8=True,
-                fixed={"tp": 1, "pp": 1, "cp": 1})
-    assert 0.75 <= lay.tokens_per_s_per_gpu / 14451 <= 1.25
+# Megatron-Bridge 25.11 performance summary, DGX-H100 FP8-CS pretraining at seq 8192, with what its H100 recipes
+# (perf_recipes/llama/h100/llama3.py, llama31.py; _common.py) state: grads reduced in bf16 (grad_reduce_in_fp32 False),
+# TE's fused cross entropy, 8B: full recompute of 5 of 32 layers (block) and no TP; 70B and 405B: no recompute, TP
+# communication overlapped by userbuffers.
+MB = dict(stage="pretrain", seq=8192, fp8=True, grad_dtype_bytes=2)
+MB_ROWS = {
+    "8b": (dict(MB, model="llama3.1-8b", gpus=8, global_batch=128, fused_logprob=True, recompute_layers=5,
+                fixed={"tp": 1, "pp": 1, "cp": 1, "recompute": "full"}), 14451),
+    "70b": (dict(MB, model="llama3.1-70b", gpus=64, global_batch=128, vpp=5, tp_comm_overlap=True,
+                 fixed={"tp": 4, "pp": 8, "cp": 1, "recompute": "none"}), 1602),
+    "405b": (dict(MB, model="llama3.1-405b", gpus=1024, global_batch=512, vpp=8, tp_comm_overlap=True,
+                  fixed={"tp": 8, "pp": 8, "cp": 2, "recompute": "none"}), 292),
+}
+
+
+@pytest.mark.parametrize("size", list(MB_ROWS))
+def test_megatron_bridge_fp8_pretrain_throughput_within_25_percent(size):
+    kw, published = MB_ROWS[size]
+    assert 0.75 <= _best(**kw).tokens_per_s_per_gpu / published <= 1.25
+
+
+def test_recipe_settings_are_what_moves_the_large_rows():
+    """Without the recipe's bf16 grads the 70B layout only fits with full recompute (charged 4/3) and its exposed
+    TP traffic: the 0.70 the first calibration reported. The settings are the workload's, not a tuning."""
+    kw, published = MB_ROWS["70b"]
+    plain = _best(**{**kw, "grad_dtype_bytes": 4, "tp_comm_overlap": False, "fixed": {"tp": 4, "pp": 8, "cp": 1}})
+    assert plain.recompute == "full" and plain.tokens_per_s_per_gpu / published < 0.75
+
+
+def test_partial_recompute_costs_its_share_of_a_forward():
+    kw, _ = MB_ROWS["8b"]
+    part = _best(**kw)
+    full = _best(**{**kw, "recompute_layers": 0})
+    assert part.time_s["recomputed_layer_fraction"] == pytest.approx(5 / 32)
+    # compute is flops x (1 + fraction / 3): 5/32 of a forward extra instead of a whole one
+    assert part.time_s["compute_s"] / full.time_s["compute_s"] == pytest.approx((1 + 5 / 96) / (4 / 3))
+    mem = part.memory_gib
+    assert mem["act_none"] > mem["act_full"] > mem["act_selective"] * 27 / 32  # 27 layers keep everything
 
 
 def test_old_padded_estimate_is_what_the_issue_reported():

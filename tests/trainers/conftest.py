@@ -47,10 +47,18 @@ def _split_job(sft_data, tiny_hf, root, name, mb, red, **extra):
         "checkpoint.interval": 0, "checkpoint.keep_last": 1, **extra}))
 
 
+RECOMPUTE_RUNS = {
+    "full": {"model.recompute": "full"},
+    "selective": {"model.recompute": "selective"},
+    # megatron's block method: the first 2 of the tiny model's 4 layers recomputed, the other 2 keep activations
+    "full_block": {"model.recompute": "full", "model.recompute_layers": 2},
+}
+
+
 @pytest.fixture(scope="session")
 def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     """Single-rank launch: the reference run (``ref``), the 1-rank split runs (``sum_8`` = 1x8, ...) and the
-    activation-recompute runs (``recompute_full``, ``recompute_selective``; 2 steps, otherwise as ``ref``), the
+    activation-recompute runs (``recompute_<mode>`` for :data:`RECOMPUTE_RUNS`; 2 steps, otherwise as ``ref``), the
     export/init runs and ``unpacked`` (2 steps without packing)."""
     from megatron_tulu.testing import run_distributed
 
@@ -60,8 +68,8 @@ def one_rank_runs(sft_data, tiny_hf, tmp_path_factory) -> dict[str, Path]:
     for name, s in SPLITS_1RANK.items():
         jobs.append(_split_job(sft_data, tiny_hf, root, name, s["mb"], s["red"]))
         names.append(name)
-    for mode in ("full", "selective"):  # activation recompute: same numbers as the reference, recomputed
-        jobs.append(_split_job(sft_data, tiny_hf, root, f"recompute_{mode}", 4, "sum", **{"model.recompute": mode}))
+    for mode, extra in RECOMPUTE_RUNS.items():  # activation recompute: same numbers as the reference, recomputed
+        jobs.append(_split_job(sft_data, tiny_hf, root, f"recompute_{mode}", 4, "sum", **extra))
         names.append(f"recompute_{mode}")
     # a finished run exported at its end, then two 1-step runs started from it: from the training checkpoint
     # (model.init_mcore = its run dir) and from its HF export (model.init_hf)

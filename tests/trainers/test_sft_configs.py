@@ -77,3 +77,23 @@ def test_shipped_layout_builds(stage, size):
     assert config.pipeline_model_parallel_size == p.pp
     if p.vpp > 1:  # the interleaved schedule needs >= pp micro-batches per step at the smallest DP (1)
         assert cfg.train.global_batch_size // cfg.train.micro_batch_size >= p.pp
+
+
+@pytest.mark.parametrize("recompute, layers, expect", [
+    ("full", 0, ("full", "uniform", 1)),  # every layer, one at a time
+    ("full", 5, ("full", "block", 5)),  # the first 5 layers of each pipeline chunk (Megatron-Bridge's 8B recipe)
+    ("selective", 0, ("selective", None, None)),
+])
+def test_recompute_options_reach_megatron(recompute, layers, expect):
+    from megatron_tulu.models.build import ModelOptions, transformer_config
+
+    opts = ModelOptions(impl="local", dtype="bf16", recompute=recompute, recompute_layers=layers)
+    config = transformer_config(get_preset("llama3.1-8b").with_(num_layers=8), 1, 1, opts)
+    assert (config.recompute_granularity, config.recompute_method, config.recompute_num_layers) == expect
+
+
+def test_recompute_layers_without_full_recompute_fails_naming_the_field():
+    with pytest.raises(ValueError, match="model.recompute_layers"):
+        load_config(SFTConfig, "sft/tiny", ["model.recompute_layers=2"])
+    with pytest.raises(ValueError, match="model.recompute_layers"):
+        load_config(SFTConfig, "sft/tiny", ["model.recompute=full", "model.recompute_layers=-1"])

@@ -80,7 +80,7 @@ def test_sequence_parallel_matches_tp1(one_rank_runs, four_rank_runs, name):
         assert _rel(ref[s]["grad_norm"], sp[s]["grad_norm"]) < 1e-3, (s, ref[s]["grad_norm"], sp[s]["grad_norm"])
 
 
-@pytest.mark.parametrize("mode", ["full", "selective"])
+@pytest.mark.parametrize("mode", ["full", "selective", "full_block"])
 def test_activation_recompute_gives_the_same_steps(one_rank_runs, mode):
     ref, rec = step_records(one_rank_runs["ref"]), step_records(one_rank_runs[f"recompute_{mode}"])
     assert sorted(rec) == [1, 2]
