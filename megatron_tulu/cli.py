@@ -97,7 +97,7 @@ def validate_only(schema, args, stage: str) -> int:
         else:
             plan = jobs.build_plan(cfg, stage, args.config)
             ranks, where = plan["trainer"]["gpus"], f"; plan: {jobs.summary(plan)}"
-        problems = layout_problems(cfg, ranks)
+        problems = layout_problems(cfg, ranks) + (plan["engine_problems"] if not args.nproc else [])
     except ValueError as e:
         problems = [str(e)]
     if problems:

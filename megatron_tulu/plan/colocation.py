@@ -1,6 +1,7 @@
-"""Does a vLLM engine fit on a GPU beside a trainer rank? (``rlvr.engine_placement=local`` on a GPU.)
+"""Does a vLLM engine fit on a GPU beside a trainer rank? (``rlvr.engine_placement=local`` or ``colocated`` on a GPU.)
 
-A local engine lives in trainer rank 0's process and shares its GPU. vLLM takes ``rlvr.engine_memory_fraction`` of
+A local engine lives in trainer rank 0's process and shares its GPU; colocated engines put an ``engine_tp`` share of
+an engine on every trainer GPU. Either way vLLM takes ``rlvr.engine_memory_fraction`` of
 the GPU's memory when it starts (its ``gpu_memory_utilization``: weights, activations and KV cache) and refuses to
 start when that much is not free. So, with the planner's per-GPU numbers for the trainer's layout:
 
@@ -10,8 +11,10 @@ start when that much is not free. So, with the planner's per-GPU numbers for the
   the engine sleeps while the trainer steps (``rlvr.engine_sleep_level`` 1 or 2), when it holds next to nothing;
 - the engine's fraction must leave it a KV cache for at least one prompt + response.
 
-:func:`local_engine_problems` returns what does not fit, each naming the fields to change; an empty list means the
-layout fits. The driver calls it before any model is loaded.
+:func:`engine_beside_trainer_problems` returns what does not fit, each naming the fields to change; an empty list
+means the layout fits. The driver calls it before any model is loaded, and the job plan (``--validate-only``, the
+SLURM dry run) reports it for the cluster's GPU. The trainer numbers are the fullest GPU's (the planner's), so the
+check holds for every colocated GPU.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from megatron_tulu.plan.layouts import PlanRequest, capacity_bytes, evaluate_tra
 STATE_PARTS = ("weights", "grads", "optimizer", "frozen_ref", "value_model")  # resident while the engine generates
 
 
-def local_engine_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
-    """Problems of running ``cfg``'s (an ``RLVRConfig``) engine on trainer rank 0's GPU, a ``gpu``, while the
-    trainer runs on ``world_size`` such GPUs at ``cfg.parallel``'s layout. Empty when it fits."""
+def engine_beside_trainer_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
+    """Problems of running ``cfg``'s (an ``RLVRConfig``) engines beside the trainer (on trainer rank 0's GPU for a
+    local engine, on every trainer GPU when colocated), the trainer running on ``world_size`` ``gpu``s at
+    ``cfg.parallel``'s layout. Empty when it fits."""
     o, p, t = cfg.rlvr, cfg.parallel, cfg.train
+    where = "every trainer GPU" if o.engine_placement == "colocated" else "trainer rank 0's GPU"
     preset = get_preset(cfg.model.preset)
     seq = t.seq_length + o.max_new_tokens  # prompt + response
     req = PlanRequest(model=preset.name, gpus=world_size, stage="rlvr", gpu=gpu.name, seq=seq,
@@ -47,8 +52,8 @@ def local_engine_problems(cfg, gpu: GPUSpec, world_size: int) -> list[str]:
     problems = []
     if state + engine > cap:
         most = max(0.0, (cap - state) * M.GIB / gpu.memory_bytes)
-        problems.append(f"while the engine generates, trainer rank 0 holds {state:.1f} GiB (weights, grads, optimizer, "
-                        f"reference, value model) and {fields} asks {engine:.1f} GiB of the {gpu.name}: "
+        problems.append(f"while the engine generates, {where} holds {state:.1f} GiB of trainer state (weights, grads, "
+                        f"optimizer, reference, value model) and {fields} asks {engine:.1f} GiB of the {gpu.name}: "
                         f"{state + engine:.1f} > {cap:.1f} GiB usable; lower rlvr.engine_memory_fraction to at most "
                         f"{most:.2f} or use rlvr.engine_placement=ray (engines on GPUs of their own)")
     if o.engine_sleep_level == 0 and peak + engine > cap:

@@ -225,13 +225,16 @@ def build_plan(cfg, stage: str, name: str, alloc: Allocation | None = None, comm
     if model != cfg.model.preset:
         placed.update(feasible=None, memory={"reasons": [f"no memory verdict for model.preset={cfg.model.preset} "
                                                          "(its shape is known only at run time)"]})
+    elif stage == "rlvr" and not lay["num_engines"] and alloc.device == "gpu":
+        _check_engine_beside_trainer(cfg, placed)
     for n in placed["nodes"]:
         n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
     plan = {"stage": stage, "config": name, "model": cfg.model.preset, "device": alloc.device,
             "nodes_total": alloc.nodes, "slots_per_node": alloc.slots_per_node,
             "slots_total": alloc.nodes * alloc.slots_per_node, "nodes": placed["nodes"], "engines": placed["engines"],
             "local_engine": stage == "rlvr" and not lay["num_engines"], "trainer": placed["trainer"], "idle": idle,
-            "memory": placed["memory"], "feasible": placed["feasible"], "command": list(command)}
+            "memory": placed["memory"], "feasible": placed["feasible"], "command": list(command),
+            "engine_problems": placed.get("engine_problems", [])}
     check_plan(plan)
     return plan
 
@@ -272,6 +275,20 @@ def _place_trainers(model: str, stage: str, alloc: Allocation, lay: dict, work: 
     verdict = evaluate_trainer(req, get_preset(model), total, lay["tp"], lay["pp"], lay["cp"])
     return {"nodes": nodes, "engines": [], "trainer": trainer, "memory": verdict.to_dict(),
             "feasible": verdict.feasible}
+
+
+def _check_engine_beside_trainer(cfg, placed: dict) -> None:
+    """A local or colocated vLLM engine shares the trainer's GPUs: add what does not fit (``plan.colocation``, the
+    check the driver repeats before loading a model) to the plan's memory verdict."""
+    from megatron_tulu.plan.colocation import engine_beside_trainer_problems
+    from megatron_tulu.plan.hardware import get_gpu
+
+    if cfg.rlvr.engine != "vllm":
+        return
+    problems = engine_beside_trainer_problems(cfg, get_gpu(cfg.cluster.gpu), placed["trainer"]["gpus"])
+    if problems:  # the run would refuse to start (RLVRDriver): --validate-only fails on these
+        placed["memory"].setdefault("reasons", []).extend(problems)
+        placed.update(feasible=False, engine_problems=problems)
 
 
 def _place_rlvr(model: str, alloc: Allocation, lay: dict, work: dict) -> tuple[dict, int]:

@@ -20,20 +20,20 @@ LOCAL_8B_TP8 = ("parallel.tp=8", "rlvr.num_engines=1", "rlvr.engine_placement=lo
 
 
 def test_the_planner_names_what_does_not_fit_beside_the_trainer():
-    from megatron_tulu.plan.colocation import local_engine_problems
+    from megatron_tulu.plan.colocation import engine_beside_trainer_problems
     from megatron_tulu.plan.hardware import GPUS
 
     h100 = GPUS["h100-80gb"]
-    default = local_engine_problems(_cfg(*LOCAL_8B_TP8), h100, world_size=8)  # vLLM's usual 0.9 of the GPU
+    default = engine_beside_trainer_problems(_cfg(*LOCAL_8B_TP8), h100, world_size=8)  # vLLM's usual 0.9 of the GPU
     assert len(default) == 2 and "rlvr.engine_memory_fraction=0.9" in default[0]
     assert "rlvr.engine_sleep_level" in default[1]
     # half the GPU fits beside the trainer's state while generating, not beside its training peak ...
-    half = local_engine_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5"), h100, world_size=8)
+    half = engine_beside_trainer_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5"), h100, world_size=8)
     assert len(half) == 1 and "while the trainer steps" in half[0] and "rlvr.engine_sleep_level=2" in half[0]
     # ... unless the engine sleeps while the trainer steps
-    assert local_engine_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5", "rlvr.engine_sleep_level=2"),
+    assert engine_beside_trainer_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5", "rlvr.engine_sleep_level=2"),
                                  h100, world_size=8) == []
-    starved = local_engine_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.1"), h100, world_size=8)
+    starved = engine_beside_trainer_problems(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.1"), h100, world_size=8)
     assert len(starved) == 1 and "no KV cache" in starved[0]
 
 
@@ -46,8 +46,8 @@ def test_a_local_engine_that_cannot_fit_is_refused_before_any_model_loads(monkey
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=85 * 10**9))
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(ValueError, match=r"does not fit on trainer rank 0's GPU.*rlvr\.engine_memory_fraction=0\.9"):
-        rlvr_driver.check_local_engine_fits(_cfg(*LOCAL_8B_TP8))
-    rlvr_driver.check_local_engine_fits(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5",
+        rlvr_driver.check_engine_fits_beside_trainer(_cfg(*LOCAL_8B_TP8))
+    rlvr_driver.check_engine_fits_beside_trainer(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5",
                                              "rlvr.engine_sleep_level=2"))
 
 
@@ -106,3 +106,46 @@ def test_vllm_engine_sleeps_at_its_level_on_a_gpu_only():
     engine.sleep()
     engine.wake()
     assert calls == [("sleep", 2), ("wake_up",)]
+
+
+COLOCATED_GRPO_8B = ("rlvr.engine_placement=colocated", "rlvr.num_engines=1", "cluster.nodes=1", "parallel.tp=4",
+                     "parallel.pp=1", "rlvr.engine_tp=4")
+
+
+def _validate_only(capsys, *overrides):
+    from megatron_tulu.cli import stage_main
+    from megatron_tulu.trainers.rlvr import RLVRConfig
+
+    code = stage_main("launch.rlvr", RLVRConfig, None, "rlvr/8b_grpo",
+                      argv=["--config", "rlvr/8b_grpo", "--validate-only", *overrides])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_colocated_rlvr_engine_memory_is_checked_before_the_job_starts(capsys):
+    """Colocated engines share every trainer GPU: --validate-only (and the SLURM dry run's plan) refuses a
+    fraction that cannot fit beside the trainer's resident state, naming the field and the largest that fits."""
+    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B)  # vLLM's usual 0.9 of each GPU
+    assert code == 2 and "every trainer GPU holds" in text and "rlvr.engine_memory_fraction=0.9" in text
+    assert "at most 0.6" in text
+    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "rlvr.engine_memory_fraction=0.4",
+                                "rlvr.engine_sleep_level=2")
+    assert code == 0 and "valid" in text, text
+    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "cluster.nodes=2")
+    assert code == 2 and "runs on one node (cluster.nodes=2)" in text
+
+
+def test_colocated_grpo_engine_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch):
+    from megatron_tulu import platform
+    from megatron_tulu.config import load_config
+    from megatron_tulu.trainers.rlvr import RLVRConfig
+    from megatron_tulu.trainers.rlvr import loop as rlvr_driver
+
+    monkeypatch.setattr(platform, "has_gpu", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=85 * 10**9))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(ValueError, match=r"colocated: the vLLM engine does not fit on every trainer GPU"):
+        rlvr_driver.check_engine_fits_beside_trainer(load_config(RLVRConfig, "rlvr/8b_grpo", list(COLOCATED_GRPO_8B)))
+    rlvr_driver.check_engine_fits_beside_trainer(load_config(RLVRConfig, "rlvr/8b_grpo", [
+        *COLOCATED_GRPO_8B, "rlvr.engine_memory_fraction=0.4", "rlvr.engine_sleep_level=2"]))

@@ -49,7 +49,7 @@ class RLVRDriver:
         self.cfg = cfg
         self.o = cfg.rlvr
         cfg.validate()  # load_config did already; a config built in code is checked here
-        check_local_engine_fits(cfg)
+        check_engine_fits_beside_trainer(cfg)
         if self.o.preset.uses_value_model and self.o.value_init_hf:  # before minutes of policy loading
             _check_hf_dir(self.o.value_init_hf)
         self.policy = Trainer(cfg, PolicyTask(cfg))
@@ -497,22 +497,23 @@ def _split_bins(bins: list[list[int]], k: int) -> list[list[int]]:
     return bins
 
 
-def check_local_engine_fits(cfg: RLVRConfig) -> None:
-    """For a local vLLM engine on a GPU: the engine fits beside trainer rank 0 by the planner's numbers
+def check_engine_fits_beside_trainer(cfg: RLVRConfig) -> None:
+    """For a local or colocated vLLM engine on a GPU: the engine fits beside the trainer by the planner's numbers
     (``plan.colocation``), else a ``ValueError`` naming the fields; before any model loads."""
     o = cfg.rlvr
-    if o.engine_placement != "local" or o.engine != "vllm" or not platform.has_gpu():
+    if o.engine_placement not in ("local", "colocated") or o.engine != "vllm" or not platform.has_gpu():
         return
-    from megatron_tulu.plan.colocation import local_engine_problems
+    from megatron_tulu.plan.colocation import engine_beside_trainer_problems
     from megatron_tulu.plan.hardware import gpu_from_device_name
 
     spec = gpu_from_device_name(torch.cuda.get_device_name())
     if spec is None:  # a GPU the planner has no numbers for: vLLM's own start-up check is all there is
         return
     spec = dataclasses.replace(spec, memory_bytes=float(torch.cuda.get_device_properties(0).total_memory))
-    problems = local_engine_problems(cfg, spec, int(os.environ.get("WORLD_SIZE", "1")))
+    problems = engine_beside_trainer_problems(cfg, spec, int(os.environ.get("WORLD_SIZE", "1")))
     if problems:
-        raise ValueError("rlvr.engine_placement=local: the vLLM engine does not fit on trainer rank 0's GPU: "
+        where = "every trainer GPU" if o.engine_placement == "colocated" else "trainer rank 0's GPU"
+        raise ValueError(f"rlvr.engine_placement={o.engine_placement}: the vLLM engine does not fit on {where}: "
                          + "; ".join(problems))
 
 
