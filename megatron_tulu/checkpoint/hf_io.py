@@ -50,6 +50,19 @@ def atomic_dir(final: str | Path):
         raise
 
 
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a small file so that readers see the old content or the new, never a part: a temporary sibling named
+    by this process (concurrent writers never share one), flushed to disk, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def preset_from_hf_config(cfg: dict, name: str = "hf") -> LlamaPreset:
     """Llama preset from an HF ``config.json`` dict; unsupported settings raise naming the field."""
     if cfg.get("model_type", "llama") != "llama":

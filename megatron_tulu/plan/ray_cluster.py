@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_tulu.checkpoint.hf_io import write_atomic
+
 
 def write_layout(plan: dict, out: str | Path) -> str:
     """Write ``plan`` (JSON) where every srun step of the job reads it, and return the shell line that the RLVR
@@ -25,11 +27,7 @@ def write_layout(plan: dict, out: str | Path) -> str:
     if len(per) != 1:
         raise ValueError(f"trainer ranks per node differ across trainer nodes ({sorted(per)}): one srun step "
                          "cannot start them; choose a layout whose trainer nodes are alike")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1, default=str))
-    os.replace(tmp, out)  # a step never reads a half-written plan
+    write_atomic(out, json.dumps(plan, indent=1, default=str))  # a step never reads a half-written plan
     args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
             f"--nodelist={','.join(n['host'] for n in nodes)}"]
     return "MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"

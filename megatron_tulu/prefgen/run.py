@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from megatron_tulu import config as config_mod
+from megatron_tulu.checkpoint.hf_io import write_atomic
 from megatron_tulu.prefgen import judge as judging
 from megatron_tulu.prefgen.binarize import binarize, merge_reports, preference_row, prompt_rng
 from megatron_tulu.prefgen.config import PoolModel, PrefGenConfig
@@ -46,16 +47,6 @@ class PrefGenError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- files
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

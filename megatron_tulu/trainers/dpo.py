@@ -13,6 +13,7 @@ and rejected as two forwards and reduces each to per-sequence log-probs before t
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_tulu import platform
+from megatron_tulu.checkpoint.hf_io import write_atomic
 from megatron_tulu.data.sampler import IGNORE_INDEX, collate_preference, shift_targets, split_microbatches
 from megatron_tulu.losses.dpo import NEEDS_REFERENCE, get_dpo_loss
 from megatron_tulu.models.logprobs import token_logprobs
@@ -210,10 +212,9 @@ class DPOTask(PackedPairsMixin, DataStageMixin, Task):
         self.ref_cache_hit = False
         ref = self.score_pairs(trainer, rows)
         if dist.get_rank() == 0:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save(ref, tmp)
-            os.replace(tmp, cache)
+            buf = io.BytesIO()
+            torch.save(ref, buf)
+            write_atomic(cache, buf.getvalue())
         if dist.is_initialized():
             dist.barrier()
         return ref

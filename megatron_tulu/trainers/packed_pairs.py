@@ -107,7 +107,7 @@ class PackedPairsMixin:
         for b in token_budget_bins(lengths, list(range(len(indices))), self.token_budget):
             batch = pack_pairs(self.rows, [indices[j] for j in b], self.pad_id, fixed, multiple)
             if dims.cp > 1:  # context parallelism splits rows by query positions: a dense block-causal mask (as SFT)
-                batch["attn_mask"] = packed_attention_mask(batch["cu_seqlens"], batch["input_ids"].shape[1])
+                batch["attn_mask"] = packed_attention_mask(batch.pop("cu_seqlens"), batch["input_ids"].shape[1])
             if extra is not None:
                 extra(batch)
             out.append(batch)

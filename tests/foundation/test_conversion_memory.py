@@ -35,11 +35,13 @@ def peak_of(fn):
     t = threading.Thread(target=sample)
     t.start()
     try:
-        fn()
+        held = fn()  # what fn returns is still held at the last sample (the control's copies)
+        end = anon()
     finally:
         done.set()
         t.join()
-    return max(peak[0], anon()) - base
+    del held
+    return max(peak[0], end) - base
 
 mode, hf, mcore, back = sys.argv[1:5]
 reader = HFReader(hf)

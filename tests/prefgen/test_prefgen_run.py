@@ -44,6 +44,7 @@ def _check_accounting(files: RunFiles, report: dict) -> list[dict]:
 
 
 @pytest.mark.slow  # three vLLM engine starts (~25 s on 2 cores)
+@pytest.mark.vllm
 def test_prefgen_llm_judge_structured_output_vllm(tmp_path, prefgen_models, monkeypatch):
     pytest.importorskip("vllm")
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: ~2 s per engine start instead of ~15

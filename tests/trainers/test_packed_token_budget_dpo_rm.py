@@ -1,7 +1,8 @@
 """Issue 24 (no padding) for the pair stages: under ``train.max_tokens_per_microbatch`` DPO and the reward model run
 each micro-batch as ONE packed row (chosen documents, then rejected ones; positions restart, attention per document),
 cut by a token budget and balanced over DP ranks. The layout must not change the numbers: the first step's loss and
-every gradient equal the padded run's (fp32 tolerance), over DP=2 / TP=2, and the useful-token fraction rises."""
+every gradient equal the padded run's (fp32 tolerance), over DP=2, TP=2, PP=2 and CP=2, and the useful-token fraction
+rises."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from packed_pairs_helpers import one_step_grads
 from rm_helpers import rm_overrides
 
-pytestmark = pytest.mark.slow  # one 2-rank launch (~30 s on 2 cores)
+pytestmark = pytest.mark.slow  # one 2-rank launch
 G = 8
 
 
@@ -32,20 +33,26 @@ def _same_step(a: dict, b: dict, what: str) -> None:
 @pytest.fixture(scope="module")
 def runs(sft_data, tiny_hf, tmp_path_factory):
     """One 2-rank launch: DPO over DP=2 (the packed run balances tokens over the ranks, so the ranks hold other pairs
-    than the padded run's contiguous halves) and the RM over TP=2, each padded and packed."""
+    than the padded run's contiguous halves) and PP=2, the RM over TP=2 and CP=2, each padded and packed."""
     from megatron_tulu.testing import run_distributed
 
     root = tmp_path_factory.mktemp("packed_pairs")
     budget = {"train.max_tokens_per_microbatch": 256}
-    # without the distributed optimizer: each rank's main_grad is then the whole all-reduced gradient (with it, a
-    # rank's buffer outside its own shard keeps its local partial sums, which differ when the split differs)
+    # DP and CP without the distributed optimizer: each rank's main_grad is then the whole all-reduced gradient (with
+    # it, a rank's buffer outside its own shard keeps its local partial sums, which differ when the split differs)
     dp2 = {"parallel.use_distributed_optimizer": "false", "dpo.forward_mode": "concatenated"}
-    cases = {"dpo_padded_dp2": ("dpo", dp2), "dpo_packed_dp2": ("dpo", {**budget, **dp2}),
-             "rm_padded_tp2": ("rm", {"parallel.tp": 2}), "rm_packed_tp2": ("rm", {"parallel.tp": 2, **budget})}
+    layouts = {"dpo_{}_dp2": ("dpo", dp2), "rm_{}_tp2": ("rm", {"parallel.tp": 2}),
+               # PP: every micro-batch is a budget-length row (the schedule's fixed p2p shape); CP: the dense
+               # document mask of the local spec over two load-balanced chunks per rank
+               "dpo_{}_pp2": ("dpo", {"parallel.pp": 2, "dpo.forward_mode": "concatenated"}),
+               "rm_{}_cp2": ("rm", {"parallel.cp": 2, "model.impl": "local",
+                                    "parallel.use_distributed_optimizer": "false"})}
+    cases = {name.format(kind): (stage, {**extra, **(budget if kind == "packed" else {})})
+             for name, (stage, extra) in layouts.items() for kind in ("padded", "packed")}
     return run_distributed(one_step_grads, 2, args=(_jobs(sft_data, tiny_hf, root, cases),), timeout_s=600)
 
 
-@pytest.mark.parametrize("stage, layout", [("dpo", "dp2"), ("rm", "tp2")])
+@pytest.mark.parametrize("stage, layout", [("dpo", "dp2"), ("rm", "tp2"), ("dpo", "pp2"), ("rm", "cp2")])
 def test_packed_token_budget_dpo_rm_same_step_as_padded(runs, stage, layout):
     packed, padded = f"{stage}_packed_{layout}", f"{stage}_padded_{layout}"
     for rank in (0, 1):

@@ -4,8 +4,8 @@ ranks, and a step is the padded step: same losses and gradients.
 
 Fast tests check the row building by hand (positions restart per document, targets stay inside their document, the
 flat token order of a packed row); the slow one runs the same synthetic rollouts padded and packed in one 4-rank
-launch at TP2 x PP2 (sequence parallel, PPO with a value model) and CP2 x DP2 (GRPO, per-sequence loss weights), two
-minibatches each, and compares every optimizer step's gradients. It also runs a packed step with every row's
+launch at TP2 x PP2 (sequence parallel, PPO with a value model), CP2 x DP2 (GRPO, per-sequence loss weights) and
+PP2 x VPP2 x DP2 (GRPO, interleaved schedule), two minibatches each, and compares every optimizer step's gradients. It also runs a packed step with every row's
 documents merged into one segment (cross-document attention) and checks that it is caught. A missing position reset
 is not visible in the model's outputs (RoPE is relative; measured ~1e-6), so the fast tests check positions directly.
 """
@@ -176,7 +176,7 @@ def _max_rel_diff(a: list[dict], b: list[dict]) -> float:
 
 
 @pytest.mark.slow
-def test_packed_token_budget_rlvr_matches_padded_at_tp2pp2_and_cp2(sft_data, tiny_hf, tmp_path_factory):
+def test_packed_token_budget_rlvr_matches_padded_at_tp2pp2_cp2_and_vpp2(sft_data, tiny_hf, tmp_path_factory):
     from rlvr_helpers import rlvr_overrides
 
     from megatron_tulu.testing import run_distributed
@@ -188,6 +188,9 @@ def test_packed_token_budget_rlvr_matches_padded_at_tp2pp2_and_cp2(sft_data, tin
         # distributed optimizer leaves each rank only its own shard reduced)
         "cp2": {"parallel.cp": 2, "rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2,
                 "rlvr.loss_agg": "seq_mean_token_mean", "parallel.use_distributed_optimizer": "false"},
+        # interleaved 1F1B: 4 chunks of one layer over PP=2 x DP=2; packed bins are split to at least pp rows
+        "pp2vpp2": {"parallel.pp": 2, "parallel.vpp": 2, "rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2,
+                    "parallel.use_distributed_optimizer": "false"},
     }
     modes = [("padded", 0, None), ("packed", BUDGET, None)]
     jobs = []
