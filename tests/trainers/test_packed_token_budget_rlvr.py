@@ -190,6 +190,7 @@ def test_packed_token_budget_rlvr_matches_padded_at_tp2pp2_cp2_and_vpp2(sft_data
                 "rlvr.loss_agg": "seq_mean_token_mean", "parallel.use_distributed_optimizer": "false"},
         # interleaved 1F1B: 4 chunks of one layer over PP=2 x DP=2; packed bins are split to at least pp rows
         "pp2vpp2": {"parallel.pp": 2, "parallel.vpp": 2, "rlvr.algorithm": "grpo", "rlvr.samples_per_prompt": 2,
+                    "train.micro_batch_size": 1,
                     "parallel.use_distributed_optimizer": "false"},
     }
     modes = [("padded", 0, None), ("packed", BUDGET, None)]
