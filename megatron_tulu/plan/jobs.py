@@ -174,14 +174,16 @@ def check_allocation(planned: Allocation, actual: Allocation, name: str) -> None
 
 def workload(cfg, stage: str) -> dict:
     """The planner's request fields for the run ``cfg`` describes (so its memory verdict is for that run): sequence
-    length, global and micro batch, FP8, fused log-probs, VPP, GPU; RM: no vocab logits; DPO: whether a frozen reference stays resident
+    length, global and micro batch, packed rows (token budget; RLVR sequences counted at their limits), FP8, fused
+    log-probs, VPP, block recompute, GPU; RM: no vocab logits; DPO: whether a frozen reference stays resident
     (``ref_mode: on_the_fly``; cached reference log-probs keep none); RLVR: prompt + response lengths, sequences
     per step (prompts x samples), the algorithm (PPO adds a value model), the value model's preset and whether a frozen
     reference is built (``RLVROptions.needs_reference``: not for KL-free presets such as dapo)."""
     t = cfg.train
     out = {"seq": t.seq_length, "global_batch": t.global_batch_size, "micro_batch": t.micro_batch_size,
            "fp8": bool(cfg.model.fp8), "fused_logprob": bool(cfg.model.use_fused_logprob), "vpp": cfg.parallel.vpp,
-           "gpu": cfg.cluster.gpu}
+           "gpu": cfg.cluster.gpu, "max_tokens_per_microbatch": t.max_tokens_per_microbatch,
+           "recompute_layers": cfg.model.recompute_layers}
     if stage == "dpo":
         out["reference_model"] = cfg.dpo.ref_mode == "on_the_fly"
     if stage == "rm":  # a scalar head: no [s, V] logits, which is what the planner's fused_logprob flag leaves out
