@@ -37,14 +37,20 @@ def test_the_planner_names_what_does_not_fit_beside_the_trainer():
     assert len(starved) == 1 and "no KV cache" in starved[0]
 
 
-def test_a_local_engine_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch):
+@pytest.fixture
+def eight_h100s(monkeypatch):
+    """What the driver's check reads on a GPU node: an H100 and a world of 8 trainer ranks."""
     from megatron_tulu import platform
-    from megatron_tulu.trainers.rlvr import loop as rlvr_driver
 
     monkeypatch.setattr(platform, "has_gpu", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=85 * 10**9))
     monkeypatch.setenv("WORLD_SIZE", "8")
+
+
+def test_a_local_engine_that_cannot_fit_is_refused_before_any_model_loads(eight_h100s):
+    from megatron_tulu.trainers.rlvr import loop as rlvr_driver
+
     with pytest.raises(ValueError, match=r"does not fit on trainer rank 0's GPU.*rlvr\.engine_memory_fraction=0\.9"):
         rlvr_driver.check_engine_fits_beside_trainer(_cfg(*LOCAL_8B_TP8))
     rlvr_driver.check_engine_fits_beside_trainer(_cfg(*LOCAL_8B_TP8, "rlvr.engine_memory_fraction=0.5",
@@ -135,16 +141,11 @@ def test_colocated_rlvr_engine_memory_is_checked_before_the_job_starts(capsys):
     assert code == 2 and "runs on one node (cluster.nodes=2)" in text
 
 
-def test_colocated_grpo_engine_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch):
-    from megatron_tulu import platform
+def test_colocated_grpo_engine_that_cannot_fit_is_refused_before_any_model_loads(eight_h100s):
     from megatron_tulu.config import load_config
     from megatron_tulu.trainers.rlvr import RLVRConfig
     from megatron_tulu.trainers.rlvr import loop as rlvr_driver
 
-    monkeypatch.setattr(platform, "has_gpu", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(total_memory=85 * 10**9))
-    monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(ValueError, match=r"colocated: the vLLM engine does not fit on every trainer GPU"):
         rlvr_driver.check_engine_fits_beside_trainer(load_config(RLVRConfig, "rlvr/8b_grpo", list(COLOCATED_GRPO_8B)))
     rlvr_driver.check_engine_fits_beside_trainer(load_config(RLVRConfig, "rlvr/8b_grpo", [
