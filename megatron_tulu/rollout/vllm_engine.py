@@ -25,8 +25,15 @@ log = logging.getLogger(__name__)
 WORKER_EXTENSION = "megatron_tulu.rollout.vllm_worker_ext.WeightSyncWorkerExtension"
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
-# a binding the user set before we ran wins; otherwise it is recomputed for every engine's TP size
-_USER_THREADS_BIND = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+# A binding the user set wins; one this module set (here, or in a parent process whose environment was inherited)
+# is recomputed for every engine's TP size: the marker variable holds the value it set.
+_THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+_AUTO_BIND_MARK = "MT_VLLM_AUTO_THREADS_BIND"
+
+
+def _user_threads_bind() -> str | None:
+    value = os.environ.get(_THREADS_BIND)
+    return None if value is None or value == os.environ.get(_AUTO_BIND_MARK) else value
 
 
 def _cpu_settings(tensor_parallel_size: int, kv_cache_memory_bytes: int | None) -> int:
@@ -36,15 +43,14 @@ def _cpu_settings(tensor_parallel_size: int, kv_cache_memory_bytes: int | None) 
       because vLLM's automatic binding asserts when there are fewer NUMA nodes than ranks.
     - KV cache: an explicit size, because the default memory check uses NUMA node 0's free memory and fails.
     """
-    if _USER_THREADS_BIND is None:
+    if _user_threads_bind() is None:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < tensor_parallel_size:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs at least that many cores, have {len(cores)}")
         per = len(cores) // tensor_parallel_size
         groups = [cores[r * per : (r + 1) * per] for r in range(tensor_parallel_size)]
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
-            f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups
-        )
+        bind = "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+        os.environ[_THREADS_BIND] = os.environ[_AUTO_BIND_MARK] = bind
     return int(kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES)
 
 
