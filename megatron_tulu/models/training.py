@@ -7,21 +7,31 @@ from __future__ import annotations
 import contextlib
 
 
-def wrap_ddp(chunks: list, use_distributed_optimizer: bool, true_vocab_size: int) -> list:
+def wrap_ddp(chunks: list, use_distributed_optimizer: bool, true_vocab_size: int,
+             overlap_grad_reduce: bool = False) -> list:
     """megatron's ``DistributedDataParallel`` around each model chunk, fp32 gradient reduction, with the grad
-    finalisation and ``no_sync`` hooks the schedules call. ``true_vocab_size`` (the tokenizer's, before padding)
-    rides on each wrapper for the logprob code."""
+    finalisation, ``no_sync`` and (overlapped reduction) ``grad_sync`` hooks the schedules call, as megatron's own
+    training loop sets them. ``true_vocab_size`` (the tokenizer's, before padding) rides on each wrapper for the
+    logprob code."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
-    ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+    ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=overlap_grad_reduce,
                                             use_distributed_optimizer=use_distributed_optimizer)
     # as megatron's training loop: only the first chunk's buffer is bucketed (the others reduce in one piece)
     wrapped = [DistributedDataParallel(config=m.config, ddp_config=ddp_cfg, module=m, disable_bucketing=i > 0)
                for i, m in enumerate(chunks)]
-    no_sync = wrapped[0].no_sync if len(wrapped) == 1 else [d.no_sync for d in wrapped]
+
+    def one_or_list(hooks):
+        return hooks[0] if len(hooks) == 1 else hooks
+
+    no_sync = one_or_list([d.no_sync for d in wrapped])
+    # overlapped: the pipeline schedules start each chunk's reduction after its last backward (megatron's
+    # align_grad_reduce); finalize_model_grads waits for them
+    grad_sync = one_or_list([d.start_grad_sync for d in wrapped]) if overlap_grad_reduce else None
     for m, ddp in zip(chunks, wrapped):
         m.config.finalize_model_grads_func = finalize_model_grads
         m.config.no_sync_func = no_sync
+        m.config.grad_sync_func = grad_sync
         ddp.true_vocab_size = true_vocab_size
     return wrapped
 

@@ -64,6 +64,10 @@ class ParallelConfig:
     balances their extra work and lets Llama 3.1 405B's 126 layers split evenly over PP=8 (and PP=8 x VPP=8)."""
     use_distributed_optimizer: bool = True
     """Shard optimizer state over DP (megatron DistributedOptimizer, ZeRO-1 style)."""
+    overlap_grad_reduce: bool = True
+    """Reduce (or reduce-scatter) each gradient bucket over DP x CP as soon as the last micro-batch's backward has
+    filled it, overlapping the communication with the rest of the backward (megatron DDP's ``overlap_grad_reduce``;
+    the planner's ``overlap`` assumes it). Same numbers either way; false reduces all buckets after the backward."""
     timeout_s: int = 600
     """Timeout of every collective (a missing peer raises instead of hanging)."""
 

@@ -103,7 +103,8 @@ def build_model_chunks(trainer, cfg: ModelConfig, preset: LlamaPreset, wrap_ddp:
         return chunks
     from megatron_tulu.models.training import wrap_ddp
 
-    return wrap_ddp(chunks, trainer.cfg.parallel.use_distributed_optimizer, preset.vocab_size)
+    p = trainer.cfg.parallel
+    return wrap_ddp(chunks, p.use_distributed_optimizer, preset.vocab_size, overlap_grad_reduce=p.overlap_grad_reduce)
 
 
 def build_reference(trainer, cfg: ModelConfig, preset: LlamaPreset):
