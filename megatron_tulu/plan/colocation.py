@@ -54,8 +54,10 @@ def engine_beside_trainer_problems(cfg, gpu: GPUSpec, world_size: int) -> list[s
         most = max(0.0, (cap - state) * M.GIB / gpu.memory_bytes)
         problems.append(f"while the engine generates, {where} holds {state:.1f} GiB of trainer state (weights, grads, "
                         f"optimizer, reference, value model) and {fields} asks {engine:.1f} GiB of the {gpu.name}: "
-                        f"{state + engine:.1f} > {cap:.1f} GiB usable; lower rlvr.engine_memory_fraction to at most "
-                        f"{most:.2f} or use rlvr.engine_placement=ray (engines on GPUs of their own)")
+                        f"{state + engine:.1f} > {cap:.1f} GiB usable; "
+                        + (f"lower rlvr.engine_memory_fraction to at most {most:.2f} or " if most >= 0.01 else
+                           "no fraction fits beside that state (more trainer GPUs or another parallel.* layout), or ")
+                        + "use rlvr.engine_placement=ray (engines on GPUs of their own)")
     if o.engine_sleep_level == 0 and peak + engine > cap:
         problems.append(f"while the trainer steps it peaks at {peak:.1f} GiB beside the awake engine's {engine:.1f} GiB "
                         f"({fields}): {peak + engine:.1f} > {cap:.1f} GiB usable; set rlvr.engine_sleep_level=2 "
