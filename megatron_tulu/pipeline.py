@@ -439,7 +439,10 @@ def results_table(results: dict, pref: dict) -> str:
         lines.append(f"Reward model held-out pairwise accuracy: before {fmt(pref['rm'].get('before'))} -> after "
                      f"{fmt(pref['rm'].get('after'))}")
     if "after" in pref:
-        lines.append(f"DPO held-out preference accuracy: before {fmt(pref.get('before'))} -> after {fmt(pref.get('after'))}")
+        tie = " (at step 0 the policy is the reference: every margin is 0, a tie, counted wrong)" \
+            if pref.get("before") == 0.0 else ""
+        lines.append(f"DPO held-out preference accuracy: before {fmt(pref.get('before'))}{tie} -> after "
+                     f"{fmt(pref.get('after'))}")
     return "\n".join(lines)
 
 

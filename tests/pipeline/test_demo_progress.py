@@ -91,3 +91,11 @@ def test_non_tty_prints_a_plain_line_every_ten_percent():
 def test_stage_total_from_profile_overrides():
     assert _stage_total(["parallel.tp=2", "train.max_steps=400"]) == 400
     assert _stage_total(["optim.lr=5e-6"]) is None
+
+
+def test_results_table_says_why_dpo_starts_at_zero_preference_accuracy():
+    from megatron_tulu.pipeline import results_table
+
+    text = results_table({}, {"before": 0.0, "after": 0.78})
+    assert "before 0.00 (at step 0 the policy is the reference" in text and "-> after 0.78" in text
+    assert "tie" not in results_table({}, {"before": 0.5, "after": 0.78})
