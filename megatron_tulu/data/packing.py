@@ -138,7 +138,8 @@ def row_multiple(tp: int, cp: int, sequence_parallel: bool = True) -> int:
     return math.lcm(8, tp if sequence_parallel else 1, 2 * cp if cp > 1 else 1)
 
 
-def document_row(docs: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, length: int | None = None) -> dict:
+def document_row(docs: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, length: int | None = None,
+                 dense_mask: bool = False) -> dict:
     """Token-id documents back to back in ONE row (the THD layout of the token-budget micro-batches; SFT's
     ``pack_sft`` fills fixed-length rows instead).
 
@@ -148,10 +149,14 @@ def document_row(docs: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, 
         multiple: the row's length is rounded up to a multiple of this (:func:`row_multiple`).
         length: a fixed length (pipeline schedules need one shape per call), rounded the same way; None: the
             documents' tokens.
+        dense_mask: context parallelism: the documents kept apart by a dense block-causal ``attn_mask`` instead of
+            ``cu_seqlens`` (the CP split cuts the row by query positions, which cuts a dense mask with it; the local
+            spec's all-gather attention reads it).
     Returns:
         ``input_ids`` / ``position_ids`` ``[1, L]`` long (positions restart at 0 at every document and at the tail
-        pad, so RoPE sees each document alone), ``cu_seqlens`` ``[[0, ..., L]]`` (the tail pad a segment of its own),
-        ``starts`` (each document's first position), ``useful`` (real tokens) and ``computed`` (``L``).
+        pad, so RoPE sees each document alone), ``cu_seqlens`` ``[[0, ..., L]]`` (the tail pad a segment of its own)
+        or with ``dense_mask`` ``attn_mask [1, 1, L, L]`` (:func:`packed_attention_mask`), ``starts`` (each document's
+        first position), ``useful`` (real tokens) and ``computed`` (``L``).
     Raises:
         ValueError when the documents do not fit ``length``.
     """
@@ -173,4 +178,5 @@ def document_row(docs: Sequence[Sequence[int]], pad_id: int, multiple: int = 8, 
     if used < n:
         pos[0, used:] = torch.arange(n - used)
         cu.append(n)
-    return {"input_ids": ids, "position_ids": pos, "cu_seqlens": [cu], "starts": starts, "useful": used, "computed": n}
+    bounds = {"attn_mask": packed_attention_mask([cu], n)} if dense_mask else {"cu_seqlens": [cu]}
+    return {"input_ids": ids, "position_ids": pos, **bounds, "starts": starts, "useful": used, "computed": n}

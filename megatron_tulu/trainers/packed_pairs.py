@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import torch
 
-from megatron_tulu.data.packing import document_row, packed_attention_mask, row_multiple
+from megatron_tulu.data.packing import document_row, row_multiple
 from megatron_tulu.data.sampler import IGNORE_INDEX, shift_targets
 from megatron_tulu.data.token_budget import balance_over_ranks, token_budget_bins
 
 
-def pack_pairs(rows: list[dict], indices: list[int], pad_id: int, row_len: int | None, multiple: int = 8) -> dict:
+def pack_pairs(rows: list[dict], indices: list[int], pad_id: int, row_len: int | None, multiple: int = 8,
+               dense_mask: bool = False) -> dict:
     """One packed row of the pairs ``indices``: documents chosen_0..chosen_{b-1}, rejected_0..rejected_{b-1}.
 
     Returns ``input_ids``/``position_ids``/``targets`` ``[1, T]`` (a document's last token predicts nothing),
     ``cu_seqlens`` (``[[0, ..., T]]``, the pad tail its own document), ``doc_index`` ``[T]`` (document of each token,
     -1 for padding), ``last_pos`` ``[2b]`` (each document's last token), ``tokens`` ``[2b]`` (label tokens per
     document), ``indices`` ``[b]``. ``row_len``: fixed length (PP), else the tokens rounded up to ``multiple``.
+    ``dense_mask`` (context parallelism): ``attn_mask`` instead of ``cu_seqlens`` (``data.packing.document_row``).
     """
     docs = [(rows[i]["chosen_input_ids"], rows[i]["chosen_labels"]) for i in indices]
     docs += [(rows[i]["rejected_input_ids"], rows[i]["rejected_labels"]) for i in indices]
     try:
-        row = document_row([x for x, _ in docs], pad_id, multiple, row_len)
+        row = document_row([x for x, _ in docs], pad_id, multiple, row_len, dense_mask)
     except ValueError as e:
         raise ValueError(f"pairs {list(indices)}: {e} (train.max_tokens_per_microbatch must fit the longest pair "
                          "under pipeline parallelism)") from None
@@ -48,9 +50,10 @@ def pack_pairs(rows: list[dict], indices: list[int], pad_id: int, row_len: int |
     targets[0, last] = IGNORE_INDEX  # a document's last token faces the next document, not its answer
     tokens = torch.zeros(len(docs), dtype=torch.long).index_add_(
         0, doc.clamp(min=0), ((targets[0] != IGNORE_INDEX) & (doc >= 0)).long())
-    return {"input_ids": row["input_ids"], "position_ids": row["position_ids"], "targets": targets,
-            "cu_seqlens": row["cu_seqlens"], "doc_index": doc, "last_pos": last, "tokens": tokens,
-            "indices": torch.tensor(list(indices)), "useful_tokens": row["useful"]}
+    bounds = {k: row[k] for k in ("cu_seqlens", "attn_mask") if k in row}
+    return {"input_ids": row["input_ids"], "position_ids": row["position_ids"], "targets": targets, **bounds,
+            "doc_index": doc, "last_pos": last, "tokens": tokens, "indices": torch.tensor(list(indices)),
+            "useful_tokens": row["useful"]}
 
 
 def per_document_sums(token_values: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -105,9 +108,8 @@ class PackedPairsMixin:
         lengths = [self.pair_tokens(i) for i in indices]
         out = []
         for b in token_budget_bins(lengths, list(range(len(indices))), self.token_budget):
-            batch = pack_pairs(self.rows, [indices[j] for j in b], self.pad_id, fixed, multiple)
-            if dims.cp > 1:  # context parallelism splits rows by query positions: a dense block-causal mask (as SFT)
-                batch["attn_mask"] = packed_attention_mask(batch.pop("cu_seqlens"), batch["input_ids"].shape[1])
+            # context parallelism splits rows by query positions: a dense block-causal mask (as SFT)
+            batch = pack_pairs(self.rows, [indices[j] for j in b], self.pad_id, fixed, multiple, dense_mask=dims.cp > 1)
             if extra is not None:
                 extra(batch)
             out.append(batch)

@@ -41,7 +41,7 @@ def response_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: 
 
 
 def pack_rows(prompts: list[list[int]], responses: list[list[int]], bins: list[list[int]], pad_id: int,
-              multiple: int = 8, length: int | None = None) -> list[dict]:
+              multiple: int = 8, length: int | None = None, dense_mask: bool = False) -> list[dict]:
     """One packed row per bin of sequence indices (``data.token_budget.plan_microbatches``): the bin's prompt +
     response sequences back to back, each a document of its own (the THD layout SFT packing uses).
 
@@ -52,6 +52,7 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], bins: list[l
         multiple: each row's length is rounded up to a multiple of this (8; x TP under sequence parallelism, x 2·cp
             under context parallelism).
         length: every row this long (pipeline schedules need one shape per call); None: each row its own length.
+        dense_mask: context parallelism: an ``attn_mask`` instead of ``cu_seqlens`` (``data.packing.document_row``).
     Returns:
         per bin a dict: ``input_ids`` / ``position_ids`` / ``targets`` ``[1, L]`` long and ``mask [1, L]`` float, as
         ``response_rows`` per document, with positions restarting at 0 at every document (RoPE sees each alone) and
@@ -60,7 +61,7 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], bins: list[l
     """
     rows = []
     for b in bins:
-        row = document_row([list(prompts[i]) + list(responses[i]) for i in b], pad_id, multiple, length)
+        row = document_row([list(prompts[i]) + list(responses[i]) for i in b], pad_id, multiple, length, dense_mask)
         targets = torch.full_like(row["input_ids"], IGNORE_INDEX)
         for i, at in zip(b, row.pop("starts")):
             p, r = len(prompts[i]), len(responses[i])

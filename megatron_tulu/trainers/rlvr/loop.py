@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -288,19 +287,15 @@ class RLVRDriver:
         PP all of the call's rows as long as its longest (megatron's p2p buffers have one shape per call); under the
         interleaved schedule at least ``pp`` rows (bins split if need be); under CP a dense block-causal mask instead
         of THD boundaries (as SFT: the CP split here cuts dense masks, the local spec's all-gather attention reads them)."""
-        from megatron_tulu.data.packing import packed_attention_mask
+        from megatron_tulu.data.packing import row_multiple
 
         d = self.policy.dims
         if d.vpp > 1:
             bins = _split_bins(bins, d.pp)
-        multiple = math.lcm(8, d.tp if self.cfg.model.sequence_parallel else 1, 2 * d.cp if d.cp > 1 else 1)
         lens = [len(p) + len(r) for p, r in zip(ro["prompts"], ro["responses"])]
         length = max(sum(lens[i] for i in b) for b in bins) if d.pp > 1 else None
-        rows = pack_rows(ro["prompts"], ro["responses"], bins, self.task.pad_id, multiple, length)
-        if d.cp > 1:
-            for r in rows:
-                r["attn_mask"] = packed_attention_mask(r.pop("cu_seqlens"), r["computed"])
-        return rows
+        return pack_rows(ro["prompts"], ro["responses"], bins, self.task.pad_id,
+                         row_multiple(d.tp, d.cp, self.cfg.model.sequence_parallel), length, dense_mask=d.cp > 1)
 
     def _mean_over_dp(self, metrics: dict) -> dict:
         """Per-DP-rank metrics from the last stage -> mean on every rank (keys are rank-independent)."""
