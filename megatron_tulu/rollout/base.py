@@ -14,6 +14,7 @@ decoding (``temperature == 0``) it is ``log_softmax(logits)``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -90,6 +91,16 @@ def prompt_chunks(num_prompts: int, num_engines: int) -> list[tuple[int, int]]:
         raise ValueError(f"num_engines must be >= 1, got {num_engines}")
     per = max(1, -(-num_prompts // num_engines))
     return [(lo, min(lo + per, num_prompts)) for lo in range(0, num_prompts, per)][:num_engines]
+
+
+def chunk_sampling(sampling: SamplingConfig, lo: int) -> SamplingConfig:
+    """``sampling`` for the engine given the chunk that starts at prompt ``lo`` (seed + lo, see :func:`prompt_chunks`)."""
+    return dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + lo)
+
+
+def chunk_generations(generations: list[Generation], lo: int) -> list[Generation]:
+    """A chunk's generations with ``prompt_index`` counted in the whole batch (the chunk starts at prompt ``lo``)."""
+    return [dataclasses.replace(g, prompt_index=lo + g.prompt_index) for g in generations]
 
 
 class RolloutEngine(abc.ABC):

@@ -29,7 +29,6 @@ ranks, with the rollout a collective over all ranks).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import json
 import logging
 import os
@@ -39,7 +38,9 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig, prompt_chunks
+from megatron_tulu.rollout.base import (
+    Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,7 @@ class ColocatedEngineGroup(RolloutEngine):
         self._record("generate", prompts=len(prompt_token_ids), chunks=[list(c) for c in chunks])
 
         def run(engine, lo, hi):
-            s = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + lo)
-            return [dataclasses.replace(g, prompt_index=lo + g.prompt_index)
-                    for g in engine.generate(prompt_token_ids[lo:hi], s)]
+            return chunk_generations(engine.generate(prompt_token_ids[lo:hi], chunk_sampling(sampling, lo)), lo)
 
         if self.vllm and len(chunks) > 1:
             futures = [self._pool.submit(run, e, lo, hi) for e, (lo, hi) in zip(self.engines, chunks)]
@@ -177,11 +176,8 @@ class ColocatedEngineGroup(RolloutEngine):
     def shutdown(self) -> None:
         if not self.engines:
             return
-        if self._sync is not None:
-            try:
-                self._sync.close()
-            except Exception as e:  # an engine may be dead already; shutting down must still finish
-                log.warning("closing the weight-sync group failed: %s", e)
+        if self._sync is not None:  # close() never raises: an engine may be dead already
+            self._sync.close()
             self._sync = None
         for e in self.engines:
             try:

@@ -29,7 +29,6 @@ the image's torch and Transformer Engine.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -37,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
+from megatron_tulu.rollout.base import (
+    Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
+)
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import megatron_tulu from this checkout
@@ -140,20 +141,10 @@ class RayEngineGroup(RolloutEngine):
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
         if self._sync is not None:
             self._sync.check_fresh()  # no rollouts from half-updated weights (a sync that failed midway)
-        n = len(self.actors)
-        per = -(-len(prompt_token_ids) // n)
-        refs, starts = [], []
-        for i, actor in enumerate(self.actors):
-            lo, hi = i * per, min((i + 1) * per, len(prompt_token_ids))
-            if lo >= hi:
-                break
-            s = dataclasses.replace(sampling, seed=None if sampling.seed is None else sampling.seed + lo)
-            refs.append(actor.generate.remote(prompt_token_ids[lo:hi], s))
-            starts.append(lo)
-        out = []
-        for lo, gens in zip(starts, self._get(refs, "generate")):
-            out += [dataclasses.replace(g, prompt_index=lo + g.prompt_index) for g in gens]
-        return out
+        chunks = prompt_chunks(len(prompt_token_ids), len(self.actors))
+        refs = [actor.generate.remote(prompt_token_ids[lo:hi], chunk_sampling(sampling, lo))
+                for actor, (lo, hi) in zip(self.actors, chunks)]
+        return [g for (lo, _), gens in zip(chunks, self._get(refs, "generate")) for g in chunk_generations(gens, lo)]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
         import ray
@@ -197,11 +188,8 @@ class RayEngineGroup(RolloutEngine):
 
         if not getattr(self, "actors", None):
             return
-        if self._sync is not None:
-            try:
-                self._sync.close()
-            except Exception as e:  # an engine may be dead already; the actors are killed below regardless
-                log.warning("closing the weight-sync group failed: %s", e)
+        if self._sync is not None:  # close() never raises: an engine may be dead already
+            self._sync.close()
             self._sync = None
         try:
             self._call_all("shutdown")

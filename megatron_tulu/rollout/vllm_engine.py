@@ -231,11 +231,8 @@ class VLLMEngine(RolloutEngine):
     def shutdown(self) -> None:
         if getattr(self, "llm", None) is None:
             return
-        if self._own_sync is not None:
-            try:
-                self._own_sync.close()
-            except Exception as e:  # the engine may already be dead; shutting down must still finish
-                log.warning("closing the weight-sync group failed: %s", e)
+        if self._own_sync is not None:  # close() never raises: an engine may be dead already
+            self._own_sync.close()
             self._own_sync = None
         try:
             self.llm.llm_engine.engine_core.shutdown()

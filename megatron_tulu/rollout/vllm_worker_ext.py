@@ -114,21 +114,16 @@ class WeightSyncWorkerExtension:
         return {"rank": int(self.rank), "nccl": local_nccl_version(backend), "torch": str(torch.__version__),
                 "device": device_key()}
 
-    def weight_sync_init(self, key: str, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                         timeout_s: float, plan: dict | None = None):
-        """Join the trainer's stateless group as rank ``rank_offset + self.rank``; returns the rank or an error.
-
-        ``plan`` (``WeightSyncGroup(ipc=True)``): ``{str(worker rank): [transport, port, rank, world, backend]}``;
-        this worker joins the group its entry names instead: ``broadcast``, or ``ipc`` (rank 0 hands each bucket
-        over by IPC handle, ``ipc.IpcChannel``)."""
-        transport, rank = "broadcast", int(rank_offset) + int(self.rank)
-        if plan is not None:
-            entry = plan.get(str(int(self.rank)))
-            if entry is None:
-                return f"error: WeightSyncError: worker rank {self.rank} is missing from the sync plan"
-            transport, port, rank, world_size, backend = entry[0], int(entry[1]), int(entry[2]), int(entry[3]), str(entry[4])
+    def weight_sync_init(self, key: str, host: str, timeout_s: float, plan: dict):
+        """Join the trainer's group that this worker's entry of ``plan`` names: ``{str(worker rank): [transport, port,
+        rank, world, backend]}``, transport ``broadcast``, or ``ipc`` (rank 0 hands each bucket over by IPC handle,
+        ``ipc.IpcChannel``: colocated engines). Returns the rank or an error."""
+        entry = plan.get(str(int(self.rank)))
+        if entry is None:
+            return f"error: WeightSyncError: worker rank {self.rank} is missing from the sync plan"
+        transport, port, rank, world_size, backend = entry[0], int(entry[1]), int(entry[2]), int(entry[3]), str(entry[4])
         try:
-            group = init_stateless_group(host, int(port), rank, int(world_size), backend, float(timeout_s))
+            group = init_stateless_group(host, port, rank, world_size, backend, float(timeout_s))
         except Exception as e:
             return f"error: {type(e).__name__}: {e}"
         if not hasattr(self, "_ws_groups"):

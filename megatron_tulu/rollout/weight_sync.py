@@ -401,41 +401,26 @@ class WeightSyncGroup:
         return versions
 
     def connect(self) -> None:
-        """Form the group: version handshake, then every engine worker joins while this process joins as rank 0
-        (of the broadcast group, and with ``ipc`` of the same-device group too)."""
-        self.check_nccl_versions()
-        if not self.ipc:
-            futures, offset = [], 1
-            for e in self.engines:
-                futures.append(
-                    e.rpc_async(
-                        "weight_sync_init", self.key, self.host, self.port, offset, self.world_size, self.backend,
-                        self.timeout_s,
-                        timeout=None,  # see _rpc_all
-                    )
-                )
-                offset += e.num_workers
-            self.members = {"broadcast": [(k, w) for k, e in enumerate(self.engines) for w in range(e.num_workers)],
-                            "ipc": []}
-            self._join([(self.world_size, self.port, self.backend, "pg")], futures)
-            return
-        self._connect_mixed()
-
-    def _connect_mixed(self) -> None:
-        """``ipc``: split the workers by device, then every worker joins its group (one RPC per engine, with a
-        per-worker plan ``{rank: [transport, port, group rank, group size, backend]}``)."""
+        """Form the groups: version handshake, then every engine worker joins the group its entry of a per-worker plan
+        ``{rank: [transport, port, group rank, group size, backend]}`` names (one RPC per engine) while this process
+        joins each group as rank 0. Without ``ipc`` every worker is on the broadcast group, engine by engine in worker
+        order; with it the workers on this process's device are on the IPC group instead."""
         from megatron_tulu.parallel import free_port
 
-        mine = device_key()
-        start_shm_manager()  # before any socket of the groups below exists (see there)
+        self.check_nccl_versions()
+        mine = None
+        if self.ipc:
+            mine = device_key()
+            start_shm_manager()  # before any socket of the groups below exists (see there)
         members = {"broadcast": [], "ipc": []}
         for k, devices in enumerate(self._devices):
             for w, dev in enumerate(devices):
-                members["ipc" if dev == mine else "broadcast"].append((k, w))
+                members["ipc" if mine is not None and dev == mine else "broadcast"].append((k, w))
         self.members = members
         if members["ipc"]:
             self.ipc_port = free_port()
-        sizes = {t: 1 + len(m) for t, m in members.items()}
+        # world_size counts rank 0 and every worker: those not on the IPC group are the broadcast group's
+        sizes = {"broadcast": self.world_size - len(members["ipc"]), "ipc": 1 + len(members["ipc"])}
         ports = {"broadcast": self.port, "ipc": getattr(self, "ipc_port", None)}
         backends = {"broadcast": self.backend, "ipc": "gloo"}
         futures = []
@@ -445,13 +430,14 @@ class WeightSyncGroup:
                 for r, (kk, w) in enumerate(m):
                     if kk == k:
                         plan[str(w)] = [t, ports[t], 1 + r, sizes[t], backends[t]]
-            futures.append(e.rpc_async("weight_sync_init", self.key, self.host, self.port, 0, 0, self.backend,
-                                       self.timeout_s, plan, timeout=None))
+            futures.append(e.rpc_async("weight_sync_init", self.key, self.host, self.timeout_s, plan,
+                                       timeout=None))  # see _rpc_all
         joins = [(sizes[t], ports[t], backends[t], attr) for t, attr in (("broadcast", "pg"), ("ipc", "ipc_pg"))
                  if members[t]]
         self._join(joins, futures)
-        log.info("weight sync: %d worker(s) by broadcast (%s), %d on this device by IPC handle",
-                 len(members["broadcast"]), self.backend, len(members["ipc"]))
+        if self.ipc:
+            log.info("weight sync: %d worker(s) by broadcast (%s), %d on this device by IPC handle",
+                     len(members["broadcast"]), self.backend, len(members["ipc"]))
 
     def _join(self, joins: list[tuple[int, int, str, str]], futures: list[cf.Future]) -> None:
         """Join each ``(world size, port, backend, attribute)`` group as rank 0 while the workers' RPCs join."""
@@ -553,13 +539,15 @@ class WeightSyncGroup:
                 setattr(self, attr, None)
 
     def close(self) -> None:
-        if self.pg is not None or self.ipc_pg is not None:
-            futures = self._rpc_all("weight_sync_close", self.key)
-            try:
-                _wait(futures, self.timeout_s + 5, "close")
-            except WeightSyncError as e:
-                log.warning("weight-sync close: %s", e)
-            self._shutdown_groups()
+        """Tell the workers to drop their groups and shut this side's down. Never raises (engines shutting down call
+        it, and an engine may be dead already): a failure is logged and the groups are shut down regardless."""
+        if self.pg is None and self.ipc_pg is None:
+            return
+        try:
+            _wait(self._rpc_all("weight_sync_close", self.key), self.timeout_s + 5, "close")
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("closing the weight-sync group failed: %s", e)
+        self._shutdown_groups()
 
 
 def check_probe_logprobs(
