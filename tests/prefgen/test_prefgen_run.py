@@ -15,6 +15,7 @@ from megatron_tulu.data.loaders import DataFileError, read_rows
 from megatron_tulu.prefgen.config import PrefGenConfig
 from megatron_tulu.prefgen.judge import SCORE_REGEX
 from megatron_tulu.prefgen.run import RunFiles, Worker, read_jsonl
+from megatron_tulu.testing import require_vllm
 from prefgen_helpers import gsm_rows, make_model, overrides, sft_rows, write_jsonl
 
 
@@ -46,7 +47,7 @@ def _check_accounting(files: RunFiles, report: dict) -> list[dict]:
 @pytest.mark.slow  # three vLLM engine starts (~25 s on 2 cores)
 @pytest.mark.vllm
 def test_prefgen_llm_judge_structured_output_vllm(tmp_path, prefgen_models, monkeypatch):
-    pytest.importorskip("vllm")
+    require_vllm()
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: ~2 s per engine start instead of ~15
     # a sampling judge (temperature 1): the random model's greedy reply would be one constant score
     cfg, report, files, log = _run(tmp_path, prefgen_models, n_prompts=8, **{

