@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megatron_tulu.data.packing import packed_attention_mask
 from megatron_tulu.data.sampler import IGNORE_INDEX
 from megatron_tulu.trainers.rlvr.experience import (
     Experience,
@@ -121,8 +122,12 @@ def _broken(pack_rows_fn, how: str):
     def broken(*args, **kwargs):
         rows = pack_rows_fn(*args, **kwargs)
         for r in rows:
-            if how == "segments":
-                r["cu_seqlens"] = [[0, r["computed"]]]
+            if how == "segments":  # THD boundaries, or under CP the dense mask built from them
+                one = [[0, r["computed"]]]
+                if "attn_mask" in r:
+                    r["attn_mask"] = packed_attention_mask(one, r["computed"])
+                else:
+                    r["cu_seqlens"] = one
             else:
                 r["position_ids"] = torch.arange(r["computed"]).unsqueeze(0)
         return rows
