@@ -14,6 +14,19 @@ from megatron_tulu.plan.hardware import EFFICIENCY, get_gpu
 
 STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 
+COLOCATED_MAX_NODES = 1
+"""Nodes one colocated placement may span in this project: trainer rank 0 starts every engine (``rollout.colocated``),
+and it can start processes on its own node only."""
+
+
+def colocated_span_problem(nodes: int) -> str:
+    """'' when this project runs colocated engines on a trainer of ``nodes`` nodes, else why not. The one owner of
+    that limit: the RLVR config check, the engine start and the planner all ask here."""
+    if nodes <= COLOCATED_MAX_NODES:
+        return ""
+    return (f"colocated engines run on one node in this project, not {nodes}: trainer rank 0 starts every engine and "
+            "can start processes on its own node only")
+
 
 @dataclass
 class PlanRequest:
@@ -102,6 +115,23 @@ class PlanRequest:
     reference_on_host: bool = False
     """The frozen reference waits in host memory and is copied in for its forward (NeMo-RL's megatron worker): no
     resident copy, twice its bytes over the host link per step."""
+
+    def unbuilt(self) -> list[str]:
+        """What this request assumes that this project's code does not run yet. The planner still estimates it
+        (what the hardware would do: the published recipes it calibrates against use these), and says so."""
+        out = []
+        if self.tp_comm_overlap:
+            out.append("TP communication overlap (--tp-comm-overlap: megatron's tp_comm_overlap with TE userbuffers; "
+                       "the trainer does not enable it)")
+        if self.stage == "rlvr" and self.offload_trainer:
+            out.append("trainer grads/optimizer offloaded to host while generating (--offload-trainer)")
+        if self.stage == "rlvr" and self.reference_on_host:
+            out.append("a reference model kept in host memory (--reference-on-host)")
+        if self.stage == "rlvr" and self.placement == "colocated":
+            problem = colocated_span_problem(-(-self.gpus // self.gpus_per_node))
+            if problem:
+                out.append(f"colocated placement across nodes ({problem})")
+        return out
 
     def response_dist(self):
         return T.LengthDist.parse(self.response_len_dist) if self.response_len_dist else \

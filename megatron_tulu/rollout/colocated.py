@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_tulu.plan.layouts import colocated_span_problem
 from megatron_tulu.rollout.base import (
     Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
 )
@@ -198,9 +199,11 @@ def start_colocated_engines(kind: str, model_dir, num_engines: int, engine_tp: i
     from megatron_tulu.rollout.factory import build_local_engine
 
     gpu = platform.has_gpu()
-    if gpu and int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))):
-        raise ValueError("rlvr.engine_placement=colocated runs on one node: trainer rank 0 starts every engine, "
-                         "and it can start processes only on its own node (use engine_placement=ray across nodes)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    nodes = -(-world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if gpu and colocated_span_problem(nodes):
+        raise ValueError(f"rlvr.engine_placement=colocated: {colocated_span_problem(nodes)} (use "
+                         "rlvr.engine_placement=ray across nodes)")
     if gpu and kind == "vllm" and num_engines > 1 and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
         raise ValueError("rlvr.engine_placement=colocated with several vLLM engines on GPU needs vLLM's engine-core "
                          "processes (unset VLLM_ENABLE_V1_MULTIPROCESSING=0): an in-process engine cannot be moved to "

@@ -138,7 +138,7 @@ def test_colocated_rlvr_engine_memory_is_checked_before_the_job_starts(capsys):
                                 "rlvr.engine_sleep_level=2")
     assert code == 0 and "valid" in text, text
     code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "cluster.nodes=2")
-    assert code == 2 and "runs on one node (cluster.nodes=2)" in text
+    assert code == 2 and "cluster.nodes=2: colocated engines run on one node" in text
 
 
 def test_colocated_grpo_engine_that_cannot_fit_is_refused_before_any_model_loads(eight_h100s):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_tulu.plan.layouts import colocated_span_problem
 from megatron_tulu.rewards.config import RewardsConfig
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
@@ -325,10 +326,9 @@ class RLVRConfig(StageConfig):
         if o.num_engines > 1 and o.engine_placement == "local":
             raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
                              "rlvr.engine_placement=ray or colocated (a local engine lives in trainer rank 0's process)")
-        if o.engine_placement == "colocated" and self.cluster.nodes > 1:
-            raise ValueError(f"rlvr.engine_placement=colocated runs on one node (cluster.nodes={self.cluster.nodes}): "
-                             "trainer rank 0 starts every engine and can start processes on its own node only; use "
-                             "rlvr.engine_placement=ray across nodes")
+        if o.engine_placement == "colocated" and colocated_span_problem(self.cluster.nodes):
+            raise ValueError(f"rlvr.engine_placement=colocated with cluster.nodes={self.cluster.nodes}: "
+                             f"{colocated_span_problem(self.cluster.nodes)}; use rlvr.engine_placement=ray across nodes")
         if o.engine_placement == "colocated" and o.async_steps:
             raise ValueError(f"rlvr.engine_placement=colocated needs rlvr.async_steps=0 (got {o.async_steps}): engine "
                              "and trainer share each GPU and take turns, so no batch can be generated while one trains")
