@@ -23,14 +23,15 @@ import traceback
 from typing import Any, Callable, Sequence
 
 
-def _worker(fn, rank, world_size, port, args, kwargs, env, q):
+def _worker(fn, rank, world_size, port, args, kwargs, env, q, ranks_per_node):
     os.environ.update(env)
     os.environ.update(
         {
             "RANK": str(rank),
             "WORLD_SIZE": str(world_size),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank % ranks_per_node),
+            "LOCAL_WORLD_SIZE": str(ranks_per_node),
+            "GROUP_RANK": str(rank // ranks_per_node),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "MEGATRON_TULU_DEVICE": os.environ.get("MEGATRON_TULU_DEVICE", "cpu"),
@@ -64,15 +65,19 @@ def run_distributed(
     kwargs: dict | None = None,
     timeout_s: float = 300,
     env: dict[str, str] | None = None,
+    ranks_per_node: int | None = None,
 ) -> list[Any]:
-    """Run ``fn(*args, **kwargs)`` on ``world_size`` spawned processes; return their results in rank order."""
+    """Run ``fn(*args, **kwargs)`` on ``world_size`` spawned processes; return their results in rank order.
+    ``ranks_per_node``: ranks see themselves on ``world_size / ranks_per_node`` nodes (torchrun's ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``), all on this machine; default one node."""
     from megatron_tulu.parallel import free_port
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, r, world_size, port, tuple(args), kwargs or {}, env or {}, q), daemon=False)
+        ctx.Process(target=_worker, args=(fn, r, world_size, port, tuple(args), kwargs or {}, env or {}, q,
+                                          ranks_per_node or world_size), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:

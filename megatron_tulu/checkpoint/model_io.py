@@ -111,7 +111,8 @@ def hf_tensor_metas(preset: LlamaPreset, split: PipelineSplit | int, dtype: torc
     return [(n, dt, tuple(mapping.expected_hf_shape(n, preset))) for _, _, names in _hf_order(preset, split) for n in names]
 
 
-def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False, head: str = "lm") -> Iterator[tuple[str, torch.Tensor]]:
+def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False, head: str = "lm",
+                    names_elsewhere: bool = False) -> Iterator[tuple[str, torch.Tensor | None]]:
     """Collective over all ranks: yields ``(hf_name, full tensor)`` on global rank 0, in HF order.
 
     Every rank must iterate it to the end (each step may run TP all-gathers and PP send/recv). Rank 0 holds
@@ -120,6 +121,8 @@ def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False, head: str = 
     weight-sync sender writes straight into its buckets (one copy per byte; ``mapping.as_tensor`` turns one
     into a tensor). Consume each before advancing: the shards behind it are the gather's buffers. ``head``: the
     model's head (``scalar``: the replicated score head is taken from TP rank 0 as it is, no gather).
+    ``names_elsewhere``: the other ranks yield ``(hf_name, None)`` for each tensor once their part of its gather is
+    done, so they can act in step with rank 0 (a colocated node leader receives each tensor rank 0 forwards).
     """
     from megatron.core import parallel_state as ps
 
@@ -161,6 +164,8 @@ def iter_hf_tensors(model, preset: LlamaPreset, lazy: bool = False, head: str = 
                     merged.append((n, buf))
         if me == 0:
             yield from merged
+        elif names_elsewhere:
+            yield from ((n, None) for n in hf_names)
 
 
 def p_device(params: dict) -> torch.device:

@@ -14,18 +14,6 @@ from megatron_tulu.plan.hardware import EFFICIENCY, get_gpu
 
 STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 
-COLOCATED_MAX_NODES = 1
-"""Nodes one colocated placement may span in this project: trainer rank 0 starts every engine (``rollout.colocated``),
-and it can start processes on its own node only."""
-
-
-def colocated_span_problem(nodes: int) -> str:
-    """'' when this project runs colocated engines on a trainer of ``nodes`` nodes, else why not. The one owner of
-    that limit: the RLVR config check, the engine start and the planner all ask here."""
-    if nodes <= COLOCATED_MAX_NODES:
-        return ""
-    return (f"colocated engines run on one node in this project, not {nodes}: trainer rank 0 starts every engine and "
-            "can start processes on its own node only")
 
 
 @dataclass
@@ -127,10 +115,6 @@ class PlanRequest:
             out.append("trainer grads/optimizer offloaded to host while generating (--offload-trainer)")
         if self.stage == "rlvr" and self.reference_on_host:
             out.append("a reference model kept in host memory (--reference-on-host)")
-        if self.stage == "rlvr" and self.placement == "colocated":
-            problem = colocated_span_problem(-(-self.gpus // self.gpus_per_node))
-            if problem:
-                out.append(f"colocated placement across nodes ({problem})")
         return out
 
     def response_dist(self):
@@ -393,7 +377,8 @@ def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_eng
                             response_dist=dist, kv_tokens=em.kv_tokens)
     if colocated:
         sync = T.colocated_sync_time(preset, gpu, engine_tp=engine_tp, trainer_tp=tp, trainer_pp=pp,
-                                     offload_bytes_per_gpu=offload, sleep_level=req.sleep_level)
+                                     offload_bytes_per_gpu=offload, sleep_level=req.sleep_level,
+                                     nodes=-(-req.gpus // req.gpus_per_node))
     else:
         sync = T.weight_sync_time(preset, gpu, tp, pp, cross_node=req.gpus > req.gpus_per_node)
     train = lay.time_s["total_s"]

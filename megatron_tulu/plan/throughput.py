@@ -318,7 +318,7 @@ def generation_time(
 
 
 def colocated_sync_time(preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, trainer_tp: int, trainer_pp: int,
-                        offload_bytes_per_gpu: float = 0.0, sleep_level: int = 1,
+                        offload_bytes_per_gpu: float = 0.0, sleep_level: int = 1, nodes: int = 1,
                         eff: Efficiencies = EFFICIENCY) -> dict:
     """Seconds per step of switching a colocated GPU between training and generation.
 
@@ -326,7 +326,9 @@ def colocated_sync_time(preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, tr
     trainer's TP x PP group on NVLink when its sharding differs from the engine's, then one device copy (read +
     write of the engine shard at HBM speed). Sleep level 1 also moves the engine's weights to host and back each
     step (level 2 drops them: the sync refills them). ``offload_bytes_per_gpu`` of trainer state (grads,
-    optimizer) leaves for the host before generation and comes back after it.
+    optimizer) leaves for the host before generation and comes back after it. Over ``nodes`` > 1 trainer rank 0
+    also forwards every gathered tensor to the other nodes' first ranks (``rollout.colocated_nodes``): the full bytes
+    once over the inter-node bus.
     """
     total = 2.0 * preset.param_count()
     shard = total / engine_tp
@@ -336,5 +338,6 @@ def colocated_sync_time(preset: LlamaPreset, gpu: GPUSpec, *, engine_tp: int, tr
     host = gpu.host_link_gbps * 1e9
     sleep = 2.0 * shard / host if sleep_level == 1 else 0.0
     offload = 2.0 * offload_bytes_per_gpu / host
+    forward = total / (gpu.inter_node_busbw_gbps * 1e9) if nodes > 1 else 0.0
     return {"bytes": total, "gather_s": gather, "ipc_copy_s": ipc, "engine_sleep_wake_s": sleep,
-            "trainer_offload_s": offload, "total_s": gather + ipc + sleep + offload}
+            "trainer_offload_s": offload, "node_forward_s": forward, "total_s": gather + ipc + sleep + offload + forward}

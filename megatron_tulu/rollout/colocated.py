@@ -1,7 +1,7 @@
 """Colocated rollout engines (``rlvr.engine_placement=colocated``): every trainer GPU also hosts its share of an
 engine, like verl's and NeMo-RL's hybrid engines.
 
-Layout: a trainer world of W ranks on one node serves W / ``engine_tp`` engines; engine g runs on the GPUs of
+Layout: the W trainer ranks of a node serve W / ``engine_tp`` engines; engine g runs on the GPUs of the node's
 trainer ranks ``[g*engine_tp, (g+1)*engine_tp)`` (its vLLM workers are started with ``CUDA_VISIBLE_DEVICES`` set
 to exactly those GPUs, :func:`engine_gpus`). The engines' front-ends (vLLM's ``LLM`` objects; their engine cores
 and workers are processes of their own) live in trainer rank 0's process, behind one
@@ -21,9 +21,10 @@ and broadcasts, and rank 0 alone holds the gathered full tensors a sync sends (`
 
 GPU-only, and not run on CPU: ``CUDA_VISIBLE_DEVICES`` per engine, CUDA IPC handles (``cudaIpcGetMemHandle`` /
 ``rebuild_cuda_tensor`` on the receiver's device index), the NCCL broadcast to other-GPU workers beside it, and
-vLLM's sleep mode (``LLM.sleep``/``wake_up``; vLLM has none on CPU, where the calls are no-ops). Multi-node worlds
-are refused: rank 0 can only start engine processes on its own node (that needs engine front-ends on each node's
-ranks, with the rollout a collective over all ranks).
+vLLM's sleep mode (``LLM.sleep``/``wake_up``; vLLM has none on CPU, where the calls are no-ops).
+
+On several nodes each node's first rank holds such a group for its node's GPUs, and
+:mod:`megatron_tulu.rollout.colocated_nodes` joins them (a process can start engines on its own node only).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.plan.layouts import colocated_span_problem
 from megatron_tulu.rollout.base import (
     Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
 )
@@ -199,11 +199,6 @@ def start_colocated_engines(kind: str, model_dir, num_engines: int, engine_tp: i
     from megatron_tulu.rollout.factory import build_local_engine
 
     gpu = platform.has_gpu()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    nodes = -(-world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    if gpu and colocated_span_problem(nodes):
-        raise ValueError(f"rlvr.engine_placement=colocated: {colocated_span_problem(nodes)} (use "
-                         "rlvr.engine_placement=ray across nodes)")
     if gpu and kind == "vllm" and num_engines > 1 and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
         raise ValueError("rlvr.engine_placement=colocated with several vLLM engines on GPU needs vLLM's engine-core "
                          "processes (unset VLLM_ENABLE_V1_MULTIPROCESSING=0): an in-process engine cannot be moved to "

@@ -137,8 +137,11 @@ def test_colocated_rlvr_engine_memory_is_checked_before_the_job_starts(capsys):
     code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "rlvr.engine_memory_fraction=0.4",
                                 "rlvr.engine_sleep_level=2")
     assert code == 0 and "valid" in text, text
-    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "cluster.nodes=2")
-    assert code == 2 and "cluster.nodes=2: colocated engines run on one node" in text
+    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "rlvr.engine_memory_fraction=0.4",
+                                "rlvr.engine_sleep_level=2", "cluster.nodes=2")  # each node hosts its engines
+    assert code == 0 and "valid" in text, text
+    code, text = _validate_only(capsys, *COLOCATED_GRPO_8B, "cluster.nodes=2", "rlvr.engine_tp=16")
+    assert code == 2 and "rlvr.engine_tp=16 must divide the 8 trainer ranks of a node" in text, text
 
 
 def test_colocated_grpo_engine_that_cannot_fit_is_refused_before_any_model_loads(eight_h100s):

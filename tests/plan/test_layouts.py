@@ -167,19 +167,17 @@ _GRPO_8B = ["--model", "llama3.1-8b", "--stage", "rlvr", "--algorithm", "grpo", 
             "--placement", "colocated", "--cp", "1", "--goal-s", "600"]
 
 
-def test_cli_says_what_a_colocated_plan_needs_that_is_not_built(capsys):
-    """The planner estimates colocated placement on any number of nodes, but the code runs it on one: a 16-GPU
-    colocated plan says so in its header and its goal verdict (as does a flag describing a published recipe the
-    trainer lacks); the one-node plan says nothing of the kind."""
+def test_cli_says_what_a_plan_needs_that_is_not_built(capsys):
+    """A planner input that describes what this project's code does not run (offloading the trainer while the
+    engine generates, as NeMo-RL does; TE's TP overlap, as Megatron-Bridge's recipes do) is still estimated, and the
+    plan says so under its header and in its goal verdict; a plan of what the code runs (colocated over two nodes
+    included) says nothing of the kind."""
     assert cli_main(["--gpus", "16", *_GRPO_8B]) == 0
+    assert "not built" not in capsys.readouterr().out
+    assert cli_main(["--gpus", "16", *_GRPO_8B, "--offload-trainer"]) == 0
     text = capsys.readouterr().out
-    assert "not built in this project yet" in text and "colocated engines run on one node in this project, not 2" in text
+    assert "not built in this project yet (estimated as the hardware would run it): trainer grads/optimizer offloaded" \
+        in text
     goal = [line for line in text.splitlines() if line.startswith("goal")]
     assert goal and "with what is not built in this project yet" in goal[0]
-    assert cli_main(["--gpus", "8", *_GRPO_8B]) == 0
-    text = capsys.readouterr().out
-    assert "not built" not in text and "goal 600 s: met" in text
-    assert cli_main(["--gpus", "8", *_GRPO_8B, "--offload-trainer"]) == 0
-    assert "not built in this project yet (estimated as the hardware would run it): trainer grads/optimizer offloaded" \
-        in capsys.readouterr().out
     assert PlanRequest(stage="sft", tp_comm_overlap=True).unbuilt()[0].startswith("TP communication overlap")

@@ -183,6 +183,9 @@ def test_colocated_sync_is_ipc_plus_host_traffic():
     assert s["trainer_offload_s"] == pytest.approx(2 * 10e9 / 25e9)
     s2 = T.colocated_sync_time(P8, H100, engine_tp=1, trainer_tp=1, trainer_pp=2, sleep_level=2)
     assert s2["engine_sleep_wake_s"] == 0 and s2["gather_s"] == pytest.approx(w / 2 / 450e9)
+    assert s["node_forward_s"] == 0  # one node; over two, rank 0 forwards every tensor to the other node once
+    s3 = T.colocated_sync_time(P8, H100, engine_tp=1, trainer_tp=1, trainer_pp=2, sleep_level=2, nodes=2)
+    assert s3["node_forward_s"] == pytest.approx(w / 45e9) and s3["total_s"] == pytest.approx(s2["total_s"] + w / 45e9)
 
 
 def test_packed_rows_cut_trainer_tokens_and_off_policy_overlaps():

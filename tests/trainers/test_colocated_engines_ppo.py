@@ -5,6 +5,10 @@ The colocated engines split each step's prompts, the first chunk's seed offset b
 the one local engine samples: with the same seed the two runs take the same optimizer steps. The engines' call
 log shows the turn-taking: generate, sleep while the trainer steps, wake, weight sync, probe check.
 
+The same run with each rank on a node of its own (two "nodes" on this machine): each node's first rank hosts that
+node's engine, rank 0 sends the other node its share of the prompts and each synced tensor
+(``rollout.colocated_nodes``), and the steps are again the local engine's.
+
 PPO rather than GRPO: the tiny random policy never ends a response with EOS here, so every response gets the same
 non-EOS reward, GRPO's group advantages are all 0 and its weights would not move between syncs; PPO's value
 baseline and per-token KL give non-zero advantages, so each sync carries new weights."""
@@ -17,7 +21,7 @@ import pytest
 
 from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # one 2-rank launch running two RLVR trainings
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # two 2-rank launches, three RLVR trainings
 
 
 def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tmp_path):
@@ -43,3 +47,26 @@ def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tm
     rollouts = [e for e in events if e["call"] == "generate" and e["prompts"] == 4]
     assert len(rollouts) == 2 and all(e["chunks"] == [[0, 2], [2, 4]] for e in rollouts)  # 2 prompts per engine
     assert not (local / "engine_events.jsonl").exists()
+
+    nodes = tmp_path / "colocated_2_nodes"  # rank 1 on a node of its own: its engine is started there
+    pp2 = tmp_path / "colocated_2_nodes_pp2"  # rank 1 holds pipeline stage 2: it sends its gather to rank 0 while
+    jobs = [("rlvr", rlvr_overrides(sft_data, tiny_hf, d, **common, **{"rlvr.engine_placement": "colocated"}, **more))
+            for d, more in ((nodes, {}), (pp2, {"parallel.pp": 2}))]  # it also receives every tensor rank 0 forwards
+    out = run_distributed(rlvr_rank_jobs, 2, args=(jobs,), timeout_s=600, ranks_per_node=1)[0]
+    for s in out:
+        assert "error" not in s, s.get("traceback")
+    assert list(step_records(pp2)) == [1, 2]
+    for step, r in step_records(pp2).items():
+        assert r["mismatch/mean_abs_diff"] < 1e-4 and r["sync/probe_max_abs_diff"] < 1e-4, step
+        assert r["loss"] == pytest.approx(want[step]["loss"], rel=1e-4, abs=1e-6), step  # PP2 vs DP2: sums reorder
+    got = step_records(nodes)
+    assert list(got) == [1, 2]
+    for step, r in got.items():
+        assert r["mismatch/mean_abs_diff"] < 1e-4, step  # both nodes' engines hold the synced weights
+        for key in ("loss", "value_loss", "grad_norm", "reward/score", "response_len", "sync/probe_max_abs_diff"):
+            assert r[key] == pytest.approx(want[step][key], rel=1e-6, abs=1e-7), (step, key)
+    for log in ("engine_events.jsonl", "engine_events.node1.jsonl"):  # one call log per node, the same turns
+        events = [json.loads(line) for line in (nodes / log).read_text().splitlines()]
+        assert [e["call"] for e in events] == per_step * 2, log
+        assert all(e["chunks"] == [[0, 2]] for e in events if e["call"] == "generate" and e["prompts"] == 2), log
+        assert sum(e["call"] == "generate" and e["prompts"] == 2 for e in events) == 2, log  # half of each rollout

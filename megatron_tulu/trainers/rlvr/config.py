@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megatron_tulu.plan.layouts import colocated_span_problem
 from megatron_tulu.rewards.config import RewardsConfig
 from megatron_tulu.trainers.config import DataConfig
 from megatron_tulu.trainers.fit import StageConfig
@@ -326,9 +325,11 @@ class RLVRConfig(StageConfig):
         if o.num_engines > 1 and o.engine_placement == "local":
             raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
                              "rlvr.engine_placement=ray or colocated (a local engine lives in trainer rank 0's process)")
-        if o.engine_placement == "colocated" and colocated_span_problem(self.cluster.nodes):
-            raise ValueError(f"rlvr.engine_placement=colocated with cluster.nodes={self.cluster.nodes}: "
-                             f"{colocated_span_problem(self.cluster.nodes)}; use rlvr.engine_placement=ray across nodes")
+        if o.engine_placement == "colocated":
+            from megatron_tulu.rollout.colocated_nodes import check_engine_tp_per_node
+
+            c = self.cluster
+            check_engine_tp_per_node(o.engine_tp, c.gpus_per_node or c.tasks_per_node or o.engine_tp, c.nodes)
         if o.engine_placement == "colocated" and o.async_steps:
             raise ValueError(f"rlvr.engine_placement=colocated needs rlvr.async_steps=0 (got {o.async_steps}): engine "
                              "and trainer share each GPU and take turns, so no batch can be generated while one trains")

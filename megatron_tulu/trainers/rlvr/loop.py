@@ -71,32 +71,58 @@ class RLVRDriver:
         self._start_engine()
 
     def _start_engine(self) -> None:
-        """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0."""
+        """Export the policy's current weights (initial or resumed) and start the engine(s) from trainer rank 0 or,
+        colocated on several nodes, each node's share from that node's first rank (``rollout.colocated_nodes``)."""
         from megatron_tulu.rollout.factory import make_engine
 
         o = self.o
-        num_engines, extra = o.num_engines, {}
+        num_engines, extra, leaders = o.num_engines, {}, None
         if o.engine_placement == "colocated":  # every rank checks (and raises alike) before any collective
             from megatron_tulu.rollout.colocated import colocated_num_engines
+            from megatron_tulu.rollout.colocated_nodes import NodeLeaders, check_engine_tp_per_node
 
             num_engines = colocated_num_engines(dist.get_world_size(), o.engine_tp, o.num_engines)
+            leaders = NodeLeaders.connect(o.engine_timeout_s)  # None on one node: rank 0 hosts every engine
+            if leaders is not None:
+                check_engine_tp_per_node(o.engine_tp, leaders.local_world_size, leaders.nodes)
             extra["events_path"] = Path(self.cfg.run_dir) / "engine_events.jsonl"  # the engines' call log
         init_dir = Path(self.cfg.run_dir) / "engine_init"
         self.policy.export_hf(init_dir)
-        if dist.get_rank() != 0:
+        if not (leaders.hosts_engines() if leaders else dist.get_rank() == 0):
             return
+        if leaders is not None:  # this node's share of the engines, with a call log of its own
+            node = leaders.ranks.index(dist.get_rank())
+            num_engines //= leaders.nodes
+            if node:
+                extra["events_path"] = Path(self.cfg.run_dir) / f"engine_events.node{node}.jsonl"
         self.engine = make_engine(o.engine, init_dir, tp=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
                                   memory_fraction=o.engine_memory_fraction, sleep_level=o.engine_sleep_level,
                                   sync_bucket_bytes=int(o.sync_bucket_mb * 2**20), placement=o.engine_placement,
                                   num_engines=num_engines, timeout_s=o.engine_timeout_s, **extra)
+        if leaders is not None:
+            from megatron_tulu.rollout.colocated_nodes import NodeColocatedEngines
+
+            self.engine = NodeColocatedEngines(self.engine, leaders)
+        if dist.get_rank() != 0:
+            return
         if o.engine_placement == "colocated":
-            print(f"[megatron-tulu] rollout engines: {num_engines} x {o.engine} TP={o.engine_tp} colocated on the "
-                  f"trainer's {dist.get_world_size()} devices", file=sys.stderr, flush=True)
+            nodes = f" ({leaders.nodes} nodes)" if leaders is not None else ""
+            print(f"[megatron-tulu] rollout engines: {o.engine} TP={o.engine_tp} colocated on the trainer's "
+                  f"{dist.get_world_size()} devices{nodes}", file=sys.stderr, flush=True)
         if o.engine_placement == "ray":
             print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
                   f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
 
     # ---- rollouts ----------------------------------------------------------------------------------
+    @property
+    def serves_rollouts(self) -> bool:
+        """A node leader other than rank 0 hosting colocated engines: it answers each of rank 0's generate calls
+        (``NodeColocatedEngines.serve``) and receives each weight sync."""
+        return self.engine is not None and dist.get_rank() != 0
+
+    def _serve(self, *_) -> None:
+        self.engine.serve()
+
     def _generate(self, indices: list[int], step: int, round_: int = 0) -> dict:
         """Rank 0: sample, decode and verify. Returns plain Python data (broadcast to all ranks). ``round_`` > 0: a
         dynamic-sampling refill of ``step`` (its own sampling seed, so repeated prompts get fresh samples)."""
@@ -315,10 +341,13 @@ class RLVRDriver:
 
         t0 = time.time()
         tr = self.policy
-        named = iter_hf_tensors(tr.model, tr.preset, lazy=True)  # shard pieces go straight into the buckets
+        # shard pieces go straight into the buckets; another node's engines take each tensor after its gather
+        named = iter_hf_tensors(tr.model, tr.preset, lazy=True, names_elsewhere=self.serves_rollouts)
+        metas = hf_tensor_metas(tr.preset, pipeline_split(tr.model), next(tr.model[0].parameters()).dtype)
         if dist.get_rank() == 0:
-            dtype = next(tr.model[0].parameters()).dtype
-            self.engine.update_weights(named, metas=hf_tensor_metas(tr.preset, pipeline_split(tr.model), dtype))
+            self.engine.update_weights(named, metas=metas)
+        elif self.serves_rollouts:
+            self.engine.receive_weights(named, metas, device=platform.device())
         left = sum(1 for _ in named)  # other ranks: run their collectives; rank 0: the stream must be used up
         if dist.get_rank() == 0 and left:
             from megatron_tulu.rollout.weight_sync import WeightSyncValidationError
@@ -353,6 +382,8 @@ class RLVRDriver:
             except WeightSyncMismatch as e:
                 verdict = (float("nan"), str(e))
         else:
+            if self.serves_rollouts:
+                self.engine.serve()  # this node's share of the probe prompts
             trainer_logps(probe, None)
         worst, error = broadcast_object(verdict)
         if error is not None:
@@ -380,7 +411,8 @@ class RLVRDriver:
         tr = self.policy
         state = tr.sampler.state_dict()
         indices = tr.sampler.next_batch()
-        self.ahead.append((state, self.pool.submit(self._generate, indices, step) if dist.get_rank() == 0 else None))
+        job = self._generate if dist.get_rank() == 0 else self._serve if self.serves_rollouts else None
+        self.ahead.append((state, self.pool.submit(job, indices, step) if job else None))
 
     def rollout_step(self) -> dict:
         """One optimizer step of the policy (and value model) on the oldest queued batch; keeps up to
@@ -390,7 +422,7 @@ class RLVRDriver:
             self._draw(tr.step)
         t0 = time.time()
         _, fut = self.ahead.popleft()
-        ro = broadcast_object(fut.result() if dist.get_rank() == 0 else None)
+        ro = broadcast_object(fut.result() if fut is not None else None)  # a serving leader's result is None
         sampling = {"reward/gen_accuracy": sum(map(float, ro["correct"])) / len(ro["correct"])}
         if self.o.part("dynamic_sampling"):
             ro, sampling = self._refill(ro)
@@ -424,6 +456,8 @@ class RLVRDriver:
 
         def more(round_: int) -> dict:
             indices = tr.sampler.next_batch()
+            if self.serves_rollouts:
+                self._serve()
             return broadcast_object(self._generate(indices, tr.step, round_) if dist.get_rank() == 0 else None)
 
         def rewards_of(batch: dict) -> torch.Tensor:
