@@ -236,7 +236,9 @@ def build_plan(cfg, stage: str, name: str, alloc: Allocation | None = None, comm
             "slots_total": alloc.nodes * alloc.slots_per_node, "nodes": placed["nodes"], "engines": placed["engines"],
             "local_engine": stage == "rlvr" and not lay["num_engines"], "trainer": placed["trainer"], "idle": idle,
             "memory": placed["memory"], "feasible": placed["feasible"], "command": list(command),
-            "engine_problems": placed.get("engine_problems", [])}
+            "engine_problems": placed.get("engine_problems", []),
+            "colocated_engine_tp": cfg.rlvr.engine_tp if stage == "rlvr" and cfg.rlvr.engine_placement == "colocated"
+            else 0}
     check_plan(plan)
     return plan
 
@@ -401,7 +403,11 @@ def format_plan(plan: dict) -> str:
     if idle:
         lines.append(f"  WARNING: {idle} {unit} idle: the config's layout does not tile the allocation")
     lines.append(f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}")
-    if plan["local_engine"]:
+    if plan["colocated_engine_tp"]:
+        etp = plan["colocated_engine_tp"]
+        lines.append(f"  engines: {t['gpus'] // etp} x vLLM TP={etp} colocated on the trainer GPUs, each node's started "
+                     "by its first trainer rank (rlvr.engine_placement=colocated)")
+    elif plan["local_engine"]:
         lines.append("  engine: inside trainer rank 0's process (rlvr.engine_placement=local)")
     for e in plan["engines"]:
         hosts = sorted({g // plan["slots_per_node"] for g in e["gpus"]})

@@ -142,6 +142,20 @@ def test_rlvr_with_a_local_engine_plans_every_slot_as_a_trainer():
     assert plan["engines"] == [] and plan["local_engine"] and plan["trainer"]["gpus"] == 2
     plan = _plan("rlvr", "tiny", overrides=("rlvr.engine_placement=ray",))
     assert len(plan["engines"]) == 1 and plan["trainer"]["gpus"] == 1 and not plan["local_engine"]
+    assert "inside trainer rank 0's process" in jobs.format_plan(_plan("rlvr", "tiny", overrides=(
+        "rlvr.engine_placement=local",)))
+
+
+def test_rlvr_colocated_on_two_nodes_plans_every_gpu_as_a_trainer_and_an_engine_share():
+    """Colocated over 16 GPUs on two nodes: 16 trainer ranks, four TP4 engines on their GPUs, each node's started
+    there (the plan used to call any engine inside the trainer "rank 0's local engine")."""
+    plan = _plan("rlvr", "8b_grpo", overrides=("rlvr.engine_placement=colocated", "rlvr.num_engines=1", "cluster.nodes=2",
+                                               "parallel.tp=4", "parallel.pp=1", "rlvr.engine_tp=4",
+                                               "rlvr.engine_memory_fraction=0.4", "rlvr.engine_sleep_level=2"))
+    assert plan["engines"] == [] and plan["trainer"]["gpus"] == 16 and not plan["engine_problems"]
+    text = jobs.format_plan(plan)
+    assert "engines: 4 x vLLM TP=4 colocated on the trainer GPUs, each node's started by its first trainer rank" in text
+    assert "rank 0's process" not in text
 
 
 @pytest.mark.slow
