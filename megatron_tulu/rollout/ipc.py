@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from megatron_tulu.rollout.sync_group import WeightSyncError, WeightSyncTimeout
+from megatron_tulu.rollout.sync_group import WeightSyncError, collective_with_timeout
 
 IPC_MSG_BYTES = 8192  # one pickled handle (CUDA: ~0.5 KiB; CPU shared-memory file: ~0.3 KiB), length-prefixed
 _SHARING_LOCK = threading.Lock()
@@ -83,29 +83,6 @@ def open_shared(blob: bytes) -> torch.Tensor:
     return fn(*args)
 
 
-def _gloo_collective(group, op: str, t: torch.Tensor, timeout_s: float, what: str) -> None:
-    """``broadcast`` (root 0) or ``allreduce`` (sum) of ``t`` on a gloo
-    :class:`~megatron_tulu.rollout.sync_group.StatelessGroup`; :class:`WeightSyncTimeout`, and the group aborted, on
-    expiry or error. The work object is dropped before the abort: it holds the gloo context, whose sockets close
-    only when the last reference goes, and a peer waiting on this rank (gloo relays a broadcast through a tree
-    once there are 4 ranks) must see them close, not wait out its timeout."""
-    from datetime import timedelta
-
-    work, error = None, None
-    try:
-        if group.aborted:
-            raise WeightSyncError("the group was aborted")
-        work = group.pg.broadcast(t, 0) if op == "broadcast" else group.pg.allreduce([t])
-        if work.wait(timedelta(seconds=timeout_s)) is False:
-            raise RuntimeError("wait returned False")
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-    work = None
-    if error is not None:
-        group.abort()
-        raise WeightSyncTimeout(f"{what}: {op} did not complete within {timeout_s:g}s ({error})")
-
-
 class IpcChannel:
     """Bucket hand-over to the workers on the sender's own device, over a gloo group (rank 0 = trainer).
 
@@ -127,15 +104,15 @@ class IpcChannel:
         msg = torch.zeros(IPC_MSG_BYTES, dtype=torch.uint8)
         msg[:8] = torch.tensor([len(blob)], dtype=torch.int64).view(torch.uint8)
         msg[8: 8 + len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-        _gloo_collective(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
+        collective_with_timeout(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
         status = torch.zeros(1, dtype=torch.int64)
-        _gloo_collective(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
+        collective_with_timeout(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
         if int(status):
             raise WeightSyncError(f"{what}: {int(status)} same-device worker(s) could not open or copy the IPC bucket")
 
     def recv_into(self, buf: torch.Tensor, what: str) -> None:
         msg = torch.empty(IPC_MSG_BYTES, dtype=torch.uint8)
-        _gloo_collective(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
+        collective_with_timeout(self.pg, "broadcast", msg, self.timeout_s, f"{what} (IPC handle)")
         status, error = torch.zeros(1, dtype=torch.int64), None
         try:
             n = int(msg[:8].view(torch.int64))
@@ -148,6 +125,6 @@ class IpcChannel:
             del shared
         except Exception as e:  # acknowledge anyway (with the failure), so the sender does not wait out its timeout
             status[0], error = 1, e
-        _gloo_collective(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
+        collective_with_timeout(self.pg, "allreduce", status, self.timeout_s, f"{what} (IPC acknowledgement)")
         if error is not None:
             raise WeightSyncError(f"{what}: opening the IPC bucket failed: {type(error).__name__}: {error}") from error

@@ -81,7 +81,7 @@ def group_timeout_s(backend: str, wait_s: float) -> float:
     gloo: ``wait_s`` (a gloo op that times out raises in the waiting thread; its ``work.wait`` ends at the
     group's timeout whatever timeout it is given, so the two must be equal). NCCL: ``2 * wait_s + 60``. The
     NCCL watchdog acts on the group's timeout by tearing the process down (``TORCH_NCCL_ASYNC_ERROR_HANDLING``),
-    so it must never fire first: :func:`broadcast_with_timeout` gives up after ``wait_s``, aborts the group
+    so it must never fire first: :func:`collective_with_timeout` gives up after ``wait_s``, aborts the group
     and raises :class:`WeightSyncTimeout`, long before the watchdog's deadline.
     """
     if backend == "nccl":
@@ -139,10 +139,18 @@ class StatelessGroup:
         self.aborted = False
 
     def broadcast(self, buf: torch.Tensor, root: int):
+        self._check_usable()
+        return self.pg.broadcast(buf, root)
+
+    def allreduce(self, t: torch.Tensor):
+        """Sum ``t`` over the group, in place."""
+        self._check_usable()
+        return self.pg.allreduce([t])
+
+    def _check_usable(self) -> None:
         if self.aborted:
             raise WeightSyncError("weight-sync group was aborted after a failed or timed-out collective; "
                                   "a new group must be formed")
-        return self.pg.broadcast(buf, root)
 
     def abort(self) -> None:
         """Give up on the group now, without waiting for in-flight collectives. NCCL: ``abort`` (ncclCommAbort:
@@ -184,21 +192,30 @@ def _wait_polled(work, timeout_s: float) -> bool:
     return True
 
 
-def broadcast_with_timeout(pg, buf: torch.Tensor, timeout_s: float, what: str) -> None:
-    """``pg.broadcast(buf, root=0)`` that raises :class:`WeightSyncTimeout` instead of hanging or crashing.
+def collective_with_timeout(group, op: str, t: torch.Tensor, timeout_s: float, what: str) -> None:
+    """``broadcast`` (root 0) or ``allreduce`` (sum) of ``t`` on ``group`` (a :class:`StatelessGroup`) that raises
+    :class:`WeightSyncTimeout` naming ``what`` and ``op`` instead of hanging or crashing.
 
-    On expiry or error the group is aborted (``pg.abort()``) before raising: a stuck NCCL collective would
+    On expiry or error the group is aborted (``group.abort()``) before raising: a stuck NCCL collective would
     otherwise stay in flight until the watchdog kills the process at the group's timeout, and gloo peers would
-    each wait out their own timeout. The group is unusable afterwards; the sync group forms a new one."""
+    each wait out their own timeout. The work object is dropped before the abort: it holds the gloo context, whose
+    sockets close only when the last reference goes, and a peer waiting on this rank (gloo relays a broadcast
+    through a tree once there are 4 ranks) must see them close. The group is unusable afterwards; the sync group
+    forms a new one."""
+    work, error = None, None
     try:
-        work = pg.broadcast(buf, 0)
-        if getattr(pg, "backend", None) == "nccl":
+        work = group.broadcast(t, 0) if op == "broadcast" else group.allreduce(t)
+        if getattr(group, "backend", None) == "nccl":
             if not _wait_polled(work, timeout_s):
                 raise TimeoutError("collective still in flight")
         elif work.wait(timedelta(seconds=timeout_s)) is False:
             raise RuntimeError("wait returned False")
-    except Exception as e:
-        abort = getattr(pg, "abort", None)
+    except Exception as e:  # noqa: BLE001 - every failure aborts the group and raises as a timeout of this op
+        error = e
+    work = None
+    if error is not None:
+        abort = getattr(group, "abort", None)
         if abort is not None:
             abort()
-        raise WeightSyncTimeout(f"{what}: broadcast did not complete within {timeout_s:g}s ({type(e).__name__}: {e})") from e
+        raise WeightSyncTimeout(f"{what}: {op} did not complete within {timeout_s:g}s "
+                                f"({type(error).__name__}: {error})") from error

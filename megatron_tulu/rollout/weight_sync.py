@@ -53,7 +53,7 @@ from megatron_tulu.rollout.sync_group import (  # noqa: F401 - the group half of
     StatelessGroup,
     WeightSyncError,
     WeightSyncTimeout,
-    broadcast_with_timeout,
+    collective_with_timeout,
     check_nccl_versions,
     format_nccl_version,
     group_timeout_s,
@@ -211,7 +211,7 @@ class BucketSender:
         for b, buf in self.pack(tensors):
             what = f"bucket {b + 1}/{len(self.plan)}"
             if self.pg is not None:
-                broadcast_with_timeout(self.pg, buf, self.timeout_s, what)
+                collective_with_timeout(self.pg, "broadcast", buf, self.timeout_s, what)
             if self.ipc is not None:  # returns once every same-device worker copied the bucket out: buf is free
                 self.ipc.send(buf, what)
             total += buf.numel()
@@ -245,7 +245,7 @@ class BucketReceiver:
         if self.channel is not None:
             self.channel.recv_into(buf, what)
         else:
-            broadcast_with_timeout(self.pg, buf, self.timeout_s, what)
+            collective_with_timeout(self.pg, "broadcast", buf, self.timeout_s, what)
 
     def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Lazily receive bucket by bucket, in memory bounded by the bucket size, not the model size.

@@ -59,7 +59,7 @@ def test_expired_nccl_wait_aborts_the_group_then_raises_timeout():
     g = _FakeNcclGroup()
     t0 = time.perf_counter()
     with pytest.raises(ws.WeightSyncTimeout, match=r"bucket 3/9: broadcast did not complete within 0.5s"):
-        ws.broadcast_with_timeout(g, torch.empty(8, dtype=torch.uint8), 0.5, "bucket 3/9")
+        ws.collective_with_timeout(g, "broadcast", torch.empty(8, dtype=torch.uint8), 0.5, "bucket 3/9")
     assert time.perf_counter() - t0 < 5
     assert g.abort_calls == 1  # aborted by us before the error reached the caller
 
@@ -77,7 +77,7 @@ def test_gloo_peer_that_stalls_gives_weight_sync_timeout_and_an_aborted_group():
     try:
         t0 = time.perf_counter()
         with pytest.raises(ws.WeightSyncTimeout, match="bucket 1/4"):
-            ws.broadcast_with_timeout(g1, torch.empty(1024, dtype=torch.uint8), 2.0, "bucket 1/4")
+            ws.collective_with_timeout(g1, "broadcast", torch.empty(1024, dtype=torch.uint8), 2.0, "bucket 1/4")
         assert time.perf_counter() - t0 < 10
         assert g1.aborted
         with pytest.raises(ws.WeightSyncError, match="aborted"):  # no second wait on a broken group
