@@ -118,3 +118,37 @@ def test_packed_rows_as_thd_keep_documents_apart(impl):
                                              env={"MEGATRON_TULU_DEVICE": "cuda"})[0]
     assert first < 0.1 and second < 0.1, (first, second)
     assert control > 5 * max(second, 1e-3), (control, second)
+
+
+def _open_cuda_handle(blob: bytes, q) -> None:
+    """Child process: open the parent's CUDA IPC handle as the colocated engine worker does, copy it, write into it."""
+    from megatron_tulu.rollout.ipc import device_key, open_shared
+
+    shared = open_shared(blob)
+    copy = shared.clone()
+    shared[0] = -1.0  # the handle is the parent's memory: the parent must see this
+    torch.cuda.synchronize()
+    q.put((copy.cpu().tolist(), str(shared.device), device_key()))
+    del shared
+
+
+def test_colocated_cuda_ipc_handle_opens_in_another_process():
+    """Colocated weight sync on one GPU (issue 24): trainer rank 0 hands a bucket to the vLLM worker on its own GPU
+    by CUDA IPC handle (``rollout.ipc.share_tensor`` / ``open_shared``: ``rebuild_cuda_tensor`` on the receiver's
+    device index). Another process opens the handle, reads the bucket's bytes and writes into the same memory."""
+    import multiprocessing as mp
+
+    from megatron_tulu.rollout.ipc import device_key, share_tensor
+
+    bucket = torch.arange(4096, dtype=torch.float32, device="cuda")[1024:3072]  # an offset inside a block
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    child = ctx.Process(target=_open_cuda_handle, args=(share_tensor(bucket), q))
+    child.start()
+    try:
+        values, device, key = q.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+    assert values == list(range(1024, 3072)) and device.startswith("cuda") and key == device_key()
+    torch.cuda.synchronize()
+    assert bucket[0].item() == -1.0
