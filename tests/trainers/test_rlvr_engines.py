@@ -13,10 +13,10 @@ from megatron_tulu.testing import require_vllm
 from rlvr_helpers import make_tiny_reward_model, rlvr_overrides, rlvr_rank_jobs, step_records
 
 
-def _run(world, jobs):
+def _run(world, jobs, ranks_per_node=None):
     from megatron_tulu.testing import run_distributed
 
-    out = run_distributed(rlvr_rank_jobs, world, args=(jobs,), timeout_s=600)[0]
+    out = run_distributed(rlvr_rank_jobs, world, args=(jobs,), timeout_s=600, ranks_per_node=ranks_per_node)[0]
     for s in out:
         assert "error" not in s, s.get("traceback")
     return out
@@ -116,3 +116,24 @@ def test_vllm_engine_two_steps(sft_data, tiny_hf, tmp_path):
         # fp32 vLLM (CPU) vs fp32 megatron: different kernels, same weights after each sync
         assert r["mismatch/mean_abs_diff"] < 1e-3, (step, r["mismatch/mean_abs_diff"])
         assert 0 < r["response_len"] <= 16 and r["grad_norm"] > 0
+
+
+@pytest.mark.vllm
+def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path):
+    """``engine_placement=colocated`` with each of two trainer ranks on a node of its own (on this machine): each
+    rank starts its node's vLLM engine, rank 0 sends rank 1 half the prompts and forwards every synced tensor, and
+    each node leader hands the buckets to its engine's worker by IPC handle. After every step both engines' rollout
+    and probe logprobs equal the trainer's, and each node's call log shows the same turns."""
+    import json
+
+    require_vllm()
+    run = tmp_path / "colocated_vllm_2_nodes"
+    _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
+        "rlvr.engine": "vllm", "rlvr.engine_placement": "colocated", "rlvr.engine_dtype": "float32",
+        "rlvr.sync_bucket_mb": 0.05, "train.max_steps": 2, "checkpoint.interval": 0}))], ranks_per_node=1)
+    _assert_synced(step_records(run), 2)
+    for log in ("engine_events.jsonl", "engine_events.node1.jsonl"):
+        events = [json.loads(line) for line in (run / log).read_text().splitlines()]
+        assert [e["call"] for e in events] == ["generate", "sleep", "wake", "update_weights", "generate"] * 2, log
+        syncs = [e for e in events if e["call"] == "update_weights"]
+        assert all(e["ipc_workers"] == 1 and e["broadcast_workers"] == 0 and e["buckets"] > 1 for e in syncs), log
