@@ -105,8 +105,8 @@ mt_plan() {
     echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
     echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
     if [ "$STAGE" = rlvr ]; then
-      echo "  ray: head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
-      echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR and places the engines as Ray actors"
+      echo "  ray (when the plan has engine slots): head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
+      echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR (and places the engines as Ray actors on the engine slots)"
     fi
   fi
   # The plan is computed on the host, from this checkout, even when jobs would run in a container.

@@ -1,7 +1,8 @@
 # Sourced after _common.sh by the RLVR scripts: the job's roles and a Ray cluster over the SLURM allocation.
 #   mt_rlvr_layout CMD...: the plan of the stage command CMD (launch.cluster layout) written to $MT_PLAN for
 #          every srun step, and
-#          MT_TRAINER_SRUN, the srun options of the trainer step (the trainer nodes, one task per trainer rank)
+#          MT_TRAINER_SRUN, the srun options of the trainer step (the trainer nodes, one task per trainer rank),
+#          MT_RAY_NEEDED, 0 when no engine is a Ray actor (local or colocated engines): mt_ray_up starts nothing
 #   head   on the first node of the allocation (srun step, background)
 #   workers on every other node, one raylet per node (one srun step, background); with $MT_PLAN each raylet
 #          offers Ray only its node's engine slots (none on trainer-only nodes), so the engines' placement group
@@ -59,6 +60,10 @@ mt_ray_down() {
 
 mt_ray_up() {
   local nodes head head_ip opts gpu_opts total
+  if [ "${MT_RAY_NEEDED:-1}" = 0 ]; then
+    echo "[mt] no Ray cluster: the plan has no engine slots (the engines run inside the trainers)" >&2
+    return 0
+  fi
   nodes=${SLURM_JOB_NUM_NODES:-1}
   head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
   head_ip=${MT_RAY_HEAD_IP:-$(getent ahostsv4 "$head" | awk 'NR==1 {print $1}')}

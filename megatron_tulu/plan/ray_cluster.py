@@ -21,7 +21,8 @@ from megatron_tulu.checkpoint.hf_io import write_atomic
 def write_layout(plan: dict, out: str | Path) -> str:
     """Write ``plan`` (JSON) where every srun step of the job reads it, and return the shell line that the RLVR
     scripts ``eval``: ``MT_TRAINER_SRUN=(...)``, the srun options that start exactly the trainer ranks on the
-    trainer nodes (engine-only nodes run nothing but Ray)."""
+    trainer nodes (engine-only nodes run nothing but Ray), and ``MT_RAY_NEEDED=1`` when the plan places engines as
+    Ray actors, else 0 (local and colocated engines run inside the trainers: no Ray cluster is started)."""
     nodes = [n for n in plan["nodes"] if n["trainer_ranks"]]
     per = {len(n["trainer_ranks"]) for n in nodes}
     if len(per) != 1:
@@ -30,7 +31,8 @@ def write_layout(plan: dict, out: str | Path) -> str:
     write_atomic(out, json.dumps(plan, indent=1, default=str))  # a step never reads a half-written plan
     args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
             f"--nodelist={','.join(n['host'] for n in nodes)}"]
-    return "MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
+    return ("MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
+            + f"; MT_RAY_NEEDED={1 if plan['engines'] else 0}")
 
 
 def read_layout(path: str | Path) -> dict:

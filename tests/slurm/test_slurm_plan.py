@@ -146,13 +146,15 @@ def test_rlvr_with_a_local_engine_plans_every_slot_as_a_trainer():
         "rlvr.engine_placement=local",)))
 
 
-def test_rlvr_colocated_on_two_nodes_plans_every_gpu_as_a_trainer_and_an_engine_share():
+def test_rlvr_colocated_on_two_nodes_plans_every_gpu_as_a_trainer_and_an_engine_share(tmp_path):
     """Colocated over 16 GPUs on two nodes: 16 trainer ranks, four TP4 engines on their GPUs, each node's started
     there (the plan used to call any engine inside the trainer "rank 0's local engine")."""
     plan = _plan("rlvr", "8b_grpo", overrides=("rlvr.engine_placement=colocated", "rlvr.num_engines=1", "cluster.nodes=2",
                                                "parallel.tp=4", "parallel.pp=1", "rlvr.engine_tp=4",
                                                "rlvr.engine_memory_fraction=0.4", "rlvr.engine_sleep_level=2"))
     assert plan["engines"] == [] and plan["trainer"]["gpus"] == 16 and not plan["engine_problems"]
+    line = ray_cluster.write_layout(plan, tmp_path / "plan.json")
+    assert line.endswith("; MT_RAY_NEEDED=0") and "--ntasks=16" in line  # no Ray: the engines live in the trainers
     text = jobs.format_plan(plan)
     assert "engines: 4 x vLLM TP=4 colocated on the trainer GPUs, each node's started by its first trainer rank" in text
     assert "rank 0's process" not in text
@@ -242,8 +244,9 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     plan = _plan("rlvr", "405b")
     line = ray_cluster.write_layout(plan, tmp_path / "plan.json")
     assert ray_cluster.read_layout(tmp_path / "plan.json")["trainer"] == plan["trainer"]
-    args = shlex.split(line[len("MT_TRAINER_SRUN=("):-1])
-    assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"]
+    srun, ray = line.split("; ")
+    args = shlex.split(srun[len("MT_TRAINER_SRUN=("):-1])
+    assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"] and ray == "MT_RAY_NEEDED=1"
     assert args[3] == "--nodelist=" + ",".join(f"node{i}" for i in range(4, 32))  # engines on nodes 0-3
     engine_node, trainer_node = plan["nodes"][0], plan["nodes"][4]
     assert ray_cluster.ray_node_resources(plan, engine_node) == (["--num-gpus=8"],

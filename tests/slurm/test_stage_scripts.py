@@ -96,12 +96,12 @@ def test_sft_tiny_usr1_requeue_resume_same_final_loss(slurm, uninterrupted, data
 RLVR_STEPS = 12
 
 
-def _rlvr(workdir: Path, data: Path, wait: bool):
+def _rlvr(workdir: Path, data: Path, wait: bool, *overrides: str, steps: int = RLVR_STEPS):
     """rlvr_tiny.sh from a random init (no DPO export here) with TorchEngine actors, to keep a job under a minute."""
     run = workdir / "run"
     job, r = sbatch(ROOT / "slurm/rlvr_tiny.sh", workdir, f"data.root={data}", "model.init_hf=null",
-                    "rlvr.engine=torch", "rlvr.max_new_tokens=16", f"train.max_steps={RLVR_STEPS}",
-                    "checkpoint.interval=0", "logging.progress_bar=false", wait=wait, timeout=600,
+                    "rlvr.engine=torch", "rlvr.max_new_tokens=16", f"train.max_steps={steps}",
+                    "checkpoint.interval=0", "logging.progress_bar=false", *overrides, wait=wait, timeout=600,
                     env=job_env(MT_RUN_DIR=run, MT_RAY_WAIT_S=120))
     return job, r, run
 
@@ -136,6 +136,21 @@ def test_rlvr_tiny_with_ray(slurm, rlvr_uninterrupted):
     # from a random init the KL reference is the initial policy itself: zero KL before the first update
     assert _per_step(run, "reward/kl_seq_mean")[1] == 0.0
     wait_for(lambda: _procs(f"/tmp/ray-mt-{job}") is None, 30, "Ray processes to exit")
+
+
+@needs_rlvr
+def test_rlvr_tiny_colocated_runs_without_ray(slurm, data_root, tmp_path):
+    """rlvr_tiny.sh with rlvr.engine_placement=colocated: both CPU slots are trainer ranks, each hosting an engine
+    (in rank 0's process on one node); the plan has no engine slot, so the script starts no Ray cluster."""
+    job, r, run = _rlvr(tmp_path, data_root, True, "rlvr.engine_placement=colocated", steps=2)
+    log = log_of(tmp_path)
+    assert r.returncode == 0, (r.stderr, log[-4000:])
+    assert "no Ray cluster: the plan has no engine slots" in log and "ray on this node" not in log
+    assert "trainer step: srun --nodes=1 --ntasks=2 --ntasks-per-node=2" in log
+    assert "rollout engines: torch TP=1 colocated on the trainer's 2 devices" in log
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    calls = [json.loads(line)["call"] for line in (run / "engine_events.jsonl").read_text().splitlines()]
+    assert calls == ["generate", "sleep", "wake", "update_weights", "generate"] * 2
 
 
 @needs_rlvr
