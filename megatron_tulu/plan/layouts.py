@@ -15,6 +15,16 @@ from megatron_tulu.plan.hardware import EFFICIENCY, get_gpu
 STAGES = ("pretrain", "sft", "dpo", "rm", "rlvr")
 
 
+def colocated_engine_tp_problem(engine_tp: int, ranks_per_node: int, nodes: int) -> str:
+    """'' or why a colocated engine of ``engine_tp`` cannot tile a trainer of ``nodes`` x ``ranks_per_node``: a
+    node's first rank starts that node's engines (``rollout.colocated_nodes``), so an engine's workers stay on one
+    node. The one owner of that rule: the planner, the RLVR config check and the engine start ask here."""
+    if nodes > 1 and ranks_per_node % engine_tp:
+        return (f"rlvr.engine_placement=colocated over {nodes} nodes: rlvr.engine_tp={engine_tp} must divide the "
+                f"{ranks_per_node} trainer ranks of a node (an engine's workers run on one node)")
+    return ""
+
+
 
 @dataclass
 class PlanRequest:
@@ -345,6 +355,8 @@ def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_eng
         lay.reasons.append(f"engine TP{engine_tp} spans nodes unevenly ({req.gpus_per_node} GPUs/node)")
     if engine_tp < req.gpus_per_node and req.gpus_per_node % engine_tp:
         lay.reasons.append(f"engine TP{engine_tp} does not tile a {req.gpus_per_node}-GPU node")
+    if colocated and colocated_engine_tp_problem(engine_tp, req.gpus_per_node, -(-req.gpus // req.gpus_per_node)):
+        lay.reasons.append(f"colocated engine TP{engine_tp} would span nodes (a node's engines start there)")
     dist = req.response_dist()
     full_len = req.prompt_len + int(dist.hi)
     frac = req.gpu_memory_utilization

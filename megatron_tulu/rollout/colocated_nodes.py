@@ -35,15 +35,6 @@ from megatron_tulu.rollout.base import (
 )
 
 
-def check_engine_tp_per_node(engine_tp: int, ranks_per_node: int, nodes: int) -> None:
-    """An engine's workers run on one node: over several nodes, ``rlvr.engine_tp`` must divide a node's trainer
-    ranks. Raises ``ValueError`` naming the field (the config check with ``cluster.gpus_per_node``, the engine start
-    with the ranks it sees)."""
-    if nodes > 1 and ranks_per_node % engine_tp:
-        raise ValueError(f"rlvr.engine_placement=colocated over {nodes} nodes: rlvr.engine_tp={engine_tp} must divide "
-                         f"the {ranks_per_node} trainer ranks of a node (an engine's workers run on one node)")
-
-
 class NodeLeaders:
     """The trainer ranks that host a node's engines (``LOCAL_RANK`` 0 of each node, in rank order) and the two
     groups that join them. Made by :meth:`connect` on every trainer rank (group creation is collective)."""

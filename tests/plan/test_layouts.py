@@ -181,3 +181,14 @@ def test_cli_says_what_a_plan_needs_that_is_not_built(capsys):
     goal = [line for line in text.splitlines() if line.startswith("goal")]
     assert goal and "with what is not built in this project yet" in goal[0]
     assert PlanRequest(stage="sft", tp_comm_overlap=True).unbuilt()[0].startswith("TP communication overlap")
+
+
+def test_colocated_engine_never_spans_nodes():
+    """A colocated engine's workers start on one node (its first rank starts them): the planner rejects engine TP16
+    on two 8-GPU nodes, as the config check does, where a disaggregated (Ray) engine may span them."""
+    base = dict(model="llama3.1-70b", gpus=16, stage="rlvr", global_batch=256, prompt_len=128, response_len=512,
+                max_tokens_per_microbatch=4096, fixed={"tp": 8, "pp": 2, "cp": 1, "engine_tp": 16})
+    colocated = enumerate_layouts(PlanRequest(placement="colocated", **base))
+    assert colocated and all("would span nodes" in "; ".join(l.reasons) for l in colocated)
+    assert not any("would span nodes" in "; ".join(l.reasons)
+                   for l in enumerate_layouts(PlanRequest(**{**base, "gpus": 32, "fixed": {**base["fixed"], "num_engines": 1}})))

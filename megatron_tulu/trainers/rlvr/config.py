@@ -326,10 +326,12 @@ class RLVRConfig(StageConfig):
             raise ValueError(f"rlvr.num_engines={o.num_engines}: more than one engine needs "
                              "rlvr.engine_placement=ray or colocated (a local engine lives in trainer rank 0's process)")
         if o.engine_placement == "colocated":
-            from megatron_tulu.rollout.colocated_nodes import check_engine_tp_per_node
+            from megatron_tulu.plan.layouts import colocated_engine_tp_problem
 
             c = self.cluster
-            check_engine_tp_per_node(o.engine_tp, c.gpus_per_node or c.tasks_per_node or o.engine_tp, c.nodes)
+            problem = colocated_engine_tp_problem(o.engine_tp, c.gpus_per_node or c.tasks_per_node or o.engine_tp, c.nodes)
+            if problem:
+                raise ValueError(problem)
         if o.engine_placement == "colocated" and o.async_steps:
             raise ValueError(f"rlvr.engine_placement=colocated needs rlvr.async_steps=0 (got {o.async_steps}): engine "
                              "and trainer share each GPU and take turns, so no batch can be generated while one trains")

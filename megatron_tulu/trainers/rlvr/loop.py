@@ -79,12 +79,14 @@ class RLVRDriver:
         num_engines, extra, leaders = o.num_engines, {}, None
         if o.engine_placement == "colocated":  # every rank checks (and raises alike) before any collective
             from megatron_tulu.rollout.colocated import colocated_num_engines
-            from megatron_tulu.rollout.colocated_nodes import NodeLeaders, check_engine_tp_per_node
+            from megatron_tulu.plan.layouts import colocated_engine_tp_problem
+            from megatron_tulu.rollout.colocated_nodes import NodeLeaders
 
             num_engines = colocated_num_engines(dist.get_world_size(), o.engine_tp, o.num_engines)
             leaders = NodeLeaders.connect(o.engine_timeout_s)  # None on one node: rank 0 hosts every engine
-            if leaders is not None:
-                check_engine_tp_per_node(o.engine_tp, leaders.local_world_size, leaders.nodes)
+            problem = leaders and colocated_engine_tp_problem(o.engine_tp, leaders.local_world_size, leaders.nodes)
+            if problem:
+                raise ValueError(problem)
             extra["events_path"] = Path(self.cfg.run_dir) / "engine_events.jsonl"  # the engines' call log
         init_dir = Path(self.cfg.run_dir) / "engine_init"
         self.policy.export_hf(init_dir)
