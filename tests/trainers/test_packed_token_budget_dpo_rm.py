@@ -33,7 +33,7 @@ def _same_step(a: dict, b: dict, what: str) -> None:
 @pytest.fixture(scope="module")
 def runs(sft_data, tiny_hf, tmp_path_factory):
     """One 2-rank launch: DPO over DP=2 (the packed run balances tokens over the ranks, so the ranks hold other pairs
-    than the padded run's contiguous halves) and PP=2, the RM over TP=2 and CP=2, each padded and packed."""
+    than the padded run's contiguous halves) and PP=2, the RM over TP=2 (with sequence parallelism) and CP=2, each padded and packed."""
     from megatron_tulu.testing import run_distributed
 
     root = tmp_path_factory.mktemp("packed_pairs")
@@ -41,7 +41,7 @@ def runs(sft_data, tiny_hf, tmp_path_factory):
     # DP and CP without the distributed optimizer: each rank's main_grad is then the whole all-reduced gradient (with
     # it, a rank's buffer outside its own shard keeps its local partial sums, which differ when the split differs)
     dp2 = {"parallel.use_distributed_optimizer": "false", "dpo.forward_mode": "concatenated"}
-    layouts = {"dpo_{}_dp2": ("dpo", dp2), "rm_{}_tp2": ("rm", {"parallel.tp": 2}),
+    layouts = {"dpo_{}_dp2": ("dpo", dp2), "rm_{}_tp2": ("rm", {"parallel.tp": 2, "model.sequence_parallel": "true"}),
                # PP: every micro-batch is a budget-length row (the schedule's fixed p2p shape); CP: the dense
                # document mask of the local spec over two load-balanced chunks per rank
                "dpo_{}_pp2": ("dpo", {"parallel.pp": 2, "dpo.forward_mode": "concatenated"}),
