@@ -18,6 +18,9 @@ A process can start engine processes on its own node only, so each node's first 
   (``checkpoint.model_io.hf_tensor_metas``); the tensors cross the nodes once per sync.
 - ``sleep`` / ``wake`` / ``shutdown``: each leader on its own node's engines.
 
+Each node's engines start from the weights rank 0 exports to ``run_dir/engine_init``: the run directory must be on a
+filesystem every node sees (as the checkpoints must).
+
 Both groups are made with the engine timeout: a leader that never answers fails the run, it does not hang it.
 """
 

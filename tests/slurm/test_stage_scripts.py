@@ -147,7 +147,7 @@ def test_rlvr_tiny_colocated_runs_without_ray(slurm, data_root, tmp_path):
     assert r.returncode == 0, (r.stderr, log[-4000:])
     assert "no Ray cluster: the plan has no engine slots" in log and "ray on this node" not in log
     assert "trainer step: srun --nodes=1 --ntasks=2 --ntasks-per-node=2" in log
-    assert "rollout engines: torch TP=1 colocated on the trainer's 2 devices" in log
+    assert "rollout engines: 2 x torch TP=1 colocated on the trainer's 2 devices" in log
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     calls = [json.loads(line)["call"] for line in (run / "engine_events.jsonl").read_text().splitlines()]
     assert calls == ["generate", "sleep", "wake", "update_weights", "generate"] * 2

@@ -78,8 +78,8 @@ class RLVRDriver:
         o = self.o
         num_engines, extra, leaders = o.num_engines, {}, None
         if o.engine_placement == "colocated":  # every rank checks (and raises alike) before any collective
-            from megatron_tulu.rollout.colocated import colocated_num_engines
             from megatron_tulu.plan.layouts import colocated_engine_tp_problem
+            from megatron_tulu.rollout.colocated import colocated_num_engines
             from megatron_tulu.rollout.colocated_nodes import NodeLeaders
 
             num_engines = colocated_num_engines(dist.get_world_size(), o.engine_tp, o.num_engines)
@@ -92,15 +92,16 @@ class RLVRDriver:
         self.policy.export_hf(init_dir)
         if not (leaders.hosts_engines() if leaders else dist.get_rank() == 0):
             return
-        if leaders is not None:  # this node's share of the engines, with a call log of its own
+        here = num_engines
+        if leaders is not None:  # this node's share of the engines (init_dir: on the shared run dir), its own call log
             node = leaders.ranks.index(dist.get_rank())
-            num_engines //= leaders.nodes
+            here //= leaders.nodes
             if node:
                 extra["events_path"] = Path(self.cfg.run_dir) / f"engine_events.node{node}.jsonl"
         self.engine = make_engine(o.engine, init_dir, tp=o.engine_tp, dtype=o.engine_dtype, seed=self.cfg.train.seed,
                                   memory_fraction=o.engine_memory_fraction, sleep_level=o.engine_sleep_level,
                                   sync_bucket_bytes=int(o.sync_bucket_mb * 2**20), placement=o.engine_placement,
-                                  num_engines=num_engines, timeout_s=o.engine_timeout_s, **extra)
+                                  num_engines=here, timeout_s=o.engine_timeout_s, **extra)
         if leaders is not None:
             from megatron_tulu.rollout.colocated_nodes import NodeColocatedEngines
 
@@ -109,8 +110,8 @@ class RLVRDriver:
             return
         if o.engine_placement == "colocated":
             nodes = f" ({leaders.nodes} nodes)" if leaders is not None else ""
-            print(f"[megatron-tulu] rollout engines: {o.engine} TP={o.engine_tp} colocated on the trainer's "
-                  f"{dist.get_world_size()} devices{nodes}", file=sys.stderr, flush=True)
+            print(f"[megatron-tulu] rollout engines: {num_engines} x {o.engine} TP={o.engine_tp} colocated on the "
+                  f"trainer's {dist.get_world_size()} devices{nodes}", file=sys.stderr, flush=True)
         if o.engine_placement == "ray":
             print(f"[megatron-tulu] rollout engines: {o.num_engines} x {o.engine} TP={o.engine_tp} as Ray actors "
                   f"(placement group {self.engine.pg.id.hex()})", file=sys.stderr, flush=True)
