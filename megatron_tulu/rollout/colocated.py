@@ -4,7 +4,7 @@ engine, like verl's and NeMo-RL's hybrid engines.
 Layout: the W trainer ranks of a node serve W / ``engine_tp`` engines; engine g runs on the GPUs of the node's
 trainer ranks ``[g*engine_tp, (g+1)*engine_tp)`` (its vLLM workers are started with ``CUDA_VISIBLE_DEVICES`` set
 to exactly those GPUs, :func:`engine_gpus`). The engines' front-ends (vLLM's ``LLM`` objects; their engine cores
-and workers are processes of their own) live in trainer rank 0's process, behind one
+and workers are processes of their own) live in trainer rank 0's process (one node; several: below), behind one
 :class:`ColocatedEngineGroup`, so the RLVR loop talks to it as to any :class:`RolloutEngine`: rank 0 generates
 and broadcasts, and rank 0 alone holds the gathered full tensors a sync sends (``model_io.iter_hf_tensors``).
 
@@ -69,7 +69,7 @@ def engine_gpus(index: int, engine_tp: int) -> list[str]:
         [str(i) for i in range(torch.cuda.device_count())]
     lo, hi = index * engine_tp, (index + 1) * engine_tp
     if len(devices) < hi:
-        raise ValueError(f"colocated engine {index} needs GPUs {lo}..{hi - 1} of the node, but trainer rank 0 sees "
+        raise ValueError(f"colocated engine {index} needs GPUs {lo}..{hi - 1} of the node, but this node's first trainer rank sees "
                          f"{len(devices)} ({visible or 'all'}): launch the trainer ranks with every GPU of the node "
                          "visible (torchrun does; under srun use --gpus-per-task=all or one task per node)")
     return devices[lo:hi]
@@ -192,8 +192,9 @@ class ColocatedEngineGroup(RolloutEngine):
 def start_colocated_engines(kind: str, model_dir, num_engines: int, engine_tp: int, engine_kwargs: dict,
                             timeout_s: float, sync_bucket_bytes: int,
                             events_path: str | Path | None = None) -> ColocatedEngineGroup:
-    """Start ``num_engines`` engines of ``engine_tp`` each in this process (trainer rank 0); on GPU engine g's
-    workers on the GPUs of trainer ranks ``[g*engine_tp, (g+1)*engine_tp)``. Called through
+    """Start ``num_engines`` engines of ``engine_tp`` each in this process (trainer rank 0, or a node's first rank:
+    its node's share); on GPU engine g's workers on the GPUs of the node's trainer ranks
+    ``[g*engine_tp, (g+1)*engine_tp)``. Called through
     ``rollout.make_engine(placement="colocated")``."""
     from megatron_tulu import platform
     from megatron_tulu.rollout.factory import build_local_engine

@@ -21,7 +21,15 @@ A process can start engine processes on its own node only, so each node's first 
 Each node's engines start from the weights rank 0 exports to ``run_dir/engine_init``: the run directory must be on a
 filesystem every node sees (as the checkpoints must).
 
-Both groups are made with the engine timeout: a leader that never answers fails the run, it does not hang it.
+Every collective is bounded: the generation group by ``rlvr.engine_timeout_s`` (a share may take that long), the
+weights group by at most 600 s, as the node-local sync. A leader whose share fails reports it in the gather, so rank
+0 raises naming the node instead of the others waiting out the timeout; every tensor is checked against its metadata
+before it is forwarded (a wrong one raises on rank 0, never a size-mismatched broadcast). Both groups exchange one
+element when they are formed, so a network misconfiguration shows before any engine starts.
+
+Cost: rank 0 forwards whole tensors, so a tensor of its own stage that the sync would take as gathered pieces is
+first copied into one buffer (at most one such tensor at a time: the largest is the embedding, 1 GiB for 8B);
+each leader allocates one tensor's buffer at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +44,10 @@ import torch.distributed as dist
 from megatron_tulu.rollout.base import (
     Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
 )
+
+
+WEIGHTS_TIMEOUT_S = 600.0
+"""Bound on one forwarded tensor's broadcast (the node-local weight sync uses the same)."""
 
 
 class NodeLeaders:
@@ -70,9 +82,12 @@ class NodeLeaders:
         if len(sizes) != 1 or len(leaders) * sizes[0] != dist.get_world_size():
             raise ValueError(f"rlvr.engine_placement=colocated over {len(leaders)} nodes needs the same number of "
                              f"trainer ranks on every node (LOCAL_WORLD_SIZE seen: {sizes})")
-        timeout = datetime.timedelta(seconds=timeout_s)
-        generate_group = dist.new_group(leaders, backend="gloo", timeout=timeout)
-        weights_group = dist.new_group(leaders, backend=platform.backend(), timeout=timeout)
+        generate_group = dist.new_group(leaders, backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        weights_group = dist.new_group(leaders, backend=platform.backend(),
+                                       timeout=datetime.timedelta(seconds=min(timeout_s, WEIGHTS_TIMEOUT_S)))
+        if dist.get_rank() in leaders:  # form both now: a bad interface fails here, not in the first sync
+            dist.broadcast(torch.zeros(1), src=leaders[0], group=generate_group)
+            dist.broadcast(torch.zeros(1, device=platform.device()), src=leaders[0], group=weights_group)
         return cls(leaders, sizes[0], generate_group, weights_group)
 
 
@@ -108,17 +123,25 @@ class NodeColocatedEngines(RolloutEngine):
         prompts, sampling = box[0]
         shares = prompt_chunks(len(prompts), self.leaders.nodes)  # fewer prompts than nodes: the last get none
         lo, hi = shares[self.node] if self.node < len(shares) else (len(prompts), len(prompts))
-        mine = (chunk_generations(self.local.generate(prompts[lo:hi], chunk_sampling(sampling, lo)), lo)
-                if hi > lo else [])
+        try:  # a failed share is reported in the gather: rank 0 raises at once instead of waiting out the timeout
+            mine = (True, chunk_generations(self.local.generate(prompts[lo:hi], chunk_sampling(sampling, lo)), lo)
+                    if hi > lo else [])
+        except Exception as e:  # noqa: BLE001 - re-raised below, on this leader and on rank 0
+            mine = (False, f"{type(e).__name__}: {e}")
         parts = [None] * self.leaders.nodes if dist.get_rank() == self.root else None
         dist.gather_object(mine, parts, dst=self.root, group=self.leaders.generate_group)
-        return [g for part in parts for g in part] if parts is not None else None
+        by_node = enumerate(parts) if parts is not None else [(self.node, mine)]
+        failed = [f"node {i}: {msg}" for i, (ok, msg) in by_node if not ok]
+        if failed:
+            raise RuntimeError("colocated generation failed on " + "; ".join(failed))
+        return [g for _, part in parts for g in part] if parts is not None else None
 
     # ------------------------------------------------------------------ weights
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], metas=None) -> None:
         """Rank 0: this node's engines get the stream, and each tensor also goes to the other leaders."""
         from megatron_tulu.checkpoint.mapping import as_tensor
+        from megatron_tulu.rollout.weight_sync import TensorMeta, checked_tensor
 
         if dist.get_rank() != self.root:
             raise RuntimeError("NodeColocatedEngines.update_weights runs on global rank 0; the other node leaders "
@@ -127,8 +150,9 @@ class NodeColocatedEngines(RolloutEngine):
             raise ValueError("NodeColocatedEngines.update_weights needs metas: the other nodes allocate from them")
 
         def forwarded():
-            for name, tensor in named_tensors:
+            for i, (meta, (name, tensor)) in enumerate(zip(metas, named_tensors)):
                 tensor = as_tensor(tensor).contiguous()  # a lazily gathered tensor becomes one buffer to send
+                checked_tensor((name, tensor), TensorMeta(*meta), i)  # the leaders allocate from the metadata
                 dist.broadcast(tensor, src=self.root, group=self.leaders.weights_group)
                 yield name, tensor
 
@@ -139,11 +163,13 @@ class NodeColocatedEngines(RolloutEngine):
         ``iter_hf_tensors(names_elsewhere=True)``; each of its items (this rank's part of a tensor's gather done) is
         followed by receiving that tensor from rank 0, which sends it after the same gather."""
 
+        from megatron_tulu.rollout.weight_sync import dtype_from_name
+
         def received():
             for (name, _), (meta_name, dtype, shape) in zip(gather_steps, metas):
                 if name != meta_name:
                     raise RuntimeError(f"colocated weight sync: gather order {name!r} != metadata order {meta_name!r}")
-                buf = torch.empty(tuple(shape), dtype=getattr(torch, str(dtype).removeprefix("torch.")), device=device)
+                buf = torch.empty(tuple(shape), dtype=dtype_from_name(str(dtype).removeprefix("torch.")), device=device)
                 dist.broadcast(buf, src=self.root, group=self.leaders.weights_group)
                 yield name, buf
 

@@ -189,7 +189,7 @@ class BucketSender:
             buf = whole[: sizes[b]]
             for i, off in bucket:
                 meta = self.metas[i]
-                t = _checked(next(it, None), meta, i)
+                t = checked_tensor(next(it, None), meta, i)
                 dst = buf[off : off + meta.nbytes]
                 if isinstance(t, HFTensor):  # TP-shard pieces: written straight into the bucket, one copy
                     t.write_into(dst.view(dtype_from_name(meta.dtype)).view(meta.shape))
@@ -220,7 +220,7 @@ class BucketSender:
         return total
 
 
-def _checked(item, meta: TensorMeta, i: int) -> torch.Tensor:
+def checked_tensor(item, meta: TensorMeta, i: int) -> torch.Tensor:
     """The tensor of ``item`` (a tensor or a ``(name, tensor)`` pair) if it fits metadata entry ``i``."""
     if item is None:
         raise WeightSyncValidationError(f"sync: the tensor stream ended at entry {i} ({meta.name}); metadata lists more")

@@ -70,3 +70,24 @@ def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tm
         assert [e["call"] for e in events] == per_step * 2, log
         assert all(e["chunks"] == [[0, 2]] for e in events if e["call"] == "generate" and e["prompts"] == 2), log
         assert sum(e["call"] == "generate" and e["prompts"] == 2 for e in events) == 2, log  # half of each rollout
+
+
+def test_colocated_ppo_on_two_nodes_of_tp2_pp2(sft_data, tiny_hf, tmp_path):
+    """Four ranks, two per node, TP2 x PP2: node 1 holds pipeline stage 2, its leader (rank 2) sends its TP-gathered
+    stage to rank 0 while it receives every tensor rank 0 forwards, and its other rank (3) only takes part in the
+    TP gathers; each node hosts two engines. Both nodes' engines hold the synced weights after every step."""
+    from megatron_tulu.testing import run_distributed
+
+    run = tmp_path / "colocated_2x2"
+    job = ("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{"rlvr.algorithm": "ppo", "train.max_steps": 2,
+                                                             "checkpoint.interval": 0, "parallel.tp": 2,
+                                                             "parallel.pp": 2, "rlvr.engine_placement": "colocated"}))
+    out = run_distributed(rlvr_rank_jobs, 4, args=([job],), timeout_s=600, ranks_per_node=2)[0]
+    assert "error" not in out[0], out[0].get("traceback")
+    recs = step_records(run)
+    assert list(recs) == [1, 2]
+    for step, r in recs.items():
+        assert r["grad_norm"] > 0 and r["mismatch/mean_abs_diff"] < 1e-4 and r["sync/probe_max_abs_diff"] < 1e-4, step
+    for log in ("engine_events.jsonl", "engine_events.node1.jsonl"):
+        syncs = [json.loads(line) for line in (run / log).read_text().splitlines()]
+        assert [e["tensors"] for e in syncs if e["call"] == "update_weights"] == [39, 39], log  # every tensor, twice

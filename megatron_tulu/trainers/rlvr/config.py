@@ -191,11 +191,14 @@ class RLVROptions:
     ``ray`` (Ray actors in a placement group, on the cluster at ``$RAY_ADDRESS`` as the slurm/ scripts start
     it, else on a Ray started locally; engines may run another Python, ``$MT_VLLM_PYTHON``) or ``colocated`` (every
     trainer GPU also hosts its share of an engine, as verl's and NeMo-RL's hybrid engines: world / ``engine_tp``
-    engines, engine g on the GPUs of trainer ranks ``[g*engine_tp, (g+1)*engine_tp)``, one node; the engines sleep
-    while the trainer steps (``engine_sleep_level``, within ``engine_memory_fraction`` of each GPU) and wake for the
-    weight sync and generation; the worker on trainer rank 0's GPU gets the weights by CUDA IPC handle, the others
-    by NCCL broadcast, :mod:`megatron_tulu.rollout.colocated`). ``colocated`` needs ``engine_tp`` to divide the
-    trainer world (checked at start) and ``async_steps=0`` (engine and trainer take turns on each GPU)."""
+    engines, engine g on the GPUs of a node's trainer ranks ``[g*engine_tp, (g+1)*engine_tp)``, each node's started
+    by its first rank; the engines sleep while the trainer steps (``engine_sleep_level``, within
+    ``engine_memory_fraction`` of each GPU) and wake for the weight sync and generation; the worker on the node
+    leader's GPU gets the weights by CUDA IPC handle, the others by NCCL broadcast, rank 0 forwards each tensor to the
+    other nodes' leaders: :mod:`megatron_tulu.rollout.colocated`, :mod:`megatron_tulu.rollout.colocated_nodes`).
+    ``colocated`` needs ``engine_tp`` to divide the trainer world (checked at start) and, over several nodes, a node's
+    ranks (``cluster.gpus_per_node``, checked here), and ``async_steps=0`` (engine and trainer take turns on each
+    GPU)."""
     engine_memory_fraction: float = 0.9
     """Fraction of an engine GPU's memory vLLM takes for weights, activations and KV cache (its
     ``gpu_memory_utilization``). With ``engine_placement=local`` on a GPU the engine shares trainer rank 0's GPU, so

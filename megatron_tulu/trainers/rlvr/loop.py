@@ -487,7 +487,7 @@ class RLVRDriver:
         reproducible, not timing-dependent. Colocated engines always sleep and wake here (their GPUs are the
         trainer's; at sleep level 0 the calls free nothing, but the order is the same)."""
         takes_turns = bool(self.o.engine_sleep_level) or self.o.engine_placement == "colocated"
-        asleep = takes_turns and self.engine is not None  # rank 0 holds the engine
+        asleep = takes_turns and self.engine is not None  # rank 0 (and, colocated over nodes, each node's first rank)
         if asleep:
             self.engine.sleep()
         metrics = self.step(ro, lr)
