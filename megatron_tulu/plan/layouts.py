@@ -25,7 +25,6 @@ def colocated_engine_tp_problem(engine_tp: int, ranks_per_node: int, nodes: int)
     return ""
 
 
-
 @dataclass
 class PlanRequest:
     """What the user wants to run; every field maps to a ``python -m megatron_tulu.plan`` flag."""
