@@ -117,7 +117,7 @@ def bench_pack(model: str, tp: int, bucket_mb: int, repeats: int, device, layers
 
 def _gloo_rank(port: int, total_mb: int, bucket_sizes: list[int], tensor_kb: int, repeats: int, timeout_s: float):
     """One rank of the gloo measurement: rank 0 sends with BucketSender, rank 1 receives with BucketReceiver."""
-    from megatron_tulu.rollout.weight_sync import (BucketReceiver, BucketSender, broadcast_with_timeout,
+    from megatron_tulu.rollout.weight_sync import (BucketReceiver, BucketSender, collective_with_timeout,
                                                    init_stateless_group, metas_of)
 
     rank = int(os.environ["RANK"])
@@ -144,7 +144,7 @@ def _gloo_rank(port: int, total_mb: int, bucket_sizes: list[int], tensor_kb: int
             buf = torch.zeros(bucket_kb * 1024, dtype=torch.uint8)  # raw broadcasts of the same buckets
             t0 = time.perf_counter()
             for b in range(nb):
-                broadcast_with_timeout(pg, buf, timeout_s, f"raw bucket {b}")
+                collective_with_timeout(pg, "broadcast", buf, timeout_s, f"raw bucket {b}")
             raw.append(time.perf_counter() - t0)
         rows.append({"bucket_kb": bucket_kb, "buckets": nb, "protocol_s": statistics.median(proto),
                      "raw_broadcast_s": statistics.median(raw)})

@@ -54,17 +54,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_exclusive_file_at_a_time(request, tmp_path_factory):
-    """Under pytest-xdist, hold the workers' shared lock while a file of :data:`EXCLUSIVE_MARKS` tests runs (module
-    scope and autouse: taken before the file's own fixtures start engines or jobs)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ or request.path not in getattr(request.config, "exclusive_files", ()):
-        yield
-        return
-    lock = tmp_path_factory.getbasetemp().parent / "exclusive-tests.lock"  # the workers' common parent
-    with open(lock, "w") as f:
+_exclusive_lock: dict = {}  # "file": the open lock file while this worker runs an exclusive file
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist, hold the workers' shared lock while this worker runs a file of :data:`EXCLUSIVE_MARKS`
+    tests: taken before the file's first test starts (before its module fixtures start engines or jobs, and before
+    pytest-timeout's timer: the wait for the other worker's file is not charged to that test), released after the
+    file's last test (its module fixtures torn down)."""
+    if ("PYTEST_XDIST_WORKER" in os.environ and "file" not in _exclusive_lock
+            and item.path in getattr(item.config, "exclusive_files", ())):
+        uid = os.environ.get("PYTEST_XDIST_TESTRUNUID", "run")
+        f = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"megatron-tulu-exclusive-{uid}.lock", "w")
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        _exclusive_lock["file"] = f
+    yield
+    if "file" in _exclusive_lock and (nextitem is None or nextitem.path != item.path):
+        f = _exclusive_lock.pop("file")
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
