@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 # the marks were added (issue 20); move a mark into its file (`pytestmark = pytest.mark.slow`) when next editing it.
 SLOW = (
     "tests/trainers/test_rlvr_driver.py",  # one launch running 11 RLVR trainings (minutes)
-    "tests/trainers/test_rlvr_engines.py",  # 2-rank launches with TorchEngine / real vLLM engines
+    "tests/trainers/test_rlvr_engines.py",  # launches with real vLLM engines
 )
 
 

@@ -106,6 +106,16 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
 # ----------------------------------------------------------------------------------------- learning-test data
 
 
+def run_rlvr_jobs(world: int, jobs: list[tuple[str, list[str]]], ranks_per_node: int | None = None) -> list:
+    """``jobs`` (see :func:`rlvr_rank_jobs`) on ``world`` gloo ranks; rank 0's summaries, none of them an error."""
+    from megatron_tulu.testing import run_distributed
+
+    out = run_distributed(rlvr_rank_jobs, world, args=(jobs,), timeout_s=600, ranks_per_node=ranks_per_node)[0]
+    for s in out:
+        assert "error" not in s, s.get("traceback")
+    return out
+
+
 def make_arith_data(src_root: str | Path, out_root: str | Path, n_prompts: int = 8, correct_of_10: int = 3,
                     seed: int = 0) -> Path:
     """A small, controlled RLVR task on the synthetic tokenizer (copied from ``src_root``).
