@@ -21,7 +21,7 @@ import pytest
 
 from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # two 2-rank launches, three RLVR trainings
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # three launches, five RLVR trainings
 
 
 def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tmp_path):
@@ -48,10 +48,11 @@ def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tm
     assert len(rollouts) == 2 and all(e["chunks"] == [[0, 2], [2, 4]] for e in rollouts)  # 2 prompts per engine
     assert not (local / "engine_events.jsonl").exists()
 
-    nodes = tmp_path / "colocated_2_nodes"  # rank 1 on a node of its own: its engine is started there
-    pp2 = tmp_path / "colocated_2_nodes_pp2"  # rank 1 holds pipeline stage 2: it sends its gather to rank 0 while
+    # Rank 1 on a node of its own: its engine is started there. With PP2, rank 1 holds pipeline stage 2: it sends
+    # its part of the gather to rank 0 while it also receives every tensor rank 0 forwards.
+    nodes, pp2 = tmp_path / "colocated_2_nodes", tmp_path / "colocated_2_nodes_pp2"
     jobs = [("rlvr", rlvr_overrides(sft_data, tiny_hf, d, **common, **{"rlvr.engine_placement": "colocated"}, **more))
-            for d, more in ((nodes, {}), (pp2, {"parallel.pp": 2}))]  # it also receives every tensor rank 0 forwards
+            for d, more in ((nodes, {}), (pp2, {"parallel.pp": 2}))]
     out = run_distributed(rlvr_rank_jobs, 2, args=(jobs,), timeout_s=600, ranks_per_node=1)[0]
     for s in out:
         assert "error" not in s, s.get("traceback")
