@@ -193,8 +193,28 @@ def destroy_distributed() -> None:
 
 
 def free_port() -> int:
+    """A TCP port that is free now and below the kernel's ephemeral range, so that no outgoing connection (gloo's,
+    NCCL's, Ray's) can take it in the time before a TCPStore binds it. A port the kernel hands out for bind(0) is
+    in that range: one test launch re-binding its rendezvous port per job lost it to another process's connection
+    (EADDRINUSE). Falls back to bind(0) when no such port is found."""
+    import random
     import socket
 
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    pick = random.SystemRandom()  # not the global RNG: tests seed it, and two processes must not pick alike
+    for _ in range(64):
+        # above Ray's worker ports (10002-19999 by default), below the ephemeral range
+        port = pick.randint(20000, low - 1) if low > 21000 else pick.randint(1024, 65535)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -67,3 +67,17 @@ def test_run_distributed_raises_timeout_for_a_hanging_rank():
         run_distributed(fh.rank_hang_on_one, world_size=2, timeout_s=12)
     assert time.monotonic() - t0 < 12 + 40  # killed, not waited for (the hanging rank sleeps 600 s)
     assert not mp.active_children(), "a hanging rank was left running"
+
+
+def test_free_port_is_below_the_ephemeral_range_and_bindable():
+    """A rendezvous port from ``free_port`` is one no outgoing connection can take before it is bound: below the
+    kernel's ephemeral range (and above Ray's worker ports), and free."""
+    import socket
+
+    from megatron_tulu.parallel import free_port
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < low for p in ports) and len(ports) > 1  # SystemRandom: not one fixed port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))
