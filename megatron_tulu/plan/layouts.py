@@ -354,7 +354,8 @@ def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_eng
         lay.reasons.append(f"engine TP{engine_tp} spans nodes unevenly ({req.gpus_per_node} GPUs/node)")
     if engine_tp < req.gpus_per_node and req.gpus_per_node % engine_tp:
         lay.reasons.append(f"engine TP{engine_tp} does not tile a {req.gpus_per_node}-GPU node")
-    if colocated and colocated_engine_tp_problem(engine_tp, req.gpus_per_node, -(-req.gpus // req.gpus_per_node)):
+    nodes = -(-req.gpus // req.gpus_per_node)
+    if colocated and colocated_engine_tp_problem(engine_tp, req.gpus_per_node, nodes):
         lay.reasons.append(f"colocated engine TP{engine_tp} would span nodes (a node's engines start there)")
     dist = req.response_dist()
     full_len = req.prompt_len + int(dist.hi)
@@ -389,7 +390,7 @@ def evaluate_rlvr(req: PlanRequest, preset: LlamaPreset, engine_tp: int, num_eng
     if colocated:
         sync = T.colocated_sync_time(preset, gpu, engine_tp=engine_tp, trainer_tp=tp, trainer_pp=pp,
                                      offload_bytes_per_gpu=offload, sleep_level=req.sleep_level,
-                                     nodes=-(-req.gpus // req.gpus_per_node))
+                                     nodes=nodes)
     else:
         sync = T.weight_sync_time(preset, gpu, tp, pp, cross_node=req.gpus > req.gpus_per_node)
     train = lay.time_s["total_s"]

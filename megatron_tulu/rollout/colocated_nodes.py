@@ -102,10 +102,6 @@ class NodeColocatedEngines(RolloutEngine):
         self.node = leaders.ranks.index(dist.get_rank())
         self.supports_regex = local.supports_regex
 
-    @property
-    def events(self) -> list[dict]:
-        return getattr(self.local, "events", [])
-
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
