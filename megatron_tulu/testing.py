@@ -9,6 +9,10 @@ Usage in a test::
 
     results = run_distributed(_check, world_size=2, args=(2,))   # one result per rank, rank order
 
+Ranks start from a fork server that has imported torch and megatron-core once (on a machine without CUDA; they are
+spawned where CUDA is, so that no process forks after CUDA starts): a spawned rank spends ~5 s importing them, and
+the tests start a few hundred ranks. Each rank gets the caller's environment as it is at the call.
+
 Every rank gets torchrun-style env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and the
 CPU platform shim. A rank that raises makes the whole call raise with that rank's traceback; a rank that
 hangs past ``timeout_s`` makes it raise TimeoutError (all ranks are killed): a hang is a test failure.
@@ -24,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 
 def _worker(fn, rank, world_size, port, args, kwargs, env, q, ranks_per_node):
+    os.environ.clear()  # a forked rank has the fork server's environment: the caller's is the one it should see
     os.environ.update(env)
     os.environ.update(
         {
@@ -58,6 +63,18 @@ def _worker(fn, rank, world_size, port, args, kwargs, env, q, ranks_per_node):
             pass
 
 
+def _rank_context():
+    """``spawn`` where CUDA is (a process forked after CUDA starts cannot use it); elsewhere a fork server with
+    :mod:`megatron_tulu._rank_preload` imported (started by the first call, reused by the rest of this process)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["megatron_tulu._rank_preload"])
+    return ctx
+
+
 def run_distributed(
     fn: Callable[..., Any],
     world_size: int,
@@ -67,16 +84,17 @@ def run_distributed(
     env: dict[str, str] | None = None,
     ranks_per_node: int | None = None,
 ) -> list[Any]:
-    """Run ``fn(*args, **kwargs)`` on ``world_size`` spawned processes; return their results in rank order.
+    """Run ``fn(*args, **kwargs)`` on ``world_size`` new processes; return their results in rank order.
     ``ranks_per_node``: ranks see themselves on ``world_size / ranks_per_node`` nodes (torchrun's ``LOCAL_RANK``,
     ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``), all on this machine; default one node."""
     from megatron_tulu.parallel import free_port
 
-    ctx = mp.get_context("spawn")
+    ctx = _rank_context()
     q = ctx.Queue()
     port = free_port()
+    rank_env = {**os.environ, **(env or {})}
     procs = [
-        ctx.Process(target=_worker, args=(fn, r, world_size, port, tuple(args), kwargs or {}, env or {}, q,
+        ctx.Process(target=_worker, args=(fn, r, world_size, port, tuple(args), kwargs or {}, rank_env, q,
                                           ranks_per_node or world_size), daemon=False)
         for r in range(world_size)
     ]

@@ -1,4 +1,3 @@
-import fcntl
 import os
 import sys
 from pathlib import Path
@@ -22,27 +21,16 @@ except ImportError:
 import pytest  # noqa: E402
 
 
-# Multi-process modules marked `slow` here, not in the file: the files were being rewritten by another change when
-# the marks were added (issue 20); move a mark into its file (`pytestmark = pytest.mark.slow`) when next editing it.
-SLOW = (
-    "tests/trainers/test_rlvr_driver.py",  # one launch running 11 RLVR trainings (minutes)
-    "tests/trainers/test_rlvr_engines.py",  # launches with real vLLM engines
+# `make test` runs two pytest-xdist workers, a file at a time each; the files that start vLLM engines or submit SLURM
+# jobs run one after another on one of them, the long files first (xdist_exclusive.py).
+from xdist_exclusive import (  # noqa: E402,F401  (hooks)
+    prepare_items, pytest_runtest_protocol, pytest_xdist_make_scheduler,
 )
 
 
-# `make test` runs two pytest-xdist workers, a test file each (`-n 2 --dist loadfile`). A file with a test that starts
-# real vLLM engines (vLLM's start-up memory check counts what the other worker holds) or submits SLURM jobs (the local
-# SLURM has the machine's 2 CPUs) runs while holding a lock the workers share, so no two such files overlap.
-EXCLUSIVE_MARKS = ("vllm", "slurm")
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects and xdist reads the order
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.split("::")[0] in SLOW or item.nodeid in SLOW:
-            item.add_marker(pytest.mark.slow)
-    config.exclusive_files = {item.path for item in items
-                              if any(item.get_closest_marker(m) for m in EXCLUSIVE_MARKS)}
+    prepare_items(config, items)
 
     import torch
 
@@ -52,25 +40,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
-
-
-_exclusive_lock: dict = {}  # "file": the open lock file while this worker runs an exclusive file
-
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Under pytest-xdist, hold the workers' shared lock while this worker runs a file of :data:`EXCLUSIVE_MARKS`
-    tests: taken before the file's first test starts (before its module fixtures start engines or jobs, and before
-    pytest-timeout's timer: the wait for the other worker's file is not charged to that test), released after the
-    file's last test (its module fixtures torn down)."""
-    if ("PYTEST_XDIST_WORKER" in os.environ and "file" not in _exclusive_lock
-            and item.path in getattr(item.config, "exclusive_files", ())):
-        uid = os.environ.get("PYTEST_XDIST_TESTRUNUID", "run")
-        f = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"megatron-tulu-exclusive-{uid}.lock", "w")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        _exclusive_lock["file"] = f
-    yield
-    if "file" in _exclusive_lock and (nextitem is None or nextitem.path != item.path):
-        f = _exclusive_lock.pop("file")
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()

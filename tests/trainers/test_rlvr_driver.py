@@ -21,6 +21,8 @@ import torch
 
 from rlvr_helpers import make_tiny_reward_model, rlvr_overrides, rlvr_rank_jobs, step_records
 
+pytestmark = pytest.mark.slow  # one launch running 11 RLVR trainings (minutes)
+
 COMMON_KEYS = {
     "loss", "grad_norm", "lr", "clipfrac", "approx_kl", "mismatch/mean_abs_diff", "mismatch/kl",
     "reward/accuracy", "reward/score", "reward/eos_frac", "response_len",
