@@ -40,9 +40,9 @@ def _run_file(testrunuid: str, kind: str) -> Path:
 
 
 def prepare_items(config, items) -> None:
-    """From ``pytest_collection_modifyitems`` (after the ``slow`` marks are set): note the exclusive files on
-    ``config``, and on an xdist worker reorder ``items`` (exclusive files, slow files, the rest; stable within each)
-    and write the exclusive files' ids for :class:`ExclusiveFirstScheduling`."""
+    """From ``pytest_collection_modifyitems``: note the exclusive files on ``config``, and on an xdist worker reorder
+    ``items`` (exclusive files, slow files, the rest; stable within each) and write the exclusive files' ids for
+    :class:`ExclusiveFirstScheduling`."""
     config.exclusive_files = {item.path for item in items
                               if any(item.get_closest_marker(m) for m in EXCLUSIVE_MARKS)}
     uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
