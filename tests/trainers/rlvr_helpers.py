@@ -106,11 +106,12 @@ def rlvr_rank_jobs(jobs: list[tuple[str, list[str]]]) -> list:
 # ----------------------------------------------------------------------------------------- learning-test data
 
 
-def run_rlvr_jobs(world: int, jobs: list[tuple[str, list[str]]], ranks_per_node: int | None = None) -> list:
+def run_rlvr_jobs(world: int, jobs: list[tuple[str, list[str]]], ranks_per_node: int | None = None,
+                  timeout_s: float = 600) -> list:
     """``jobs`` (see :func:`rlvr_rank_jobs`) on ``world`` gloo ranks; rank 0's summaries, none of them an error."""
     from megatron_tulu.testing import run_distributed
 
-    out = run_distributed(rlvr_rank_jobs, world, args=(jobs,), timeout_s=600, ranks_per_node=ranks_per_node)[0]
+    out = run_distributed(rlvr_rank_jobs, world, args=(jobs,), timeout_s=timeout_s, ranks_per_node=ranks_per_node)[0]
     for s in out:
         assert "error" not in s, s.get("traceback")
     return out

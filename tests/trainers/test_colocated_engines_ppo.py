@@ -19,21 +19,17 @@ import json
 
 import pytest
 
-from rlvr_helpers import rlvr_overrides, rlvr_rank_jobs, step_records
+from rlvr_helpers import rlvr_overrides, run_rlvr_jobs, step_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # three launches, five RLVR trainings
 
 
 def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tmp_path):
-    from megatron_tulu.testing import run_distributed
-
     local, coloc = tmp_path / "local", tmp_path / "colocated"
     common = {"rlvr.algorithm": "ppo", "train.max_steps": 2, "checkpoint.interval": 0}
     jobs = [("rlvr", rlvr_overrides(sft_data, tiny_hf, local, **common)),
             ("rlvr", rlvr_overrides(sft_data, tiny_hf, coloc, **common, **{"rlvr.engine_placement": "colocated"}))]
-    out = run_distributed(rlvr_rank_jobs, 2, args=(jobs,), timeout_s=900)[0]
-    for s in out:
-        assert "error" not in s, s.get("traceback")
+    run_rlvr_jobs(2, jobs, timeout_s=900)
     want, got = step_records(local), step_records(coloc)
     assert list(got) == list(want) == [1, 2]
     for step, r in got.items():
@@ -53,9 +49,7 @@ def test_colocated_ppo_equals_local_engine_and_takes_turns(sft_data, tiny_hf, tm
     nodes, pp2 = tmp_path / "colocated_2_nodes", tmp_path / "colocated_2_nodes_pp2"
     jobs = [("rlvr", rlvr_overrides(sft_data, tiny_hf, d, **common, **{"rlvr.engine_placement": "colocated"}, **more))
             for d, more in ((nodes, {}), (pp2, {"parallel.pp": 2}))]
-    out = run_distributed(rlvr_rank_jobs, 2, args=(jobs,), timeout_s=600, ranks_per_node=1)[0]
-    for s in out:
-        assert "error" not in s, s.get("traceback")
+    run_rlvr_jobs(2, jobs, ranks_per_node=1)
     assert list(step_records(pp2)) == [1, 2]
     for step, r in step_records(pp2).items():
         assert r["mismatch/mean_abs_diff"] < 1e-4 and r["sync/probe_max_abs_diff"] < 1e-4, step
@@ -77,14 +71,11 @@ def test_colocated_ppo_on_two_nodes_of_tp2_pp2(sft_data, tiny_hf, tmp_path):
     """Four ranks, two per node, TP2 x PP2: node 1 holds pipeline stage 2, its leader (rank 2) sends its TP-gathered
     stage to rank 0 while it receives every tensor rank 0 forwards, and its other rank (3) only takes part in the
     TP gathers; each node hosts two engines. Both nodes' engines hold the synced weights after every step."""
-    from megatron_tulu.testing import run_distributed
-
     run = tmp_path / "colocated_2x2"
     job = ("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{"rlvr.algorithm": "ppo", "train.max_steps": 2,
                                                              "checkpoint.interval": 0, "parallel.tp": 2,
                                                              "parallel.pp": 2, "rlvr.engine_placement": "colocated"}))
-    out = run_distributed(rlvr_rank_jobs, 4, args=([job],), timeout_s=600, ranks_per_node=2)[0]
-    assert "error" not in out[0], out[0].get("traceback")
+    run_rlvr_jobs(4, [job], ranks_per_node=2)
     recs = step_records(run)
     assert list(recs) == [1, 2]
     for step, r in recs.items():

@@ -1,6 +1,7 @@
 """RLVR driver layouts with TorchEngines (two gloo ranks): TP=2 with and without sequence parallelism, PP=2 x VPP=2
 and CP=2 take the same PPO steps with an exact weight sync, and a smaller value model on uneven pipeline stages
-resumes. (Split from ``test_rlvr_engines.py``, whose vLLM tests hold the test workers' exclusive lock.)"""
+resumes. (Split from ``test_rlvr_engines.py``, whose vLLM tests run with the other vLLM and SLURM files, one at a time:
+see ``tests/xdist_exclusive.py``.)"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlvr_helpers import make_arith_data, rlvr_overrides, rlvr_rank_jobs, step_records
+from rlvr_helpers import make_arith_data, rlvr_overrides, run_rlvr_jobs, step_records
 from trainer_helpers import base_overrides
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,6 @@ WINDOW = 8
 
 @pytest.fixture(scope="module")
 def learning_runs(sft_data, tiny_hf, tmp_path_factory):
-    from megatron_tulu.testing import run_distributed
-
     root = tmp_path_factory.mktemp("rlvr_learn")
     data = make_arith_data(sft_data, root / "data")
     sft_run = root / "sft"
@@ -48,9 +46,7 @@ def learning_runs(sft_data, tiny_hf, tmp_path_factory):
     runs = {"ppo": ppo, "ppo_async": {**ppo, "rlvr.async_steps": 1}, "grpo": grpo,
             "ppo_async2_tis": {**ppo, "rlvr.async_steps": 2, "rlvr.is_correction": "tis", "rlvr.is_high": 2.0}}
     jobs = [("sft", sft)] + [("rlvr", rlvr_overrides(data, sft_run / "hf", root / n, **common, **o)) for n, o in runs.items()]
-    out = run_distributed(rlvr_rank_jobs, 1, args=(jobs,), timeout_s=1200)[0]
-    for s in out[1:]:
-        assert "error" not in s, s.get("traceback")
+    run_rlvr_jobs(1, jobs, timeout_s=1200)
     return {n: step_records(root / n) for n in runs}
 
 
