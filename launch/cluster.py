@@ -1,7 +1,7 @@
 """Command line of the SLURM job planner (:mod:`megatron_tulu.plan.jobs`, :mod:`megatron_tulu.plan.ray_cluster`):
 
     python -m launch.cluster plan --script S --stage rlvr --size 405b [--json] -- <stage command...>
-    python -m launch.cluster layout --script S --stage rlvr --size X --out F -- <stage command...>  (RLVR job)
+    python -m launch.cluster layout --script S --stage rlvr --size X [--out F] -- <stage command...>  (RLVR job)
     python -m launch.cluster exec-trainer --plan F -- <command...>           (RLVR job: one trainer rank)
     python -m launch.cluster ray-start [--plan F] -- ray start --block ...   (what each Ray srun task runs)
     python -m launch.cluster ray-wait --address HOST:PORT --nodes N [--timeout 120]
@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--stage", required=True, choices=jobs.STAGES)
         s.add_argument("--size", required=True, choices=jobs.SIZES)
     sub.choices["plan"].add_argument("--json", action="store_true", help="print the plan as JSON")
-    sub.choices["layout"].add_argument("--out", required=True, help="plan JSON path (on the shared filesystem)")
+    sub.choices["layout"].add_argument("--out", help="plan JSON path (on the shared filesystem) [the run directory's "
+                                       ".mt_plan_<job id>.json]")
     sub.add_parser("exec-trainer", help="exec the command (after --) with this node's trainer GPUs").add_argument(
         "--plan", required=True)
     s = sub.add_parser("ray-start", help="run `ray start --block` (after --), retrying a failed start")

@@ -48,3 +48,19 @@ class PreemptionWatcher:
     def restore(self) -> None:
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
+
+
+class PreemptionSignal(BaseException):
+    """SIGTERM/SIGUSR1, raised in the main thread by the handlers :func:`raise_on_preemption` installs. A
+    ``BaseException``, so that an ``except Exception`` around an engine call does not take it for an engine error."""
+
+
+def raise_on_preemption() -> None:
+    """For work whose progress is already on disk in finished pieces (prefgen's shard files), which has no step to
+    finish: SIGTERM/SIGUSR1 raise :class:`PreemptionSignal` at once, losing only the piece in flight."""
+
+    def _raise(signum, frame) -> None:  # noqa: ARG001
+        raise PreemptionSignal(signal.Signals(signum).name)
+
+    for sig in PreemptionWatcher.SIGNALS:
+        signal.signal(sig, _raise)

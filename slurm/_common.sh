@@ -13,9 +13,12 @@
 #   MT_CONTAINER_WORKDIR  project directory inside the image [/opt/megatron-tulu]
 #   MT_CONTAINER_MOUNTS   extra pyxis mounts "src:dst[,src:dst]" [none]; the runs and HF cache dirs (and
 #                         MT_DATA_DIR when set) are always mounted at the same path inside the container
-#   MT_DATA_DIR           datasets + tokenizer; when set, passed as data.root= and mounted ["" = the config's data.root]
-#   MT_RUNS_DIR           parent of run directories (checkpoints, logs, metrics) [$MT_ROOT/runs]
-#   MT_RUN_DIR            this run's directory [$MT_RUNS_DIR/<stage>_<size>]
+#   MT_DATA_DIR           datasets + tokenizer; when set, passed as data.root= (prefgen: data_root=) and mounted
+#                         ["" = the config's]
+#   MT_RUNS_DIR           parent of run directories: passed as runs_root=$MT_RUNS_DIR/<size>, under which the
+#                         configs put each stage's run_dir (checkpoints, logs, metrics, HF export) and find the
+#                         earlier stages' exports (model.init_hf) [$MT_ROOT/runs]
+#   MT_RUN_DIR            this run's directory, passed as run_dir= ["" = the config's run_dir, ${runs_root}/<stage>]
 #   MT_HF_HOME            Hugging Face cache with the base checkpoints (read-only use) [$MT_RUNS_DIR/hf_home]
 #   MT_PYTHON             interpreter [container: python; host: $MT_ROOT/.venv/bin/python, else python3]
 #   DRY_RUN=1             print the resolved plan and the commands, run nothing (works outside SLURM)
@@ -40,7 +43,7 @@ MT_CONTAINER_IMAGE=${MT_CONTAINER_IMAGE:-}
 MT_CONTAINER_WORKDIR=${MT_CONTAINER_WORKDIR:-/opt/megatron-tulu}
 MT_DATA_DIR=${MT_DATA_DIR:-}
 MT_RUNS_DIR=${MT_RUNS_DIR:-$MT_ROOT/runs}
-MT_RUN_DIR=${MT_RUN_DIR:-$MT_RUNS_DIR/${STAGE}_${SIZE}}
+MT_RUN_DIR=${MT_RUN_DIR:-}
 MT_HF_HOME=${MT_HF_HOME:-$MT_RUNS_DIR/hf_home}
 export MT_DATA_DIR MT_RUNS_DIR MT_RUN_DIR HF_HOME=$MT_HF_HOME
 
@@ -60,8 +63,9 @@ else
 fi
 
 # Settings that are also config fields reach the trainer (and the plan) as Hydra overrides, so the two agree.
-MT_CONFIG_ARGS=()
-[ -n "$MT_DATA_DIR" ] && MT_CONFIG_ARGS+=("data.root=$MT_DATA_DIR")
+MT_CONFIG_ARGS=("runs_root=$MT_RUNS_DIR/$SIZE")
+[ -n "$MT_RUN_DIR" ] && MT_CONFIG_ARGS+=("run_dir=$MT_RUN_DIR")
+[ -n "$MT_DATA_DIR" ] && MT_CONFIG_ARGS+=("${MT_DATA_KEY:-data.root}=$MT_DATA_DIR")
 
 # Threads per rank = CPUs SLURM gave the task (torch would otherwise start one thread per core per rank).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
@@ -99,11 +103,12 @@ mt_plan() {
   if [ "${DRY_RUN:-0}" = "1" ]; then
     echo "DRY_RUN: $0 (stage=$STAGE size=$SIZE)"
     echo "  root: $MT_ROOT"
-    echo "  run dir: $MT_RUN_DIR   data: ${MT_DATA_DIR:-<config data.root>}   HF_HOME: $HF_HOME"
+    echo "  runs root: $MT_RUNS_DIR/$SIZE   data: ${MT_DATA_DIR:-<config ${MT_DATA_KEY:-data.root}>}   HF_HOME: $HF_HOME"
     if [ -n "$MT_CONTAINER_IMAGE" ]; then echo "  container: $MT_CONTAINER_IMAGE (srun ${MT_SRUN_ARGS[*]})"
     else echo "  container: none (host environment, python: $MT_PYTHON)"; fi
     echo "  partition: ${SBATCH_PARTITION:-<header/site default>}  account: ${SBATCH_ACCOUNT:-<site default>}"
-    echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"
+    if [ "$STAGE" = prefgen ]; then echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per worker)"
+    else echo "  launch: srun ${MT_SRUN_ARGS[*]} <command>   (one task per GPU; CPU: per process)"; fi
     if [ "$STAGE" = rlvr ]; then
       echo "  ray (when the plan has engine slots): head (--port ${MT_RAY_PORT}) on the first node, one raylet per other node offering only its engine slots, ready within ${MT_RAY_WAIT_S}s"
       echo "  trainers: one srun step on the trainer nodes; trainer rank 0 drives RLVR (and places the engines as Ray actors on the engine slots)"
@@ -115,12 +120,13 @@ mt_plan() {
   [ "${DRY_RUN:-0}" != "1" ] || exit 0
 }
 
-# A trainer that checkpointed after SIGUSR1/SIGTERM exits 75: put the job back in the queue; resume=auto
-# picks up the checkpoint when it restarts. Any other code is the job's result.
+# A trainer that checkpointed after SIGUSR1/SIGTERM exits 75 (a prefgen worker too: its finished shards are files):
+# put the job back in the queue; resume=auto (prefgen: its shard files) picks up when it restarts. Any other code is
+# the job's result.
 mt_finish() {
   local rc=$1
   if [ "$rc" = "$MT_REQUEUE_EXIT_CODE" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-    echo "[mt] exit $rc (checkpointed after preemption signal): scontrol requeue $SLURM_JOB_ID"
+    echo "[mt] exit $rc (progress saved after a preemption signal): scontrol requeue $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi

@@ -1,6 +1,6 @@
 # Sourced after _common.sh by the RLVR scripts: the job's roles and a Ray cluster over the SLURM allocation.
-#   mt_rlvr_layout CMD...: the plan of the stage command CMD (launch.cluster layout) written to $MT_PLAN for
-#          every srun step, and
+#   mt_rlvr_layout CMD...: the plan of the stage command CMD (launch.cluster layout) written to $MT_PLAN (in the
+#          run directory, $MT_RUN_DIR: the config's) for every srun step, and
 #          MT_TRAINER_SRUN, the srun options of the trainer step (the trainer nodes, one task per trainer rank),
 #          MT_RAY_NEEDED, 0 when no engine is a Ray actor (local or colocated engines): mt_ray_up starts nothing
 #   head   on the first node of the allocation (srun step, background)
@@ -34,12 +34,12 @@ else MT_RAY=${MT_RAY:-ray}; fi
 MT_RAY_PIDS=()
 
 mt_rlvr_layout() {
-  MT_PLAN=$MT_RUN_DIR/.mt_plan_${SLURM_JOB_ID:-0}.json
-  export MT_PLAN
   local line  # assigned apart from `eval`, so a failing plan stops the job (eval "$(false)" returns 0)
+  # sets MT_TRAINER_SRUN, MT_RAY_NEEDED, MT_PLAN (the plan file, in the run directory) and MT_RUN_DIR (the config's)
   line=$(cd "$MT_ROOT" && "$(mt_host_python)" -m launch.cluster layout --script "$MT_SCRIPT" --stage "$STAGE" \
-    --size "$SIZE" --out "$MT_PLAN" -- "$@") || exit $?
+    --size "$SIZE" -- "$@") || exit $?
   eval "$line"
+  export MT_PLAN MT_RUN_DIR
   echo "[mt] trainer step: srun ${MT_TRAINER_SRUN[*]}; plan in $MT_PLAN" >&2
 }
 

@@ -23,7 +23,7 @@ STAGE=dpo SIZE=8b
 _mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' || true)
 source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
 
-CMD=("$MT_PYTHON" -m launch.dpo --config "dpo/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
+CMD=("$MT_PYTHON" -m launch.dpo --config "dpo/$SIZE" checkpoint.resume=auto ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
 mt_plan "${CMD[@]}"
 
 # One task per GPU (CPU: per process); each derives RANK/WORLD_SIZE/MASTER_ADDR from SLURM.

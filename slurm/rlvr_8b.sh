@@ -24,7 +24,7 @@ _mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *
 source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
 source "$MT_ROOT/slurm/_ray.sh"
 
-CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" "run_dir=$MT_RUN_DIR" checkpoint.resume=auto
+CMD=("$MT_PYTHON" -m launch.rlvr --config "rlvr/$SIZE" checkpoint.resume=auto
      ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
 mt_plan "${CMD[@]}"
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 SIZES = ("tiny", "8b", "70b", "405b")
 """Sizes of the shipped ``slurm/<stage>_<size>.sh`` scripts."""
-STAGES = ("sft", "dpo", "rm", "rlvr")
+STAGES = ("sft", "prefgen", "dpo", "rm", "rlvr")
 """Stages with a shipped SLURM script (``pretrain`` has a config but no script)."""
-STAGE_SIZES = {"sft": SIZES, "dpo": SIZES, "rm": ("tiny", "8b", "70b"), "rlvr": SIZES}
+STAGE_SIZES = {"sft": SIZES, "prefgen": ("tiny", "8b"), "dpo": SIZES, "rm": ("tiny", "8b", "70b"), "rlvr": SIZES}
 """The sizes each stage ships a ``slurm/<stage>_<size>.sh`` (and a config) for: Tülu 3 released no 405B reward
-model (its 405B RLVR used verifiable rewards only), so ``rm`` stops at 70B."""
+model (its 405B RLVR used verifiable rewards only), so ``rm`` stops at 70B; on-policy preference data ships for 8B
+(its pool and judge are 70B-class models whatever the policy; another policy is ``policy.path=``)."""
 RETIRED_ENV = ("MT_TP", "MT_PP", "MT_CP", "MT_ENGINE_TP", "MT_NUM_ENGINES")
 """Layout variables the scripts no longer read: refused so that a stale setting does not silently do nothing."""
 
@@ -73,7 +74,10 @@ def stage_schema(stage: str) -> type:
     if stage in ("sft", "pretrain"):
         from megatron_tulu.trainers.sft import SFTConfig
         return SFTConfig
-    raise ValueError(f"no config schema for stage {stage!r} (known: pretrain, sft, dpo, rm, rlvr)")
+    if stage == "prefgen":
+        from megatron_tulu.prefgen.config import PrefGenConfig
+        return PrefGenConfig
+    raise ValueError(f"no config schema for stage {stage!r} (known: pretrain, sft, prefgen, dpo, rm, rlvr)")
 
 
 def config_of_command(command: Sequence[str], stage: str, default_name: str) -> tuple[str, str, list[str]]:
@@ -98,10 +102,17 @@ def load_stage_config(stage: str, name: str, overrides: Sequence[str] = ()):
     return load_config(stage_schema(stage), name, overrides)
 
 
+def gpus_per_task(cfg) -> int:
+    """GPUs one SLURM task drives: one for a trainer rank, its engine's ``engine.tp`` for a prefgen worker."""
+    from megatron_tulu.prefgen.config import PrefGenConfig
+
+    return cfg.engine.tp if isinstance(cfg, PrefGenConfig) else 1
+
+
 def config_allocation(cfg) -> Allocation:
     """The allocation ``cfg.cluster`` asks for (placeholder host names ``node0``..)."""
     c = cfg.cluster
-    return Allocation(nodes=c.nodes, gpus_per_node=c.gpus_per_node, tasks_per_node=c.tasks_per_node or c.gpus_per_node,
+    return Allocation(nodes=c.nodes, gpus_per_node=c.gpus_per_node, tasks_per_node=c.tasks(gpus_per_task(cfg)),
                       hosts=[f"node{i}" for i in range(c.nodes)], source="config")
 
 
@@ -155,7 +166,8 @@ def check_allocation(planned: Allocation, actual: Allocation, name: str) -> None
     keys = {"nodes": ("nodes", "SLURM_JOB_NUM_NODES", "has cluster.nodes={}"),
             "gpus_per_node": ("gpus-per-node", "SLURM_GPUS_PER_NODE", "has cluster.gpus_per_node={}"),
             "tasks_per_node": ("ntasks-per-node", "SLURM_NTASKS_PER_NODE",
-                               "plans {} tasks per node (cluster.tasks_per_node; 0 = one per GPU)")}
+                               "plans {} tasks per node (cluster.tasks_per_node; 0 = one per GPU, prefgen: "
+                               "one per engine.tp GPUs)")}
     problems = []
     for attr, (sbatch_key, env_key, config_says) in keys.items():
         have, want = getattr(actual, attr), getattr(planned, attr)
@@ -213,9 +225,30 @@ def build_plan(cfg, stage: str, name: str, alloc: Allocation | None = None, comm
 
     Raises ValueError (from here or the planner) when the layout does not tile the allocation.
     """
+    alloc = alloc or config_allocation(cfg)
+    if stage == "prefgen":
+        from megatron_tulu.plan.workers import place_workers
+
+        placed, idle, model = place_workers(cfg, alloc), 0, ", ".join(m.name for m in cfg.models())
+    else:
+        (placed, idle), model = _place_stage(cfg, stage, alloc), cfg.model.preset
+    for n in placed["nodes"]:
+        n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
+    plan = {"stage": stage, "config": name, "model": model, "run_dir": cfg.run_dir, "device": alloc.device,
+            "nodes_total": alloc.nodes, "slots_per_node": alloc.slots_per_node,
+            "slots_total": alloc.nodes * alloc.slots_per_node, "nodes": placed["nodes"], "engines": placed["engines"],
+            "local_engine": placed.get("local_engine", False), "trainer": placed["trainer"], "idle": idle,
+            "memory": placed["memory"], "feasible": placed["feasible"], "command": list(command),
+            "engine_problems": placed.get("engine_problems", []),
+            "colocated_engine_tp": placed.get("colocated_engine_tp", 0), "workers": placed.get("workers")}
+    check_plan(plan)
+    return plan
+
+
+def _place_stage(cfg, stage: str, alloc: Allocation) -> tuple[dict, int]:
+    """A training stage's roles on ``alloc`` and the count of idle slots (see :func:`build_plan`)."""
     from megatron_tulu.models.presets import PRESETS
 
-    alloc = alloc or config_allocation(cfg)
     lay, work = _layout(cfg, stage), workload(cfg, stage)
     # The memory model needs the model's shape, i.e. a named preset; `model.preset=hf` takes it from the checkpoint
     # at run time. Roles do not depend on the shape: place them with a stand-in and report no verdict, not a wrong one.
@@ -229,18 +262,10 @@ def build_plan(cfg, stage: str, name: str, alloc: Allocation | None = None, comm
                                                          "(its shape is known only at run time)"]})
     elif stage == "rlvr" and not lay["num_engines"] and alloc.device == "gpu":
         _check_engine_beside_trainer(cfg, placed)
-    for n in placed["nodes"]:
-        n["host"] = alloc.hosts[n["node"]] if n["node"] < len(alloc.hosts) else f"node{n['node']}"
-    plan = {"stage": stage, "config": name, "model": cfg.model.preset, "device": alloc.device,
-            "nodes_total": alloc.nodes, "slots_per_node": alloc.slots_per_node,
-            "slots_total": alloc.nodes * alloc.slots_per_node, "nodes": placed["nodes"], "engines": placed["engines"],
-            "local_engine": stage == "rlvr" and not lay["num_engines"], "trainer": placed["trainer"], "idle": idle,
-            "memory": placed["memory"], "feasible": placed["feasible"], "command": list(command),
-            "engine_problems": placed.get("engine_problems", []),
-            "colocated_engine_tp": cfg.rlvr.engine_tp if stage == "rlvr" and cfg.rlvr.engine_placement == "colocated"
-            else 0}
-    check_plan(plan)
-    return plan
+    placed["local_engine"] = stage == "rlvr" and not lay["num_engines"]
+    if stage == "rlvr" and cfg.rlvr.engine_placement == "colocated":
+        placed["colocated_engine_tp"] = cfg.rlvr.engine_tp
+    return placed, idle
 
 
 def plan_for_job(script: str | Path | None, stage: str, size: str, command: Sequence[str] = (),
@@ -380,6 +405,10 @@ def summary(plan: dict) -> str:
     """One line: allocation, trainer layout, engines (what ``--validate-only`` prints)."""
     unit = "GPUs" if plan["device"] == "gpu" else "CPU processes"
     t = plan["trainer"]
+    if plan["workers"]:
+        w = plan["workers"]
+        return (f"{plan['nodes_total']} nodes x {plan['slots_per_node']} {unit}, {w['count']} prefgen workers x "
+                f"{w['slots_each']} {unit} each")
     out = (f"{plan['nodes_total']} nodes x {plan['slots_per_node']} {unit}, trainer TP={t['tp']} PP={t['pp']} "
            f"CP={t['cp']} DP={t['dp']}")
     if plan["engines"]:
@@ -399,9 +428,16 @@ def format_plan(plan: dict) -> str:
     idle_part = f" + idle {idle}" if idle else ""
     total = (f"  total: engines {eng} + trainers {t['gpus']}{idle_part} = {eng + t['gpus'] + idle} "
              f"(allocation {plan['slots_total']}) OK")
-    lines = [head, total]
+    lines = [head, total, f"  run dir: {plan['run_dir']}"]
     if idle:
         lines.append(f"  WARNING: {idle} {unit} idle: the config's layout does not tile the allocation")
+    if plan["workers"]:
+        from megatron_tulu.plan.workers import worker_lines
+
+        lines += worker_lines(plan)
+        if plan["device"] == "gpu":
+            lines.append(_memory_line(plan))
+        return "\n".join(lines + (["  command: " + shlex.join(plan["command"])] if plan["command"] else []))
     lines.append(f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}")
     if plan["colocated_engine_tp"]:
         etp = plan["colocated_engine_tp"]

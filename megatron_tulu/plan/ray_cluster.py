@@ -18,21 +18,25 @@ from pathlib import Path
 from megatron_tulu.checkpoint.hf_io import write_atomic
 
 
-def write_layout(plan: dict, out: str | Path) -> str:
-    """Write ``plan`` (JSON) where every srun step of the job reads it, and return the shell line that the RLVR
-    scripts ``eval``: ``MT_TRAINER_SRUN=(...)``, the srun options that start exactly the trainer ranks on the
-    trainer nodes (engine-only nodes run nothing but Ray), and ``MT_RAY_NEEDED=1`` when the plan places engines as
-    Ray actors, else 0 (local and colocated engines run inside the trainers: no Ray cluster is started)."""
+def write_layout(plan: dict, out: str | Path | None = None) -> str:
+    """Write ``plan`` (JSON) where every srun step of the job reads it (``out``, default the run directory's
+    ``.mt_plan_<job id>.json``), and return the shell line that the RLVR scripts ``eval``: ``MT_TRAINER_SRUN=(...)``,
+    the srun options that start exactly the trainer ranks on the trainer nodes (engine-only nodes run nothing but
+    Ray), ``MT_RAY_NEEDED=1`` when the plan places engines as Ray actors, else 0 (local and colocated engines run
+    inside the trainers: no Ray cluster is started), and ``MT_PLAN``/``MT_RUN_DIR``: the plan file and the run
+    directory (the config's ``run_dir``, the one owner of where the run lives)."""
     nodes = [n for n in plan["nodes"] if n["trainer_ranks"]]
     per = {len(n["trainer_ranks"]) for n in nodes}
     if len(per) != 1:
         raise ValueError(f"trainer ranks per node differ across trainer nodes ({sorted(per)}): one srun step "
                          "cannot start them; choose a layout whose trainer nodes are alike")
+    out = out or Path(plan["run_dir"]) / f".mt_plan_{os.environ.get('SLURM_JOB_ID', '0')}.json"
     write_atomic(out, json.dumps(plan, indent=1, default=str))  # a step never reads a half-written plan
     args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
             f"--nodelist={','.join(n['host'] for n in nodes)}"]
     return ("MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
-            + f"; MT_RAY_NEEDED={1 if plan['engines'] else 0}")
+            + f"; MT_RAY_NEEDED={1 if plan['engines'] else 0}; MT_PLAN={shlex.quote(str(out))}"
+            + f"; MT_RUN_DIR={shlex.quote(str(plan['run_dir']))}")
 
 
 def read_layout(path: str | Path) -> dict:

@@ -24,15 +24,45 @@ def main(argv: list[str]) -> int:
         return 2
     if args.validate_only:
         models = ", ".join(f"{m.name} x{m.n}" for m in cfg.models())
+        plan = ""
+        if cfg.engine.placement == "ray":  # engines behind one worker: a Ray cluster's, not a SLURM job plan
+            plan = "; no job plan: engine.placement=ray (slurm/prefgen_<size>.sh runs local engines)"
+        elif not args.nproc:  # the job plan of the config's cluster allocation (slurm/prefgen_<size>.sh)
+            from megatron_tulu.plan import jobs
+
+            try:
+                plan = f"; plan: {jobs.summary(jobs.build_plan(cfg, 'prefgen', args.config))}"
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         print(f"config {args.config}: valid (PrefGenConfig; models {models}; judge "
-              f"{cfg.judge.model or '-'}{' + verifier' if cfg.judge.verifier else ''})")
+              f"{cfg.judge.model or '-'}{' + verifier' if cfg.judge.verifier else ''}{plan})")
         return 0
-    from megatron_tulu.prefgen.run import Worker, worker_rank
+    return run_worker(cfg)
+
+
+def run_worker(cfg) -> int:
+    """This process's worker: its GPUs, then its shards. SIGUSR1/SIGTERM (SLURM's warning before the time limit,
+    or a preemption) stop it at once with exit 75, which the SLURM script turns into a requeue; the finished shard
+    files stay, so the requeued job (or any rerun) resumes from them."""
+    from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionSignal, raise_on_preemption
+    from megatron_tulu.prefgen.run import Worker, narrow_visible_gpus, worker_rank
 
     worker, workers = worker_rank()
+    raise_on_preemption()
     try:
+        gpus = narrow_visible_gpus(cfg.engine.tp) if cfg.engine.placement == "local" else None
+        if gpus is not None:
+            print(f"[prefgen {worker}/{workers}] engine GPUs: CUDA_VISIBLE_DEVICES={gpus}", flush=True)
         Worker(cfg, worker, workers).run()
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, before any engine where possible
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PreemptionSignal as e:
+        print(f"[prefgen {worker}/{workers}] {e}: stopping; the finished shards are on disk and a rerun resumes "
+              f"from them; exiting with {REQUEUE_EXIT_CODE}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # An engine call may still run in its thread: leave without the interpreter's teardown, which would wait
+        # on it or tear the engine down under it (the step's processes are SLURM's to stop).
+        os._exit(REQUEUE_EXIT_CODE)
     return 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from megatron_tulu.config import check_at_least, check_choice
+from megatron_tulu.trainers.config import ClusterConfig
 
 PROMPT_KINDS = ("sft", "preference", "rlvr")
 TEMPLATES = ("tulu", "tokenizer")
@@ -144,7 +145,9 @@ class PrefGenConfig:
     data_root: str = "runs/data"
     """Directory of the embedded synthetic suite; configs name its files as ``${data_root}/...`` (as ``data.root``)."""
     runs_root: str = "runs/tiny"
-    """Where the earlier stages' run directories are; configs name their HF exports ``${runs_root}/<stage>/hf``."""
+    """This size's stage runs, as the trainers' ``runs_root``: configs name the earlier stages' HF exports
+    ``${runs_root}/<stage>/hf`` and their ``run_dir`` ``${runs_root}/prefgen`` (the SLURM scripts:
+    ``$MT_RUNS_DIR/<size>``; the demo: its run directory)."""
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     pool: list[PoolModel] = field(default_factory=list)
     """Off-policy models (Tülu 3: a pool of open and API models); each serves every prompt."""
@@ -152,6 +155,8 @@ class PrefGenConfig:
     """The current SFT policy (the on-policy completions); empty ``path``: none."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The SLURM allocation of ``slurm/prefgen_<size>.sh``: one task (worker) per ``engine.tp`` GPUs of a node."""
     shard_size: int = 64
     """Prompts per shard: the unit of work of a worker, of resumption and of every engine call."""
     seed: int = 0
@@ -169,6 +174,7 @@ class PrefGenConfig:
         self.prompts.validate()
         self.judge.validate()
         self.engine.validate()
+        self.cluster.validate(self.engine.tp, "one prefgen worker, with its engine of engine.tp GPUs, per task")
         check_at_least("shard_size", self.shard_size, 1)
         for i, m in enumerate(self.pool):
             m.validate(f"pool[{i}]")

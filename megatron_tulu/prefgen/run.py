@@ -354,6 +354,35 @@ def summary(report: dict, path: Path) -> str:
     return "\n".join(lines)
 
 
+def narrow_visible_gpus(engine_tp: int, environ: dict | None = None) -> str | None:
+    """Several workers on one node (``--nproc N``, or ``srun`` with N tasks per node) each see every GPU of it; the
+    worker with local index i takes GPUs ``[i*tp, (i+1)*tp)`` of them, so that no two engines share a GPU. Sets
+    ``CUDA_VISIBLE_DEVICES`` (before anything in this process starts CUDA; vLLM's workers inherit it) and returns
+    it, or None when there is nothing to narrow: no GPU, or exactly ``engine_tp`` visible (one worker per node, or
+    a launcher that gave each task its own, e.g. ``srun --gpus-per-task``). GPU-only in effect; the rule is tested
+    on CPU with given environments."""
+    env = os.environ if environ is None else environ
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())]  # NVML's count: starts no CUDA context
+    if len(devices) <= engine_tp:
+        if devices and len(devices) < engine_tp:
+            raise ValueError(f"engine.tp={engine_tp}, but this worker sees {len(devices)} GPUs ({','.join(devices)})")
+        return None
+    local = int(env.get("LOCAL_RANK") or env.get("SLURM_LOCALID") or 0)
+    lo, hi = local * engine_tp, (local + 1) * engine_tp
+    if hi > len(devices):
+        raise ValueError(f"worker with local index {local} needs GPUs {lo}..{hi - 1} of its node for engine.tp="
+                         f"{engine_tp}, but the node has {len(devices)}: fewer workers per node (--nproc, "
+                         "cluster.tasks_per_node) or a smaller engine.tp")
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[lo:hi])
+    return env["CUDA_VISIBLE_DEVICES"]
+
+
 def worker_rank() -> tuple[int, int]:
     """(worker, workers) from torchrun's or SLURM's variables; (0, 1) when neither is set."""
     env = os.environ

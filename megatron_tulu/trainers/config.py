@@ -196,13 +196,19 @@ class ClusterConfig:
     gpus_per_node: int = 8
     """GPUs per node (``#SBATCH --gpus-per-node``), one SLURM task each; 0 = a CPU-only job (CI, laptop)."""
     tasks_per_node: int = 0
-    """SLURM tasks (processes) per node (``#SBATCH --ntasks-per-node``): 0 = one per GPU, which is the only
-    choice on GPU jobs; a CPU-only job must set it (one trainer process, or RLVR engine slot, per task)."""
+    """SLURM tasks (processes) per node (``#SBATCH --ntasks-per-node``): 0 = one per GPU (one per engine's GPUs for
+    prefgen, whose tasks are workers with an engine each), which is the only choice on GPU jobs; a CPU-only job must
+    set it (one trainer process, RLVR engine slot or prefgen worker per task)."""
     gpu: str = "h100-80gb"
     """Accelerator the planner's memory verdict is for (a key of ``megatron_tulu.plan.hardware.GPUS``)."""
 
-    def validate(self) -> None:
-        """Ranges and the one-task-per-GPU rule; raises ``ValueError`` naming the field."""
+    def tasks(self, gpus_per_task: int = 1) -> int:
+        """SLURM tasks per node: ``tasks_per_node``, or (0) one per ``gpus_per_task`` GPUs."""
+        return self.tasks_per_node or self.gpus_per_node // gpus_per_task
+
+    def validate(self, gpus_per_task: int = 1, task: str = "one task per GPU") -> None:
+        """Ranges and the task rule (``task``: one task per ``gpus_per_task`` GPUs of a node); raises ``ValueError``
+        naming the field."""
         from megatron_tulu.config import check_at_least, check_choice
         from megatron_tulu.plan.hardware import GPUS
 
@@ -210,8 +216,11 @@ class ClusterConfig:
         check_at_least("cluster.gpus_per_node", self.gpus_per_node, 0)
         check_at_least("cluster.tasks_per_node", self.tasks_per_node, 0)
         check_choice("cluster.gpu", self.gpu, tuple(GPUS))
-        if self.gpus_per_node and self.tasks_per_node not in (0, self.gpus_per_node):
-            raise ValueError(f"cluster.tasks_per_node={self.tasks_per_node} must be 0 or cluster.gpus_per_node="
-                             f"{self.gpus_per_node} (one task per GPU)")
+        if self.gpus_per_node % gpus_per_task:
+            raise ValueError(f"cluster.gpus_per_node={self.gpus_per_node} is not a multiple of {gpus_per_task} ({task})")
+        per_node = self.gpus_per_node // gpus_per_task
+        if self.gpus_per_node and self.tasks_per_node not in (0, per_node):
+            named = "cluster.gpus_per_node=" if gpus_per_task == 1 else f"cluster.gpus_per_node / {gpus_per_task} = "
+            raise ValueError(f"cluster.tasks_per_node={self.tasks_per_node} must be 0 or {named}{per_node} ({task})")
         if not self.gpus_per_node and not self.tasks_per_node:
             raise ValueError("cluster.gpus_per_node=0 (a CPU-only job) needs cluster.tasks_per_node >= 1")

@@ -41,7 +41,11 @@ class StageConfig:
     """Fields common to every stage's top-level config."""
 
     run_dir: str = "runs/default"
-    """Where checkpoints, metrics, TensorBoard logs and exports go."""
+    """Where checkpoints, metrics, TensorBoard logs and exports go (shipped configs: ``${runs_root}/<stage>``)."""
+    runs_root: str = "runs/default"
+    """This size's stage runs, ``${runs_root}/<stage>``: shipped configs name their ``run_dir`` and the earlier
+    stages' HF exports (``model.init_hf``, ``rlvr.value_init_hf``) under it, so a stage finds the one before it.
+    The SLURM scripts set it to ``$MT_RUNS_DIR/<size>``; locally it is ``runs/<size>``."""
     device: str = "auto"
     """``auto``, ``cuda`` or ``cpu``."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -28,10 +28,13 @@ def _dry_run(script: Path, extra_env: dict | None = None, args: tuple = ()) -> s
     return subprocess.run(["bash", path, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
+def _config(stage: str, size: str, overrides: tuple = ()):
+    return jobs.load_stage_config(stage, f"{stage}/{size}", overrides)
+
+
 def _plan(stage: str, size: str, alloc: jobs.Allocation | None = None, overrides: tuple = ()) -> dict:
     """The plan of ``configs/<stage>/<size>.yaml`` (with ``overrides``) on ``alloc`` (default: its own)."""
-    cfg = jobs.load_stage_config(stage, f"{stage}/{size}", overrides)
-    return jobs.build_plan(cfg, stage, f"{stage}/{size}", alloc)
+    return jobs.build_plan(_config(stage, size, overrides), stage, f"{stage}/{size}", alloc)
 
 
 def test_every_stage_and_size_has_a_script():
@@ -47,16 +50,17 @@ def test_header_has_signal_requeue_time_and_logs(script):
     assert re.fullmatch(r"\d+:\d\d:\d\d", head["time"])
     assert head["output"].startswith("logs/")
     alloc = jobs.slurm_allocation(script, environ={})
-    if script.stem.endswith("tiny"):
+    stage, size = script.stem.split("_")
+    if size == "tiny":
         assert alloc.gpus_per_node == 0 and alloc.nodes == 1
-    else:
-        assert alloc.gpus_per_node == 8 and alloc.tasks_per_node == 8
+    else:  # one task per GPU; a prefgen task is a worker driving its engine's engine.tp GPUs
+        gpus_per_task = jobs.gpus_per_task(jobs.load_stage_config(stage, f"{stage}/{size}"))
+        assert alloc.gpus_per_node == 8 and alloc.tasks_per_node == 8 // gpus_per_task
     text = script.read_text()
     # The description line states the header's node count (rlvr_8b.sh once said "1 node" above --nodes=2), and
     # the layout is referred to its config, its one owner.
     described = re.search(r"(\d+) nodes?\b", text.splitlines()[1])
     assert described and int(described.group(1)) == alloc.nodes, text.splitlines()[1]
-    stage, size = script.stem.split("_")
     assert f"configs/{stage}/{size}.yaml" in text
 
 
@@ -73,18 +77,24 @@ def test_dry_run_prints_a_plan_that_adds_up(script):
     engines, trainers, idle, s, allocated = (int(x or 0) for x in m.groups())
     assert engines + trainers + idle == s == allocated == total
     assert (idle > 0) == ("WARNING" in r.stdout)
+    # Every run lives under the runs root the script passes ($MT_RUNS_DIR/<size>), at the config's run_dir.
+    assert f"runs_root={ROOT}/runs/{size}" in r.stdout and f"run dir: {ROOT}/runs/{size}/{stage}\n" in r.stdout
+    assert f"-m launch.{stage} --config {stage}/{size}" in r.stdout
+    if stage == "prefgen":  # every slot is a worker's engine; no trainer
+        m = re.search(r"workers: (\d+) \(one per SLURM task\)", r.stdout)
+        assert m and int(m.group(1)) * jobs.gpus_per_task(_config(stage, size)) == engines == total and not trainers
+        return
     m = re.search(r"trainer: (\d+) ranks, TP=(\d+) PP=(\d+) CP=(\d+) DP=(\d+)", r.stdout)
     n, tp, pp, cp, dp = map(int, m.groups())
     assert n == trainers == tp * pp * cp * dp
-    assert f"-m launch.{stage} --config {stage}/{size}" in r.stdout
-    assert "checkpoint.resume=auto" in r.stdout and "run_dir=" in r.stdout
+    assert "checkpoint.resume=auto" in r.stdout
     # The structured plan: every node's slots are used once, ranks cover 0..N-1, engines + trainers = allocation.
     plan = _plan(stage, size, alloc)
     per_node = [sum(len(nd["local_gpus"].get(k, [])) for k in ("engine", "trainer", "idle")) for nd in plan["nodes"]]
     assert per_node == [alloc.slots_per_node] * alloc.nodes
     assert sum(len(e["gpus"]) for e in plan["engines"]) + plan["trainer"]["gpus"] + plan["idle"] == total
     # The layout printed is the config's (no other source of TP/PP/engines exists).
-    cfg = jobs.load_stage_config(stage, f"{stage}/{size}")
+    cfg = _config(stage, size)
     assert (tp, pp, cp) == (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.cp)
     if size != "tiny":
         assert "memory (planner): feasible=" in r.stdout
@@ -154,7 +164,7 @@ def test_rlvr_colocated_on_two_nodes_plans_every_gpu_as_a_trainer_and_an_engine_
                                                "rlvr.engine_memory_fraction=0.4", "rlvr.engine_sleep_level=2"))
     assert plan["engines"] == [] and plan["trainer"]["gpus"] == 16 and not plan["engine_problems"]
     line = ray_cluster.write_layout(plan, tmp_path / "plan.json")
-    assert line.endswith("; MT_RAY_NEEDED=0") and "--ntasks=16" in line  # no Ray: the engines live in the trainers
+    assert "; MT_RAY_NEEDED=0; " in line and "--ntasks=16" in line  # no Ray: the engines live in the trainers
     text = jobs.format_plan(plan)
     assert "engines: 4 x vLLM TP=4 colocated on the trainer GPUs, each node's started by its first trainer rank" in text
     assert "rank 0's process" not in text
@@ -244,9 +254,15 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     plan = _plan("rlvr", "405b")
     line = ray_cluster.write_layout(plan, tmp_path / "plan.json")
     assert ray_cluster.read_layout(tmp_path / "plan.json")["trainer"] == plan["trainer"]
-    srun, ray = line.split("; ")
+    srun, ray, plan_file, run_dir = line.split("; ")
     args = shlex.split(srun[len("MT_TRAINER_SRUN=("):-1])
     assert args[:3] == ["--nodes=28", "--ntasks=224", "--ntasks-per-node=8"] and ray == "MT_RAY_NEEDED=1"
+    # the script takes the plan file and the run directory from here: the config's run_dir is their one owner
+    assert (plan_file, run_dir) == (f"MT_PLAN={tmp_path / 'plan.json'}", "MT_RUN_DIR=runs/405b/rlvr")
+    moved = dict(plan, run_dir=str(tmp_path / "run"))
+    default = tmp_path / "run" / f".mt_plan_{os.environ.get('SLURM_JOB_ID', '0')}.json"
+    assert f"MT_PLAN={default}; " in ray_cluster.write_layout(moved)
+    assert ray_cluster.read_layout(default)["run_dir"] == str(tmp_path / "run")
     assert args[3] == "--nodelist=" + ",".join(f"node{i}" for i in range(4, 32))  # engines on nodes 0-3
     engine_node, trainer_node = plan["nodes"][0], plan["nodes"][4]
     assert ray_cluster.ray_node_resources(plan, engine_node) == (["--num-gpus=8"],
@@ -265,3 +281,70 @@ def test_rlvr_job_roles_on_gpu_layouts(tmp_path):
     assert res == [f"--num-gpus={len(node['local_gpus']['engine'])}"]
     trainer_gpus = ray_cluster.trainer_env(mixed, node)["CUDA_VISIBLE_DEVICES"].split(",")
     assert len(trainer_gpus) == 7 and not set(trainer_gpus) & set(env["CUDA_VISIBLE_DEVICES"].split(","))
+
+
+def _exports_named(stage: str, cfg) -> list[str]:
+    """The earlier stages' HF exports a config starts from (prefgen: its completion models)."""
+    if stage == "prefgen":
+        return [m.path for m in cfg.models()]
+    return [cfg.model.init_hf] + ([cfg.rlvr.value_init_hf] if stage == "rlvr" else [])
+
+
+def test_each_stage_finds_the_export_of_the_stage_before_it(tmp_path):
+    """`sbatch slurm/sft_8b.sh`, then `sbatch slurm/dpo_8b.sh`: the scripts pass runs_root=$MT_RUNS_DIR/<size>, every
+    shipped config puts its run under it and names the earlier stages' exports there, so each export a config starts
+    from is where the stage that writes it puts it (the scripts' run dirs used to be $MT_RUNS_DIR/<stage>_<size>,
+    the configs' exports runs/<size>/<stage>/hf: no stage found the one before it)."""
+    runs = tmp_path / "runs"
+    made, wanted = {}, []
+    for stage in (*jobs.STAGES, "pretrain"):
+        for path in sorted((ROOT / "configs" / stage).glob("*.yaml")):
+            size = path.stem.split("_")[0]
+            cfg = jobs.load_stage_config(stage, f"{stage}/{path.stem}", (f"runs_root={runs / size}",))
+            run_dir = os.path.normpath(cfg.run_dir)
+            assert run_dir.startswith(f"{runs / size}/"), (path.name, run_dir)  # under the runs root
+            if path.stem == size and stage != "prefgen" and cfg.checkpoint.export_hf:
+                made[os.path.join(run_dir, "hf")] = f"{stage}/{size}"
+            wanted += [(f"{stage}/{path.stem}", os.path.normpath(p)) for p in _exports_named(stage, cfg)
+                       if p and os.path.normpath(p).startswith(f"{runs}/")]
+    missing = [(name, p) for name, p in wanted if p not in made]
+    assert not missing, f"exports no shipped stage writes: {missing}"
+    sources = {name: made[p] for name, p in wanted}
+    assert sources["dpo/8b"] == sources["rm/8b"] == "sft/8b" and sources["rlvr/405b"] in ("dpo/405b", "rm/8b")
+    assert {made[p] for name, p in wanted if name == "rlvr/70b"} == {"dpo/70b", "rm/8b"}
+    assert {made[p] for name, p in wanted if name == "prefgen/tiny"} == {"pretrain/tiny", "sft/tiny"}
+    assert len(wanted) >= 15
+
+
+def test_the_runs_dir_and_a_run_dir_reach_the_command_and_the_plan():
+    r = _dry_run(ROOT / "slurm/dpo_8b.sh", {"MT_RUNS_DIR": "/lustre/runs"})
+    assert r.returncode == 0, r.stderr
+    assert "runs_root=/lustre/runs/8b" in r.stdout and "run dir: /lustre/runs/8b/dpo\n" in r.stdout
+    assert "run_dir=" not in r.stdout  # the config's run_dir, under the runs root
+    r = _dry_run(ROOT / "slurm/dpo_8b.sh", {"MT_RUN_DIR": "/scratch/dpo-try2"})
+    assert r.returncode == 0, r.stderr
+    assert "run_dir=/scratch/dpo-try2" in r.stdout and "run dir: /scratch/dpo-try2\n" in r.stdout
+    # a recipe variant keeps its own run dir (resume=auto must not pick up the PPO run's checkpoints)
+    r = _dry_run(ROOT / "slurm/rlvr_8b.sh", args=("--config", "rlvr/8b_dapo"))
+    assert r.returncode == 0, r.stderr
+    assert f"run dir: {ROOT}/runs/8b/rlvr_dapo\n" in r.stdout
+
+
+def test_prefgen_plan_one_worker_per_engine():
+    """prefgen's SLURM tasks are workers, each with an engine of engine.tp GPUs of its node."""
+    plan = _plan("prefgen", "8b")
+    assert plan["workers"]["count"] == 4 and plan["trainer"]["gpus"] == 0
+    assert [e["gpus"] for e in plan["engines"]] == [list(range(8 * w, 8 * w + 8)) for w in range(4)]
+    # two TP4 engines per node: two tasks per node, the second taking GPUs 4-7 (SLURM_LOCALID 1)
+    plan = _plan("prefgen", "8b", overrides=("engine.tp=4", "cluster.tasks_per_node=2"))
+    assert plan["workers"]["count"] == 8 and jobs.summary(plan) == "4 nodes x 8 GPUs, 8 prefgen workers x 4 GPUs each"
+    assert "node 1 (node1): workers 2-3 on local GPUs 0-3 | 4-7" in jobs.format_plan(plan)
+    assert jobs.config_allocation(_config("prefgen", "8b", ("engine.tp=4",))).tasks_per_node == 2  # 0: per engine
+    with pytest.raises(ValueError, match=r"cluster.tasks_per_node=8 must be 0 or cluster.gpus_per_node / 4 = 2"):
+        _config("prefgen", "8b", ("engine.tp=4", "cluster.tasks_per_node=8"))
+    with pytest.raises(ValueError, match=r"cluster.gpus_per_node=8 is not a multiple of 3"):
+        _config("prefgen", "8b", ("engine.tp=3",))
+    with pytest.raises(ValueError, match=r"engine.placement=ray: under SLURM every task is a prefgen worker"):
+        _plan("prefgen", "8b", overrides=("engine.placement=ray",))
+    r = _dry_run(ROOT / "slurm/prefgen_8b.sh", args=("engine.tp=4",))  # the header's one task per node disagrees
+    assert r.returncode == 2 and "#SBATCH --ntasks-per-node=1 but config prefgen/8b plans 2 tasks per node" in r.stderr

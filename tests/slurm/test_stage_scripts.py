@@ -173,3 +173,59 @@ def test_rlvr_tiny_usr1_requeue_resume_same_steps(slurm, rlvr_uninterrupted, dat
 def _procs(tag: str):
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, timeout=30).stdout
     return [line for line in ps.splitlines() if tag in line and "ps -eo" not in line] or None
+
+
+PREFGEN_PROMPTS = 48
+
+
+@pytest.fixture(scope="module")
+def prefgen_inputs(tmp_path_factory):
+    """Random-weight tiny models and 48 verifiable prompts (tests/prefgen's helpers)."""
+    from tests.prefgen.prefgen_helpers import gsm_rows, make_model, make_tokenizer, write_jsonl
+
+    root = tmp_path_factory.mktemp("prefgen_inputs")
+    make_tokenizer(root / "tok")
+    return (write_jsonl(root / "prompts.jsonl", gsm_rows(PREFGEN_PROMPTS)), make_model(root / "pool", root / "tok", 0),
+            make_model(root / "policy", root / "tok", 1))
+
+
+def test_prefgen_tiny_two_workers_usr1_requeue_resume(slurm, prefgen_inputs, tmp_path):
+    """prefgen_tiny.sh: two SLURM tasks are the two workers; USR1 mid-run -> they stop at once and exit 75 -> the
+    job requeues itself -> the workers resume from the finished shards: every prompt once, the same completions as
+    one uninterrupted worker writes (sampling is seeded per model and shard)."""
+    from megatron_tulu.config import load_config
+    from megatron_tulu.prefgen.config import PrefGenConfig
+    from megatron_tulu.prefgen.run import RunFiles, Worker, read_jsonl
+    from tests.prefgen.prefgen_helpers import overrides
+
+    prompts, pool, policy = prefgen_inputs
+    # 24 shards x 2 models, up to 160 tokens x 3 completions per prompt: USR1 lands mid-run
+    ov = lambda run: overrides(run, prompts, "rlvr", pool, policy, None, shard_size=2) + [  # noqa: E731
+        "pool=[{name: pool-a, path: %s, n: 1, temperature: 1.0, max_new_tokens: 160}]" % pool,
+        "policy={name: policy-b, path: %s, n: 2, temperature: 1.0, max_new_tokens: 160}" % policy]
+    run = tmp_path / "run"
+    job, r = sbatch(ROOT / "slurm/prefgen_tiny.sh", tmp_path, *ov(run), wait=False, env=job_env())
+    assert r.returncode == 0 and job, r.stderr
+    log = _usr1_and_requeue(job, lambda: any(run.glob("completions/*/shard_*.jsonl")), tmp_path)
+    assert re.search(r"\[prefgen [01]/2\] SIGUSR1: stopping; .* exiting with 75", log), log[-3000:]
+    assert "[prefgen 0/2" in log and "[prefgen 1/2" in log and "[mt] finished with exit code 0" in log
+
+    files = RunFiles(run)
+    report = json.loads(files.report.read_text())
+    ids = [p["id"] for p in read_jsonl(files.prompts)]
+    got = read_jsonl(files.preferences)
+    assert len(ids) == PREFGEN_PROMPTS and sorted([g["id"] for g in got] + list(report["dropped"])) == sorted(ids)
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each SLURM task (--cpus-per-task=1)
+    try:
+        Worker(load_config(PrefGenConfig, "prefgen/tiny", ov(tmp_path / "one")), 0, 1, out=open(os.devnull, "w")).run()
+    finally:
+        torch.set_num_threads(threads)
+    def completions(root: Path) -> list:
+        return [(p.relative_to(root).as_posix(), read_jsonl(p)) for p in sorted(root.glob("completions/*/shard_*"))]
+
+    assert completions(run) == completions(tmp_path / "one") and len(completions(run)) == PREFGEN_PROMPTS
+    assert got == read_jsonl(RunFiles(tmp_path / "one").preferences)  # (random weights: mostly tied, dropped)

@@ -1,0 +1,54 @@
+"""The job plan of a prefgen run (``slurm/prefgen_<size>.sh``): every SLURM task is a worker with its own engine.
+
+Worker ``w`` of ``W`` (``SLURM_PROCID`` / ``SLURM_NTASKS``) owns shards ``w, w + W, ...``
+(:mod:`megatron_tulu.prefgen.run`); its engine takes ``engine.tp`` GPUs of its node (a CPU job: its one task), the
+``SLURM_LOCALID``-th such group (:func:`megatron_tulu.prefgen.run.narrow_visible_gpus`). In the plan's shape
+(:func:`megatron_tulu.plan.jobs.check_plan`) the workers' engines fill every slot and there is no trainer.
+"""
+
+from __future__ import annotations
+
+
+def place_workers(cfg, alloc) -> dict:
+    """Workers on ``alloc`` (a :class:`megatron_tulu.plan.jobs.Allocation`), in node order; raises ``ValueError``
+    when the config's engine cannot be a SLURM task's (Ray placement, or an engine that does not tile a node)."""
+    e = cfg.engine
+    if e.placement != "local":
+        raise ValueError(f"engine.placement={e.placement}: under SLURM every task is a prefgen worker with a local "
+                         "engine and the script starts no Ray cluster: set engine.placement=local and scale with "
+                         "tasks (cluster.nodes, cluster.tasks_per_node)")
+    spn = alloc.slots_per_node
+    per_worker = e.tp if alloc.device == "gpu" else 1
+    if spn % per_worker:
+        raise ValueError(f"engine.tp={e.tp} does not tile a node of {spn} GPUs: a prefgen worker's engine lives on "
+                         "one node (engine.tp must divide cluster.gpus_per_node)")
+    per_node = spn // per_worker
+    engines, nodes = [], []
+    for n in range(alloc.nodes):
+        ids = list(range(n * per_node, (n + 1) * per_node))
+        engines += [{"id": w, "tp": per_worker, "gpus": list(range(w * per_worker, (w + 1) * per_worker))}
+                    for w in ids]
+        nodes.append({"node": n, "role": "workers", "engines": ids, "trainer_ranks": [],
+                      "local_gpus": {"engine": list(range(spn)), "trainer": []}})
+    why = ("no memory verdict for prefgen: its models' shapes are read at run time (vLLM checks at start that each "
+           "fits engine.memory_fraction of its engine's GPUs)")
+    return {"nodes": nodes, "engines": engines, "trainer": {"gpus": 0, "tp": 1, "pp": 1, "cp": 1, "dp": 0, "ranks": []},
+            "memory": {"reasons": [why]}, "feasible": None,
+            "workers": {"count": len(engines), "slots_each": per_worker, "engine": e.kind}}
+
+
+def worker_lines(plan: dict) -> list[str]:
+    """The workers of a prefgen plan, one line per node (for ``format_plan``)."""
+    from megatron_tulu.plan.jobs import _ranges
+
+    w = plan["workers"]
+    each = f"{w['slots_each']} GPUs" if plan["device"] == "gpu" else "its CPU process"
+    lines = [f"  workers: {w['count']} (one per SLURM task), each with its own engine ({w['engine']}) on {each}; "
+             f"worker i owns shards i, i+{w['count']}, ...; the last to finish merges preferences.jsonl"]
+    for n in plan["nodes"]:
+        where = ""
+        if plan["device"] == "gpu":
+            groups = [plan["engines"][i]["gpus"] for i in n["engines"]]
+            where = " on local GPUs " + " | ".join(_ranges([g % plan["slots_per_node"] for g in gs]) for gs in groups)
+        lines.append(f"    node {n['node']} ({n['host']}): workers {_ranges(n['engines'])}{where}")
+    return lines

@@ -1,0 +1,33 @@
+#!/bin/bash
+# On-policy preference data (Tülu 3 §5.2) for Llama 3.1 8B: 4 nodes x 8 H100 = 32 GPUs, one worker per node, each with its own vLLM engine (TP=8).
+#   mkdir -p logs && sbatch slurm/prefgen_8b.sh [hydra overrides...]
+#   DRY_RUN=1 bash slurm/prefgen_8b.sh      # prints the workers, their GPUs and the command
+# Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
+# Layout and allocation: configs/prefgen/8b.yaml (cluster.* and engine.tp there must match the #SBATCH lines below;
+# DRY_RUN and the job check it). The pool, judge and policy paths are the config's (override with the site paths).
+# Every finished step of a shard is a file: SIGUSR1 600s before the time limit -> the workers stop (the shards in
+# flight are redone) and exit 75 -> the job requeues itself -> the workers resume from the finished shards.
+#SBATCH --job-name=mt-prefgen-8b
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=96
+#SBATCH --mem=0
+#SBATCH --exclusive
+#SBATCH --time=24:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=logs/%x-%j.out
+STAGE=prefgen SIZE=8b MT_DATA_KEY=data_root  # prefgen names its data directory data_root
+# Inside a job $0 is SLURM's spool copy: find this file's real directory from the job record.
+_mt_self=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' || true)
+source "${MT_ROOT:-$(cd "$(dirname "${_mt_self:-$0}")/.." && pwd)}/slurm/_common.sh"
+
+CMD=("$MT_PYTHON" -m launch.prefgen --config "prefgen/$SIZE" ${MT_CONFIG_ARGS[@]+"${MT_CONFIG_ARGS[@]}"} "$@")
+mt_plan "${CMD[@]}"
+
+# One task per worker (SLURM_PROCID / SLURM_NTASKS: worker i owns shards i, i+N, ...); a worker sharing its node
+# takes the SLURM_LOCALID-th engine.tp GPUs. The last worker to finish merges preferences.jsonl.
+mt_srun "${CMD[@]}" && rc=0 || rc=$?
+mt_finish "$rc"

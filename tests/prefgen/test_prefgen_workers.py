@@ -1,0 +1,46 @@
+"""Where prefgen workers run: each worker's GPUs when several share a node (the rule, on given environments: it only
+takes effect on a GPU machine), and the job plan ``--validate-only`` prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_tulu.prefgen.run import narrow_visible_gpus
+
+NODE = "0,1,2,3,4,5,6,7"
+
+
+@pytest.mark.parametrize("env,tp,want", [
+    ({"CUDA_VISIBLE_DEVICES": NODE, "SLURM_LOCALID": "1"}, 4, "4,5,6,7"),   # srun: 2 tasks per node, TP4 engines
+    ({"CUDA_VISIBLE_DEVICES": NODE, "LOCAL_RANK": "3"}, 2, "6,7"),           # --nproc 4 on one 8-GPU machine
+    ({"CUDA_VISIBLE_DEVICES": "4,5,6,7,0,1,2,3", "SLURM_LOCALID": "0"}, 4, "4,5,6,7"),  # SLURM's order is kept
+    ({"CUDA_VISIBLE_DEVICES": NODE, "SLURM_LOCALID": "0"}, 8, None),         # one worker per node: all of them
+    ({"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_LOCALID": "1"}, 2, None),       # srun --gpus-per-task gave its own
+    ({"CUDA_VISIBLE_DEVICES": ""}, 1, None),                                  # CPU
+])
+def test_prefgen_workers_sharing_a_node_take_their_own_gpus(env, tp, want):
+    before = dict(env)
+    assert narrow_visible_gpus(tp, env) == want
+    assert env == (before if want is None else {**before, "CUDA_VISIBLE_DEVICES": want})
+
+
+def test_prefgen_worker_without_enough_gpus_fails_naming_them():
+    with pytest.raises(ValueError, match=r"local index 2 needs GPUs 8..11 of its node for engine.tp=4, but the node "
+                                         r"has 8"):
+        narrow_visible_gpus(4, {"CUDA_VISIBLE_DEVICES": NODE, "SLURM_LOCALID": "2"})
+    with pytest.raises(ValueError, match=r"engine.tp=8, but this worker sees 4 GPUs \(0,1,2,3\)"):
+        narrow_visible_gpus(8, {"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+
+
+def test_prefgen_validate_only_prints_the_job_plan(capsys):
+    from megatron_tulu.prefgen.cli import main
+
+    assert main(["--config", "prefgen/8b", "--validate-only"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("plan: 4 nodes x 8 GPUs, 4 prefgen workers x 8 GPUs each)")
+    assert main(["--config", "prefgen/8b", "--validate-only", "cluster.nodes=2", "cluster.tasks_per_node=2",
+                 "engine.tp=4"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("plan: 2 nodes x 8 GPUs, 4 prefgen workers x 4 GPUs each)")
+    assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3"]) == 2
+    assert "cluster.gpus_per_node=8 is not a multiple of 3" in capsys.readouterr().err
+    assert main(["--config", "prefgen/8b", "--validate-only", "engine.placement=ray"]) == 0  # valid, not for SLURM
+    assert "no job plan: engine.placement=ray" in capsys.readouterr().out
