@@ -7,7 +7,9 @@ The handler only sets a flag; the training loop checks :meth:`PreemptionWatcher.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 import torch
 import torch.distributed as dist
@@ -50,17 +52,22 @@ class PreemptionWatcher:
             signal.signal(sig, prev)
 
 
-class PreemptionSignal(BaseException):
-    """SIGTERM/SIGUSR1, raised in the main thread by the handlers :func:`raise_on_preemption` installs. A
-    ``BaseException``, so that an ``except Exception`` around an engine call does not take it for an engine error."""
+def exit_on_preemption(label: str, kept: str):
+    """For work whose progress is on disk in finished pieces (prefgen's shard files) and that has no step to finish:
+    SIGTERM/SIGUSR1 write one line (``label``, the signal, ``kept``: what the rerun resumes from) and end the process
+    at once with :data:`REQUEUE_EXIT_CODE`, losing only the piece in flight. It exits from the handler, without
+    unwinding: an engine call may be running in another thread, and unwinding would run cleanups (an engine's
+    shutdown) under it, whose failure would replace the exit code. Returns a function that restores the previous
+    handlers."""
 
+    def _exit(signum, frame) -> None:  # noqa: ARG001
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - the main thread may be inside a write to it
+            pass
+        os.write(2, f"{label} {signal.Signals(signum).name}: stopping; {kept}; exiting with "
+                    f"{REQUEUE_EXIT_CODE}\n".encode())
+        os._exit(REQUEUE_EXIT_CODE)
 
-def raise_on_preemption() -> None:
-    """For work whose progress is already on disk in finished pieces (prefgen's shard files), which has no step to
-    finish: SIGTERM/SIGUSR1 raise :class:`PreemptionSignal` at once, losing only the piece in flight."""
-
-    def _raise(signum, frame) -> None:  # noqa: ARG001
-        raise PreemptionSignal(signal.Signals(signum).name)
-
-    for sig in PreemptionWatcher.SIGNALS:
-        signal.signal(sig, _raise)
+    previous = {sig: signal.signal(sig, _exit) for sig in PreemptionWatcher.SIGNALS}
+    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]

@@ -77,7 +77,7 @@ mt_ray_up() {
   # every Ray process: a stale ~/.ray/auth_token left by some other local ray.init() must not decide it.
   export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
   if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
-    export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$MT_RUN_DIR/.ray_auth_token}
+    export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-${MT_RUN_DIR:?mt_ray_up needs MT_RUN_DIR (mt_rlvr_layout sets it)}/.ray_auth_token}
     mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
     [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && "$MT_PYTHON" -c "import secrets; print(secrets.token_hex(32))" > "$RAY_AUTH_TOKEN_PATH")
   fi

@@ -1,10 +1,11 @@
 #!/bin/bash
 # On-policy preference data (Tülu 3 §5.2) of the tiny CPU recipe: 1 node, 2 CPU processes (workers, each with its own engine; CI / laptop scale).
-#   mkdir -p logs && sbatch slurm/prefgen_8b.sh [hydra overrides...]
-#   DRY_RUN=1 bash slurm/prefgen_8b.sh      # prints the workers, their GPUs and the command
+#   mkdir -p logs && sbatch slurm/prefgen_tiny.sh [hydra overrides...]
+#   DRY_RUN=1 bash slurm/prefgen_tiny.sh    # prints the workers and the command
 # Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
 # Layout and allocation: configs/prefgen/tiny.yaml (cluster.* and engine.tp there must match the #SBATCH lines below;
-# DRY_RUN and the job check it). The pool, judge and policy paths are the config's (override with the site paths).
+# DRY_RUN and the job check it). The pool is the tiny pretraining's export, ${runs_root}/pretrain/hf, which no script
+# writes: python -m launch.pretrain --config pretrain/tiny runs_root=$MT_RUNS_DIR/tiny (the policy: sft_tiny.sh).
 # Every finished step of a shard is a file: SIGUSR1 60s before the time limit -> the workers stop (the shards in
 # flight are redone) and exit 75 -> the job requeues itself -> the workers resume from the finished shards.
 #SBATCH --job-name=mt-prefgen-tiny

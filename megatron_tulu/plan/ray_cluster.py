@@ -30,13 +30,15 @@ def write_layout(plan: dict, out: str | Path | None = None) -> str:
     if len(per) != 1:
         raise ValueError(f"trainer ranks per node differ across trainer nodes ({sorted(per)}): one srun step "
                          "cannot start them; choose a layout whose trainer nodes are alike")
-    out = out or Path(plan["run_dir"]) / f".mt_plan_{os.environ.get('SLURM_JOB_ID', '0')}.json"
+    # absolute (relative ones are the checkout's, where this runs): the batch shell runs in the submission directory
+    run_dir = os.path.abspath(plan["run_dir"])
+    out = os.path.abspath(out or Path(run_dir) / f".mt_plan_{os.environ.get('SLURM_JOB_ID', '0')}.json")
     write_atomic(out, json.dumps(plan, indent=1, default=str))  # a step never reads a half-written plan
     args = [f"--nodes={len(nodes)}", f"--ntasks={plan['trainer']['gpus']}", f"--ntasks-per-node={per.pop()}",
             f"--nodelist={','.join(n['host'] for n in nodes)}"]
     return ("MT_TRAINER_SRUN=(" + " ".join(shlex.quote(a) for a in args) + ")"
-            + f"; MT_RAY_NEEDED={1 if plan['engines'] else 0}; MT_PLAN={shlex.quote(str(out))}"
-            + f"; MT_RUN_DIR={shlex.quote(str(plan['run_dir']))}")
+            + f"; MT_RAY_NEEDED={1 if plan['engines'] else 0}; MT_PLAN={shlex.quote(out)}"
+            + f"; MT_RUN_DIR={shlex.quote(run_dir)}")
 
 
 def read_layout(path: str | Path) -> dict:

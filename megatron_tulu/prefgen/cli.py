@@ -43,13 +43,14 @@ def main(argv: list[str]) -> int:
 
 def run_worker(cfg) -> int:
     """This process's worker: its GPUs, then its shards. SIGUSR1/SIGTERM (SLURM's warning before the time limit,
-    or a preemption) stop it at once with exit 75, which the SLURM script turns into a requeue; the finished shard
+    or a preemption) end it at once with exit 75, which the SLURM script turns into a requeue; the finished shard
     files stay, so the requeued job (or any rerun) resumes from them."""
-    from megatron_tulu.preemption import REQUEUE_EXIT_CODE, PreemptionSignal, raise_on_preemption
+    from megatron_tulu.preemption import exit_on_preemption
     from megatron_tulu.prefgen.run import Worker, narrow_visible_gpus, worker_rank
 
     worker, workers = worker_rank()
-    raise_on_preemption()
+    restore = exit_on_preemption(f"[prefgen {worker}/{workers}]",
+                                 "the finished shards are on disk and a rerun resumes from them")
     try:
         gpus = narrow_visible_gpus(cfg.engine.tp) if cfg.engine.placement == "local" else None
         if gpus is not None:
@@ -58,11 +59,6 @@ def run_worker(cfg) -> int:
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, before any engine where possible
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except PreemptionSignal as e:
-        print(f"[prefgen {worker}/{workers}] {e}: stopping; the finished shards are on disk and a rerun resumes "
-              f"from them; exiting with {REQUEUE_EXIT_CODE}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # An engine call may still run in its thread: leave without the interpreter's teardown, which would wait
-        # on it or tear the engine down under it (the step's processes are SLURM's to stop).
-        os._exit(REQUEUE_EXIT_CODE)
+    finally:
+        restore()
     return 0

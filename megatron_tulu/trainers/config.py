@@ -207,8 +207,8 @@ class ClusterConfig:
         return self.tasks_per_node or self.gpus_per_node // gpus_per_task
 
     def validate(self, gpus_per_task: int = 1, task: str = "one task per GPU") -> None:
-        """Ranges and the task rule (``task``: one task per ``gpus_per_task`` GPUs of a node); raises ``ValueError``
-        naming the field."""
+        """Ranges and the task rule (``task``: one task per ``gpus_per_task`` GPUs of a node; whether those tile a
+        node is the job plan's to say); raises ``ValueError`` naming the field."""
         from megatron_tulu.config import check_at_least, check_choice
         from megatron_tulu.plan.hardware import GPUS
 
@@ -216,8 +216,6 @@ class ClusterConfig:
         check_at_least("cluster.gpus_per_node", self.gpus_per_node, 0)
         check_at_least("cluster.tasks_per_node", self.tasks_per_node, 0)
         check_choice("cluster.gpu", self.gpu, tuple(GPUS))
-        if self.gpus_per_node % gpus_per_task:
-            raise ValueError(f"cluster.gpus_per_node={self.gpus_per_node} is not a multiple of {gpus_per_task} ({task})")
         per_node = self.gpus_per_node // gpus_per_task
         if self.gpus_per_node and self.tasks_per_node not in (0, per_node):
             named = "cluster.gpus_per_node=" if gpus_per_task == 1 else f"cluster.gpus_per_node / {gpus_per_task} = "

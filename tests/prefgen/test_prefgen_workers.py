@@ -40,7 +40,34 @@ def test_prefgen_validate_only_prints_the_job_plan(capsys):
     assert main(["--config", "prefgen/8b", "--validate-only", "cluster.nodes=2", "cluster.tasks_per_node=2",
                  "engine.tp=4"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("plan: 2 nodes x 8 GPUs, 4 prefgen workers x 4 GPUs each)")
-    assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3"]) == 2
-    assert "cluster.gpus_per_node=8 is not a multiple of 3" in capsys.readouterr().err
+    assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3"]) == 2  # no SLURM job plan for it
+    assert "engine.tp=3 does not tile a node of 8 GPUs" in capsys.readouterr().err
+    assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3", "--nproc", "1"]) == 0  # local: valid
     assert main(["--config", "prefgen/8b", "--validate-only", "engine.placement=ray"]) == 0  # valid, not for SLURM
     assert "no job plan: engine.placement=ray" in capsys.readouterr().out
+
+
+def test_prefgen_preemption_exits_75_at_once_even_when_a_cleanup_would_fail(tmp_path):
+    """SIGUSR1 while the main thread waits on an engine call in another thread: the process ends with 75 and the
+    line, without running the cleanup (an engine shutdown under a running call) whose failure would replace 75."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, signal, threading, time\n"
+        "from megatron_tulu.preemption import exit_on_preemption\n"
+        "exit_on_preemption('[prefgen 0/1]', 'the finished shards are on disk')\n"
+        "call = threading.Thread(target=time.sleep, args=(60,), daemon=True)\n"
+        "call.start()\n"
+        "try:\n"
+        "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1)).start()\n"
+        "    call.join(30)\n"
+        "finally:\n"
+        "    raise RuntimeError('engine shutdown under a running call')\n")
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 75, r.stderr
+    assert r.stderr.strip() == "[prefgen 0/1] SIGUSR1: stopping; the finished shards are on disk; exiting with 75"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from megatron_tulu.rewards.config import RewardsConfig
@@ -274,6 +275,8 @@ class RLVRConfig(StageConfig):
         super().validate()
         self.rewards.validate()
         o = self.rlvr
+        if o.value_init_hf:  # `${runs_root}/../8b/rm/hf` (70B, 405B) must not need ${runs_root} to exist yet
+            o.value_init_hf = os.path.normpath(o.value_init_hf)
         from megatron_tulu.algorithms import ADVANTAGE_ESTIMATORS
         from megatron_tulu.losses.ppo import LOSS_AGGS, POLICY_LOSSES
 

@@ -8,5 +8,6 @@
 STAGE=rlvr SIZE=tiny
 source "$MT_ROOT/slurm/_common.sh"
 source "$MT_ROOT/slurm/_ray.sh"
+export MT_RUN_DIR=$PWD  # the RLVR scripts take it from the plan (mt_rlvr_layout); Ray's per-job token goes here
 mt_ray_up
 mt_srun --overlap -N1 -n1 "$MT_PYTHON" "$MT_ROOT/tests/slurm/programs/ray_probe.py"
