@@ -87,7 +87,9 @@ def steps(out: Path, smoke: bool) -> list[dict]:
         return [py, f"benchmarks/{script}", *(gpu_args if gpu else ["--smoke"]), out_flag, str(out / out_file)]
 
     return [
-        dict(name="env", timeout=45, argv=[py, "-c", ENV_PROBE]),
+        # ~10 s (imports, nvidia-smi); the cap only bounds a hang: 45 s was overrun once by the --smoke form in
+        # make test, the imports sharing 2 cores with a vLLM test and a SLURM job
+        dict(name="env", timeout=90, argv=[py, "-c", ENV_PROBE]),
         # the GPU-marked tests: tests/gpu, and the CUDA cases of the GPU-readiness checks (the fp32 dh product)
         dict(name="gpu_tests", timeout=120, argv=[py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                                                   "-m", "gpu", "tests/gpu",

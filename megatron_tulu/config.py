@@ -57,7 +57,7 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
             key, value = ov.split("=", 1)
             if key.lstrip("+") == "model" and value and "{" not in value:  # `model=llama3.1-8b`: choose the preset
                 key = "model.preset"
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key.lstrip('+')}={value}"]))
+            merged = OmegaConf.merge(merged, _dotlist(ov, key.lstrip("+"), value))
         cfg = OmegaConf.to_object(merged)
     except (OmegaConfBaseException, HydraException) as e:
         raise ValueError(f"config {name!r} ({cdir / (name + '.yaml')}): {e}") from e
@@ -68,6 +68,19 @@ def load_config(schema: type[T], name: str, overrides: Sequence[str] = (), confi
         except ValueError as e:
             raise ValueError(f"config {name!r}: {e}") from e
     return cfg
+
+
+def _dotlist(override: str, key: str, value: str):
+    """One override as a config patch; a value that is not YAML raises ``ValueError`` naming the override (a bare
+    ``${...}`` inside a flow mapping is the usual case: ``{path: ${runs_root}/x}`` needs quotes)."""
+    import yaml
+
+    try:
+        return OmegaConf.from_dotlist([f"{key}={value}"])
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"override {override!r}: the value is not valid YAML ({problem}); quote strings that hold "
+                         "${...} inside [...] or {...}, e.g. '[{path: \"${runs_root}/x.jsonl\"}]'") from e
 
 
 def check_choice(field: str, value: Any, choices: Sequence) -> None:

@@ -107,6 +107,8 @@ def test_the_job_plan_follows_config_overrides(capsys):
     ("rlvr.kl_kind=k4", "rlvr.kl_kind"),
     ("model.recompute=some", "model.recompute"),
     ("train.micro_batch_size=0", "train.micro_batch_size"),
+    # not YAML (a bare ${...} in a flow mapping): named, not a parser traceback
+    ("data.mixture.datasets=[{path: ${runs_root}/x.jsonl}]", "override 'data.mixture.datasets=[{path: ${runs_root}"),
 ])
 def test_a_bad_value_exits_2_naming_the_field(override, field, capsys):
     from megatron_tulu.trainers.rlvr import RLVRConfig
