@@ -47,11 +47,13 @@ def run_worker(cfg) -> int:
     files stay, so the requeued job (or any rerun) resumes from them."""
     from megatron_tulu.preemption import exit_on_preemption
     from megatron_tulu.prefgen.run import Worker, narrow_visible_gpus, worker_rank
+    from megatron_tulu.rollout.factory import require_engine_here
 
     worker, workers = worker_rank()
     restore = exit_on_preemption(f"[prefgen {worker}/{workers}]",
                                  "the finished shards are on disk and a rerun resumes from them")
     try:
+        require_engine_here(cfg.engine.kind, cfg.engine.placement)  # before the tokenizers and prompts
         gpus = narrow_visible_gpus(cfg.engine.tp) if cfg.engine.placement == "local" else None
         if gpus is not None:
             print(f"[prefgen {worker}/{workers}] engine GPUs: CUDA_VISIBLE_DEVICES={gpus}", flush=True)

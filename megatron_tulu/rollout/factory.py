@@ -6,6 +6,8 @@ vLLM-vs-torch choice, the ``auto`` fallback and the Ray placement are decided on
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from megatron_tulu.rollout.base import RolloutEngine
@@ -30,6 +32,19 @@ def resolve_engine_kind(kind: str) -> str:
     if kind not in ENGINE_KINDS:
         raise ValueError(f"engine kind must be auto|{'|'.join(ENGINE_KINDS)}, got {kind!r}")
     return kind
+
+
+def require_engine_here(kind: str, placement: str) -> None:
+    """A vLLM engine whose front-end runs in this process (placement ``local`` or ``colocated``) needs vLLM importable
+    by this interpreter: raise ``ValueError`` naming it otherwise, before any model loads. In the project's image vLLM
+    lives in its own environment (``$MT_VLLM_PYTHON``, it pins its own torch), which only Ray engine actors use."""
+    if resolve_engine_kind(kind) != "vllm" or placement == "ray" or vllm_available():
+        return
+    other = os.environ.get("MT_VLLM_PYTHON")
+    hint = (f"vLLM is installed for {other} ($MT_VLLM_PYTHON), which runs only Ray engine actors: use the ray "
+            "placement, or the torch engine" if other else
+            "install it (CPU: scripts/install_vllm_cpu.sh), or use the torch engine")
+    raise ValueError(f"a {placement} vLLM engine runs in this process, but {sys.executable} cannot import vllm; {hint}")
 
 
 def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "float32", seed: int = 0,
@@ -57,6 +72,7 @@ def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "
         events_path: ``colocated``: a JSON line per generate/sleep/wake/update_weights call is appended there.
         vllm_kwargs: further ``VLLMEngine`` arguments (e.g. ``max_model_len``, ``kv_cache_memory_bytes``).
     """
+    require_engine_here(kind, placement)
     kind = resolve_engine_kind(kind)
     kwargs = {}
     if kind == "vllm":

@@ -34,6 +34,7 @@ from megatron_tulu.data.sampler import split_microbatches
 from megatron_tulu.data.token_budget import useful_fraction
 from megatron_tulu.parallel import broadcast_object
 from megatron_tulu.preemption import PreemptionWatcher
+from megatron_tulu.rollout.factory import require_engine_here
 from megatron_tulu.trainers.fit import Trainer, lr_at
 from megatron_tulu.trainers.rlvr.config import RLVRConfig
 from megatron_tulu.trainers.rlvr.experience import (
@@ -49,6 +50,7 @@ class RLVRDriver:
         self.o = cfg.rlvr
         cfg.validate()  # load_config did already; a config built in code is checked here
         check_engine_fits_beside_trainer(cfg)
+        require_engine_here(self.o.engine, self.o.engine_placement)  # before minutes of policy loading, as below
         if self.o.preset.uses_value_model and self.o.value_init_hf:  # before minutes of policy loading
             _check_hf_dir(self.o.value_init_hf)
         self.policy = Trainer(cfg, PolicyTask(cfg))
