@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 # `make test` runs two pytest-xdist workers, a file at a time each; the files that start vLLM engines or submit SLURM
 # jobs run one after another on one of them, the long files first (xdist_exclusive.py).
 from xdist_exclusive import (  # noqa: E402,F401  (hooks)
-    prepare_items, pytest_runtest_protocol, pytest_xdist_make_scheduler,
+    prepare_items, pytest_runtest_protocol, pytest_sessionfinish, pytest_xdist_make_scheduler,
 )
 
 

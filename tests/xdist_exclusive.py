@@ -76,10 +76,19 @@ class ExclusiveFirstScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         file = nodeid.split("::", 1)[0]
         if self._exclusive is None:
-            listing = _run_file(self.nodes[0].workerinput["testrunuid"], "exclusive-files.json")
+            self.config.exclusive_run_uid = self.nodes[0].workerinput["testrunuid"]  # for pytest_sessionfinish
+            listing = _run_file(self.config.exclusive_run_uid, "exclusive-files.json")
             self._exclusive = set(json.loads(listing.read_text())) if listing.exists() else set()
             listing.unlink(missing_ok=True)
         return EXCLUSIVE_UNIT if file in self._exclusive else file
+
+
+def pytest_sessionfinish(session):
+    """The controller, once every worker is done: remove the run's lock file (a worker cannot: the other may still
+    take it, and a lock file removed and made again would be two locks)."""
+    uid = getattr(session.config, "exclusive_run_uid", None)
+    if uid is not None and not hasattr(session.config, "workerinput"):
+        _run_file(uid, "exclusive.lock").unlink(missing_ok=True)
 
 
 _exclusive_lock: dict = {}  # "file": the open lock file while this worker runs an exclusive file

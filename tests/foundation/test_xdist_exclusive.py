@@ -17,7 +17,9 @@ CONFTEST = f"""
 import sys
 sys.path.insert(0, {str(TESTS)!r})
 import pytest
-from xdist_exclusive import prepare_items, pytest_runtest_protocol, pytest_xdist_make_scheduler  # noqa: F401
+from xdist_exclusive import (  # noqa: F401
+    prepare_items, pytest_runtest_protocol, pytest_sessionfinish, pytest_xdist_make_scheduler,
+)
 
 def pytest_configure(config):
     for m in ("vllm", "slurm", "slow"):
@@ -52,7 +54,9 @@ def test_exclusive_files_run_first_on_one_worker_and_the_slow_file_next(tmp_path
     for name, (mark, n, sleep) in files.items():
         (tmp_path / f"{name}.py").write_text(TEST_FILE.format(mark=mark, n=n, sleep=sleep))
     record = tmp_path / "record.jsonl"
-    env = {**os.environ, "RECORD": str(record), "PYTHONPATH": str(TESTS)}
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "RECORD": str(record), "PYTHONPATH": str(TESTS), "TMPDIR": str(tmpdir)}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider",
                         str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
@@ -69,3 +73,5 @@ def test_exclusive_files_run_first_on_one_worker_and_the_slow_file_next(tmp_path
     other = next(w for w in by_worker if w != engine_worker)
     assert by_worker[other][:2] == ["test_e_slow"] * 2, by_worker  # the slow file is handed out first
     assert "test_b_engine" not in by_worker[other] and "test_d_jobs" not in by_worker[other]
+    # the run's scheduling files are gone (the list read by the scheduler, the lock removed by the controller)
+    assert not list(tmpdir.glob("megatron-tulu-*")), sorted(p.name for p in tmpdir.iterdir())
