@@ -193,9 +193,7 @@ def test_prefgen_tiny_two_workers_usr1_requeue_resume(slurm, prefgen_inputs, tmp
     """prefgen_tiny.sh: two SLURM tasks are the two workers; USR1 mid-run -> they stop at once and exit 75 -> the
     job requeues itself -> the workers resume from the finished shards: every prompt once, the same completions as
     one uninterrupted worker writes (sampling is seeded per model and shard)."""
-    from megatron_tulu.config import load_config
-    from megatron_tulu.prefgen.config import PrefGenConfig
-    from megatron_tulu.prefgen.run import RunFiles, Worker, read_jsonl
+    from megatron_tulu.prefgen.run import RunFiles, read_jsonl
     from tests.prefgen.prefgen_helpers import overrides
 
     prompts, pool, policy = prefgen_inputs
@@ -216,14 +214,13 @@ def test_prefgen_tiny_two_workers_usr1_requeue_resume(slurm, prefgen_inputs, tmp
     got = read_jsonl(files.preferences)
     assert len(ids) == PREFGEN_PROMPTS and sorted([g["id"] for g in got] + list(report["dropped"])) == sorted(ids)
 
-    import torch
+    # the same run by one worker, uninterrupted, in a process of its own with one thread (as each SLURM task)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    one = subprocess.run([sys.executable, "-m", "launch.prefgen", "--config", "prefgen/tiny", *ov(tmp_path / "one")],
+                         cwd=ROOT, env=dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each SLURM task (--cpus-per-task=1)
-    try:
-        Worker(load_config(PrefGenConfig, "prefgen/tiny", ov(tmp_path / "one")), 0, 1, out=open(os.devnull, "w")).run()
-    finally:
-        torch.set_num_threads(threads)
     def completions(root: Path) -> list:
         return [(p.relative_to(root).as_posix(), read_jsonl(p)) for p in sorted(root.glob("completions/*/shard_*"))]
 
