@@ -103,10 +103,10 @@ def load_stage_config(stage: str, name: str, overrides: Sequence[str] = ()):
 
 
 def gpus_per_task(cfg) -> int:
-    """GPUs one SLURM task drives: one for a trainer rank, its engine's ``engine.tp`` for a prefgen worker."""
+    """GPUs one SLURM task drives: one for a trainer rank, its engines' for a prefgen worker."""
     from megatron_tulu.prefgen.config import PrefGenConfig
 
-    return cfg.engine.tp if isinstance(cfg, PrefGenConfig) else 1
+    return cfg.gpus_per_worker() if isinstance(cfg, PrefGenConfig) else 1
 
 
 def config_allocation(cfg) -> Allocation:
@@ -167,7 +167,7 @@ def check_allocation(planned: Allocation, actual: Allocation, name: str) -> None
             "gpus_per_node": ("gpus-per-node", "SLURM_GPUS_PER_NODE", "has cluster.gpus_per_node={}"),
             "tasks_per_node": ("ntasks-per-node", "SLURM_NTASKS_PER_NODE",
                                "plans {} tasks per node (cluster.tasks_per_node; 0 = one per GPU, prefgen: "
-                               "one per engine.tp GPUs)")}
+                               "one per worker's engine GPUs)")}
     problems = []
     for attr, (sbatch_key, env_key, config_says) in keys.items():
         have, want = getattr(actual, attr), getattr(planned, attr)

@@ -1,8 +1,11 @@
-"""The job plan of a prefgen run (``slurm/prefgen_<size>.sh``): every SLURM task is a worker with its own engine.
+"""The job plan of a prefgen run (``slurm/prefgen_<size>.sh``): every SLURM task is a worker with its own engines.
 
 Worker ``w`` of ``W`` (``SLURM_PROCID`` / ``SLURM_NTASKS``) owns shards ``w, w + W, ...``
-(:mod:`megatron_tulu.prefgen.run`); its engine takes ``engine.tp`` GPUs of its node (a CPU job: its one task), the
-``SLURM_LOCALID``-th such group (:func:`megatron_tulu.prefgen.run.narrow_visible_gpus`). In the plan's shape
+(:mod:`megatron_tulu.prefgen.run`). Its engine takes ``engine.tp`` GPUs of its node; with ``engine.placement=ray``
+its ``engine.num_engines`` engines are actors of a Ray the worker starts on its node (the engines then run under
+``$MT_VLLM_PYTHON``: the container's way to vLLM). Either way a worker's GPUs are the ``SLURM_LOCALID``-th group of
+:meth:`~megatron_tulu.prefgen.config.PrefGenConfig.gpus_per_worker` on its node
+(:func:`megatron_tulu.prefgen.run.narrow_visible_gpus`); a CPU job gives each worker one task. In the plan's shape
 (:func:`megatron_tulu.plan.jobs.check_plan`) the workers' engines fill every slot and there is no trainer.
 """
 
@@ -11,17 +14,13 @@ from __future__ import annotations
 
 def place_workers(cfg, alloc) -> dict:
     """Workers on ``alloc`` (a :class:`megatron_tulu.plan.jobs.Allocation`), in node order; raises ``ValueError``
-    when the config's engine cannot be a SLURM task's (Ray placement, or an engine that does not tile a node)."""
-    e = cfg.engine
-    if e.placement != "local":
-        raise ValueError(f"engine.placement={e.placement}: under SLURM every task is a prefgen worker with a local "
-                         "engine and the script starts no Ray cluster: set engine.placement=local and scale with "
-                         "tasks (cluster.nodes, cluster.tasks_per_node)")
-    spn = alloc.slots_per_node
-    per_worker = e.tp if alloc.device == "gpu" else 1
+    when a worker's engines do not tile a node."""
+    e, spn = cfg.engine, alloc.slots_per_node
+    per_worker = cfg.gpus_per_worker() if alloc.device == "gpu" else 1
     if spn % per_worker:
-        raise ValueError(f"engine.tp={e.tp} does not tile a node of {spn} GPUs: a prefgen worker's engine lives on "
-                         "one node (engine.tp must divide cluster.gpus_per_node)")
+        raise ValueError(f"a prefgen worker's engines take {per_worker} GPUs (engine.tp={e.tp}"
+                         + (f" x engine.num_engines={e.num_engines}" if e.placement == "ray" else "")
+                         + f"), which do not tile a node of {spn} GPUs: a worker's engines live on its node")
     per_node = spn // per_worker
     engines, nodes = [], []
     for n in range(alloc.nodes):
@@ -32,9 +31,11 @@ def place_workers(cfg, alloc) -> dict:
                       "local_gpus": {"engine": list(range(spn)), "trainer": []}})
     why = ("no memory verdict for prefgen: its models' shapes are read at run time (vLLM checks at start that each "
            "fits engine.memory_fraction of its engine's GPUs)")
+    engine = (f"{e.kind}, {e.num_engines} x TP={e.tp} as Ray actors of a Ray it starts on its node"
+              if e.placement == "ray" else f"{e.kind}, TP={e.tp}, in its process")
     return {"nodes": nodes, "engines": engines, "trainer": {"gpus": 0, "tp": 1, "pp": 1, "cp": 1, "dp": 0, "ranks": []},
             "memory": {"reasons": [why]}, "feasible": None,
-            "workers": {"count": len(engines), "slots_each": per_worker, "engine": e.kind}}
+            "workers": {"count": len(engines), "slots_each": per_worker, "engine": engine}}
 
 
 def worker_lines(plan: dict) -> list[str]:
@@ -43,7 +44,7 @@ def worker_lines(plan: dict) -> list[str]:
 
     w = plan["workers"]
     each = f"{w['slots_each']} GPUs" if plan["device"] == "gpu" else "its CPU process"
-    lines = [f"  workers: {w['count']} (one per SLURM task), each with its own engine ({w['engine']}) on {each}; "
+    lines = [f"  workers: {w['count']} (one per SLURM task), each with its own engines ({w['engine']}) on {each}; "
              f"worker i owns shards i, i+{w['count']}, ...; the last to finish merges preferences.jsonl"]
     for n in plan["nodes"]:
         where = ""

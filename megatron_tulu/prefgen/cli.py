@@ -25,9 +25,7 @@ def main(argv: list[str]) -> int:
     if args.validate_only:
         models = ", ".join(f"{m.name} x{m.n}" for m in cfg.models())
         plan = ""
-        if cfg.engine.placement == "ray":  # engines behind one worker: a Ray cluster's, not a SLURM job plan
-            plan = "; no job plan: engine.placement=ray (slurm/prefgen_<size>.sh runs local engines)"
-        elif not args.nproc:  # the job plan of the config's cluster allocation (slurm/prefgen_<size>.sh)
+        if not args.nproc:  # the job plan of the config's cluster allocation (slurm/prefgen_<size>.sh)
             from megatron_tulu.plan import jobs
 
             try:
@@ -54,7 +52,7 @@ def run_worker(cfg) -> int:
                                  "the finished shards are on disk and a rerun resumes from them")
     try:
         require_engine_here(cfg.engine.kind, cfg.engine.placement)  # before the tokenizers and prompts
-        gpus = narrow_visible_gpus(cfg.engine.tp) if cfg.engine.placement == "local" else None
+        gpus = narrow_visible_gpus(cfg.gpus_per_worker())  # a Ray the worker starts sees the same GPUs
         if gpus is not None:
             print(f"[prefgen {worker}/{workers}] engine GPUs: CUDA_VISIBLE_DEVICES={gpus}", flush=True)
         Worker(cfg, worker, workers).run()

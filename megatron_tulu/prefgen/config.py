@@ -156,7 +156,7 @@ class PrefGenConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    """The SLURM allocation of ``slurm/prefgen_<size>.sh``: one task (worker) per ``engine.tp`` GPUs of a node."""
+    """The SLURM allocation of ``slurm/prefgen_<size>.sh``: one task (worker) per :meth:`gpus_per_worker` GPUs."""
     shard_size: int = 64
     """Prompts per shard: the unit of work of a worker, of resumption and of every engine call."""
     seed: int = 0
@@ -166,6 +166,12 @@ class PrefGenConfig:
     fresh: bool = False
     """Delete ``run_dir``'s previous shards and start over (default: resume)."""
 
+    def gpus_per_worker(self) -> int:
+        """GPUs of one worker's engines, all on its node: ``engine.tp``, times ``engine.num_engines`` with
+        ``engine.placement=ray`` (the engines are actors of a Ray the worker starts on its node)."""
+        e = self.engine
+        return e.tp * (e.num_engines if e.placement == "ray" else 1)
+
     def models(self) -> list[PoolModel]:
         """Every completion model, the pool first, then the policy."""
         return list(self.pool) + ([self.policy] if self.policy.path else [])
@@ -174,7 +180,7 @@ class PrefGenConfig:
         self.prompts.validate()
         self.judge.validate()
         self.engine.validate()
-        self.cluster.validate(self.engine.tp, "one prefgen worker, with its engine of engine.tp GPUs, per task")
+        self.cluster.validate(self.gpus_per_worker(), "one prefgen worker, with its engines' GPUs, per task")
         check_at_least("shard_size", self.shard_size, 1)
         for i, m in enumerate(self.pool):
             m.validate(f"pool[{i}]")

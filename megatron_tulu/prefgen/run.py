@@ -20,6 +20,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -129,6 +130,26 @@ def start_engine(cfg: PrefGenConfig, model_dir: str, structured: bool = False):
                        placement=e.placement, num_engines=e.num_engines, timeout_s=e.timeout_s, **extra)
 
 
+@contextlib.contextmanager
+def ray_connection(cfg: PrefGenConfig):
+    """With ``engine.placement=ray``: join ``$RAY_ADDRESS`` or start a local Ray (on the worker's GPUs) once, for every
+    engine the worker starts in turn, and disconnect at the end (``rollout.ray_engines.connect_ray``: a local Ray
+    does not come up twice in one process). In this thread, not in a :func:`bounded` one: Ray ties the processes it
+    starts to the thread that started them (they are killed when it ends)."""
+    owns = False
+    if cfg.engine.placement == "ray":
+        from megatron_tulu.rollout.ray_engines import connect_ray
+
+        owns = connect_ray(cfg.engine.num_engines * cfg.engine.tp)
+    try:
+        yield
+    finally:
+        if owns:
+            import ray
+
+            ray.shutdown()
+
+
 def generate(engine, prompt_ids, sampling, cfg: PrefGenConfig, what: str):
     try:
         return bounded(lambda: engine.generate(prompt_ids, sampling), cfg.engine.timeout_s, what)
@@ -168,9 +189,10 @@ class Worker:
         self.shards = {k: self.prompts[k * size:(k + 1) * size] for k in range(n_shards)}
         mine = list(range(self.worker, n_shards, self.num_workers))
         self.say(f"{len(self.prompts)} prompts in {n_shards} shards; this worker: {len(mine)} shards")
-        for m in cfg.models():
-            self._complete(m, [k for k in mine if not files.completions(m.name, k).exists()])
-        self._judge([k for k in mine if any(not files.judgments(m.name, k).exists() for m in cfg.models())])
+        with ray_connection(cfg):  # engine.placement=ray: one Ray for every engine this worker starts
+            for m in cfg.models():
+                self._complete(m, [k for k in mine if not files.completions(m.name, k).exists()])
+            self._judge([k for k in mine if any(not files.judgments(m.name, k).exists() for m in cfg.models())])
         for k in mine:
             if not files.pairs(k).exists():
                 write_atomic(files.pairs(k), json.dumps(self._binarize_shard(k)))
@@ -356,11 +378,12 @@ def summary(report: dict, path: Path) -> str:
 
 def narrow_visible_gpus(engine_tp: int, environ: dict | None = None) -> str | None:
     """Several workers on one node (``--nproc N``, or ``srun`` with N tasks per node) each see every GPU of it; the
-    worker with local index i takes GPUs ``[i*tp, (i+1)*tp)`` of them, so that no two engines share a GPU. Sets
-    ``CUDA_VISIBLE_DEVICES`` (before anything in this process starts CUDA; vLLM's workers inherit it) and returns
-    it, or None when there is nothing to narrow: no GPU, or exactly ``engine_tp`` visible (one worker per node, or
-    a launcher that gave each task its own, e.g. ``srun --gpus-per-task``). GPU-only in effect; the rule is tested
-    on CPU with given environments."""
+    worker with local index i takes GPUs ``[i*tp, (i+1)*tp)`` of them (``engine_tp``: its engines' GPUs,
+    ``PrefGenConfig.gpus_per_worker``), so that no two engines share a GPU. Sets ``CUDA_VISIBLE_DEVICES`` (before
+    anything in this process starts CUDA; vLLM's workers and a Ray the worker starts inherit it) and returns it, or
+    None when there is nothing to narrow: no GPU, or exactly ``engine_tp`` visible (one worker per node, or a launcher
+    that gave each task its own, e.g. ``srun --gpus-per-task``). GPU-only in effect; the rule is tested on CPU with
+    given environments."""
     env = os.environ if environ is None else environ
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -371,14 +394,15 @@ def narrow_visible_gpus(engine_tp: int, environ: dict | None = None) -> str | No
         devices = [str(i) for i in range(torch.cuda.device_count())]  # NVML's count: starts no CUDA context
     if len(devices) <= engine_tp:
         if devices and len(devices) < engine_tp:
-            raise ValueError(f"engine.tp={engine_tp}, but this worker sees {len(devices)} GPUs ({','.join(devices)})")
+            raise ValueError(f"this worker's engines take {engine_tp} GPUs, but it sees {len(devices)} "
+                             f"({','.join(devices)})")
         return None
     local = int(env.get("LOCAL_RANK") or env.get("SLURM_LOCALID") or 0)
     lo, hi = local * engine_tp, (local + 1) * engine_tp
     if hi > len(devices):
-        raise ValueError(f"worker with local index {local} needs GPUs {lo}..{hi - 1} of its node for engine.tp="
-                         f"{engine_tp}, but the node has {len(devices)}: fewer workers per node (--nproc, "
-                         "cluster.tasks_per_node) or a smaller engine.tp")
+        raise ValueError(f"worker with local index {local} needs GPUs {lo}..{hi - 1} of its node for its engines "
+                         f"({engine_tp} GPUs each worker), but the node has {len(devices)}: fewer workers per node "
+                         "(--nproc, cluster.tasks_per_node) or smaller engines (engine.tp, engine.num_engines)")
     env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[lo:hi])
     return env["CUDA_VISIBLE_DEVICES"]
 

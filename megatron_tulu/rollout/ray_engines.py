@@ -202,6 +202,22 @@ class RayEngineGroup(RolloutEngine):
                 ray.shutdown()
 
 
+def connect_ray(num_cpus: int) -> bool:
+    """Join the Ray cluster at ``$RAY_ADDRESS``, else start a local one offering ``num_cpus`` CPUs (GPUs: those
+    visible); nothing when this process is connected already. Returns whether this call connected (the caller then
+    disconnects: ``ray.shutdown()``). A process that starts engines several times keeps one connection for all of
+    them: a local Ray started again in the same process after ``ray.shutdown()`` does not come up (ray 2.60: its
+    core worker waits 60 s for the old GCS and exits the process)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or None
+    local = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    ray.init(address=address, logging_level="WARNING", **local)
+    return True
+
+
 def start_ray_engines(kind: str, model_dir, num_engines: int, engine_tp: int, engine_kwargs: dict,
                       timeout_s: float, sync_bucket_bytes: int) -> RayEngineGroup:
     """Join the Ray cluster at ``$RAY_ADDRESS`` (the slurm/ scripts start it; else start a local one) and place
@@ -211,11 +227,7 @@ def start_ray_engines(kind: str, model_dir, num_engines: int, engine_tp: int, en
 
     from megatron_tulu import platform
 
-    started = not ray.is_initialized()
-    if started:
-        address = os.environ.get("RAY_ADDRESS") or None
-        local = {} if address else {"num_cpus": num_engines * engine_tp, "include_dashboard": False}
-        ray.init(address=address, logging_level="WARNING", **local)
+    started = connect_ray(num_engines * engine_tp)
     kwargs = dict(engine_kwargs)
     if kind == "vllm" and engine_tp > 1 and platform.has_gpu():
         kwargs.setdefault("distributed_executor_backend", "ray")

@@ -145,3 +145,22 @@ def test_prefgen_engine_call_over_its_timeout_stops_naming_the_model(tmp_path, p
     with pytest.raises(EngineCallTimeout, match=r"starting the engine for pool-a: no answer within"):
         _run(tmp_path, prefgen_models, kind="rlvr", judge=False, **{"engine.timeout_s": 1e-4})
     assert not (tmp_path / "run" / "completions" / "pool-a" / "shard_00000.jsonl").exists()
+
+
+@pytest.mark.slow  # a local Ray with two engine actors per model (~40 s on 2 cores)
+def test_prefgen_ray_engines_write_what_an_engine_in_the_worker_writes(tmp_path, prefgen_models):
+    """``engine.placement=ray`` (how a worker reaches the container's vLLM, ``$MT_VLLM_PYTHON``): two engines as
+    actors of a Ray the worker starts, each given part of every shard's prompts, write the same completions as one
+    engine in the worker's own process (each prompt's sampling is seeded by its index in the shard)."""
+    def completions(files: RunFiles) -> list:
+        return [(p.relative_to(files.root).as_posix(), read_jsonl(p))
+                for p in sorted(files.root.glob("completions/*/shard_*"))]
+
+    extra = dict(n_prompts=8, shard_size=4, kind="rlvr", judge=False)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "ray").mkdir()
+    _, _, here, _ = _run(tmp_path / "here", prefgen_models, **extra)
+    _, report, ray, out = _run(tmp_path / "ray", prefgen_models, **extra,
+                               **{"engine.placement": "ray", "engine.num_engines": 2})
+    assert len(completions(ray)) == 4 and completions(ray) == completions(here)  # 2 shards x 2 models
+    _check_accounting(ray, report)

@@ -25,10 +25,10 @@ def test_prefgen_workers_sharing_a_node_take_their_own_gpus(env, tp, want):
 
 
 def test_prefgen_worker_without_enough_gpus_fails_naming_them():
-    with pytest.raises(ValueError, match=r"local index 2 needs GPUs 8..11 of its node for engine.tp=4, but the node "
-                                         r"has 8"):
+    with pytest.raises(ValueError, match=r"local index 2 needs GPUs 8..11 of its node for its engines \(4 GPUs each "
+                                         r"worker\), but the node has 8"):
         narrow_visible_gpus(4, {"CUDA_VISIBLE_DEVICES": NODE, "SLURM_LOCALID": "2"})
-    with pytest.raises(ValueError, match=r"engine.tp=8, but this worker sees 4 GPUs \(0,1,2,3\)"):
+    with pytest.raises(ValueError, match=r"this worker's engines take 8 GPUs, but it sees 4 \(0,1,2,3\)"):
         narrow_visible_gpus(8, {"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
 
 
@@ -41,10 +41,8 @@ def test_prefgen_validate_only_prints_the_job_plan(capsys):
                  "engine.tp=4"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("plan: 2 nodes x 8 GPUs, 4 prefgen workers x 4 GPUs each)")
     assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3"]) == 2  # no SLURM job plan for it
-    assert "engine.tp=3 does not tile a node of 8 GPUs" in capsys.readouterr().err
+    assert "(engine.tp=3 x engine.num_engines=1), which do not tile a node of 8 GPUs" in capsys.readouterr().err
     assert main(["--config", "prefgen/8b", "--validate-only", "engine.tp=3", "--nproc", "1"]) == 0  # local: valid
-    assert main(["--config", "prefgen/8b", "--validate-only", "engine.placement=ray"]) == 0  # valid, not for SLURM
-    assert "no job plan: engine.placement=ray" in capsys.readouterr().out
 
 
 def test_prefgen_preemption_exits_75_at_once_even_when_a_cleanup_would_fail(tmp_path):

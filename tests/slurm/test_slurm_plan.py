@@ -330,21 +330,31 @@ def test_the_runs_dir_and_a_run_dir_reach_the_command_and_the_plan():
     assert f"run dir: {ROOT}/runs/8b/rlvr_dapo\n" in r.stdout
 
 
-def test_prefgen_plan_one_worker_per_engine():
-    """prefgen's SLURM tasks are workers, each with an engine of engine.tp GPUs of its node."""
-    plan = _plan("prefgen", "8b")
+def test_prefgen_plan_one_worker_per_engine_group():
+    """prefgen's SLURM tasks are workers, each with its engines' GPUs of its node (engine.tp, x engine.num_engines
+    when they are Ray actors)."""
+    plan = _plan("prefgen", "8b")  # one TP8 engine per worker, a Ray actor (the container's vLLM is $MT_VLLM_PYTHON's)
     assert plan["workers"]["count"] == 4 and plan["trainer"]["gpus"] == 0
+    assert "each with its own engines (vllm, 1 x TP=8 as Ray actors of a Ray it starts on its node)" in (
+        jobs.format_plan(plan))
     assert [e["gpus"] for e in plan["engines"]] == [list(range(8 * w, 8 * w + 8)) for w in range(4)]
-    # two TP4 engines per node: two tasks per node, the second taking GPUs 4-7 (SLURM_LOCALID 1)
+    # two TP4 engines per node: two tasks per node, the second taking GPUs 4-7 (SLURM_LOCALID 1) ...
     plan = _plan("prefgen", "8b", overrides=("engine.tp=4", "cluster.tasks_per_node=2"))
     assert plan["workers"]["count"] == 8 and jobs.summary(plan) == "4 nodes x 8 GPUs, 8 prefgen workers x 4 GPUs each"
     assert "node 1 (node1): workers 2-3 on local GPUs 0-3 | 4-7" in jobs.format_plan(plan)
+    # ... or both behind one worker per node
+    plan = _plan("prefgen", "8b", overrides=("engine.tp=4", "engine.num_engines=2"))
+    assert plan["workers"]["count"] == 4 and [e["gpus"] for e in plan["engines"]][1] == list(range(8, 16))
+    assert "own engines (vllm, 2 x TP=4 as Ray actors of a Ray it starts on its node) on 8 GPUs" in jobs.format_plan(plan)
+    local = _plan("prefgen", "8b", overrides=("engine.placement=local",))
+    assert "own engines (vllm, TP=8, in its process) on 8 GPUs" in jobs.format_plan(local)
     assert jobs.config_allocation(_config("prefgen", "8b", ("engine.tp=4",))).tasks_per_node == 2  # 0: per engine
     with pytest.raises(ValueError, match=r"cluster.tasks_per_node=8 must be 0 or cluster.gpus_per_node / 4 = 2"):
         _config("prefgen", "8b", ("engine.tp=4", "cluster.tasks_per_node=8"))
-    with pytest.raises(ValueError, match=r"engine.tp=3 does not tile a node of 8 GPUs"):
+    with pytest.raises(ValueError, match=r"engines take 3 GPUs \(engine.tp=3 x engine.num_engines=1\), which do "
+                                         r"not tile a node of 8 GPUs"):
         _plan("prefgen", "8b", overrides=("engine.tp=3",))  # (a local run may use 3 of a machine's GPUs)
-    with pytest.raises(ValueError, match=r"engine.placement=ray: under SLURM every task is a prefgen worker"):
-        _plan("prefgen", "8b", overrides=("engine.placement=ray",))
+    with pytest.raises(ValueError, match=r"engines take 12 GPUs \(engine.tp=4 x engine.num_engines=3\)"):
+        _plan("prefgen", "8b", overrides=("engine.tp=4", "engine.num_engines=3"))
     r = _dry_run(ROOT / "slurm/prefgen_8b.sh", args=("engine.tp=4",))  # the header's one task per node disagrees
     assert r.returncode == 2 and "#SBATCH --ntasks-per-node=1 but config prefgen/8b plans 2 tasks per node" in r.stderr
