@@ -3,7 +3,7 @@
 #   mkdir -p logs && sbatch slurm/prefgen_tiny.sh [hydra overrides...]
 #   DRY_RUN=1 bash slurm/prefgen_tiny.sh    # prints the workers and the command
 # Site settings (partition, account, container image, mounts, data/run dirs): see slurm/_common.sh.
-# Layout and allocation: configs/prefgen/tiny.yaml (cluster.* and engine.tp there must match the #SBATCH lines below;
+# Layout and allocation: configs/prefgen/tiny.yaml (cluster.* and engine.* there must match the #SBATCH lines below;
 # DRY_RUN and the job check it). The pool is the tiny pretraining's export, ${runs_root}/pretrain/hf, which no script
 # writes: python -m launch.pretrain --config pretrain/tiny runs_root=$MT_RUNS_DIR/tiny (the policy: sft_tiny.sh).
 # Every finished step of a shard is a file: SIGUSR1 60s before the time limit -> the workers stop (the shards in
@@ -26,6 +26,7 @@ CMD=("$MT_PYTHON" -m launch.prefgen --config "prefgen/$SIZE" ${MT_CONFIG_ARGS[@]
 mt_plan "${CMD[@]}"
 
 # One task per worker (SLURM_PROCID / SLURM_NTASKS: worker i owns shards i, i+N, ...); a worker sharing its node
-# takes the SLURM_LOCALID-th engine.tp GPUs. The last worker to finish merges preferences.jsonl.
+# takes the SLURM_LOCALID-th group of its engines' GPUs. The last worker to finish merges preferences.jsonl.
+unset RAY_ADDRESS  # engine.placement=ray: each worker starts its own Ray on its node, never joins one from the shell
 mt_srun "${CMD[@]}" && rc=0 || rc=$?
 mt_finish "$rc"

@@ -133,9 +133,8 @@ def start_engine(cfg: PrefGenConfig, model_dir: str, structured: bool = False):
 @contextlib.contextmanager
 def ray_connection(cfg: PrefGenConfig):
     """With ``engine.placement=ray``: join ``$RAY_ADDRESS`` or start a local Ray (on the worker's GPUs) once, for every
-    engine the worker starts in turn, and disconnect at the end (``rollout.ray_engines.connect_ray``: a local Ray
-    does not come up twice in one process). In this thread, not in a :func:`bounded` one: Ray ties the processes it
-    starts to the thread that started them (they are killed when it ends)."""
+    engine the worker starts in turn, and disconnect at the end (``rollout.ray_engines.connect_ray``). In this
+    thread, not in a :func:`bounded` one: the processes of a local Ray die with the thread that started them."""
     owns = False
     if cfg.engine.placement == "ray":
         from megatron_tulu.rollout.ray_engines import connect_ray

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -105,6 +107,7 @@ class RayEngineGroup(RolloutEngine):
         if num_engines < 1 or engine_tp < 1:
             raise ValueError(f"num_engines and engine_tp must be >= 1, got {num_engines}, {engine_tp}")
         self.kind, self.timeout_s, self.sync_bucket_bytes = kind, float(timeout_s), int(sync_bucket_bytes)
+        self.supports_regex = supports_regex(kind, engine_kwargs or {})
         self._sync = None
         if python_executable is None and kind == "vllm":
             python_executable = os.environ.get("MT_VLLM_PYTHON") or None
@@ -202,19 +205,30 @@ class RayEngineGroup(RolloutEngine):
                 ray.shutdown()
 
 
+def supports_regex(kind: str, engine_kwargs: dict) -> bool:
+    """Whether engines built from ``kind`` and ``engine_kwargs`` honour ``SamplingConfig.regex``: as ``VLLMEngine``
+    decides it from the same arguments (a prefgen judge's structured output depends on it)."""
+    return kind == "vllm" and bool(engine_kwargs.get("structured_outputs"))
+
+
 def connect_ray(num_cpus: int) -> bool:
     """Join the Ray cluster at ``$RAY_ADDRESS``, else start a local one offering ``num_cpus`` CPUs (GPUs: those
     visible); nothing when this process is connected already. Returns whether this call connected (the caller then
-    disconnects: ``ray.shutdown()``). A process that starts engines several times keeps one connection for all of
-    them: a local Ray started again in the same process after ``ray.shutdown()`` does not come up (ray 2.60: its
-    core worker waits 60 s for the old GCS and exits the process)."""
+    disconnects: ``ray.shutdown()``). Call it from a thread that lives as long as the connection (the main thread):
+    the processes of a local Ray die with the thread that started them (ray 2.60; the driver then waits 60 s for its
+    GCS and exits the process). In the main thread ``ray.init`` installs its own SIGTERM handler (``sys.exit``):
+    the process's handler (a trainer's checkpoint-and-exit-75, a prefgen worker's exit 75) is put back."""
     import ray
 
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS") or None
     local = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(address=address, logging_level="WARNING", **local)
+    if main and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
     return True
 
 

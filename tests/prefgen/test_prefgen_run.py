@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 
 import pytest
 
@@ -160,7 +161,16 @@ def test_prefgen_ray_engines_write_what_an_engine_in_the_worker_writes(tmp_path,
     (tmp_path / "here").mkdir()
     (tmp_path / "ray").mkdir()
     _, _, here, _ = _run(tmp_path / "here", prefgen_models, **extra)
-    _, report, ray, out = _run(tmp_path / "ray", prefgen_models, **extra,
-                               **{"engine.placement": "ray", "engine.num_engines": 2})
+    def exit_75(signum, frame):  # stands in for the worker's handler (preemption.exit_on_preemption)
+        raise AssertionError("not called")
+
+    previous = signal.signal(signal.SIGTERM, exit_75)
+    try:
+        _, report, ray, out = _run(tmp_path / "ray", prefgen_models, **extra,
+                                   **{"engine.placement": "ray", "engine.num_engines": 2})
+        handler = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handler is exit_75  # ray.init's own SIGTERM handler (sys.exit: no requeue) was undone
     assert len(completions(ray)) == 4 and completions(ray) == completions(here)  # 2 shards x 2 models
     _check_accounting(ray, report)

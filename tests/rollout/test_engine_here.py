@@ -33,6 +33,17 @@ def test_ray_engines_and_the_torch_engine_need_no_vllm_here(no_vllm_here):
     factory.require_engine_here("auto", "local")    # auto takes the torch engine where vLLM is missing
 
 
+def test_ray_engine_groups_say_whether_they_honour_a_regex():
+    """A prefgen judge constrains its reply only where the engine says it can: a group of vLLM actors started with
+    structured output can (it used to say no, so the judge was parsed leniently without a word)."""
+    from megatron_tulu.rollout.ray_engines import supports_regex
+    from megatron_tulu.rollout.vllm_engine import VLLMEngine
+
+    assert supports_regex("vllm", {"structured_outputs": True, "tensor_parallel_size": 8})
+    assert not supports_regex("vllm", {"tensor_parallel_size": 8}) and not supports_regex("torch", {})
+    assert "structured_outputs" in VLLMEngine.__init__.__code__.co_varnames  # the argument both read
+
+
 def test_rlvr_and_prefgen_check_before_loading_anything(no_vllm_here, tmp_path, capsys):
     from megatron_tulu.config import load_config
     from megatron_tulu.prefgen.cli import main
