@@ -27,6 +27,15 @@ def has_gpu() -> bool:
     return torch.cuda.is_available() and os.environ.get("MEGATRON_TULU_DEVICE", "") != "cpu"
 
 
+def visible_gpus(environ: dict | None = None) -> list[str]:
+    """This process's GPUs as ``CUDA_VISIBLE_DEVICES`` entries: the variable's list when set (empty: none), else
+    ``0..n-1`` by torch's count, which asks NVML and starts no CUDA context (the variable can still be narrowed)."""
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def device() -> torch.device:
     """The device model tensors live on: ``cuda:<local rank>`` on GPU, ``cpu`` otherwise."""
     if has_gpu():

@@ -435,10 +435,19 @@ def format_plan(plan: dict) -> str:
         from megatron_tulu.plan.workers import worker_lines
 
         lines += worker_lines(plan)
-        if plan["device"] == "gpu":
-            lines.append(_memory_line(plan))
-        return "\n".join(lines + (["  command: " + shlex.join(plan["command"])] if plan["command"] else []))
-    lines.append(f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}")
+    else:
+        lines += _trainer_lines(plan)
+    if plan["device"] == "gpu":
+        lines.append(_memory_line(plan))
+    if plan["command"]:
+        lines.append("  command: " + shlex.join(plan["command"]))
+    return "\n".join(lines)
+
+
+def _trainer_lines(plan: dict) -> list[str]:
+    """A training stage's part of :func:`format_plan`: the trainer, its engines, the nodes."""
+    t = plan["trainer"]
+    lines = [f"  trainer: {t['gpus']} ranks, TP={t['tp']} PP={t['pp']} CP={t['cp']} DP={t['dp']}"]
     if plan["colocated_engine_tp"]:
         etp = plan["colocated_engine_tp"]
         lines.append(f"  engines: {t['gpus'] // etp} x vLLM TP={etp} colocated on the trainer GPUs, each node's started "
@@ -449,12 +458,7 @@ def format_plan(plan: dict) -> str:
         hosts = sorted({g // plan["slots_per_node"] for g in e["gpus"]})
         lines.append(f"  engine {e['id']}: vLLM TP={e['tp']} on global slots {_ranges(e['gpus'])} "
                      f"(nodes {_ranges(hosts)})")
-    lines += ["  nodes:", *_node_lines(plan)]
-    if plan["device"] == "gpu":
-        lines.append(_memory_line(plan))
-    if plan["command"]:
-        lines.append("  command: " + shlex.join(plan["command"]))
-    return "\n".join(lines)
+    return lines + ["  nodes:", *_node_lines(plan)]
 
 
 def _node_lines(plan: dict) -> list[str]:

@@ -383,14 +383,10 @@ def narrow_visible_gpus(engine_tp: int, environ: dict | None = None) -> str | No
     None when there is nothing to narrow: no GPU, or exactly ``engine_tp`` visible (one worker per node, or a launcher
     that gave each task its own, e.g. ``srun --gpus-per-task``). GPU-only in effect; the rule is tested on CPU with
     given environments."""
-    env = os.environ if environ is None else environ
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        devices = [d.strip() for d in visible.split(",") if d.strip()]
-    else:
-        import torch
+    from megatron_tulu.platform import visible_gpus
 
-        devices = [str(i) for i in range(torch.cuda.device_count())]  # NVML's count: starts no CUDA context
+    env = os.environ if environ is None else environ
+    devices = visible_gpus(env)
     if len(devices) <= engine_tp:
         if devices and len(devices) < engine_tp:
             raise ValueError(f"this worker's engines take {engine_tp} GPUs, but it sees {len(devices)} "

@@ -64,9 +64,10 @@ def colocated_num_engines(world_size: int, engine_tp: int, num_engines: int = 1)
 def engine_gpus(index: int, engine_tp: int) -> list[str]:
     """The physical GPUs (``CUDA_VISIBLE_DEVICES`` entries) of engine ``index``: those of trainer local ranks
     ``[index*engine_tp, (index+1)*engine_tp)``, trainer local rank r using visible device r. GPU only."""
+    from megatron_tulu import platform
+
+    devices = platform.visible_gpus()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else \
-        [str(i) for i in range(torch.cuda.device_count())]
     lo, hi = index * engine_tp, (index + 1) * engine_tp
     if len(devices) < hi:
         raise ValueError(f"colocated engine {index} needs GPUs {lo}..{hi - 1} of the node, but this node's first trainer rank sees "
