@@ -10,7 +10,8 @@
 # apex; replacing it breaks them). Pick a BASE_IMAGE whose torch matches pyproject's torch pin as closely as
 # possible; tests/slurm/test_dockerfile.py checks the pins written out below against pyproject.toml.
 # vLLM pins its own torch, so it lives in a separate virtualenv (/opt/vllm, MT_VLLM_PYTHON): the rollout engines
-# run there as Ray actors (runtime_env py_executable, rollout/ray_engines.py); the trainers keep the NGC torch/TE.
+# run there as Ray actors (runtime_env py_executable, rollout/ray_engines.py) or, local and colocated ones, as child
+# processes of the trainer (rollout/engine_process.py); the trainers keep the NGC torch/TE.
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.12-py3
 FROM ${BASE_IMAGE}
 

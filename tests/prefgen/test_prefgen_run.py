@@ -174,3 +174,35 @@ def test_prefgen_ray_engines_write_what_an_engine_in_the_worker_writes(tmp_path,
     assert handler is exit_75  # ray.init's own SIGTERM handler (sys.exit: no requeue) was undone
     assert len(completions(ray)) == 4 and completions(ray) == completions(here)  # 2 shards x 2 models
     _check_accounting(ray, report)
+
+
+def test_prefgen_engine_call_timeout_is_the_error_even_when_the_shutdown_fails_after_it(tmp_path, prefgen_models,
+                                                                                       monkeypatch, caplog):
+    """A generation past ``engine.timeout_s`` leaves the engine busy (a Ray actor takes one call at a time), so the
+    shutdown after it may wait and fail too: the worker still stops within a bound, with the timeout naming the shard,
+    and logs the shutdown's failure (it used to wait another ``engine.timeout_s`` and raise the shutdown's error)."""
+    import threading
+    import time
+
+    from megatron_tulu.prefgen import run as prefgen_run
+
+    class Busy:
+        supports_regex = False
+        released = threading.Event()
+
+        def generate(self, prompts, sampling):
+            self.released.wait(30)
+
+        def shutdown(self):
+            self.released.wait(30)
+            raise RuntimeError("engine shutdown: no answer")
+
+    monkeypatch.setattr(prefgen_run, "start_engine", lambda *a, **k: Busy())
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(prefgen_run.EngineCallTimeout, match=r"completions of pool-a, shard 0: no answer within 1s"):
+            _run(tmp_path, prefgen_models, kind="rlvr", judge=False, **{"engine.timeout_s": 1})
+        assert time.monotonic() - t0 < 10  # the call's bound, then the shutdown's (at most the same), not 30 s
+        assert "the engine's shutdown failed too: EngineCallTimeout: shutting the engine down" in caplog.text
+    finally:
+        Busy.released.set()

@@ -4,6 +4,8 @@ handle, which the worker -- in vLLM's engine-core process, not this one -- opens
 On CPU the handle names a shared-memory file (``reduce_tensor`` under the ``file_system`` strategy); on GPU the same
 code sends a CUDA IPC handle, which needs a GPU (not run here)."""
 
+import sys
+
 import pytest
 
 from megatron_tulu.testing import require_vllm
@@ -16,17 +18,31 @@ from tiny_llama import hf_greedy, hf_logprobs, load_reference, make_tiny_llama, 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(600)]  # slow: a real vLLM engine starts
 
 
-def test_colocated_vllm_engine_loads_weights_by_ipc_handle_rlvr(tmp_path, monkeypatch):
+@pytest.mark.parametrize("front_end", ["here", "child_process"])
+def test_colocated_vllm_engine_loads_weights_by_ipc_handle_rlvr(tmp_path, monkeypatch, front_end):
+    """``child_process``: as in the project's image, this process cannot import vLLM and ``$MT_VLLM_PYTHON`` names
+    the interpreter that can; the engine's front-end runs in a child process of it, and its worker still opens the
+    IPC handles of this process's buckets."""
+    from megatron_tulu.rollout import factory
     from megatron_tulu.rollout.colocated import ColocatedEngineGroup
+    from megatron_tulu.rollout.engine_process import EngineProcess
     from megatron_tulu.rollout.factory import make_engine
 
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the worker in a process of its own
+    monkeypatch.delenv("MT_VLLM_PYTHON", raising=False)
+    if front_end == "child_process":
+        python = tmp_path / "vllm-python"  # another interpreter path, as /opt/vllm/bin/python in the image
+        python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+        monkeypatch.setenv("MT_VLLM_PYTHON", str(python))
+        monkeypatch.setattr(factory, "vllm_available", lambda: False)
     model_dir = make_tiny_llama(tmp_path / "tiny")
     ref = load_reference(model_dir)
     group = make_engine("vllm", model_dir, placement="colocated", num_engines=1, dtype="float32",
                         kv_cache_memory_bytes=256 * 2**20, sync_bucket_bytes=16 * 1024, timeout_s=120)
     try:
         assert isinstance(group, ColocatedEngineGroup)
+        assert isinstance(group.engines[0], EngineProcess) == (front_end == "child_process")
         prompts, greedy = prompts_for_test(4), SamplingConfig(temperature=0.0, max_new_tokens=8)
         group.generate(prompts, greedy)
         group.sleep()  # vLLM has no sleep mode on CPU: the calls are no-ops, their order is what the loop keeps

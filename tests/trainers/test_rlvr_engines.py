@@ -53,14 +53,24 @@ def test_two_vllm_engines_as_ray_actors(sft_data, tiny_hf, tmp_path):
 
 
 @pytest.mark.vllm
-def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path):
+def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path, monkeypatch):
     """``engine_placement=colocated`` with each of two trainer ranks on a node of its own (on this machine): each
     rank starts its node's vLLM engine, rank 0 sends rank 1 half the prompts and forwards every synced tensor, and
     each node leader hands the buckets to its engine's worker by IPC handle. After every step both engines' rollout
-    and probe logprobs equal the trainer's, and each node's call log shows the same turns."""
+    and probe logprobs equal the trainer's, and each node's call log shows the same turns.
+
+    As in the project's image: ``$MT_VLLM_PYTHON`` names another interpreter (here a wrapper of this one), so each
+    engine's front-end runs in a child process of it (``rollout.engine_process``) and only the calls and the IPC
+    handles cross between the trainer and it (the front-end in the trainer's process is
+    ``tests/rollout/test_colocated_vllm_rlvr.py``'s other case)."""
     import json
+    import sys
 
     require_vllm()
+    python = tmp_path / "vllm-python"
+    python.write_text(f'#!/bin/sh\necho "engine front-end: $$" >> {tmp_path}/front_ends.log\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("MT_VLLM_PYTHON", str(python))  # the trainer ranks inherit it
     run = tmp_path / "colocated_vllm_2_nodes"
     _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
         "rlvr.engine": "vllm", "rlvr.engine_placement": "colocated", "rlvr.engine_dtype": "float32",
@@ -71,3 +81,4 @@ def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path):
         assert [e["call"] for e in events] == ["generate", "sleep", "wake", "update_weights", "generate"] * 2, log
         syncs = [e for e in events if e["call"] == "update_weights"]
         assert all(e["ipc_workers"] == 1 and e["broadcast_workers"] == 0 and e["buckets"] > 1 for e in syncs), log
+    assert len((tmp_path / "front_ends.log").read_text().splitlines()) == 2  # one front-end process per node

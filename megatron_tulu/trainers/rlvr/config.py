@@ -199,7 +199,8 @@ class RLVROptions:
     other nodes' leaders: :mod:`megatron_tulu.rollout.colocated`, :mod:`megatron_tulu.rollout.colocated_nodes`).
     ``colocated`` needs ``engine_tp`` to divide the trainer world (checked at start) and, over several nodes, a node's
     ranks (``cluster.gpus_per_node``, checked here), and ``async_steps=0`` (engine and trainer take turns on each
-    GPU)."""
+    GPU). A vLLM front-end of ``local`` or ``colocated`` runs in a child process of ``$MT_VLLM_PYTHON`` where that
+    names another interpreter (the image: :mod:`megatron_tulu.rollout.engine_process`)."""
     engine_memory_fraction: float = 0.9
     """Fraction of an engine GPU's memory vLLM takes for weights, activations and KV cache (its
     ``gpu_memory_utilization``). With ``engine_placement=local`` on a GPU the engine shares trainer rank 0's GPU, so

@@ -1,0 +1,88 @@
+"""An engine front-end in a child process of ``$MT_VLLM_PYTHON`` (``rollout.engine_process``): how the project's image,
+whose trainers cannot import vLLM, runs ``local`` and ``colocated`` vLLM engines (issue 24's colocated placement
+could not start there before). The protocol is tested on the torch engine (quick to start); the colocated vLLM
+group through child processes is in ``test_colocated_vllm_rlvr.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from megatron_tulu.rollout import factory
+from megatron_tulu.rollout.base import SamplingConfig
+from megatron_tulu.rollout.engine_process import EngineProcess, EngineProcessDied, engine_python
+from megatron_tulu.rollout.ray_engines import EngineRPCTimeout
+from megatron_tulu.rollout.torch_engine import TorchEngine
+from tiny_llama import hf_greedy, load_reference, make_tiny_llama, perturbed_state, prompts_for_test
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def fake_python(tmp_path, body: str) -> str:
+    """An interpreter path other than this one (the image's ``/opt/vllm/bin/python``), running ``body``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "vllm-python"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_colocated_rlvr_engine_python_is_another_interpreter_named_by_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("MT_VLLM_PYTHON", raising=False)
+    assert engine_python() is None
+    monkeypatch.setenv("MT_VLLM_PYTHON", sys.executable)  # inside a Ray engine actor or an engine's child process
+    assert engine_python() is None
+    other = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    monkeypatch.setenv("MT_VLLM_PYTHON", other)
+    assert engine_python() == other
+    monkeypatch.setattr(factory, "vllm_available", lambda: False)  # the image's trainer
+    assert factory.resolve_engine_kind("auto") == "vllm"  # its engines can run vLLM, so auto takes it
+    for placement in ("local", "colocated", "ray"):
+        factory.require_engine_here("vllm", placement)  # no error: the front-end runs under $MT_VLLM_PYTHON
+
+
+def test_colocated_rlvr_engine_process_answers_as_the_engine_here(tmp_path):
+    """Generations, a weight update, the engine's own errors (same class), then the child killed: every later call
+    fails at once naming the process, and shutdown still returns."""
+    model_dir = make_tiny_llama(tmp_path / "tiny")
+    ref = load_reference(model_dir)
+    prompts, sampled = prompts_for_test(4), SamplingConfig(temperature=0.8, max_new_tokens=8, n=2, seed=5)
+    here = TorchEngine(model_dir)
+    child = EngineProcess("torch", model_dir, {}, fake_python(tmp_path, f'exec {sys.executable} "$@"'), timeout_s=120)
+    try:
+        assert child.pid != os.getpid() and child.proc.poll() is None
+        assert child.generate(prompts, sampled) == here.generate(prompts, sampled)
+        new = perturbed_state(ref, 0.05, seed=3)  # also loaded into ref
+        child.update_weights(iter(new))
+        greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
+        assert [g.token_ids[0] for g in child.generate(prompts, greedy)] == hf_greedy(ref, prompts, 8)
+        with pytest.raises(ValueError, match=r"prompt_token_ids\[0\] has ids outside .* \(in engine process \d+\)"):
+            child.generate([[10**9]], greedy)  # a token id no vocabulary has: the engine's ValueError
+        child.sleep(), child.wake()  # no-ops of the torch engine, answered
+        os.kill(child.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(EngineProcessDied, match=rf"engine process {child.pid} .*exited with code -9"):
+            child.generate(prompts, greedy)
+        assert time.monotonic() - t0 < 15  # not the 120 s call timeout
+    finally:
+        child.shutdown()
+        child.shutdown()
+    assert child.proc.poll() is not None
+
+
+def test_colocated_rlvr_engine_process_start_up_failures_are_named_and_bounded(tmp_path):
+    model_dir = tmp_path / "missing"
+    python = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    with pytest.raises(FileNotFoundError, match=r"missing/config.json not found .*\(in engine process \d+\)"):
+        EngineProcess("vllm", model_dir, {}, python, timeout_s=60)  # VLLMEngine's own check, in the child
+    silent = fake_python(tmp_path / "silent", "exec sleep 600")  # never connects: bounded by timeout_s, then stopped
+    t0 = time.monotonic()
+    with pytest.raises(EngineRPCTimeout, match=r"rollout engine start-up \(process \d+\): no answer within 2s"):
+        EngineProcess("vllm", model_dir, {}, silent, timeout_s=2)
+    assert time.monotonic() - t0 < 20
+    with pytest.raises(EngineProcessDied, match=r"cannot start the engine process with /nonexistent/python"):
+        EngineProcess("vllm", model_dir, {}, "/nonexistent/python", timeout_s=10)
