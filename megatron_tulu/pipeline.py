@@ -324,9 +324,10 @@ def _eval_engine(current, hf_dir: str, engine: str):
     """One rollout engine serves every stage's evaluation: started once, then loaded with each stage's HF export
     through the engine's weight update (the RLVR weight-sync path), instead of a new engine per stage."""
     if current is None:
+        from megatron_tulu.eval.evaluate import ENGINE_TIMEOUT_S
         from megatron_tulu.rollout.factory import make_engine
 
-        return make_engine(engine, hf_dir)
+        return make_engine(engine, hf_dir, timeout_s=ENGINE_TIMEOUT_S)
     from megatron_tulu.checkpoint.hf_io import HFReader
 
     current.update_weights(HFReader(hf_dir).items())

@@ -43,7 +43,7 @@ def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = Non
 
     tok = load_tokenizer(tokenizer or ckpt)
     own = engine is None
-    engine = engine or make_engine("auto", ckpt)
+    engine = engine or make_engine("auto", ckpt, timeout_s=ENGINE_TIMEOUT_S)
     results = {}
     try:
         for task in tasks:
@@ -68,6 +68,10 @@ DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 1024, "ifeval": 2048}
 needs room (OLMES gives Tülu 3's MATH 1024 and IFEval 2048 tokens)."""
 DATA_MODE_MAX_NEW_TOKENS = 96
 """``--data`` mode's default (the demo's short synthetic answers)."""
+ENGINE_TIMEOUT_S = 6 * 3600.0
+"""Bound on one generation call of an evaluation (one task's examples at one budget, which on a large set and a big
+model takes hours), where the engine answers calls with a bound: a vLLM engine in a ``$MT_VLLM_PYTHON`` child
+process (the image, ``rollout.engine_process``)."""
 
 
 def check_partial_credit_supported() -> None:
@@ -84,7 +88,7 @@ def check_partial_credit_supported() -> None:
 def evaluate_files(ckpt: str, files: list[tuple[str, str]], out: str | Path, tokenizer: str | None = None,
                    engine=None, engine_kind: str = "auto", max_new_tokens: int | None = None,
                    limit: int | None = None, ifeval_partial_credit: bool = False, template: str = "tulu",
-                   workers: int | None = None) -> dict:
+                   workers: int | None = None, engine_timeout_s: float | None = None) -> dict:
     """Evaluate ``ckpt`` on released eval files ``[(task, path), ...]``; writes ``out/results.json`` and
     ``out/<task>.jsonl``; returns the results dict ({task: metrics}).
 
@@ -122,7 +126,7 @@ def evaluate_files(ckpt: str, files: list[tuple[str, str]], out: str | Path, tok
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     own = engine is None
-    engine = engine or make_engine(engine_kind, ckpt)
+    engine = engine or make_engine(engine_kind, ckpt, timeout_s=engine_timeout_s or ENGINE_TIMEOUT_S)
     responses = {}
     try:
         for task, (_, examples) in loaded.items():
@@ -178,6 +182,9 @@ def main(argv=None) -> int:
                     help=f"generation budget (default: --data {DATA_MODE_MAX_NEW_TOKENS}; --file "
                          + ", ".join(f"{k} {v}" for k, v in DEFAULT_MAX_NEW_TOKENS.items()) + ")")
     ap.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    ap.add_argument("--engine-timeout-s", type=float, default=ENGINE_TIMEOUT_S,
+                    help="bound on one generation call (one task at one budget) of an engine that answers calls: a "
+                         "vLLM engine in a $MT_VLLM_PYTHON child process, as in the image (default %(default)gs)")
     ap.add_argument("--ifeval-partial-credit", action="store_true",
                     help="--file mode: score IFEval with partial credit (ifeval_partial_credit=True)")
     ap.add_argument("--out", default=None,
@@ -202,7 +209,8 @@ def main(argv=None) -> int:
         try:
             res = evaluate_files(args.ckpt, files, args.out, args.tokenizer, engine_kind=args.engine,
                                  max_new_tokens=args.max_new_tokens, limit=args.limit,
-                                 ifeval_partial_credit=args.ifeval_partial_credit)
+                                 ifeval_partial_credit=args.ifeval_partial_credit,
+                                 engine_timeout_s=args.engine_timeout_s)
         except (EvalFileError, FileNotFoundError, TypeError) as e:  # bad input, named; nothing was generated
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -210,7 +218,7 @@ def main(argv=None) -> int:
         return 0
     if args.ifeval_partial_credit:
         ap.error("--ifeval-partial-credit goes with --file")
-    engine = make_engine(args.engine, args.ckpt)
+    engine = make_engine(args.engine, args.ckpt, timeout_s=args.engine_timeout_s)
     res = evaluate(args.ckpt, (args.tasks or "gsm8k,math,ifeval").split(","), args.data, args.tokenizer,
                    engine=engine, max_new_tokens=args.max_new_tokens or DATA_MODE_MAX_NEW_TOKENS, limit=args.limit)
     engine.shutdown()

@@ -11,15 +11,16 @@ use an engine here. Weights never cross the pipe: a vLLM engine's workers receiv
 (IPC handle for a worker on the caller's GPU, broadcast for the others) exactly as when the front-end is in-process;
 only the calls, the prompts and the generations do.
 
-Protocol: one ``socketpair``; the child gets its end as an inherited file descriptor. Each message is a pickled
-tuple (plain ``pickle``: a tensor travels by value, never as a shared-memory handle of the wrong strategy). The
-caller sends ``(call id, method, args)``; the child runs each call in a thread of its own (a weight-sync receive
+Protocol: one ``socketpair``; the child, the leader of a process group of its own, gets its end as an inherited file
+descriptor. Each message is a pickled tuple (plain ``pickle``: a tensor travels by value, never as a shared-memory
+handle of the wrong strategy). The caller sends ``(call id, method, args)``; the child runs each call in a thread of its own (a weight-sync receive
 runs while the caller broadcasts; the caller never runs two generations on one engine at once) and answers
 ``(call id, ok, value)``. Call 0 is the start-up: the child builds the engine and answers with what the caller
 needs to know about it. Every call is bounded by ``timeout_s`` (:class:`~megatron_tulu.rollout.ray_engines.
 EngineRPCTimeout`); a child that dies fails every pending and later call at once, naming its exit code
 (:class:`EngineProcessDied`). The child exits, shutting its engine down, when the caller's end closes (the caller
-exited or was killed), so no engine outlives its trainer on a GPU.
+exited or was killed), so no engine outlives its trainer on a GPU; a shutdown that does not finish in time ends with
+the child's whole process group signalled (vLLM's engine-core processes do not watch for their parent's death).
 
 GPU-only, not run on CPU: the child's ``CUDA_VISIBLE_DEVICES`` (colocated engine g: the GPUs of the node's trainer
 ranks ``[g*tp, (g+1)*tp)``) and CUDA IPC handles opened by a torch of another version than the sender's (the
@@ -71,10 +72,18 @@ def engine_python() -> str | None:
 class EngineProcess(RolloutEngine):
     """An engine (``build_local_engine(kind, model_dir, engine_kwargs)``) in a child process of ``python``.
 
-    ``env``: variables set for the child over this process's environment (a colocated engine's
-    ``CUDA_VISIBLE_DEVICES``). ``timeout_s`` bounds the start-up and every call. ``sync_bucket_bytes``: bucket
-    size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo group, as ``VLLMEngine.update_weights``).
+    ``env``: variables set for the child over this process's environment. ``timeout_s`` bounds the start-up and
+    every call. ``sync_bucket_bytes``: bucket size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo
+    group, as ``VLLMEngine.update_weights``).
+
+    The child leads a process group of its own (``start_new_session``): vLLM's engine-core and worker processes are
+    in it, so stopping the child stops them too (they do not watch for their parent's death), and a signal meant for
+    the trainer's group (Ctrl-C, a preemption warning) does not reach the engine. Its exit is watched directly, not
+    only through the socket, whose other end vLLM's forked processes may hold open.
     """
+
+    SHUTDOWN_TIMEOUT_S = 60.0
+    """Bound on the engine's own shutdown; past it the process group is stopped by signal."""
 
     def __init__(self, kind: str, model_dir, engine_kwargs: dict, python: str, timeout_s: float = 1800.0,
                  env: dict | None = None, sync_bucket_bytes: int = 64 * 2**20):
@@ -82,7 +91,7 @@ class EngineProcess(RolloutEngine):
         self.sync_bucket_bytes = int(sync_bucket_bytes)
         self._pending: dict[int, cf.Future] = {}
         self._state = threading.Lock()  # guards _pending, _next_id, _dead
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one message at a time; the connection is closed under it
         self._next_id = 0
         self._dead: str | None = None
         self._own_sync = None
@@ -91,7 +100,7 @@ class EngineProcess(RolloutEngine):
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, child_env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen([python, "-m", "megatron_tulu.rollout.engine_process", str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), env=child_env)
+                                         pass_fds=(theirs.fileno(),), env=child_env, start_new_session=True)
         except OSError as e:
             ours.close()
             raise EngineProcessDied(f"cannot start the engine process with {python} ($MT_VLLM_PYTHON): {e}") from e
@@ -100,7 +109,9 @@ class EngineProcess(RolloutEngine):
         self.pid = self.proc.pid
         self._sock = ours  # shutdown() of it wakes the reader thread's blocked receive (a close() would not)
         self._conn = Connection(os.dup(ours.fileno()))
-        threading.Thread(target=self._read, name=f"engine-process-{self.pid}", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name=f"engine-process-{self.pid}", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._watch, name=f"engine-process-{self.pid}-exit", daemon=True).start()
         try:  # call 0: the child builds the engine
             info = self._wait(self._submit("start", kind, str(model_dir), dict(engine_kwargs)), "start-up")
         except BaseException:
@@ -112,26 +123,39 @@ class EngineProcess(RolloutEngine):
 
     # ------------------------------------------------------------------ transport
 
-    def _read(self) -> None:
-        """The reader thread: hands each answer to its call's future; at end of stream fails them all."""
-        while True:
-            try:
-                call_id, ok, value = pickle.loads(self._conn.recv_bytes())
-            except (EOFError, OSError):
-                break
-            with self._state:
-                future = self._pending.pop(call_id, None)
-            if future is None:
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(_rebuild_error(self.pid, value))
+    def _watch(self) -> None:
+        """When the child exits, end the reader's receive (the stream may stay open in its orphans)."""
+        self.proc.wait()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
         try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            code = None
-        self._fail_all(f"it exited with code {code}" if code is not None else "its connection closed")
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read(self) -> None:
+        """The reader thread: hands each answer to its call's future; at end of stream (or on any failure of its
+        own) fails every pending and later call, naming the child's exit code when it has one."""
+        why = "its connection closed"
+        try:
+            while True:
+                call_id, ok, value = pickle.loads(self._conn.recv_bytes())
+                with self._state:
+                    future = self._pending.pop(call_id, None)
+                if future is not None:
+                    future.set_result(value) if ok else future.set_exception(_rebuild_error(self.pid, value))
+        except (EOFError, OSError):
+            pass
+        except Exception as e:  # noqa: BLE001 - a message this side cannot read: the stream is unusable
+            why = f"its answer could not be read ({type(e).__name__}: {e})"
+        finally:
+            try:
+                code = self.proc.wait(timeout=10)
+                why = f"it exited with code {code}"
+            except subprocess.TimeoutExpired:
+                pass
+            self._fail_all(why)
 
     def _fail_all(self, why: str) -> None:
         with self._state:
@@ -155,16 +179,17 @@ class EngineProcess(RolloutEngine):
         try:
             with self._send_lock:
                 self._conn.send_bytes(data)
-        except OSError as e:
-            self._fail_all(f"its connection broke ({e})")
+        except OSError:
+            pass  # the child is gone or going: the reader fails this call with its exit code
         return future
 
-    def _wait(self, future: cf.Future, what: str):
+    def _wait(self, future: cf.Future, what: str, timeout_s: float | None = None):
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return future.result(timeout=self.timeout_s)
+            return future.result(timeout=timeout_s)
         except cf.TimeoutError as e:
             raise EngineRPCTimeout(f"rollout engine {what} (process {self.pid}): no answer within "
-                                   f"{self.timeout_s:.0f}s") from e
+                                   f"{timeout_s:.0f}s") from e
 
     def _call(self, method: str, *args):
         return self._wait(self._submit(method, *args), args[0] if method == "call" else method)
@@ -206,36 +231,48 @@ class EngineProcess(RolloutEngine):
         self._call("call", "wake")
 
     def shutdown(self) -> None:
-        """The child shuts its engine down and exits (bounded; killed otherwise). Never raises; safe twice."""
+        """The child shuts its engine down and exits (bounded; its process group is stopped by signal otherwise).
+        Never raises; safe twice."""
         if self._own_sync is not None:  # close() never raises
             self._own_sync.close()
             self._own_sync = None
         if not self._dead:
             try:
-                self._wait(self._submit("call", "shutdown"), "shutdown")
+                self._wait(self._submit("call", "shutdown"), "shutdown", min(self.timeout_s, self.SHUTDOWN_TIMEOUT_S))
             except Exception as e:  # noqa: BLE001 - the process is stopped below regardless
                 log.warning("engine process %d shutdown: %s", self.pid, e)
         self._stop()
 
     def _stop(self, grace_s: float = 30.0) -> None:
-        """Close this end (the child's loop ends at end of stream, as when this process dies); after ``grace_s``
-        SIGTERM (vLLM's engine-core processes then follow their parent), after 10 s more SIGKILL."""
+        """Hang up (the child's loop ends at end of stream, as when this process dies); after ``grace_s`` SIGTERM to
+        the child's process group, after 10 s more SIGKILL. Then every process of the group is gone."""
         with self._state:
             self._dead = self._dead or "it was shut down"
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        self._conn.close()
-        for stop, wait_s in ((None, grace_s), (self.proc.terminate, 10.0), (self.proc.kill, None)):
-            if stop is not None:
-                stop()
+        self._hang_up()
+        for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if sig is not None:
+                try:
+                    os.killpg(self.pid, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 self.proc.wait(timeout=wait_s)
-                return
+                if sig is None:
+                    _kill_group(self.pid)  # orphans of a child that exited (vLLM's, had it not shut them down)
+                break
             except subprocess.TimeoutExpired:
                 continue
+        self._reader.join(timeout=15)
+        with self._send_lock:
+            self._conn.close()
+            self._sock.close()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _rebuild_error(pid: int, value) -> Exception:
@@ -252,7 +289,7 @@ def _rebuild_error(pid: int, value) -> Exception:
         cls, message = RuntimeError, f"{name}: {message}"
     try:
         return cls(f"{message} (in engine process {pid})")
-    except TypeError:  # an exception class with another constructor
+    except Exception:  # noqa: BLE001 - an exception class with another constructor
         return RuntimeError(f"{name}: {message} (in engine process {pid})")
 
 
@@ -260,56 +297,67 @@ def _rebuild_error(pid: int, value) -> Exception:
 
 
 def _serve(fd: int) -> None:
-    """The child's main loop: start the engine (call 0), then run each call in a thread until end of stream."""
+    """The child's main loop: start the engine (call 0), then run each call in a thread until end of stream or a
+    ``shutdown`` call. Whatever ends it, the engine is shut down and the process exits (``os._exit``: vLLM's
+    threads must not hold the exit)."""
     from megatron_tulu.rollout.ray_engines import _EngineHost
 
-    # SLURM's preemption warning is the trainer's to handle (checkpoint, exit 75); its default action would end the
-    # engine under the trainer's last generation
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     conn = Connection(fd)
     lock = threading.Lock()
+    host = None
+    pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine-call")
 
     def answer(call_id: int, ok: bool, value) -> None:
         data = pickle.dumps((call_id, ok, value), protocol=pickle.HIGHEST_PROTOCOL)
-        with lock:
-            conn.send_bytes(data)
-
-    def run(call_id: int, fn, args) -> None:
         try:
-            answer(call_id, True, fn(*args))
+            with lock:
+                conn.send_bytes(data)
+        except OSError:
+            pass  # the caller is gone; the loop sees end of stream
+
+    def run(call_id: int, method: str, args):
+        try:
+            answer(call_id, True, getattr(host, method)(*args))
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
             traceback.print_exc()
             answer(call_id, False, (type(e).__module__, type(e).__name__, str(e)))
 
-    call_id, _, (kind, model_dir, engine_kwargs) = pickle.loads(conn.recv_bytes())
-    host = None
-
-    def start():
+    def start(kind, model_dir, engine_kwargs):
         nonlocal host
         host = _EngineHost(kind, model_dir, engine_kwargs)
         return {"num_workers": host.num_workers() if kind == "vllm" else 0,
                 "supports_regex": bool(host.engine.supports_regex)}
 
-    run(call_id, start, ())
-    if host is None:
-        return
-    pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine-call")
+    code = 0
     try:
+        call_id, _, args = pickle.loads(conn.recv_bytes())
+        try:
+            answer(call_id, True, start(*args))
+        except BaseException as e:  # noqa: BLE001 - the start-up's failure is the caller's error
+            traceback.print_exc()
+            answer(call_id, False, (type(e).__module__, type(e).__name__, str(e)))
+            return
         while True:
-            try:
-                call_id, method, args = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                break
-            pool.submit(run, call_id, getattr(host, method), args)
+            call_id, method, args = pickle.loads(conn.recv_bytes())
+            future = pool.submit(run, call_id, method, args)
             if method == "call" and args[0] == "shutdown":
-                pool.shutdown(wait=True)
+                future.result()  # this call only: a generation that hangs must not keep the process
                 return
+    except (EOFError, OSError):
+        pass  # the caller hung up or died
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = 1
     finally:
-        host.engine.shutdown()  # safe twice; the caller is gone or asked for it
+        if host is not None:
+            host.engine.shutdown()  # safe twice
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    # SLURM's preemption warning (it may reach every process of the job) is the trainer's to handle: checkpoint, exit
+    # 75. Its default action would end the engine under the trainer's last generation. vLLM's processes inherit this.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _serve(int(sys.argv[1]))
-    sys.stdout.flush()
-    os._exit(0)  # vLLM's engine-core threads must not hold the exit

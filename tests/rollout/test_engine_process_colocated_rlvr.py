@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -41,18 +42,42 @@ def test_colocated_rlvr_engine_python_is_another_interpreter_named_by_the_variab
     assert engine_python() == other
     monkeypatch.setattr(factory, "vllm_available", lambda: False)  # the image's trainer
     assert factory.resolve_engine_kind("auto") == "vllm"  # its engines can run vLLM, so auto takes it
-    for placement in ("local", "colocated", "ray"):
+    for placement in ("local", "colocated"):
         factory.require_engine_here("vllm", placement)  # no error: the front-end runs under $MT_VLLM_PYTHON
+    monkeypatch.delenv("MT_VLLM_PYTHON")
+    with pytest.raises(ValueError, match="cannot import vllm"):
+        factory.require_engine_here("vllm", "colocated")
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (killed, not yet reaped by whoever inherited it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if gone(pid):
+            return True
+        time.sleep(0.2)
+    return gone(pid)
 
 
 def test_colocated_rlvr_engine_process_answers_as_the_engine_here(tmp_path):
-    """Generations, a weight update, the engine's own errors (same class), then the child killed: every later call
-    fails at once naming the process, and shutdown still returns."""
+    """Generations, a weight update, the engine's own errors (same class); then the child killed while a process it
+    started still holds its end of the stream (as vLLM's forked engine core would): every later call fails at once
+    naming the exit code, shutdown returns, and the orphan is stopped with the child's process group."""
     model_dir = make_tiny_llama(tmp_path / "tiny")
     ref = load_reference(model_dir)
     prompts, sampled = prompts_for_test(4), SamplingConfig(temperature=0.8, max_new_tokens=8, n=2, seed=5)
     here = TorchEngine(model_dir)
-    child = EngineProcess("torch", model_dir, {}, fake_python(tmp_path, f'exec {sys.executable} "$@"'), timeout_s=120)
+    orphan = tmp_path / "orphan.pid"
+    python = fake_python(tmp_path, f'sleep 300 &\necho $! > {orphan}\nexec {sys.executable} "$@"')
+    child = EngineProcess("torch", model_dir, {}, python, timeout_s=120)
     try:
         assert child.pid != os.getpid() and child.proc.poll() is None
         assert child.generate(prompts, sampled) == here.generate(prompts, sampled)
@@ -68,10 +93,27 @@ def test_colocated_rlvr_engine_process_answers_as_the_engine_here(tmp_path):
         with pytest.raises(EngineProcessDied, match=rf"engine process {child.pid} .*exited with code -9"):
             child.generate(prompts, greedy)
         assert time.monotonic() - t0 < 15  # not the 120 s call timeout
+        assert not gone(int(orphan.read_text()))  # it holds the stream open: the child's exit was seen directly
     finally:
         child.shutdown()
         child.shutdown()
-    assert child.proc.poll() is not None
+    assert wait_gone(int(orphan.read_text()), 10)
+
+
+def test_colocated_rlvr_engine_process_ends_when_its_trainer_is_killed(tmp_path):
+    """A trainer killed outright (no shutdown): the engine's child sees the end of the stream and exits."""
+    model_dir = make_tiny_llama(tmp_path / "tiny")
+    python = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    trainer = subprocess.run(
+        [sys.executable, "-c", "import os, signal\n"
+         "from megatron_tulu.rollout.engine_process import EngineProcess\n"
+         f"e = EngineProcess('torch', {str(model_dir)!r}, {{}}, {python!r}, timeout_s=120)\n"
+         "print(e.pid, flush=True)\n"
+         "os.kill(os.getpid(), signal.SIGKILL)\n"],
+        capture_output=True, text=True, timeout=120)
+    assert trainer.returncode == -signal.SIGKILL, trainer.stderr
+    child_pid = int(trainer.stdout.split()[0])
+    assert wait_gone(child_pid, 30)
 
 
 def test_colocated_rlvr_engine_process_start_up_failures_are_named_and_bounded(tmp_path):
