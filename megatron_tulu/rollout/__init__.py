@@ -4,6 +4,8 @@
 - :mod:`.factory`: ``make_engine(kind, model_dir, ...)``, the one factory every caller starts engines with
 - :mod:`.colocated`: ``ColocatedEngineGroup`` (engines on the trainer ranks' own GPUs; sleep/wake, IPC weight sync)
 - :mod:`.ray_engines`: ``RayEngineGroup`` (engines as Ray actors in a placement group)
+- :mod:`.engine_process`: ``EngineProcess`` (an engine's front-end in a child process of ``$MT_VLLM_PYTHON``, the
+  image's vLLM environment, for the placements that would put it in the caller's process)
 - :mod:`.torch_engine`: ``TorchEngine`` (transformers + KV cache; no vLLM needed)
 - :mod:`.vllm_engine`: ``VLLMEngine`` (imports vLLM lazily, inside the class)
 - :mod:`.vllm_worker_ext`: the vLLM worker extension that receives broadcast weights

@@ -300,7 +300,7 @@ def _serve(fd: int) -> None:
     """The child's main loop: start the engine (call 0), then run each call in a thread until end of stream or a
     ``shutdown`` call. Whatever ends it, the engine is shut down and the process exits (``os._exit``: vLLM's
     threads must not hold the exit)."""
-    from megatron_tulu.rollout.ray_engines import _EngineHost
+    from megatron_tulu.rollout.factory import EngineHost
 
     conn = Connection(fd)
     lock = threading.Lock()
@@ -324,7 +324,7 @@ def _serve(fd: int) -> None:
 
     def start(kind, model_dir, engine_kwargs):
         nonlocal host
-        host = _EngineHost(kind, model_dir, engine_kwargs)
+        host = EngineHost(kind, model_dir, engine_kwargs)
         return {"num_workers": host.num_workers() if kind == "vllm" else 0,
                 "supports_regex": bool(host.engine.supports_regex)}
 

@@ -125,3 +125,27 @@ def build_local_engine(kind: str, model_dir: str | Path, engine_kwargs: dict) ->
 
         return TorchEngine(model_dir, **engine_kwargs)
     raise ValueError(f"engine kind must be {'|'.join(ENGINE_KINDS)}, got {kind!r}")
+
+
+class EngineHost:
+    """One engine built from constructor arguments (:func:`build_local_engine`), answering calls by name: the body of
+    a Ray engine actor (``rollout.ray_engines``) and of an engine child process (``rollout.engine_process``)."""
+
+    def __init__(self, kind: str, model_dir: str, engine_kwargs: dict):
+        self.engine = build_local_engine(kind, model_dir, engine_kwargs)
+
+    def generate(self, prompts, sampling):
+        return self.engine.generate(prompts, sampling)
+
+    def call(self, method: str, *args):
+        """``engine.<method>(*args)`` for the calls that return nothing (``update_weights``, ``reset_prefix_cache``,
+        ``sleep``, ``wake``, ``shutdown``); True once it returned, so the caller can wait on it."""
+        getattr(self.engine, method)(*args)
+        return True
+
+    def num_workers(self) -> int:
+        return int(self.engine.num_workers)
+
+    def rpc(self, method: str, args: tuple):
+        """``collective_rpc`` on this engine's vLLM workers (the weight-sync extension's methods)."""
+        return self.engine.llm.collective_rpc(method, args=tuple(args))

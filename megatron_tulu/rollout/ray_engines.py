@@ -41,6 +41,7 @@ import torch
 from megatron_tulu.rollout.base import (
     Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
 )
+from megatron_tulu.rollout.factory import EngineHost
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import megatron_tulu from this checkout
@@ -48,31 +49,6 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import me
 
 class EngineRPCTimeout(TimeoutError):
     """A Ray call to a rollout engine actor did not answer within the timeout."""
-
-
-class _EngineHost:
-    """Body of the Ray actor: builds one engine in the actor process and forwards calls to it."""
-
-    def __init__(self, kind: str, model_dir: str, engine_kwargs: dict):
-        from megatron_tulu.rollout.factory import build_local_engine
-
-        self.engine = build_local_engine(kind, model_dir, engine_kwargs)
-
-    def generate(self, prompts, sampling):
-        return self.engine.generate(prompts, sampling)
-
-    def call(self, method: str, *args):
-        """``engine.<method>(*args)`` for the calls that return nothing (``update_weights``, ``reset_prefix_cache``,
-        ``sleep``, ``wake``, ``shutdown``); True once it returned, so the caller can wait on it."""
-        getattr(self.engine, method)(*args)
-        return True
-
-    def num_workers(self) -> int:
-        return int(self.engine.num_workers)
-
-    def rpc(self, method: str, args: tuple):
-        """``collective_rpc`` on this engine's vLLM workers (the weight-sync extension's methods)."""
-        return self.engine.llm.collective_rpc(method, args=tuple(args))
 
 
 class _RemoteSyncPeer:
@@ -116,7 +92,7 @@ class RayEngineGroup(RolloutEngine):
         # PACK, not STRICT_PACK: a TP=16 engine must be able to span two 8-GPU nodes
         self.pg = placement_group([dict(res) for _ in range(num_engines * engine_tp)], strategy="PACK")
         self._get(self.pg.ready(), "placement group ready")
-        actor = ray.remote(_EngineHost)
+        actor = ray.remote(EngineHost)
         self.actors = []
         for i in range(num_engines):
             bundles = list(range(i * engine_tp, (i + 1) * engine_tp))
