@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
-from megatron_tulu.rollout.ray_engines import EngineRPCTimeout
+from megatron_tulu.rollout.ray_engines import SHUTDOWN_TIMEOUT_S, EngineRPCTimeout
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # the child imports megatron_tulu from this checkout
@@ -81,9 +81,6 @@ class EngineProcess(RolloutEngine):
     the trainer's group (Ctrl-C, a preemption warning) does not reach the engine. Its exit is watched directly, not
     only through the socket, whose other end vLLM's forked processes may hold open.
     """
-
-    SHUTDOWN_TIMEOUT_S = 60.0
-    """Bound on the engine's own shutdown; past it the process group is stopped by signal."""
 
     def __init__(self, kind: str, model_dir, engine_kwargs: dict, python: str, timeout_s: float = 1800.0,
                  env: dict | None = None, sync_bucket_bytes: int = 64 * 2**20):
@@ -238,7 +235,7 @@ class EngineProcess(RolloutEngine):
             self._own_sync = None
         if not self._dead:
             try:
-                self._wait(self._submit("call", "shutdown"), "shutdown", min(self.timeout_s, self.SHUTDOWN_TIMEOUT_S))
+                self._wait(self._submit("call", "shutdown"), "shutdown", min(self.timeout_s, SHUTDOWN_TIMEOUT_S))
             except Exception as e:  # noqa: BLE001 - the process is stopped below regardless
                 log.warning("engine process %d shutdown: %s", self.pid, e)
         self._stop()

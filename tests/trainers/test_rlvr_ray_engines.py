@@ -76,3 +76,25 @@ def test_engine_actors_run_under_the_given_python(ray_local, tiny_hf, tmp_path):
         assert len(out[0].token_ids[0]) == 3
     finally:
         group.shutdown()
+
+
+def test_shutdown_after_a_timed_out_generation_returns_and_kills_the_actors(ray_local, tiny_hf):
+    """A generation past ``timeout_s`` leaves the actor busy with it (an actor takes one call at a time): the group's
+    shutdown then waits a bounded time, logs instead of raising (the timeout is the error to report), and kills the
+    actors. It used to raise its own ``EngineRPCTimeout``, replacing the first in the driver's message."""
+    import time
+
+    from megatron_tulu.rollout.base import SamplingConfig
+    from megatron_tulu.rollout.ray_engines import EngineRPCTimeout, RayEngineGroup
+
+    group = RayEngineGroup("torch", tiny_hf, num_engines=1, engine_tp=1, timeout_s=60)
+    actor = group.actors[0]
+    group.timeout_s = 1.0  # started; now every call is bounded by 1 s
+    long = SamplingConfig(temperature=1.0, max_new_tokens=900, n=8, seed=0)
+    with pytest.raises(EngineRPCTimeout, match="generate: no answer within 1s"):
+        group.generate([[1, 2, 3, 4]] * 64, long)  # minutes of decoding on CPU
+    t0 = time.monotonic()
+    group.shutdown()  # no exception
+    assert time.monotonic() - t0 < 20 and group.actors == []
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(actor.num_workers.remote(), timeout=30)  # killed, not left decoding
