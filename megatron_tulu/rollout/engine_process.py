@@ -92,6 +92,9 @@ class EngineProcess(RolloutEngine):
         self._next_id = 0
         self._dead: str | None = None
         self._own_sync = None
+        self._exited = threading.Event()  # set by _watch, with _exit_code
+        self._exit_code: int | None = None
+        self._stopped = False
         ours, theirs = socket.socketpair()
         child_env = dict(os.environ, **(env or {}))
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, child_env.get("PYTHONPATH")) if p)
@@ -121,8 +124,15 @@ class EngineProcess(RolloutEngine):
     # ------------------------------------------------------------------ transport
 
     def _watch(self) -> None:
-        """When the child exits, end the reader's receive (the stream may stay open in its orphans)."""
-        self.proc.wait()
+        """When the child exits, note its exit code and end the reader's receive (the stream may stay open in its
+        orphans). The child is left unreaped (``WNOWAIT``) until :meth:`_stop`: while it is a zombie no process can
+        take its pid, so signalling its process group there cannot reach an unrelated one."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            self._exit_code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        except ChildProcessError:  # reaped elsewhere
+            self._exit_code = self.proc.returncode
+        self._exited.set()
         self._hang_up()
 
     def _hang_up(self) -> None:
@@ -147,11 +157,8 @@ class EngineProcess(RolloutEngine):
         except Exception as e:  # noqa: BLE001 - a message this side cannot read: the stream is unusable
             why = f"its answer could not be read ({type(e).__name__}: {e})"
         finally:
-            try:
-                code = self.proc.wait(timeout=10)
-                why = f"it exited with code {code}"
-            except subprocess.TimeoutExpired:
-                pass
+            if self._exited.wait(timeout=10):
+                why = f"it exited with code {self._exit_code}"
             self._fail_all(why)
 
     def _fail_all(self, why: str) -> None:
@@ -166,6 +173,7 @@ class EngineProcess(RolloutEngine):
 
     def _submit(self, method: str, *args) -> cf.Future:
         future = cf.Future()
+        future.set_running_or_notify_cancel()  # a caller's cancel() cannot make the reader's set_result fail
         with self._state:
             if self._dead:
                 future.set_exception(self._died())
@@ -242,33 +250,34 @@ class EngineProcess(RolloutEngine):
 
     def _stop(self, grace_s: float = 30.0) -> None:
         """Hang up (the child's loop ends at end of stream, as when this process dies); after ``grace_s`` SIGTERM to
-        the child's process group, after 10 s more SIGKILL. Then every process of the group is gone."""
+        the child's process group, after 10 s more SIGKILL; once the child has exited, SIGKILL to what is left of its
+        group (vLLM's processes, which do not follow their parent), then reap it. Runs once."""
         with self._state:
             self._dead = self._dead or "it was shut down"
+            if self._stopped:
+                return
+            self._stopped = True
         self._hang_up()
         for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
             if sig is not None:
-                try:
-                    os.killpg(self.pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(timeout=wait_s)
-                if sig is None:
-                    _kill_group(self.pid)  # orphans of a child that exited (vLLM's, had it not shut them down)
+                _signal_group(self.pid, sig)
+            if self._exited.wait(timeout=wait_s):
                 break
-            except subprocess.TimeoutExpired:
-                continue
+        _signal_group(self.pid, signal.SIGKILL)  # the child is a zombie or gone: its group id is still its own
+        try:
+            self.proc.wait(timeout=30)  # reap it
+        except subprocess.TimeoutExpired:  # stuck in the kernel (uninterruptible I/O): say so, do not hang
+            log.warning("engine process %d did not exit after SIGKILL", self.pid)
         self._reader.join(timeout=15)
         with self._send_lock:
             self._conn.close()
             self._sock.close()
 
 
-def _kill_group(pgid: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    except OSError:  # no process left in it
         pass
 
 
@@ -336,19 +345,32 @@ def _serve(fd: int) -> None:
             return
         while True:
             call_id, method, args = pickle.loads(conn.recv_bytes())
-            future = pool.submit(run, call_id, method, args)
             if method == "call" and args[0] == "shutdown":
-                future.result()  # this call only: a generation that hangs must not keep the process
+                run(call_id, method, args)  # here, not behind calls that may hang in the pool
                 return
+            pool.submit(run, call_id, method, args)
     except (EOFError, OSError):
         pass  # the caller hung up or died
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         code = 1
     finally:
+        _exit_after_shutdown(host, code)
+
+
+def _exit_after_shutdown(host, code: int) -> None:
+    """Shut the engine down (no caller may be left to stop this process group: past the bound, the group kills
+    itself) and exit at once, whatever fails on the way."""
+    try:
+        watchdog = threading.Timer(SHUTDOWN_TIMEOUT_S, os.killpg, args=(0, signal.SIGKILL))
+        watchdog.daemon = True
+        watchdog.start()
         if host is not None:
             host.engine.shutdown()  # safe twice
         sys.stdout.flush(), sys.stderr.flush()
+    except BaseException:  # noqa: BLE001
+        code = code or 1
+    finally:
         os._exit(code)
 
 
