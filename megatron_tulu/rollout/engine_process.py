@@ -13,9 +13,9 @@ only the calls, the prompts and the generations do.
 
 Protocol: one ``socketpair``; the child, the leader of a process group of its own, gets its end as an inherited file
 descriptor. Each message is a pickled tuple (plain ``pickle``: a tensor travels by value, never as a shared-memory
-handle of the wrong strategy). The caller sends ``(call id, method, args)``; the child runs each call in a thread of its own (a weight-sync receive
-runs while the caller broadcasts; the caller never runs two generations on one engine at once) and answers
-``(call id, ok, value)``. Call 0 is the start-up: the child builds the engine and answers with what the caller
+handle of the wrong strategy). The caller sends ``(call id, method, args)``; the child runs each call in a thread of
+its own (a weight-sync receive runs while the caller broadcasts; the caller never runs two generations on one engine
+at once; ``shutdown`` runs in its main loop) and answers ``(call id, ok, value)``. Call 0 is the start-up: the child builds the engine and answers with what the caller
 needs to know about it. Every call is bounded by ``timeout_s`` (:class:`~megatron_tulu.rollout.ray_engines.
 EngineRPCTimeout`); a child that dies fails every pending and later call at once, naming its exit code
 (:class:`EngineProcessDied`). The child exits, shutting its engine down, when the caller's end closes (the caller

@@ -52,7 +52,7 @@ SHUTDOWN_TIMEOUT_S = 60.0
 
 
 class EngineRPCTimeout(TimeoutError):
-    """A Ray call to a rollout engine actor did not answer within the timeout."""
+    """A call to a rollout engine (a Ray actor, an engine process) did not answer within the timeout."""
 
 
 class _RemoteSyncPeer:

@@ -68,7 +68,8 @@ def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path, m
 
     require_vllm()
     python = tmp_path / "vllm-python"
-    python.write_text(f'#!/bin/sh\necho "engine front-end: $$" >> {tmp_path}/front_ends.log\nexec {sys.executable} "$@"\n')
+    front_ends = tmp_path / "front_ends.log"  # one line per engine front-end process started
+    python.write_text(f'#!/bin/sh\necho "engine front-end: $$" >> {front_ends}\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
     monkeypatch.setenv("MT_VLLM_PYTHON", str(python))  # the trainer ranks inherit it
     run = tmp_path / "colocated_vllm_2_nodes"
@@ -81,4 +82,4 @@ def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path, m
         assert [e["call"] for e in events] == ["generate", "sleep", "wake", "update_weights", "generate"] * 2, log
         syncs = [e for e in events if e["call"] == "update_weights"]
         assert all(e["ipc_workers"] == 1 and e["broadcast_workers"] == 0 and e["buckets"] > 1 for e in syncs), log
-    assert len((tmp_path / "front_ends.log").read_text().splitlines()) == 2  # one front-end process per node
+    assert len(front_ends.read_text().splitlines()) == 2  # one front-end process per node
