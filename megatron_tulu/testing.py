@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -142,6 +143,18 @@ def run_distributed(
         r = min(errors)
         raise RuntimeError(f"run_distributed({fn.__name__}) failed on rank {r}:\n{errors[r]}")
     return [results[r] for r in range(world_size)]
+
+
+def python_wrapper(path, before: str = "") -> str:
+    """A script at ``path`` that runs the shell lines ``before`` and then this interpreter with its arguments: another
+    interpreter path, as the image's ``$MT_VLLM_PYTHON`` (``/opt/vllm/bin/python``) is. Returns the path."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{before}\nexec {sys.executable} \"$@\"\n")
+    path.chmod(0o755)
+    return str(path)
 
 
 def require_vllm(module_level: bool = False) -> None:

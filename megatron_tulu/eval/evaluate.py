@@ -88,7 +88,7 @@ def check_partial_credit_supported() -> None:
 def evaluate_files(ckpt: str, files: list[tuple[str, str]], out: str | Path, tokenizer: str | None = None,
                    engine=None, engine_kind: str = "auto", max_new_tokens: int | None = None,
                    limit: int | None = None, ifeval_partial_credit: bool = False, template: str = "tulu",
-                   workers: int | None = None, engine_timeout_s: float | None = None) -> dict:
+                   workers: int | None = None, engine_timeout_s: float = ENGINE_TIMEOUT_S) -> dict:
     """Evaluate ``ckpt`` on released eval files ``[(task, path), ...]``; writes ``out/results.json`` and
     ``out/<task>.jsonl``; returns the results dict ({task: metrics}).
 
@@ -126,7 +126,7 @@ def evaluate_files(ckpt: str, files: list[tuple[str, str]], out: str | Path, tok
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     own = engine is None
-    engine = engine or make_engine(engine_kind, ckpt, timeout_s=engine_timeout_s or ENGINE_TIMEOUT_S)
+    engine = engine or make_engine(engine_kind, ckpt, timeout_s=engine_timeout_s)
     responses = {}
     try:
         for task, (_, examples) in loaded.items():

@@ -141,7 +141,7 @@ def ray_connection(cfg: PrefGenConfig):
     if cfg.engine.placement == "ray":
         from megatron_tulu.rollout.ray_engines import connect_ray
 
-        owns = connect_ray(cfg.engine.num_engines * cfg.engine.tp)
+        owns = connect_ray(cfg.gpus_per_worker())
     try:
         yield
     finally:

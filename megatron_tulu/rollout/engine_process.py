@@ -72,8 +72,8 @@ def engine_python() -> str | None:
 class EngineProcess(RolloutEngine):
     """An engine (``build_local_engine(kind, model_dir, engine_kwargs)``) in a child process of ``python``.
 
-    ``env``: variables set for the child over this process's environment. ``timeout_s`` bounds the start-up and
-    every call. ``sync_bucket_bytes``: bucket size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo
+    The child inherits this process's environment (a colocated engine's ``CUDA_VISIBLE_DEVICES`` is set there while
+    it starts, ``rollout.colocated``). ``timeout_s`` bounds the start-up and every call. ``sync_bucket_bytes``: bucket size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo
     group, as ``VLLMEngine.update_weights``).
 
     The child leads a process group of its own (``start_new_session``): vLLM's engine-core and worker processes are
@@ -83,7 +83,7 @@ class EngineProcess(RolloutEngine):
     """
 
     def __init__(self, kind: str, model_dir, engine_kwargs: dict, python: str, timeout_s: float = 1800.0,
-                 env: dict | None = None, sync_bucket_bytes: int = 64 * 2**20):
+                 sync_bucket_bytes: int = 64 * 2**20):
         self.kind, self.python, self.timeout_s = kind, python, float(timeout_s)
         self.sync_bucket_bytes = int(sync_bucket_bytes)
         self._pending: dict[int, cf.Future] = {}
@@ -96,7 +96,7 @@ class EngineProcess(RolloutEngine):
         self._exit_code: int | None = None
         self._stopped = False
         ours, theirs = socket.socketpair()
-        child_env = dict(os.environ, **(env or {}))
+        child_env = dict(os.environ)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, child_env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen([python, "-m", "megatron_tulu.rollout.engine_process", str(theirs.fileno())],

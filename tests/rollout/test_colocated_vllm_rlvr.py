@@ -4,11 +4,10 @@ handle, which the worker -- in vLLM's engine-core process, not this one -- opens
 On CPU the handle names a shared-memory file (``reduce_tensor`` under the ``file_system`` strategy); on GPU the same
 code sends a CUDA IPC handle, which needs a GPU (not run here)."""
 
-import sys
 
 import pytest
 
-from megatron_tulu.testing import require_vllm
+from megatron_tulu.testing import python_wrapper, require_vllm
 
 require_vllm(module_level=True)
 
@@ -31,10 +30,7 @@ def test_colocated_vllm_engine_loads_weights_by_ipc_handle_rlvr(tmp_path, monkey
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the worker in a process of its own
     monkeypatch.delenv("MT_VLLM_PYTHON", raising=False)
     if front_end == "child_process":
-        python = tmp_path / "vllm-python"  # another interpreter path, as /opt/vllm/bin/python in the image
-        python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-        python.chmod(0o755)
-        monkeypatch.setenv("MT_VLLM_PYTHON", str(python))
+        monkeypatch.setenv("MT_VLLM_PYTHON", python_wrapper(tmp_path / "vllm-python"))
         monkeypatch.setattr(factory, "vllm_available", lambda: False)
     model_dir = make_tiny_llama(tmp_path / "tiny")
     ref = load_reference(model_dir)

@@ -18,18 +18,10 @@ from megatron_tulu.rollout.base import SamplingConfig
 from megatron_tulu.rollout.engine_process import EngineProcess, EngineProcessDied, engine_python
 from megatron_tulu.rollout.ray_engines import EngineRPCTimeout
 from megatron_tulu.rollout.torch_engine import TorchEngine
+from megatron_tulu.testing import python_wrapper
 from tiny_llama import hf_greedy, load_reference, make_tiny_llama, perturbed_state, prompts_for_test
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def fake_python(tmp_path, body: str) -> str:
-    """An interpreter path other than this one (the image's ``/opt/vllm/bin/python``), running ``body``."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "vllm-python"
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(0o755)
-    return str(path)
 
 
 def test_colocated_rlvr_engine_python_is_another_interpreter_named_by_the_variable(tmp_path, monkeypatch):
@@ -37,7 +29,7 @@ def test_colocated_rlvr_engine_python_is_another_interpreter_named_by_the_variab
     assert engine_python() is None
     monkeypatch.setenv("MT_VLLM_PYTHON", sys.executable)  # inside a Ray engine actor or an engine's child process
     assert engine_python() is None
-    other = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    other = python_wrapper(tmp_path / "vllm-python")
     monkeypatch.setenv("MT_VLLM_PYTHON", other)
     assert engine_python() == other
     monkeypatch.setattr(factory, "vllm_available", lambda: False)  # the image's trainer
@@ -79,7 +71,7 @@ def test_colocated_rlvr_engine_process_answers_as_the_engine_here(tmp_path):
     prompts, sampled = prompts_for_test(4), SamplingConfig(temperature=0.8, max_new_tokens=8, n=2, seed=5)
     here = TorchEngine(model_dir)
     orphan = tmp_path / "orphan.pid"
-    python = fake_python(tmp_path, f'sleep 300 &\necho $! > {orphan}\nexec {sys.executable} "$@"')
+    python = python_wrapper(tmp_path / "vllm-python", f"sleep 300 &\necho $! > {orphan}")
     child = EngineProcess("torch", model_dir, {}, python, timeout_s=120)
     try:
         assert child.pid != os.getpid() and child.proc.poll() is None
@@ -106,7 +98,7 @@ def test_colocated_rlvr_engine_process_answers_as_the_engine_here(tmp_path):
 def test_colocated_rlvr_engine_process_ends_when_its_trainer_is_killed(tmp_path):
     """A trainer killed outright (no shutdown): the engine's child sees the end of the stream and exits."""
     model_dir = make_tiny_llama(tmp_path / "tiny")
-    python = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    python = python_wrapper(tmp_path / "vllm-python")
     trainer = subprocess.run(
         [sys.executable, "-c", "import os, signal\n"
          "from megatron_tulu.rollout.engine_process import EngineProcess\n"
@@ -121,10 +113,11 @@ def test_colocated_rlvr_engine_process_ends_when_its_trainer_is_killed(tmp_path)
 
 def test_colocated_rlvr_engine_process_start_up_failures_are_named_and_bounded(tmp_path):
     model_dir = tmp_path / "missing"
-    python = fake_python(tmp_path, f'exec {sys.executable} "$@"')
+    python = python_wrapper(tmp_path / "vllm-python")
     with pytest.raises(FileNotFoundError, match=r"missing/config.json not found .*\(in engine process \d+\)"):
         EngineProcess("vllm", model_dir, {}, python, timeout_s=60)  # VLLMEngine's own check, in the child
-    silent = fake_python(tmp_path / "silent", "exec sleep 600")  # never connects: bounded by timeout_s, then stopped
+    # a child that never connects: bounded by timeout_s, then stopped
+    silent = python_wrapper(tmp_path / "silent" / "vllm-python", "exec sleep 600")
     t0 = time.monotonic()
     with pytest.raises(EngineRPCTimeout, match=r"rollout engine start-up \(process \d+\): no answer within 2s"):
         EngineProcess("vllm", model_dir, {}, silent, timeout_s=2)

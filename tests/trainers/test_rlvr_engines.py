@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_tulu.testing import require_vllm
+from megatron_tulu.testing import python_wrapper, require_vllm
 from rlvr_helpers import rlvr_overrides, run_rlvr_jobs as _run, step_records
 
 pytestmark = pytest.mark.slow  # launches with real vLLM engines
@@ -64,14 +64,11 @@ def test_colocated_vllm_engines_on_two_nodes_rlvr(sft_data, tiny_hf, tmp_path, m
     handles cross between the trainer and it (the front-end in the trainer's process is
     ``tests/rollout/test_colocated_vllm_rlvr.py``'s other case)."""
     import json
-    import sys
 
     require_vllm()
-    python = tmp_path / "vllm-python"
     front_ends = tmp_path / "front_ends.log"  # one line per engine front-end process started
-    python.write_text(f'#!/bin/sh\necho "engine front-end: $$" >> {front_ends}\nexec {sys.executable} "$@"\n')
-    python.chmod(0o755)
-    monkeypatch.setenv("MT_VLLM_PYTHON", str(python))  # the trainer ranks inherit it
+    python = python_wrapper(tmp_path / "vllm-python", f'echo "engine front-end: $$" >> {front_ends}')
+    monkeypatch.setenv("MT_VLLM_PYTHON", python)  # the trainer ranks inherit it
     run = tmp_path / "colocated_vllm_2_nodes"
     _run(2, [("rlvr", rlvr_overrides(sft_data, tiny_hf, run, **{
         "rlvr.engine": "vllm", "rlvr.engine_placement": "colocated", "rlvr.engine_dtype": "float32",

@@ -58,16 +58,13 @@ def test_engine_actors_run_under_the_given_python(ray_local, tiny_hf, tmp_path):
     """``python_executable`` (the container's ``$MT_VLLM_PYTHON``: vLLM's own environment) is the interpreter of
     the engine actors: a wrapper interpreter that marks its environment is the one the actor runs under."""
     import os
-    import stat
-    import sys
 
     from megatron_tulu.rollout.base import SamplingConfig
     from megatron_tulu.rollout.ray_engines import RayEngineGroup
+    from megatron_tulu.testing import python_wrapper
 
-    wrapper = tmp_path / "engine-python"
-    wrapper.write_text(f"#!/bin/sh\nexport MT_ENGINE_PYTHON_MARK=engine-env\nexec {sys.executable} \"$@\"\n")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    group = RayEngineGroup("torch", tiny_hf, num_engines=1, timeout_s=300, python_executable=str(wrapper))
+    wrapper = python_wrapper(tmp_path / "engine-python", "export MT_ENGINE_PYTHON_MARK=engine-env")
+    group = RayEngineGroup("torch", tiny_hf, num_engines=1, timeout_s=300, python_executable=wrapper)
     try:
         env = ray_local.get(group.actors[0].__ray_call__.remote(lambda self: os.environ.get("MT_ENGINE_PYTHON_MARK")),
                             timeout=120)
