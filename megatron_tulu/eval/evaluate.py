@@ -32,37 +32,6 @@ from pathlib import Path
 from megatron_tulu.rollout.factory import make_engine
 
 
-def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = None, engine=None,
-             max_new_tokens: int = 96, limit: int | None = None) -> dict:
-    """Accuracy per task (and counts). ``engine`` may be a live RolloutEngine to reuse."""
-    from megatron_tulu.data.chat import tokenize_prompt
-    from megatron_tulu.data.loaders import read_rows
-    from megatron_tulu.data.tokenizer import load_tokenizer
-    from megatron_tulu.rewards.batch import verify_batch
-    from megatron_tulu.rollout.base import SamplingConfig
-
-    tok = load_tokenizer(tokenizer or ckpt)
-    own = engine is None
-    engine = engine or make_engine("auto", ckpt, timeout_s=ENGINE_TIMEOUT_S)
-    results = {}
-    try:
-        for task in tasks:
-            path = Path(data) / f"eval_{task}.jsonl"
-            rows = read_rows(path, "rlvr")[:limit]
-            prompts = [tokenize_prompt(r, tok, None) for r in rows]
-            gens = engine.generate([p["prompt_ids"] for p in prompts],
-                                   SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=[tok.eos_token_id]))
-            recs = [{"dataset": p["dataset"], "ground_truth": p["ground_truth"],
-                     "response": tok.decode(g.token_ids[0], skip_special_tokens=True)} for p, g in zip(prompts, gens)]
-            verdicts, m = verify_batch(recs, workers=0)
-            results[task] = {"accuracy": sum(verdicts) / max(len(verdicts), 1), "n": len(verdicts),
-                             "timeouts": m.get("timeouts", 0), "example": recs[0]["response"][:200] if recs else ""}
-    finally:
-        if own:
-            engine.shutdown()
-    return results
-
-
 DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 1024, "math": 1024, "ifeval": 2048}
 """``--file`` mode's generation budget per verifier when ``--max-new-tokens`` is not given: chain-of-thought
 needs room (OLMES gives Tülu 3's MATH 1024 and IFEval 2048 tokens)."""
@@ -72,6 +41,41 @@ ENGINE_TIMEOUT_S = 6 * 3600.0
 """Bound on one generation call of an evaluation (one task's examples at one budget, which on a large set and a big
 model takes hours), where the engine answers calls with a bound: a vLLM engine in a ``$MT_VLLM_PYTHON`` child
 process (the image, ``rollout.engine_process``)."""
+
+
+def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = None, engine=None,
+             max_new_tokens: int = 96, limit: int | None = None, engine_kind: str = "auto",
+             engine_timeout_s: float = ENGINE_TIMEOUT_S) -> dict:
+    """Accuracy per task (and counts) on ``data/eval_<task>.jsonl``. Every task's file is read and its rows checked
+    before the engine starts (a missing file is ``FileNotFoundError``, a bad row ``DataFileError`` naming file and
+    line). ``engine``: a live RolloutEngine to reuse (not shut down here); otherwise one is started with
+    ``make_engine(engine_kind, ckpt)`` and shut down however the evaluation ends."""
+    from megatron_tulu.data.chat import tokenize_prompt
+    from megatron_tulu.data.loaders import read_rows
+    from megatron_tulu.data.tokenizer import load_tokenizer
+    from megatron_tulu.rewards.batch import verify_batch
+    from megatron_tulu.rollout.base import SamplingConfig
+
+    # every file read first: read_rows checks each row (and its ground truth against the verifier) by file and line
+    rows = {task: read_rows(Path(data) / f"eval_{task}.jsonl", "rlvr")[:limit] for task in tasks}
+    tok = load_tokenizer(tokenizer or ckpt)
+    prompts = {task: [tokenize_prompt(r, tok, None) for r in task_rows] for task, task_rows in rows.items()}
+    own = engine is None
+    engine = engine or make_engine(engine_kind, ckpt, timeout_s=engine_timeout_s)
+    results = {}
+    try:
+        for task, task_prompts in prompts.items():
+            gens = engine.generate([p["prompt_ids"] for p in task_prompts],
+                                   SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=[tok.eos_token_id]))
+            recs = [{"dataset": p["dataset"], "ground_truth": p["ground_truth"],
+                     "response": tok.decode(g.token_ids[0], skip_special_tokens=True)} for p, g in zip(task_prompts, gens)]
+            verdicts, m = verify_batch(recs, workers=0)
+            results[task] = {"accuracy": sum(verdicts) / max(len(verdicts), 1), "n": len(verdicts),
+                             "timeouts": m.get("timeouts", 0), "example": recs[0]["response"][:200] if recs else ""}
+    finally:
+        if own:
+            engine.shutdown()
+    return results
 
 
 def check_partial_credit_supported() -> None:
@@ -195,8 +199,7 @@ def main(argv=None) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be >= 1")
     if args.file is not None:
-        from megatron_tulu.eval.files import EvalFileError, parse_file_arg
-
+        from megatron_tulu.eval.files import parse_file_arg
 
         if args.tasks is not None:
             ap.error("--tasks goes with --data; with --file, TASK=PATH names each task")
@@ -211,17 +214,21 @@ def main(argv=None) -> int:
                                  max_new_tokens=args.max_new_tokens, limit=args.limit,
                                  ifeval_partial_credit=args.ifeval_partial_credit,
                                  engine_timeout_s=args.engine_timeout_s)
-        except (EvalFileError, FileNotFoundError, TypeError) as e:  # bad input, named; nothing was generated
+        except (ValueError, FileNotFoundError, TypeError) as e:  # bad input (EvalFileError names file and line),
+            # a task named twice, or an engine that cannot start here ($MT_VLLM_PYTHON, no vLLM)
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(json.dumps(res, indent=2))
         return 0
     if args.ifeval_partial_credit:
         ap.error("--ifeval-partial-credit goes with --file")
-    engine = make_engine(args.engine, args.ckpt, timeout_s=args.engine_timeout_s)
-    res = evaluate(args.ckpt, (args.tasks or "gsm8k,math,ifeval").split(","), args.data, args.tokenizer,
-                   engine=engine, max_new_tokens=args.max_new_tokens or DATA_MODE_MAX_NEW_TOKENS, limit=args.limit)
-    engine.shutdown()
+    try:
+        res = evaluate(args.ckpt, (args.tasks or "gsm8k,math,ifeval").split(","), args.data, args.tokenizer,
+                       max_new_tokens=args.max_new_tokens or DATA_MODE_MAX_NEW_TOKENS, limit=args.limit,
+                       engine_kind=args.engine, engine_timeout_s=args.engine_timeout_s)
+    except (ValueError, FileNotFoundError) as e:  # bad input (file and line) or an engine that cannot start here
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

@@ -227,6 +227,28 @@ def test_cli_refuses_bad_files_before_any_engine_or_tokenizer(tmp_path, capsys):
         main(["--ckpt", ckpt, "--file", f"gsm={GSM8K}", "--data", "d", "--out", "o"])  # one input mode
 
 
+def test_cli_data_mode_refuses_bad_files_and_an_engine_it_cannot_start_before_any_engine(tokenizer_dir, tmp_path,
+                                                                                            capsys, monkeypatch):
+    # --data mode read its files only after starting the engine (a missing eval_math.jsonl surfaced after gsm8k
+    # was generated), and an engine that could not start printed a traceback
+    ckpt = str(tmp_path / "no-such-ckpt")  # reaching an engine would fail differently
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {"messages": [{"role": "user", "content": "What is 1 + 1?"}], "ground_truth": "2", "dataset": "gsm8k"}
+    (data / "eval_gsm8k.jsonl").write_text(json.dumps(row) + "\n")
+    args = ["--ckpt", ckpt, "--data", str(data), "--tokenizer", str(tokenizer_dir), "--engine", "vllm"]
+    assert main(args + ["--tasks", "gsm8k,math"]) == 2
+    assert str(data / "eval_math.jsonl") in capsys.readouterr().err
+    (data / "eval_math.jsonl").write_text(json.dumps(dict(row, dataset="no_such_verifier")) + "\n")
+    assert main(args + ["--tasks", "gsm8k,math"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'eval_math.jsonl'}:1" in err and "no_such_verifier" in err
+    monkeypatch.setenv("MT_VLLM_PYTHON", str(tmp_path / "no-such-python"))  # the image's variable on another host
+    assert main(args + ["--tasks", "gsm8k"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "MT_VLLM_PYTHON" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------------- end to end, one process
 @pytest.mark.slow
 def test_cli_end_to_end_tiny_llama_torch_engine(tokenizer_dir, tmp_path):
