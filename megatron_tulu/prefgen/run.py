@@ -154,10 +154,10 @@ def ray_connection(cfg: PrefGenConfig):
 @contextlib.contextmanager
 def engine_session(cfg: PrefGenConfig, what: str, model_dir: str, structured: bool = False):
     """An engine started (bounded) for the block and shut down after it. When the block fails, the shutdown is
-    bounded (``rollout.ray_engines.SHUTDOWN_TIMEOUT_S``) and only logged if it fails: after a call timed out the
+    bounded (``rollout.base.SHUTDOWN_TIMEOUT_S``) and only logged if it fails: after a call timed out the
     engine may still be busy with it (a Ray actor takes one call at a time), and the error the user must see is the
     block's, not the shutdown's."""
-    from megatron_tulu.rollout.ray_engines import SHUTDOWN_TIMEOUT_S
+    from megatron_tulu.rollout.base import SHUTDOWN_TIMEOUT_S
 
     engine = bounded(lambda: start_engine(cfg, model_dir, structured), cfg.engine.timeout_s, what)
     try:

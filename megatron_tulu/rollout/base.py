@@ -21,6 +21,14 @@ from dataclasses import dataclass, field
 import torch
 
 FINISH_REASONS = ("stop", "length")
+SHUTDOWN_TIMEOUT_S = 60.0
+"""Bound on an engine's own shutdown when it answers calls (a Ray actor, an engine process); past it the engine is
+killed."""
+
+
+class EngineRPCTimeout(TimeoutError):
+    """A call to a rollout engine that answers calls (a Ray actor, an engine process) did not answer within the
+    timeout."""
 
 
 @dataclass

@@ -47,8 +47,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_tulu.rollout.base import Generation, RolloutEngine, SamplingConfig
-from megatron_tulu.rollout.ray_engines import SHUTDOWN_TIMEOUT_S, EngineRPCTimeout
+from megatron_tulu.rollout.base import SHUTDOWN_TIMEOUT_S, EngineRPCTimeout, Generation, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # the child imports megatron_tulu from this checkout

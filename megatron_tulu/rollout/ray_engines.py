@@ -39,20 +39,13 @@ from pathlib import Path
 import torch
 
 from megatron_tulu.rollout.base import (
-    Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling, prompt_chunks,
+    SHUTDOWN_TIMEOUT_S, EngineRPCTimeout, Generation, RolloutEngine, SamplingConfig, chunk_generations, chunk_sampling,
+    prompt_chunks,
 )
 from megatron_tulu.rollout.factory import EngineHost
 
 log = logging.getLogger(__name__)
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])  # engine actors import megatron_tulu from this checkout
-
-
-SHUTDOWN_TIMEOUT_S = 60.0
-"""Bound on an engine's own shutdown (a Ray actor's, an engine process's); past it the engine is killed."""
-
-
-class EngineRPCTimeout(TimeoutError):
-    """A call to a rollout engine (a Ray actor, an engine process) did not answer within the timeout."""
 
 
 class _RemoteSyncPeer:

@@ -1,8 +1,9 @@
 """GPU readiness §5: the one-command GPU run works on a bare box (Python, PyTorch, Triton; no registry).
 
 Proved here on this machine's Python: a fresh venv holding only torch and triton gets the carried wheel set,
-installed the way gpu_session.py installs it, and runs gpu_session.py --smoke. The cp312 set for the GPU box is
-checked to resolve offline against itself plus the box's torch and triton.
+installed the way gpu_session.py installs it, and runs gpu_session.py --smoke: every step, and the files it leaves
+for the device tool (at most 8). The cp312 set for the GPU box is checked to resolve offline against itself plus
+the box's torch and triton.
 """
 
 import json
@@ -44,8 +45,19 @@ def test_gpu_session_smoke_runs_in_a_venv_of_torch_and_the_carried_wheels(tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr + log[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["wheels"] == "installed" and summary["ok"]
+    assert [s["name"] for s in summary["steps"]] == ["env", "gpu_tests", "weight_sync", "train", "kernels"]
     assert [s["status"] for s in summary["steps"]] == ["ok"] * 5
     assert "megatron.core 0.16.1" in log and "C compiler" in log and "Python.h" in log
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8, files  # the device tool brings back at most 8 files
+    assert {"session.log", "summary.json", "kernels_results.md", "train_throughput_results.json",
+            "weight_sync_gpu.json"} <= set(files)
+    assert len(json.loads((out / "train_throughput_results.json").read_text())["results"]) >= 1
+    assert len(json.loads((out / "weight_sync_gpu.json").read_text())["results"]) >= 1
+    md = (out / "kernels_results.md").read_text()
+    assert "| ours |" in md and "Fused DPO loss" in md
+    assert "--budget-s" in md  # the runner handed the kernel grid the time it had left
+    assert "torch" in log and "===== kernels" in log
 
 
 def _stub_wheel(directory, name: str, version: str) -> None:
