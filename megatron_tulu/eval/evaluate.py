@@ -44,7 +44,7 @@ process (the image, ``rollout.engine_process``)."""
 
 
 def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = None, engine=None,
-             max_new_tokens: int = 96, limit: int | None = None, engine_kind: str = "auto",
+             max_new_tokens: int = DATA_MODE_MAX_NEW_TOKENS, limit: int | None = None, engine_kind: str = "auto",
              engine_timeout_s: float = ENGINE_TIMEOUT_S) -> dict:
     """Accuracy per task (and counts) on ``data/eval_<task>.jsonl``. Every task's file is read and its rows checked
     before the engine starts (a missing file is ``FileNotFoundError``, a bad row ``DataFileError`` naming file and
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
                                  ifeval_partial_credit=args.ifeval_partial_credit,
                                  engine_timeout_s=args.engine_timeout_s)
         except (ValueError, FileNotFoundError, TypeError) as e:  # bad input (EvalFileError names file and line),
-            # a task named twice, or an engine that cannot start here ($MT_VLLM_PYTHON, no vLLM)
+            # a task named twice, an engine that cannot start here ($MT_VLLM_PYTHON, no vLLM) or refuses a prompt
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(json.dumps(res, indent=2))
@@ -226,7 +226,8 @@ def main(argv=None) -> int:
         res = evaluate(args.ckpt, (args.tasks or "gsm8k,math,ifeval").split(","), args.data, args.tokenizer,
                        max_new_tokens=args.max_new_tokens or DATA_MODE_MAX_NEW_TOKENS, limit=args.limit,
                        engine_kind=args.engine, engine_timeout_s=args.engine_timeout_s)
-    except (ValueError, FileNotFoundError) as e:  # bad input (file and line) or an engine that cannot start here
+    except (ValueError, FileNotFoundError) as e:  # bad input (file and line), an engine that cannot start here or
+        # that refuses a prompt (vLLM: longer than its max_model_len)
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(res, indent=2)
