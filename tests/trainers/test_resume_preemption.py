@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _launch(overrides: list[str], log: Path) -> subprocess.Popen:
     # One thread, like the run_distributed reference, so both compute in the same order (bit-exact).
     env = dict(os.environ, OMP_NUM_THREADS="1", MEGATRON_TULU_DEVICE="cpu", LOGLEVEL="WARNING")
+    # its own process group: the SIGKILL below goes to the group, as SLURM's kill reaches a job step's every process.
+    # megatron's checkpoint writer starts a multiprocessing manager process (spawned, once per process) that does not
+    # watch its parent: a SIGKILL of the trainer alone left it running after the test
     return subprocess.Popen([sys.executable, "-m", "launch.sft", "--config", "sft/tiny", *overrides], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
 
 
 def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
@@ -44,7 +47,7 @@ def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 300.0) -
         if proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode} before {what}")
         time.sleep(0.05)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -65,7 +68,7 @@ def test_exact_resume_after_kill9_and_sigusr1(one_rank_runs, sft_data, tiny_hf, 
     # 1. SIGKILL after the step-4 checkpoint is complete and pointed to
     p1 = _launch(overrides, tmp_path / "p1.log")
     _wait_for(lambda: _latest(run_dir) == "step_00000004", p1, "the step-4 checkpoint")
-    p1.send_signal(signal.SIGKILL)
+    os.killpg(p1.pid, signal.SIGKILL)
     assert p1.wait(timeout=60) == -signal.SIGKILL
     # damage the newest checkpoint: resume=auto has to refuse it and take step 2
     (ckpts / "step_00000004" / "COMPLETE").unlink()
