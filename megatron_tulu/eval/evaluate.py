@@ -66,9 +66,11 @@ def evaluate(ckpt: str, tasks: list[str], data: str, tokenizer: str | None = Non
     try:
         for task, task_prompts in prompts.items():
             gens = engine.generate([p["prompt_ids"] for p in task_prompts],
-                                   SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=[tok.eos_token_id]))
+                                   SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens,
+                                                  stop_token_ids=[tok.eos_token_id]))
             recs = [{"dataset": p["dataset"], "ground_truth": p["ground_truth"],
-                     "response": tok.decode(g.token_ids[0], skip_special_tokens=True)} for p, g in zip(task_prompts, gens)]
+                     "response": tok.decode(g.token_ids[0], skip_special_tokens=True)}
+                    for p, g in zip(task_prompts, gens)]
             verdicts, m = verify_batch(recs, workers=0)
             results[task] = {"accuracy": sum(verdicts) / max(len(verdicts), 1), "n": len(verdicts),
                              "timeouts": m.get("timeouts", 0), "example": recs[0]["response"][:200] if recs else ""}

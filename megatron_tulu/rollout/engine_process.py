@@ -15,10 +15,10 @@ Protocol: one ``socketpair``; the child, the leader of a process group of its ow
 descriptor. Each message is a pickled tuple (plain ``pickle``: a tensor travels by value, never as a shared-memory
 handle of the wrong strategy). The caller sends ``(call id, method, args)``; the child runs each call in a thread of
 its own (a weight-sync receive runs while the caller broadcasts; the caller never runs two generations on one engine
-at once; ``shutdown`` runs in its main loop) and answers ``(call id, ok, value)``. Call 0 is the start-up: the child builds the engine and answers with what the caller
-needs to know about it. Every call is bounded by ``timeout_s`` (:class:`~megatron_tulu.rollout.ray_engines.
-EngineRPCTimeout`); a child that dies fails every pending and later call at once, naming its exit code
-(:class:`EngineProcessDied`). The child exits, shutting its engine down, when the caller's end closes (the caller
+at once; ``shutdown`` runs in its main loop) and answers ``(call id, ok, value)``. Call 0 is the start-up: the child
+builds the engine and answers with what the caller needs to know about it. Every call is bounded by ``timeout_s``
+(:class:`~megatron_tulu.rollout.base.EngineRPCTimeout`); a child that dies fails every pending and later call at
+once, naming its exit code (:class:`EngineProcessDied`). The child exits, shutting its engine down, when the caller's end closes (the caller
 exited or was killed), so no engine outlives its trainer on a GPU; a shutdown that does not finish in time ends with
 the child's whole process group signalled (vLLM's engine-core processes do not watch for their parent's death).
 
@@ -72,8 +72,8 @@ class EngineProcess(RolloutEngine):
     """An engine (``build_local_engine(kind, model_dir, engine_kwargs)``) in a child process of ``python``.
 
     The child inherits this process's environment (a colocated engine's ``CUDA_VISIBLE_DEVICES`` is set there while
-    it starts, ``rollout.colocated``). ``timeout_s`` bounds the start-up and every call. ``sync_bucket_bytes``: bucket size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo
-    group, as ``VLLMEngine.update_weights``).
+    it starts, ``rollout.colocated``). ``timeout_s`` bounds the start-up and every call. ``sync_bucket_bytes``: bucket
+    size of :meth:`update_weights` (a ``local`` vLLM engine's own gloo group, as ``VLLMEngine.update_weights``).
 
     The child leads a process group of its own (``start_new_session``): vLLM's engine-core and worker processes are
     in it, so stopping the child stops them too (they do not watch for their parent's death), and a signal meant for

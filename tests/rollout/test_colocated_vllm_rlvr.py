@@ -4,7 +4,6 @@ handle, which the worker -- in vLLM's engine-core process, not this one -- opens
 On CPU the handle names a shared-memory file (``reduce_tensor`` under the ``file_system`` strategy); on GPU the same
 code sends a CUDA IPC handle, which needs a GPU (not run here)."""
 
-
 import pytest
 
 from megatron_tulu.testing import python_wrapper, require_vllm

@@ -14,9 +14,8 @@ import time
 import pytest
 
 from megatron_tulu.rollout import factory
-from megatron_tulu.rollout.base import SamplingConfig
+from megatron_tulu.rollout.base import EngineRPCTimeout, SamplingConfig
 from megatron_tulu.rollout.engine_process import EngineProcess, EngineProcessDied, engine_python
-from megatron_tulu.rollout.base import EngineRPCTimeout
 from megatron_tulu.rollout.torch_engine import TorchEngine
 from megatron_tulu.testing import python_wrapper
 from tiny_llama import hf_greedy, load_reference, make_tiny_llama, perturbed_state, prompts_for_test

@@ -81,8 +81,7 @@ def test_shutdown_after_a_timed_out_generation_returns_and_kills_the_actors(ray_
     actors. It used to raise its own ``EngineRPCTimeout``, replacing the first in the driver's message."""
     import time
 
-    from megatron_tulu.rollout.base import SamplingConfig
-    from megatron_tulu.rollout.base import EngineRPCTimeout
+    from megatron_tulu.rollout.base import EngineRPCTimeout, SamplingConfig
     from megatron_tulu.rollout.ray_engines import RayEngineGroup
 
     group = RayEngineGroup("torch", tiny_hf, num_engines=1, engine_tp=1, timeout_s=60)
